@@ -1,0 +1,32 @@
+# operator/ at the top of the tree must never shadow the standard library module
+# "operator": keep the current directory off sys.path for every Python we start.
+export PYTHONSAFEPATH := 1
+
+.PHONY: demo test test-deps lint unit integration bench clean
+
+# Run kvol's main job on the embedded filesystem store: no cluster, no server.
+demo:
+	hack/setup-venv.sh
+	.venv/bin/kvol demo
+
+# Install every test dependency (Python packages, Go-built tools) and run all tests.
+test: test-deps lint
+	.venv/bin/python -m pytest -ra tests
+
+test-deps:
+	hack/setup-venv.sh test
+	hack/install-test-deps.sh
+
+lint:
+	hack/lint.sh
+
+unit:
+	hack/setup-venv.sh test
+	.venv/bin/python -m pytest -ra tests/unit
+
+bench:
+	hack/setup-venv.sh test
+	.venv/bin/python -m bench
+
+clean:
+	rm -rf .venv build *.egg-info

@@ -1,0 +1,1 @@
+"""kvol CSI node plugin."""

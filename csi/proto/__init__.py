@@ -1,0 +1,1 @@
+"""CSI protocol messages, generated from csi.proto at install time."""

@@ -1,0 +1,41 @@
+# Shared helpers for hack/ scripts. Source it; do not run it.
+# Every tool is pinned and cached under $KVOL_CACHE (default ~/.cache/kvol), so a
+# second run finds it at once and nothing is rebuilt.
+set -euo pipefail
+
+KVOL_CACHE="${KVOL_CACHE:-$HOME/.cache/kvol}"
+KVOL_BIN="$KVOL_CACHE/bin"
+mkdir -p "$KVOL_BIN"
+# Go's own caches live under ours too, so one directory holds everything a run reuses.
+export GOPATH="${GOPATH:-$KVOL_CACHE/go}"
+export GOMODCACHE="${GOMODCACHE:-$KVOL_CACHE/go/pkg/mod}"
+export GOCACHE="${GOCACHE:-$KVOL_CACHE/go-build}"
+export GOFLAGS="${GOFLAGS:--mod=mod}"
+export CGO_ENABLED="${CGO_ENABLED:-0}"
+
+log() { printf '[hack] %s\n' "$*" >&2; }
+
+require_go() {
+  command -v go >/dev/null 2>&1 || { log "Go is required (https://go.dev/doc/install) to build test tools"; exit 1; }
+}
+
+# go_install NAME MODULE/PATH@VERSION [extra go install args...]
+# Builds with `go install` into a versioned directory and links $KVOL_BIN/NAME to it.
+go_install() {
+  local name=$1 spec=$2; shift 2
+  local version=${spec##*@}
+  local dest="$KVOL_CACHE/tools/$name-$version"
+  if [ -x "$dest/$name" ]; then
+    ln -sfn "$dest/$name" "$KVOL_BIN/$name"
+    log "$name $version: cached"
+    return 0
+  fi
+  require_go
+  log "$name $version: building with go install (first run only; this takes a while)"
+  local started=$SECONDS
+  mkdir -p "$dest"
+  GOBIN="$dest" go install "$@" "$spec"
+  [ -x "$dest/$name" ] || { log "$name: go install produced no $name binary"; exit 1; }
+  ln -sfn "$dest/$name" "$KVOL_BIN/$name"
+  log "$name $version: built in $((SECONDS - started))s"
+}

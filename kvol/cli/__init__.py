@@ -1,0 +1,1 @@
+"""The kvol command line."""

@@ -1,0 +1,211 @@
+"""A store in a directory: local disk, or NFS / hostPath shared by several machines.
+
+Objects are files under the root, named by their key. Writes go to a temporary file
+first, so a reader never sees half an object; ``put_if_absent`` publishes with
+``link(2)``, which fails atomically when the name exists (also over NFS, unlike
+``rename``, which replaces).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import errno
+import os
+import secrets
+from collections.abc import Iterator
+from pathlib import Path
+from urllib.parse import parse_qs, urlparse
+
+from kvol import errors
+from kvol.store.base import ObjectInfo, Store
+
+_TMP = ".tmp"
+
+
+def _load_syncfs() -> ctypes._CFuncPtr | None:  # type: ignore[name-defined]
+    name = ctypes.util.find_library("c")
+    if not name:
+        return None
+    fn = getattr(ctypes.CDLL(name, use_errno=True), "syncfs", None)
+    return fn
+
+
+_syncfs = _load_syncfs()
+
+
+class FilesystemStore(Store):
+    kind = "fs"
+
+    def __init__(self, root: str | os.PathLike[str], *, durable: bool = True) -> None:
+        self.root = Path(root).absolute()
+        #: fsync what is published (log entries, names) and sync before publishing.
+        #: Turning it off trades crash safety for speed (tests, scratch volumes).
+        self.durable = durable
+        try:
+            self.root.mkdir(parents=True, exist_ok=True)
+            (self.root / _TMP).mkdir(exist_ok=True)
+        except OSError as exc:
+            raise self._translate(exc) from exc
+
+    @classmethod
+    def from_url(cls, url: str) -> FilesystemStore:
+        parsed = urlparse(url)
+        if parsed.scheme not in ("", "file"):
+            raise errors.InvalidArgument(f"not a filesystem store URL: {url!r}")
+        if parsed.netloc not in ("", "localhost"):
+            raise errors.InvalidArgument(f"file URLs name a local path, not a host: {url!r}")
+        if not parsed.path:
+            raise errors.InvalidArgument(f"filesystem store URL has no path: {url!r}")
+        options = parse_qs(parsed.query)
+        unknown = set(options) - {"fsync"}
+        if unknown:
+            raise errors.InvalidArgument(
+                f"unknown filesystem store option(s) {sorted(unknown)}; known: fsync"
+            )
+        durable = options.get("fsync", ["true"])[-1].lower() not in ("0", "false", "no")
+        return cls(parsed.path, durable=durable)
+
+    @property
+    def url(self) -> str:
+        return f"file://{self.root}" + ("" if self.durable else "?fsync=false")
+
+    # -- reads --------------------------------------------------------------------------
+
+    def _path(self, key: str) -> Path:
+        return self.root / key
+
+    def _get(self, key: str) -> bytes:
+        with open(self._path(key), "rb") as f:
+            return f.read()
+
+    def _get_range(self, key: str, start: int, length: int) -> bytes:
+        with open(self._path(key), "rb") as f:
+            return os.pread(f.fileno(), length, start)
+
+    def _head(self, key: str) -> ObjectInfo:
+        st = os.stat(self._path(key))
+        if not os.path.isfile(self._path(key)):
+            raise FileNotFoundError(errno.ENOENT, "not an object", key)
+        return ObjectInfo(key, st.st_size, st.st_mtime)
+
+    def _list(self, prefix: str, start_after: str | None) -> Iterator[ObjectInfo]:
+        base = self.root / prefix if prefix else self.root
+        yield from self._walk(base, prefix, start_after)
+
+    def _walk(self, directory: Path, key_prefix: str, start_after: str | None) -> Iterator[ObjectInfo]:
+        try:
+            entries = list(os.scandir(directory))
+        except (FileNotFoundError, NotADirectoryError):
+            return
+        # Sort as the keys sort: a directory "a" holds keys "a/...", which sort after "a-b".
+        keyed = []
+        for entry in entries:
+            if not key_prefix and entry.name == _TMP:
+                continue
+            is_dir = entry.is_dir(follow_symlinks=False)
+            keyed.append((key_prefix + entry.name + ("/" if is_dir else ""), entry, is_dir))
+        keyed.sort(key=lambda item: item[0])
+        for key, entry, is_dir in keyed:
+            if is_dir:
+                # Skip a whole subtree that sorts before start_after.
+                if start_after is not None and key <= start_after and not start_after.startswith(key):
+                    continue
+                yield from self._walk(Path(entry.path), key, start_after)
+            else:
+                if start_after is not None and key <= start_after:
+                    continue
+                try:
+                    st = entry.stat(follow_symlinks=False)
+                except FileNotFoundError:
+                    continue  # deleted while listing
+                yield ObjectInfo(key, st.st_size, st.st_mtime)
+
+    # -- writes -------------------------------------------------------------------------
+
+    def _write_temp(self, data: bytes | memoryview, *, fsync: bool) -> Path:
+        tmp = self.root / _TMP / secrets.token_hex(12)
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+        try:
+            view = memoryview(data)
+            while view:
+                written = os.write(fd, view)
+                view = view[written:]
+            if fsync:
+                os.fsync(fd)
+        except BaseException:
+            os.close(fd)
+            tmp.unlink(missing_ok=True)
+            raise
+        os.close(fd)
+        return tmp
+
+    def _put(self, key: str, data: bytes | memoryview) -> None:
+        target = self._path(key)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        tmp = self._write_temp(data, fsync=False)
+        try:
+            os.replace(tmp, target)
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
+
+    def _put_if_absent(self, key: str, data: bytes | memoryview) -> bool:
+        target = self._path(key)
+        if target.exists():
+            return False
+        target.parent.mkdir(parents=True, exist_ok=True)
+        tmp = self._write_temp(data, fsync=self.durable)
+        try:
+            os.link(tmp, target)
+        except FileExistsError:
+            return False
+        finally:
+            tmp.unlink(missing_ok=True)
+        if self.durable:
+            self._fsync_dir(target.parent)
+        return True
+
+    def _delete(self, key: str) -> None:
+        path = self._path(key)
+        try:
+            path.unlink()
+        except FileNotFoundError:
+            return
+        # Leave no empty directories behind, up to the root.
+        parent = path.parent
+        while parent != self.root:
+            try:
+                parent.rmdir()
+            except OSError:
+                break
+            parent = parent.parent
+
+    def sync(self) -> None:
+        if not self.durable:
+            return
+        fd = os.open(self.root, os.O_RDONLY)
+        try:
+            if _syncfs is None or _syncfs(fd) != 0:
+                os.sync()
+        finally:
+            os.close(fd)
+
+    @staticmethod
+    def _fsync_dir(directory: Path) -> None:
+        fd = os.open(directory, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+    def _translate(self, exc: Exception) -> errors.KvolError:
+        if isinstance(exc, FileNotFoundError | NotADirectoryError | IsADirectoryError):
+            return errors.NotFound(f"no object {exc.filename!r} in {self.url}")
+        if isinstance(exc, PermissionError):
+            return errors.PermissionDenied(f"permission denied in {self.url}: {exc}")
+        if isinstance(exc, OSError) and exc.errno == errno.ENOSPC:
+            return errors.StoreError(f"no space left on the device of {self.url}")
+        if isinstance(exc, OSError) and exc.errno in (errno.EIO, errno.ESTALE, errno.ETIMEDOUT):
+            return errors.StoreUnavailable(f"{self.url}: {exc}")
+        return errors.StoreError(f"{self.url}: {exc}")

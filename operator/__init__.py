@@ -1,0 +1,1 @@
+"""kvol operator: reconciles Volume and VolumeBackend resources (kopf)."""

@@ -1,0 +1,27 @@
+"""Locating the real test dependencies built by hack/ scripts.
+
+A test that needs a missing tool fails (never skips) with the script that provides it.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+
+CACHE = Path(os.environ.get("KVOL_CACHE", Path.home() / ".cache" / "kvol"))
+BIN = CACHE / "bin"
+REPO = Path(__file__).resolve().parent.parent
+
+
+def tool(name: str, script: str) -> str:
+    """Absolute path of tool ``name``, built by ``hack/<script>``; fails the test if absent."""
+    candidate = BIN / name
+    if candidate.exists() and os.access(candidate, os.X_OK):
+        return str(candidate)
+    found = shutil.which(name)
+    if found and os.environ.get("KVOL_ALLOW_SYSTEM_TOOLS") == "1":
+        return found
+    pytest.fail(f"{name} is missing: run hack/{script} (it builds and caches it in {BIN})", pytrace=False)
