@@ -10,7 +10,25 @@ from __future__ import annotations
 from prometheus_client import Counter, Gauge, Histogram
 
 # Latency buckets from a no-op commit on local disk (~1 ms) to a large upload (minutes).
-_LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
+_LATENCY_BUCKETS = (
+    0.001,
+    0.0025,
+    0.005,
+    0.01,
+    0.025,
+    0.05,
+    0.1,
+    0.25,
+    0.5,
+    1,
+    2.5,
+    5,
+    10,
+    30,
+    60,
+    120,
+    300,
+)
 
 COMMITS = Counter(
     "kvol_commits_total",

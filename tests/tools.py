@@ -24,4 +24,6 @@ def tool(name: str, script: str) -> str:
     found = shutil.which(name)
     if found and os.environ.get("KVOL_ALLOW_SYSTEM_TOOLS") == "1":
         return found
-    pytest.fail(f"{name} is missing: run hack/{script} (it builds and caches it in {BIN})", pytrace=False)
+    pytest.fail(
+        f"{name} is missing: run hack/{script} (it builds and caches it in {BIN})", pytrace=False
+    )

@@ -35,4 +35,6 @@ def open_store(url: str | None = None) -> Store:
         from kvol.store.s3 import S3Store
 
         return S3Store.from_url(url)
-    raise errors.InvalidArgument(f"unknown store URL scheme {scheme!r} in {url!r}; use file:// or s3://")
+    raise errors.InvalidArgument(
+        f"unknown store URL scheme {scheme!r} in {url!r}; use file:// or s3://"
+    )

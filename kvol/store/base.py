@@ -111,9 +111,11 @@ class Store(ABC):
         The commit protocol calls this before publishing a log entry. Stores whose writes
         are durable when they return (S3) need not override it.
         """
+        return None
 
     def close(self) -> None:
         """Release connections and threads."""
+        return None
 
     @property
     @abstractmethod

@@ -93,7 +93,9 @@ class FilesystemStore(Store):
         base = self.root / prefix if prefix else self.root
         yield from self._walk(base, prefix, start_after)
 
-    def _walk(self, directory: Path, key_prefix: str, start_after: str | None) -> Iterator[ObjectInfo]:
+    def _walk(
+        self, directory: Path, key_prefix: str, start_after: str | None
+    ) -> Iterator[ObjectInfo]:
         try:
             entries = list(os.scandir(directory))
         except (FileNotFoundError, NotADirectoryError):
@@ -109,7 +111,11 @@ class FilesystemStore(Store):
         for key, entry, is_dir in keyed:
             if is_dir:
                 # Skip a whole subtree that sorts before start_after.
-                if start_after is not None and key <= start_after and not start_after.startswith(key):
+                if (
+                    start_after is not None
+                    and key <= start_after
+                    and not start_after.startswith(key)
+                ):
                     continue
                 yield from self._walk(Path(entry.path), key, start_after)
             else:
