@@ -1,0 +1,324 @@
+"""Moving file content to and from a store.
+
+Large files go up as fixed-size chunks ("blobs"), small files of one commit are packed
+together into one object ("packs"); both are named by their sha256, so a retried upload
+finds its objects already there and identical content is stored once. Everything read
+back is checked against its hash before anyone sees it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import threading
+import time
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import BinaryIO
+
+from kvol import metrics
+from kvol.errors import CorruptData, NotFound
+from kvol.layout import VolumeKeys
+from kvol.model import FileRecord, Part
+from kvol.store import Store
+
+#: Files up to this size are packed with others; larger ones are chunked.
+PACK_THRESHOLD = 256 * 1024
+#: A pack is sent once it holds this much.
+PACK_TARGET = 16 * 1024 * 1024
+DEFAULT_CHUNK_SIZE = 8 * 1024 * 1024
+#: Half of garbage collection's default grace period (kvol.repo.DEFAULT_GC_GRACE_SECONDS).
+REFRESH_AFTER_SECONDS = 1800.0
+
+
+def digest(data: bytes | memoryview) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def content_id(parts: Iterable[Part], single_digest: str | None = None) -> str:
+    """The id of a file's content: its sha256 when it has one part, else the sha256 of
+    its parts' ids (so a large file is identified without hashing its bytes twice)."""
+    parts = list(parts)
+    if len(parts) <= 1:
+        if single_digest is not None:
+            return single_digest
+        return parts[0].obj if parts else digest(b"")
+    return digest(b"".join(bytes.fromhex(p.obj) for p in parts))
+
+
+@dataclass(frozen=True)
+class Uploaded:
+    """What an upload learned of one file: its content location and the stat it saw."""
+
+    hash: str
+    parts: tuple[Part, ...]
+    size: int
+    #: False if the file changed while it was read: it must not be published this time.
+    stable: bool
+    sent_bytes: int
+
+
+Opener = Callable[[], tuple[BinaryIO, os.stat_result]]
+
+
+class ContentWriter:
+    """Uploads the files of one commit. Use as a context manager; ``add`` returns futures."""
+
+    def __init__(
+        self,
+        store: Store,
+        keys: VolumeKeys,
+        chunk_size: int,
+        known: dict[str, tuple[Part, ...]] | None = None,
+        concurrency: int = 8,
+    ) -> None:
+        self.store = store
+        self.keys = keys
+        self.chunk_size = chunk_size
+        #: content id -> parts of content the volume already has: reused, not sent again.
+        self.known = known or {}
+        self._pool = ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix="kvol-up")
+        self._lock = threading.Lock()
+        self._pack = bytearray()
+        self._pack_waiters: list[tuple[Future[Uploaded], int, int, str, bool]] = []
+        self._pack_index: dict[str, tuple[int, int]] = {}
+        self._tasks: list[Future[None]] = []
+        self._pack_sends: list[Future[None]] = []
+
+    def __enter__(self) -> ContentWriter:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._pool.shutdown(wait=True, cancel_futures=True)
+
+    def add(self, open_file: Opener) -> Future[Uploaded]:
+        """Upload one file; the future resolves when its content is in the store."""
+        result: Future[Uploaded] = Future()
+        self._tasks.append(self._pool.submit(self._upload, open_file, result))
+        return result
+
+    def add_bytes(self, data: bytes) -> Future[Uploaded]:
+        """Upload content that is already in memory (SDK uploads from file objects)."""
+        result: Future[Uploaded] = Future()
+        if len(data) <= PACK_THRESHOLD:
+            self._small(result, data, stable=True)
+        else:
+            self._tasks.append(self._pool.submit(self._settle, result, self._upload_bytes, data))
+        return result
+
+    def finish(self) -> None:
+        """Wait until every file added so far is in the store; raise the first failure."""
+        for task in self._tasks:
+            task.result()
+        with self._lock:
+            self._flush_pack_locked()
+        for task in self._pack_sends:
+            task.result()
+
+    # -- one file ---------------------------------------------------------------------
+
+    @staticmethod
+    def _settle(result: Future[Uploaded], fn: Callable[..., Uploaded], *args: object) -> None:
+        try:
+            result.set_result(fn(*args))
+        except BaseException as exc:
+            result.set_exception(exc)
+            raise
+
+    def _upload(self, open_file: Opener, result: Future[Uploaded]) -> None:
+        try:
+            handle, before = open_file()
+            with handle:
+                if before.st_size <= PACK_THRESHOLD:
+                    data = handle.read(PACK_THRESHOLD + 1)
+                    after = os.fstat(handle.fileno())
+                    stable = _same(before, after) and len(data) == before.st_size
+                    # Packed files resolve when their pack is sent; this thread moves on.
+                    self._small(result, data, stable)
+                    return
+                uploaded = self._chunked(handle, before)
+            result.set_result(uploaded)
+        except BaseException as exc:
+            if not result.done():
+                result.set_exception(exc)
+            raise
+
+    def _chunked(self, handle: BinaryIO, before: os.stat_result) -> Uploaded:
+        parts: list[Part] = []
+        sent = 0
+        size = 0
+        while True:
+            chunk = handle.read(self.chunk_size)
+            if not chunk:
+                break
+            h = digest(chunk)
+            sent += self._put_blob(h, chunk)
+            parts.append(Part("b", h, 0, len(chunk)))
+            size += len(chunk)
+        after = os.fstat(handle.fileno())
+        stable = _same(before, after) and size == before.st_size
+        return Uploaded(content_id(parts), tuple(parts), size, stable, sent)
+
+    def _small(self, result: Future[Uploaded], data: bytes, stable: bool) -> None:
+        h = digest(data)
+        known = self.known.get(h)
+        if known is not None:
+            result.set_result(Uploaded(h, known, len(data), stable, 0))
+            return
+        self._into_pack(result, data, h, stable)
+
+    def _upload_bytes(self, data: bytes) -> Uploaded:
+        parts: list[Part] = []
+        sent = 0
+        view = memoryview(data)
+        for offset in range(0, len(data), self.chunk_size):
+            chunk = view[offset : offset + self.chunk_size]
+            h = digest(chunk)
+            sent += self._put_blob(h, chunk)
+            parts.append(Part("b", h, 0, len(chunk)))
+        return Uploaded(content_id(parts), tuple(parts), len(data), True, sent)
+
+    def _put_blob(self, h: str, chunk: bytes | memoryview) -> int:
+        return self._put_object(self.keys.blob(h), chunk)
+
+    def _put_object(self, key: str, data: bytes | memoryview) -> int:
+        """Send an object unless the store has a fresh copy; returns the bytes sent.
+
+        An existing object may be an orphan of a failed commit that garbage collection is
+        about to remove; one older than half the collection grace is written again, which
+        renews it, so what this commit publishes is never collected under it.
+        """
+        try:
+            info = self.store.head(key)
+            if info.mtime > time.time() - REFRESH_AFTER_SECONDS:
+                return 0
+        except NotFound:
+            pass
+        self.store.put(key, data)
+        metrics.UPLOADED_BYTES.inc(len(data))
+        return len(data)
+
+    # -- packs ------------------------------------------------------------------------
+
+    def _into_pack(self, future: Future[Uploaded], data: bytes, h: str, stable: bool) -> None:
+        with self._lock:
+            if h in self._pack_index:
+                offset, length = self._pack_index[h]
+            else:
+                offset, length = len(self._pack), len(data)
+                self._pack += data
+                self._pack_index[h] = (offset, length)
+            self._pack_waiters.append((future, offset, length, h, stable))
+            if len(self._pack) >= PACK_TARGET:
+                self._flush_pack_locked()
+
+    def _flush_pack_locked(self) -> None:
+        if not self._pack_waiters:
+            return
+        pack = bytes(self._pack)
+        waiters = self._pack_waiters
+        self._pack = bytearray()
+        self._pack_waiters = []
+        self._pack_index = {}
+        self._pack_sends.append(self._pool.submit(self._send_pack, pack, waiters))
+
+    def _send_pack(
+        self, pack: bytes, waiters: list[tuple[Future[Uploaded], int, int, str, bool]]
+    ) -> None:
+        try:
+            h = digest(pack)
+            sent = self._put_object(self.keys.pack(h), pack)
+        except BaseException as exc:
+            for future, *_ in waiters:
+                future.set_exception(exc)
+            raise
+        for i, (future, offset, length, file_hash, stable) in enumerate(waiters):
+            part = Part("p", h, offset, length)
+            future.set_result(Uploaded(file_hash, (part,), length, stable, sent if i == 0 else 0))
+
+
+def _same(a: os.stat_result, b: os.stat_result) -> bool:
+    return (a.st_size, a.st_mtime_ns, a.st_ino) == (b.st_size, b.st_mtime_ns, b.st_ino)
+
+
+class ContentReader:
+    """Reads file content back, verified, from the store or a local cache.
+
+    When many small files of one pack are read together (``prefetch``), the whole pack
+    is fetched once instead of one ranged read per file.
+    """
+
+    #: Fetch a whole pack when at least this fraction of it is wanted.
+    WHOLE_PACK_FRACTION = 0.25
+
+    def __init__(self, store: Store, keys: VolumeKeys) -> None:
+        self.store = store
+        self.keys = keys
+        self._packs: dict[str, bytes] = {}
+        self._lock = threading.Lock()
+
+    def prefetch(self, records: Iterable[FileRecord]) -> None:
+        wanted: dict[str, int] = {}
+        extent: dict[str, int] = {}
+        for record in records:
+            for part in record.parts:
+                if part.kind == "p":
+                    wanted[part.obj] = wanted.get(part.obj, 0) + part.length
+                    extent[part.obj] = max(extent.get(part.obj, 0), part.offset + part.length)
+        for pack, want in wanted.items():
+            if pack in self._packs:
+                continue
+            if want >= self.WHOLE_PACK_FRACTION * extent[pack]:
+                data = self.store.get(self.keys.pack(pack))
+                if digest(data) != pack:
+                    raise CorruptData(f"pack {pack} failed its hash")
+                metrics.DOWNLOADED_BYTES.inc(len(data))
+                with self._lock:
+                    self._packs[pack] = data
+
+    def release(self) -> None:
+        with self._lock:
+            self._packs.clear()
+
+    def iter_parts(self, record: FileRecord) -> Iterator[bytes]:
+        """The file's content, part by part, each verified before it is yielded."""
+        if len(record.parts) > 1 and content_id(record.parts) != record.hash:
+            raise CorruptData("file record's parts do not match its content id")
+        for part in record.parts:
+            yield self._read_part(part, record)
+
+    def read(self, record: FileRecord) -> bytes:
+        return b"".join(self.iter_parts(record))
+
+    def write_to(self, record: FileRecord, fd: int) -> None:
+        for data in self.iter_parts(record):
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view) :]
+
+    def _read_part(self, part: Part, record: FileRecord) -> bytes:
+        if part.kind == "b":
+            try:
+                data = self.store.get(self.keys.blob(part.obj))
+            except NotFound as exc:
+                raise CorruptData(f"content {part.obj} is missing from the store") from exc
+            metrics.DOWNLOADED_BYTES.inc(len(data))
+            if len(data) != part.length or digest(data) != part.obj:
+                raise CorruptData(f"content {part.obj} failed its hash")
+            if len(record.parts) == 1 and part.obj != record.hash:
+                raise CorruptData("file record's content id does not match its content")
+            return data
+        with self._lock:
+            pack = self._packs.get(part.obj)
+        if pack is not None:
+            data = pack[part.offset : part.offset + part.length]
+        else:
+            try:
+                data = self.store.get_range(self.keys.pack(part.obj), part.offset, part.length)
+            except NotFound as exc:
+                raise CorruptData(f"pack {part.obj} is missing from the store") from exc
+            metrics.DOWNLOADED_BYTES.inc(len(data))
+        if len(data) != part.length or digest(data) != record.hash:
+            raise CorruptData("packed content failed its hash")
+        return data

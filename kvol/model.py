@@ -1,0 +1,455 @@
+"""Value types of a volume: limits, metadata, file records, log entries, and state.
+
+Everything read back from a store passes through the ``from_*`` parsers here, which
+check every field before anything is built: a malformed or tampered object is rejected
+whole (:class:`kvol.errors.CorruptData`), never half-applied.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, replace
+from typing import Any, Literal
+
+from kvol import paths
+from kvol.errors import CorruptData, InvalidArgument, InvalidPath
+
+HASH_RE = re.compile(r"^[0-9a-f]{64}$")
+VOLUME_ID_RE = re.compile(r"^[0-9a-f]{32}$")
+
+# -- limits and metadata ------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Limits:
+    """Per-volume limits, enforced at commit. ``None`` means unlimited."""
+
+    max_files: int | None = None
+    max_bytes: int | None = None
+    max_files_per_directory: int | None = None
+    max_file_size: int | None = None
+
+    FIELDS = ("max_files", "max_bytes", "max_files_per_directory", "max_file_size")
+
+    @classmethod
+    def for_version(cls, version: int) -> Limits:
+        """Modal's published limits for that volume version."""
+        if version == 1:
+            return cls(max_files=500_000)
+        if version == 2:
+            return cls(max_files_per_directory=32_768, max_file_size=1 << 40)
+        raise InvalidArgument(f"volume version must be 1 or 2, not {version!r}")
+
+    def merged(self, overrides: Limits | None) -> Limits:
+        if overrides is None:
+            return self
+        values = {
+            f: getattr(overrides, f) for f in self.FIELDS if getattr(overrides, f) is not None
+        }
+        return replace(self, **values)
+
+    def to_dict(self) -> dict[str, int | None]:
+        return {f: getattr(self, f) for f in self.FIELDS}
+
+    @classmethod
+    def from_dict(cls, data: Any) -> Limits:
+        if not isinstance(data, dict):
+            raise CorruptData("limits must be an object")
+        values: dict[str, int | None] = {}
+        for name in cls.FIELDS:
+            value = data.get(name)
+            if value is not None and (not _is_int(value) or value < 0):
+                raise InvalidArgument(f"limit {name} must be a non-negative integer, not {value!r}")
+            values[name] = value
+        unknown = set(data) - set(cls.FIELDS)
+        if unknown:
+            raise InvalidArgument(f"unknown limit(s) {sorted(unknown)}")
+        return cls(**values)
+
+
+@dataclass(frozen=True)
+class VolumeMeta:
+    id: str
+    version: int
+    limits: Limits
+    created: float
+    chunk_size: int
+
+    def to_json(self) -> bytes:
+        return json.dumps(
+            {
+                "format": 1,
+                "id": self.id,
+                "version": self.version,
+                "limits": self.limits.to_dict(),
+                "created": self.created,
+                "chunk_size": self.chunk_size,
+            },
+            sort_keys=True,
+        ).encode()
+
+    @classmethod
+    def from_json(cls, raw: bytes) -> VolumeMeta:
+        data = _load_json(raw, "volume metadata")
+        try:
+            meta = cls(
+                id=str(data["id"]),
+                version=int(data["version"]),
+                limits=Limits.from_dict(data.get("limits", {})),
+                created=float(data["created"]),
+                chunk_size=int(data["chunk_size"]),
+            )
+        except (KeyError, TypeError, ValueError) as exc:
+            raise CorruptData(f"volume metadata is malformed: {exc}") from exc
+        if not VOLUME_ID_RE.match(meta.id) or meta.version not in (1, 2) or meta.chunk_size <= 0:
+            raise CorruptData("volume metadata is malformed")
+        return meta
+
+
+# -- file records ---------------------------------------------------------------------------
+
+PartKind = Literal["b", "p"]
+
+
+@dataclass(frozen=True, slots=True)
+class Part:
+    """A piece of a file's content: a whole blob ("b") or a range of a pack ("p")."""
+
+    kind: PartKind
+    obj: str
+    offset: int
+    length: int
+
+    def to_list(self) -> list[Any]:
+        return [self.kind, self.obj, self.offset, self.length]
+
+    @classmethod
+    def from_list(cls, data: Any) -> Part:
+        if not (isinstance(data, list) and len(data) == 4):
+            raise CorruptData(f"malformed content part {data!r}")
+        kind, obj, offset, length = data
+        if kind not in ("b", "p") or not isinstance(obj, str) or not HASH_RE.match(obj):
+            raise CorruptData(f"malformed content part {data!r}")
+        if not (_is_int(offset) and _is_int(length)) or offset < 0 or length < 0:
+            raise CorruptData(f"malformed content part {data!r}")
+        if kind == "b" and offset != 0:
+            raise CorruptData(f"blob part with an offset {data!r}")
+        return cls(kind, obj, offset, length)
+
+
+@dataclass(frozen=True, slots=True)
+class FileRecord:
+    """One file of a volume: its metadata and where its content is."""
+
+    size: int
+    mtime_ns: int
+    mode: int
+    #: Content id: sha256 of the content for single-part files, of the part ids otherwise.
+    hash: str
+    parts: tuple[Part, ...]
+
+    def to_list(self) -> list[Any]:
+        return [self.size, self.mtime_ns, self.mode, self.hash, [p.to_list() for p in self.parts]]
+
+    @classmethod
+    def from_list(cls, data: Any) -> FileRecord:
+        if not (isinstance(data, list) and len(data) == 5):
+            raise CorruptData("malformed file record")
+        size, mtime_ns, mode, digest, raw_parts = data
+        if (
+            not all(_is_int(v) for v in (size, mtime_ns, mode))
+            or size < 0
+            or not 0 <= mode <= 0o7777
+        ):
+            raise CorruptData("malformed file record")
+        if (
+            not isinstance(digest, str)
+            or not HASH_RE.match(digest)
+            or not isinstance(raw_parts, list)
+        ):
+            raise CorruptData("malformed file record")
+        parts = tuple(Part.from_list(p) for p in raw_parts)
+        if sum(p.length for p in parts) != size:
+            raise CorruptData("file record parts do not add up to its size")
+        if any(p.kind == "p" for p in parts) and len(parts) != 1:
+            raise CorruptData("a packed file must have exactly one part")
+        return cls(size, mtime_ns, mode, digest, parts)
+
+
+# -- log entries ------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class PutOp:
+    path: str
+    record: FileRecord
+
+
+@dataclass(frozen=True, slots=True)
+class DeleteOp:
+    """Remove ``path``: a file, or a directory with everything under it."""
+
+    path: str
+
+
+@dataclass(frozen=True, slots=True)
+class MkdirOp:
+    path: str
+
+
+Op = PutOp | DeleteOp | MkdirOp
+
+
+@dataclass(frozen=True)
+class Writer:
+    id: str
+    host: str
+    pid: int
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"id": self.id, "host": self.host, "pid": self.pid}
+
+
+@dataclass(frozen=True)
+class Entry:
+    """One commit: the operations it applies, in order, and who made it."""
+
+    ops: tuple[Op, ...]
+    time: float
+    writer: Writer
+    base: int
+    message: str | None = None
+
+    def to_payload(self) -> dict[str, Any]:
+        ops: list[list[Any]] = []
+        for op in self.ops:
+            if isinstance(op, PutOp):
+                ops.append(["put", op.path, *op.record.to_list()])
+            elif isinstance(op, DeleteOp):
+                ops.append(["del", op.path])
+            else:
+                ops.append(["dir", op.path])
+        return {
+            "time": self.time,
+            "writer": self.writer.to_dict(),
+            "base": self.base,
+            "message": self.message,
+            "ops": ops,
+        }
+
+    @classmethod
+    def from_payload(cls, data: Any) -> Entry:
+        if not isinstance(data, dict):
+            raise CorruptData("log entry is not an object")
+        try:
+            raw_ops = data["ops"]
+            writer_data = data["writer"]
+            writer = Writer(
+                str(writer_data["id"]), str(writer_data["host"]), int(writer_data["pid"])
+            )
+            when = float(data["time"])
+            base = int(data["base"])
+            message = data.get("message")
+        except (KeyError, TypeError, ValueError) as exc:
+            raise CorruptData(f"log entry is malformed: {exc}") from exc
+        if message is not None and not isinstance(message, str):
+            raise CorruptData("log entry message is not a string")
+        if not isinstance(raw_ops, list):
+            raise CorruptData("log entry ops is not a list")
+        ops: list[Op] = []
+        for raw in raw_ops:
+            if not isinstance(raw, list) or not raw or not isinstance(raw[0], str):
+                raise CorruptData("malformed log entry operation")
+            kind = raw[0]
+            path = _entry_path(raw[1] if len(raw) > 1 else None)
+            if kind == "put" and len(raw) == 7:
+                ops.append(PutOp(path, FileRecord.from_list(raw[2:])))
+            elif kind == "del" and len(raw) == 2:
+                ops.append(DeleteOp(path))
+            elif kind == "dir" and len(raw) == 2:
+                ops.append(MkdirOp(path))
+            else:
+                raise CorruptData(f"unknown log entry operation {kind!r}")
+        return cls(tuple(ops), when, writer, base, message)
+
+
+def _entry_path(value: Any) -> str:
+    if not isinstance(value, str):
+        raise CorruptData("log entry path is not a string")
+    try:
+        return paths.check(value)
+    except InvalidPath as exc:
+        raise CorruptData(f"log entry holds an unsafe path: {exc}") from exc
+
+
+# -- state ----------------------------------------------------------------------------------
+
+
+class State:
+    """All files and explicit directories of a volume at one commit."""
+
+    __slots__ = ("_under", "dirs", "files", "seq")
+
+    def __init__(
+        self,
+        seq: int = 0,
+        files: dict[str, FileRecord] | None = None,
+        dirs: set[str] | None = None,
+    ) -> None:
+        self.seq = seq
+        self.files: dict[str, FileRecord] = files if files is not None else {}
+        #: Directories recorded explicitly (so empty ones survive); others are implied by files.
+        self.dirs: set[str] = dirs if dirs is not None else set()
+        # Directory -> number of files and explicit directories below it; built on first
+        # use so that "is there a directory here?" costs O(depth), not O(files).
+        self._under: dict[str, int] | None = None
+
+    def copy(self) -> State:
+        return State(self.seq, dict(self.files), set(self.dirs))
+
+    # -- applying entries -------------------------------------------------------------
+
+    def apply(self, entry: Entry, seq: int, touched: set[str] | None = None) -> None:
+        """Apply one entry in place: last write wins. ``touched`` collects changed paths."""
+        for op in entry.ops:
+            if isinstance(op, PutOp):
+                self._make_room(op.path, touched)
+                if op.path not in self.files:
+                    self._count(op.path, +1)
+                self.files[op.path] = op.record
+                _note(touched, op.path)
+            elif isinstance(op, DeleteOp):
+                self.remove_tree(op.path, touched)
+            else:
+                self._make_room(op.path, touched, for_dir=True)
+                if op.path not in self.dirs:
+                    self.dirs.add(op.path)
+                    self._count(op.path, +1)
+                    _note(touched, op.path)
+        self.seq = seq
+
+    def is_dir(self, path: str) -> bool:
+        return path in self.dirs or self._under_index().get(path, 0) > 0
+
+    def _make_room(self, path: str, touched: set[str] | None, for_dir: bool = False) -> None:
+        """A file where an ancestor directory must be goes away, and so does a directory
+        tree where a file must be, and a file where a directory must be (last write wins)."""
+        for ancestor in paths.ancestors(path):
+            if ancestor in self.files:
+                self.remove_tree(ancestor, touched)
+        if for_dir:
+            if path in self.files:
+                self.remove_tree(path, touched)
+        elif self.is_dir(path):
+            self.remove_tree(path, touched)
+
+    def remove_tree(self, path: str, touched: set[str] | None = None) -> None:
+        """Remove a file, or a directory and everything under it."""
+        if path in self.files:
+            del self.files[path]
+            self._count(path, -1)
+            _note(touched, path)
+        if not self.is_dir(path):
+            return
+        prefix = path + "/"
+        for p in [p for p in self.files if p.startswith(prefix)]:
+            del self.files[p]
+            self._count(p, -1)
+            _note(touched, p)
+        for d in [d for d in self.dirs if d == path or d.startswith(prefix)]:
+            self.dirs.discard(d)
+            self._count(d, -1)
+            _note(touched, d)
+
+    def _under_index(self) -> dict[str, int]:
+        if self._under is None:
+            under: dict[str, int] = {}
+            for p in self.files:
+                for a in paths.ancestors(p):
+                    under[a] = under.get(a, 0) + 1
+            for d in self.dirs:
+                for a in paths.ancestors(d):
+                    under[a] = under.get(a, 0) + 1
+            self._under = under
+        return self._under
+
+    def _count(self, path: str, delta: int) -> None:
+        if self._under is None:
+            return
+        for a in paths.ancestors(path):
+            left = self._under.get(a, 0) + delta
+            if left:
+                self._under[a] = left
+            else:
+                self._under.pop(a, None)
+
+    # -- queries --------------------------------------------------------------------------
+
+    def all_dirs(self) -> set[str]:
+        """Explicit directories and every directory implied by a file."""
+        return set(self.dirs) | {d for d, n in self._under_index().items() if n > 0}
+
+    @property
+    def total_bytes(self) -> int:
+        return sum(r.size for r in self.files.values())
+
+    def iter_under(self, directory: str) -> Iterator[tuple[str, FileRecord]]:
+        for path, record in self.files.items():
+            if paths.is_under(path, directory):
+                yield path, record
+
+    def children_counts(self) -> dict[str, int]:
+        """Number of direct entries (files and directories) of every directory ("" is the root)."""
+        counts: dict[str, int] = {}
+        for name in list(self.files) + list(self.all_dirs()):
+            parent = paths.parent(name)
+            counts[parent] = counts.get(parent, 0) + 1
+        return counts
+
+    # -- serialization --------------------------------------------------------------------
+
+    def to_payload(self) -> dict[str, Any]:
+        return {
+            "seq": self.seq,
+            "files": {p: r.to_list() for p, r in sorted(self.files.items())},
+            "dirs": sorted(self.dirs),
+        }
+
+    @classmethod
+    def from_payload(cls, data: Any) -> State:
+        if not isinstance(data, dict):
+            raise CorruptData("checkpoint is not an object")
+        try:
+            seq = int(data["seq"])
+            raw_files = data["files"]
+            raw_dirs = data["dirs"]
+        except (KeyError, TypeError, ValueError) as exc:
+            raise CorruptData(f"checkpoint is malformed: {exc}") from exc
+        if not isinstance(raw_files, dict) or not isinstance(raw_dirs, list):
+            raise CorruptData("checkpoint is malformed")
+        files = {_entry_path(p): FileRecord.from_list(r) for p, r in raw_files.items()}
+        dirs = {_entry_path(d) for d in raw_dirs}
+        return cls(seq, files, dirs)
+
+
+def _note(touched: set[str] | None, path: str) -> None:
+    if touched is not None:
+        touched.add(path)
+
+
+def now() -> float:
+    return time.time()
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _load_json(raw: bytes, what: str) -> Any:
+    try:
+        return json.loads(raw)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise CorruptData(f"{what} is not valid JSON: {exc}") from exc

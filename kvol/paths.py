@@ -1,0 +1,78 @@
+"""Volume paths: the one place that decides which paths are allowed.
+
+Inside kvol a volume path is canonical: relative, ``/``-separated, no empty, ``.`` or ``..``
+component, no NUL, and never inside the reserved ``.kvol`` directory at the root (the
+control socket and working-copy metadata live there). Paths from users may carry a
+leading ``/`` (the volume root, as in Modal) and are normalized first.
+"""
+
+from __future__ import annotations
+
+from kvol.errors import InvalidPath
+
+#: Reserved top-level directory of a working copy; never committed.
+RESERVED = ".kvol"
+MAX_PATH_BYTES = 4096
+MAX_NAME_BYTES = 255
+
+
+def check(path: str) -> str:
+    """Validate a canonical volume path (from a log entry, an index, a checkpoint)."""
+    if not isinstance(path, str) or not path:
+        raise InvalidPath(f"invalid volume path {path!r}: empty")
+    if "\x00" in path:
+        raise InvalidPath(f"invalid volume path {path!r}: contains NUL")
+    if path.startswith("/") or path.endswith("/"):
+        raise InvalidPath(f"invalid volume path {path!r}: not canonical")
+    try:
+        encoded = path.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise InvalidPath(f"invalid volume path {path!r}: not valid UTF-8") from exc
+    if len(encoded) > MAX_PATH_BYTES:
+        raise InvalidPath(f"invalid volume path: longer than {MAX_PATH_BYTES} bytes")
+    parts = path.split("/")
+    for part in parts:
+        if part in ("", ".", ".."):
+            raise InvalidPath(f"invalid volume path {path!r}: '{part}' component")
+        if len(part.encode("utf-8")) > MAX_NAME_BYTES:
+            raise InvalidPath(
+                f"invalid volume path {path!r}: a name is over {MAX_NAME_BYTES} bytes"
+            )
+    if parts[0] == RESERVED:
+        raise InvalidPath(f"invalid volume path {path!r}: {RESERVED}/ is reserved")
+    return path
+
+
+def normalize(user_path: str, *, allow_root: bool = False) -> str:
+    """Turn a user's path (``/a/b``, ``a/b/``, ``./a``) into a canonical one.
+
+    ``..`` is refused rather than resolved: a path that climbs is a mistake or an attack.
+    With ``allow_root`` the volume root itself is returned as ``""``.
+    """
+    if "\x00" in user_path:
+        raise InvalidPath(f"invalid volume path {user_path!r}: contains NUL")
+    parts = [p for p in user_path.split("/") if p not in ("", ".")]
+    if ".." in parts:
+        raise InvalidPath(f"invalid volume path {user_path!r}: '..' is not allowed")
+    if not parts:
+        if allow_root:
+            return ""
+        raise InvalidPath(f"invalid volume path {user_path!r}: names the volume root")
+    return check("/".join(parts))
+
+
+def parent(path: str) -> str:
+    """Parent directory of a canonical path ("" for the root)."""
+    head, _, _ = path.rpartition("/")
+    return head
+
+
+def ancestors(path: str) -> list[str]:
+    """Every proper ancestor directory of ``path``, nearest last (``a``, ``a/b`` for ``a/b/c``)."""
+    parts = path.split("/")
+    return ["/".join(parts[:i]) for i in range(1, len(parts))]
+
+
+def is_under(path: str, directory: str) -> bool:
+    """True if ``path`` is ``directory`` or inside it ("" is the root and holds everything)."""
+    return not directory or path == directory or path.startswith(directory + "/")
