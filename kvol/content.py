@@ -47,6 +47,21 @@ def content_id(parts: Iterable[Part], single_digest: str | None = None) -> str:
     return digest(b"".join(bytes.fromhex(p.obj) for p in parts))
 
 
+def hash_file(fd: int, size: int, chunk_size: int) -> str:
+    """The content id of an open local file, as an upload would compute it."""
+    if size <= PACK_THRESHOLD:
+        return digest(os.pread(fd, size + 1, 0))
+    chunk_ids = []
+    offset = 0
+    while True:
+        chunk = os.pread(fd, chunk_size, offset)
+        if not chunk:
+            break
+        chunk_ids.append(Part("b", digest(chunk), 0, len(chunk)))
+        offset += len(chunk)
+    return content_id(chunk_ids)
+
+
 @dataclass(frozen=True)
 class Uploaded:
     """What an upload learned of one file: its content location and the stat it saw."""
