@@ -1,0 +1,571 @@
+"""Reconciliation of Volumes and VolumeBackends, without kopf.
+
+Every step is idempotent, so the same function serves creation, resumption after an
+operator restart, updates, and the periodic level-based pass. Failures come out as
+:class:`ReconcileError` with a condition reason and whether retrying can help; the kopf
+layer (handlers.py) turns that into a temporary or a permanent error.
+
+The operator is the only writer of ``status``: it keeps what it last wrote per object,
+writes only what changed, and posts an Event whenever a condition or the phase changes.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager, suppress
+from dataclasses import dataclass
+from typing import Any
+
+from kvol.operator import metrics, specs
+from kvol.operator.backends import store_url
+from kvol.operator.kube import Kube
+from kvol.operator.registry import Backend, Backends
+from kvol.operator.resources import MANAGED_BY, VOLUME_LABEL, VolumeSpec
+
+from kvol import errors
+from kvol.catalog import Catalog
+from kvol.repo import Repo, RepoStats, new_volume_id
+from kvol.store import Store
+
+log = logging.getLogger(__name__)
+
+#: (object, event type "Normal"|"Warning", reason, message)
+#: (type, ok, reason, message) of one condition to set.
+Condition = tuple[str, bool, str, str]
+EventSink = Callable[[Mapping[str, Any], str, str, str], None]
+Obj = dict[str, Any]
+
+READY = "Ready"
+REACHABLE = "BackendReachable"
+
+
+class ReconcileError(Exception):
+    """A reconciliation that could not finish: ``reason`` goes into conditions."""
+
+    def __init__(self, reason: str, message: str, *, retry: bool, delay: float | None = None):
+        super().__init__(message)
+        self.reason = reason
+        self.message = message
+        self.retry = retry
+        self.delay = delay
+
+
+def classify(exc: errors.KvolError) -> bool:
+    """Whether retrying can help: a store or API server that is down, a missing backend or
+    Secret, refused credentials (a Secret can be fixed). Bad input never gets better."""
+    if exc.retryable:
+        return True
+    return isinstance(exc, errors.NotFound | errors.StoreError)
+
+
+@dataclass
+class Settings:
+    #: Namespace of Secrets named by a VolumeBackend without a namespace.
+    operator_namespace: str = "kvol-system"
+    #: Seconds between level-based passes over each object (status, reachability).
+    status_interval: float = 10.0
+    #: Seconds before checking again whether pods still mount a Volume being deleted.
+    in_use_retry: float = 5.0
+    #: Window in which a writer counts as recent (status.writers).
+    writers_window: float = 300.0
+
+
+class KeyedLocks:
+    """One lock per key, so a timer and a handler never reconcile the same object at once."""
+
+    def __init__(self) -> None:
+        self._locks: dict[str, tuple[threading.Lock, int]] = {}
+        self._guard = threading.Lock()
+
+    @contextmanager
+    def hold(self, key: str) -> Iterator[None]:
+        with self._guard:
+            lock, users = self._locks.get(key, (threading.Lock(), 0))
+            self._locks[key] = (lock, users + 1)
+        try:
+            with lock:
+                yield
+        finally:
+            with self._guard:
+                lock, users = self._locks[key]
+                if users == 1:
+                    del self._locks[key]
+                else:
+                    self._locks[key] = (lock, users - 1)
+
+
+@dataclass
+class _StatsMemo:
+    head: int
+    stats: RepoStats
+
+
+class Reconciler:
+    def __init__(self, kube: Kube, backends: Backends, settings: Settings, emit: EventSink) -> None:
+        self.kube = kube
+        self.backends = backends
+        self.settings = settings
+        self.emit = emit
+        self.locks = KeyedLocks()
+        self._status: dict[str, Obj] = {}
+        self._stats: dict[str, _StatsMemo] = {}
+        self._volume_backend: dict[str, str] = {}
+        self._guard = threading.Lock()
+
+    # -- status bookkeeping -------------------------------------------------------------------
+
+    def _current(self, obj: Mapping[str, Any]) -> Obj:
+        with self._guard:
+            known = self._status.get(obj["metadata"]["uid"])
+        return dict(known if known is not None else obj.get("status") or {})
+
+    def _write(
+        self,
+        obj: Mapping[str, Any],
+        changes: Mapping[str, Any],
+        conditions: Sequence[Condition] = (),
+    ) -> Obj:
+        """Apply ``changes`` and conditions to the status; patch and post events if it moved."""
+        meta = obj["metadata"]
+        current = self._current(obj)
+        new = {**current, **changes}
+        events: list[tuple[str, str, str]] = []
+        for type_, ok, reason, message in conditions:
+            before = specs.condition(new, type_)
+            new["conditions"], flipped = specs.set_condition(
+                new.get("conditions"),
+                type_,
+                ok,
+                reason,
+                message,
+                generation=meta.get("generation"),
+            )
+            if flipped or (before is not None and before.get("reason") != reason):
+                events.append(("Normal" if ok else "Warning", reason, message))
+        if new.get("phase") != current.get("phase"):
+            events.append(("Normal", new["phase"], f"Volume is {new['phase']}"))
+        patch = {k: v for k, v in new.items() if current.get(k) != v}
+        if patch:
+            self.kube.patch_volume_status(meta["namespace"], meta["name"], patch)
+            with self._guard:
+                self._status[meta["uid"]] = {k: v for k, v in new.items() if v is not None}
+            if new.get("phase"):
+                metrics.VOLUME_PHASES.set(meta["uid"], new["phase"])
+        for type_, reason, message in events:
+            metrics.EVENTS.labels("Volume", reason).inc()
+            self.emit(obj, type_, reason, message)
+        return new
+
+    def forget(self, uid: str, volume_id: str | None = None) -> None:
+        with self._guard:
+            self._status.pop(uid, None)
+            self._volume_backend.pop(uid, None)
+            if volume_id:
+                self._stats.pop(volume_id, None)
+        metrics.VOLUME_PHASES.forget(uid)
+
+    def volumes_on(self, backend: str) -> int:
+        with self._guard:
+            return sum(1 for b in self._volume_backend.values() if b == backend)
+
+    # -- volumes ---------------------------------------------------------------------------
+
+    def reconcile_volume(
+        self,
+        namespace: str,
+        name: str,
+        *,
+        fresh: bool = True,
+        body: Mapping[str, Any] | None = None,
+    ) -> Obj | None:
+        """Bring one Volume to Ready: volume id, store entry, PV and claim, status.
+
+        ``fresh`` reads the object from the API server first (creation and updates);
+        the periodic pass uses the body kopf already has.
+        """
+        with self.locks.hold(f"{namespace}/{name}"):
+            obj = self.kube.get_volume(namespace, name) if fresh or body is None else dict(body)
+            if obj is None or obj["metadata"].get("deletionTimestamp"):
+                return None
+            status = self._current(obj)
+            try:
+                return self._reconcile_volume(obj, status)
+            except ReconcileError as exc:
+                self._record_failure(obj, status, exc)
+                raise
+
+    def _record_failure(self, obj: Obj, status: Obj, exc: ReconcileError) -> None:
+        phase = status.get("phase") or "Pending"
+        if not exc.retry:
+            phase = "Failed"
+        conditions: list[Condition] = [(READY, False, exc.reason, exc.message)]
+        if exc.reason == "BackendUnreachable":
+            conditions.append((REACHABLE, False, exc.reason, exc.message))
+        try:
+            self._write(obj, {"phase": phase, "message": exc.message}, conditions)
+        except errors.KvolError as write_error:
+            log.warning("could not record %s on %s: %s", exc.reason, _ref(obj), write_error)
+
+    def _reconcile_volume(self, obj: Obj, status: Obj) -> Obj:
+        meta = obj["metadata"]
+        namespace, name = meta["namespace"], meta["name"]
+        try:
+            spec = VolumeSpec.parse(obj.get("spec") or {})
+        except errors.InvalidArgument as exc:
+            raise ReconcileError("InvalidSpec", str(exc), retry=False) from exc
+        # The backend chosen at creation stays, even if the default changes later.
+        backend = self._backend(status.get("backend") or spec.backend)
+        with self._guard:
+            self._volume_backend[meta["uid"]] = backend.name
+        store = self._reachable(backend)
+        volume_id = status.get("volumeId")
+        if not volume_id:
+            volume_id = self._retained_id(store, namespace, name) or new_volume_id()
+            # Persist the id before anything is written to the store: a retry after a
+            # crash finds it here and writes the same volume again, never a second one.
+            status = self._write(
+                obj,
+                {
+                    "phase": status.get("phase") or "Pending",
+                    "volumeId": volume_id,
+                    "backend": backend.name,
+                    "claimName": specs.claim_name(name),
+                    "persistentVolumeName": specs.pv_name(volume_id),
+                },
+            )
+        self._create_in_store(store, namespace, name, spec, volume_id)
+        self._ensure_pv_and_claim(obj, spec, volume_id, backend.name)
+        stats = self._repo_stats(store, volume_id)
+        return self._write(
+            obj,
+            {
+                "phase": "Ready",
+                "message": None,
+                "observedGeneration": meta.get("generation"),
+                **specs.stats_status(stats),
+            },
+            [
+                (REACHABLE, True, "Reachable", f"backend {backend.name} answers"),
+                (READY, True, "Provisioned", f"volume {volume_id} in backend {backend.name}"),
+            ],
+        )
+
+    def refresh_volume(self, body: Mapping[str, Any]) -> Obj | None:
+        """The periodic, level-based pass: provision what is not, refresh content status."""
+        meta = body["metadata"]
+        if meta.get("deletionTimestamp"):
+            return None
+        status = self._current(body)
+        provisioned = status.get("phase") == "Ready" and status.get("volumeId")
+        if not provisioned or status.get("observedGeneration") != meta.get("generation"):
+            if status.get("phase") == "Failed" and status.get("observedGeneration") == meta.get(
+                "generation"
+            ):
+                return None  # an invalid spec stays invalid until it is changed
+            return self.reconcile_volume(meta["namespace"], meta["name"], fresh=True)
+        with self.locks.hold(f"{meta['namespace']}/{meta['name']}"):
+            status = self._current(body)
+            try:
+                backend = self._backend(status.get("backend") or "")
+                store = self._reachable(backend)
+                stats = self._repo_stats(store, status["volumeId"])
+            except ReconcileError as exc:
+                self._record_failure(dict(body), status, exc)
+                raise
+            return self._write(
+                body,
+                specs.stats_status(stats),
+                [
+                    (REACHABLE, True, "Reachable", f"backend {backend.name} answers"),
+                    (
+                        READY,
+                        True,
+                        "Provisioned",
+                        f"volume {status['volumeId']} in backend {backend.name}",
+                    ),
+                ],
+            )
+
+    def _backend(self, name: str) -> Backend:
+        try:
+            return self.backends.get(name) if name else self.backends.default()
+        except errors.NotFound as exc:
+            raise ReconcileError("BackendNotFound", str(exc), retry=True) from exc
+        except errors.InvalidArgument as exc:
+            raise ReconcileError("BackendInvalid", str(exc), retry=True) from exc
+        except errors.KvolError as exc:
+            raise ReconcileError("APIError", str(exc), retry=classify(exc)) from exc
+
+    def _reachable(self, backend: Backend) -> Store:
+        try:
+            return self.backends.probe(backend)
+        except errors.InvalidArgument as exc:
+            raise ReconcileError("BackendInvalid", str(exc), retry=True) from exc
+        except errors.NotFound as exc:  # its Secret
+            raise ReconcileError("BackendCredentials", str(exc), retry=True) from exc
+        except errors.KvolError as exc:
+            raise ReconcileError(
+                "BackendUnreachable", f"backend {backend.name}: {exc}", retry=True
+            ) from exc
+
+    @staticmethod
+    def _retained_id(store: Store, namespace: str, name: str) -> str | None:
+        """A volume of this name kept by a Retain policy is adopted, not replaced."""
+        try:
+            return Catalog(store, scope=namespace).lookup(name).id
+        except errors.NotFound:
+            return None
+        except errors.KvolError as exc:
+            raise ReconcileError("BackendUnreachable", str(exc), retry=classify(exc)) from exc
+
+    @staticmethod
+    def _create_in_store(
+        store: Store, namespace: str, name: str, spec: VolumeSpec, volume_id: str
+    ) -> None:
+        try:
+            Catalog(store, scope=namespace).create(
+                name,
+                version=spec.version,
+                limits=spec.limits,
+                volume_id=volume_id,
+                allow_existing=True,
+            )
+        except errors.AlreadyExists as exc:
+            raise ReconcileError(
+                "NameTaken",
+                f"the backend's catalog maps {namespace}/{name} to another volume than "
+                f"{volume_id}: {exc}",
+                retry=False,
+            ) from exc
+        except errors.InvalidArgument as exc:  # VersionMismatch among them
+            raise ReconcileError("InvalidSpec", str(exc), retry=False) from exc
+        except errors.KvolError as exc:
+            raise ReconcileError("BackendUnreachable", str(exc), retry=classify(exc)) from exc
+
+    def _ensure_pv_and_claim(
+        self, obj: Obj, spec: VolumeSpec, volume_id: str, backend: str
+    ) -> None:
+        meta = obj["metadata"]
+        namespace, name = meta["namespace"], meta["name"]
+        pv = specs.build_pv_spec(
+            namespace=namespace, name=name, volume_id=volume_id, backend=backend, spec=spec
+        )
+        pvc = specs.build_pvc_spec(volume=obj, volume_id=volume_id, spec=spec)
+        try:
+            self._create_or_adopt(
+                pv,
+                self.kube.create_pv,
+                lambda: self.kube.get_pv(pv["metadata"]["name"]),
+                namespace,
+                name,
+            )
+            self._create_or_adopt(
+                pvc,
+                self.kube.create_pvc,
+                lambda: self.kube.get_pvc(namespace, pvc["metadata"]["name"]),
+                namespace,
+                name,
+            )
+        except errors.KvolError as exc:
+            raise ReconcileError("APIError", str(exc), retry=classify(exc)) from exc
+
+    @staticmethod
+    def _create_or_adopt(
+        body: Obj,
+        create: Callable[[Obj], Obj],
+        get: Callable[[], Obj | None],
+        namespace: str,
+        name: str,
+    ) -> None:
+        try:
+            create(body)
+            return
+        except errors.Conflict:
+            existing = get()
+        if existing is None:
+            raise errors.Conflict(f"{body['kind']} {body['metadata']['name']} is being deleted")
+        labels = existing["metadata"].get("labels") or {}
+        if labels.get(VOLUME_LABEL) != name or labels.get(f"{VOLUME_LABEL}-namespace") != namespace:
+            raise ReconcileError(
+                "ClaimConflict",
+                f"a {existing['kind'] if 'kind' in existing else body['kind']} named "
+                f"{body['metadata']['name']} exists that kvol did not make for this Volume: "
+                "delete or rename it",
+                retry=True,
+                delay=30,
+            )
+
+    def _repo_stats(self, store: Store, volume_id: str) -> RepoStats:
+        """Content status; recomputed only when the head moved or writers may have aged out."""
+        repo = Repo(store, volume_id)
+        try:
+            head = repo.head()
+            memo = self._stats.get(volume_id)
+            window = self.settings.writers_window
+            if memo is not None and memo.head == head:
+                last = memo.stats.last_commit_time
+                if memo.stats.writers_recent == 0 or last is None or time.time() - last > window:
+                    return memo.stats
+            stats = repo.stats(writers_window=window)
+        except errors.KvolError as exc:
+            raise ReconcileError(
+                "BackendUnreachable", f"reading volume {volume_id}: {exc}", retry=classify(exc)
+            ) from exc
+        self._stats[volume_id] = _StatsMemo(stats.head, stats)
+        return stats
+
+    # -- deletion ---------------------------------------------------------------------------------
+
+    def delete_volume(self, body: Mapping[str, Any]) -> None:
+        """Carry out the reclaim policy. Returns only when the finalizer may go."""
+        meta = body["metadata"]
+        namespace, name = meta["namespace"], meta["name"]
+        with self.locks.hold(f"{namespace}/{name}"):
+            obj = self.kube.get_volume(namespace, name) or dict(body)
+            status = self._current(obj)
+            try:
+                policy = VolumeSpec.parse(obj.get("spec") or {}).reclaim_policy
+            except errors.InvalidArgument:
+                policy = "Retain"  # when in doubt, keep the data
+            volume_id = status.get("volumeId")
+            try:
+                self._write(obj, {"phase": "Terminating"})
+                if policy == "Delete" and volume_id:
+                    users = [
+                        pod["metadata"]["name"]
+                        for pod in self.kube.list_pods(namespace)
+                        if specs.pod_uses_volume(pod, name)
+                    ]
+                    if users:
+                        raise ReconcileError(
+                            "InUse",
+                            f"mounted by pod(s) {', '.join(sorted(users))}: the data is removed "
+                            "once no pod has the volume mounted",
+                            retry=True,
+                            delay=self.settings.in_use_retry,
+                        )
+                self._delete_claim(namespace, name, volume_id)
+                if policy == "Delete" and volume_id:
+                    backend = self._backend(status.get("backend") or "")
+                    store = self._reachable(backend)
+                    self._destroy(store, namespace, name, volume_id)
+                    self.emit(
+                        obj,
+                        "Normal",
+                        "Deleted",
+                        f"volume {volume_id} removed from backend {backend.name}",
+                    )
+                elif volume_id:
+                    self.emit(
+                        obj,
+                        "Normal",
+                        "Retained",
+                        f"volume {volume_id} kept in backend {status.get('backend')}",
+                    )
+            except ReconcileError as exc:
+                with suppress(errors.KvolError):
+                    self._write(
+                        obj, {"message": exc.message}, [(READY, False, exc.reason, exc.message)]
+                    )
+                raise
+            except errors.KvolError as exc:
+                raise ReconcileError("APIError", str(exc), retry=classify(exc)) from exc
+            self.forget(meta["uid"], volume_id)
+
+    def _delete_claim(self, namespace: str, name: str, volume_id: str | None) -> None:
+        pvc = self.kube.get_pvc(namespace, specs.claim_name(name))
+        if pvc is not None and _ours(pvc, namespace, name):
+            self.kube.delete_pvc(namespace, specs.claim_name(name))
+        if volume_id:
+            pv = self.kube.get_pv(specs.pv_name(volume_id))
+            if pv is not None and _ours(pv, namespace, name):
+                self.kube.delete_pv(specs.pv_name(volume_id))
+
+    @staticmethod
+    def _destroy(store: Store, namespace: str, name: str, volume_id: str) -> None:
+        catalog = Catalog(store, scope=namespace)
+        try:
+            try:
+                named = catalog.lookup(name).id
+            except errors.NotFound:
+                named = None
+            if named == volume_id:
+                catalog.delete(name, allow_missing=True)
+            else:  # the name was never written, or points elsewhere: remove only our data
+                Repo(store, volume_id).destroy()
+        except errors.KvolError as exc:
+            raise ReconcileError(
+                "BackendUnreachable", f"removing volume {volume_id}: {exc}", retry=True
+            ) from exc
+
+    # -- backends -------------------------------------------------------------------------------
+
+    def reconcile_backend(self, body: Mapping[str, Any]) -> Obj:
+        """Check a backend and write its status; raise when it is invalid or unreachable."""
+        meta = body["metadata"]
+        name = meta["name"]
+        self.backends.observe(body)
+        with self.locks.hold(f"backend/{name}"):
+            status = dict(body.get("status") or {})
+            changes: Obj = {
+                "observedGeneration": meta.get("generation"),
+                "volumes": self.volumes_on(name),
+            }
+            error: ReconcileError | None = None
+            try:
+                backend = self.backends.get(name)
+                changes["url"] = store_url(backend.spec)
+                self._reachable(backend)
+                changes.update(phase="Ready", message=None)
+                cond = ("Reachable", True, "Reachable", "the store answers")
+            except ReconcileError as exc:
+                error = exc
+                invalid = exc.reason == "BackendInvalid"
+                changes.update(phase="Invalid" if invalid else "Unreachable", message=exc.message)
+                cond = ("Reachable", False, exc.reason, exc.message)
+                if invalid:
+                    error = ReconcileError(exc.reason, exc.message, retry=False)
+            new = {**status, **changes}
+            new["conditions"], flipped = specs.set_condition(
+                status.get("conditions"),
+                cond[0],
+                cond[1],
+                cond[2],
+                cond[3],
+                generation=meta.get("generation"),
+            )
+            defaults = self.backends.defaults()
+            if len(defaults) > 1 and name in defaults:
+                new["conditions"], _ = specs.set_condition(
+                    new["conditions"],
+                    "Default",
+                    False,
+                    "MultipleDefaults",
+                    f"backends {', '.join(defaults)} are all marked default: mark one",
+                )
+            patch = {k: v for k, v in new.items() if status.get(k) != v}
+            if patch:
+                self.kube.patch_backend_status(name, patch)
+            if flipped:
+                metrics.EVENTS.labels("VolumeBackend", cond[2]).inc()
+                self.emit(body, "Normal" if cond[1] else "Warning", cond[2], cond[3])
+            if error is not None:
+                raise error
+            return new
+
+
+def _ours(obj: Mapping[str, Any], namespace: str, name: str) -> bool:
+    labels = obj["metadata"].get("labels") or {}
+    return (
+        labels.get(VOLUME_LABEL) == name
+        and labels.get(f"{VOLUME_LABEL}-namespace") == namespace
+        and all(labels.get(k) == v for k, v in MANAGED_BY.items())
+    )
+
+
+def _ref(obj: Mapping[str, Any]) -> str:
+    meta = obj["metadata"]
+    return f"{meta.get('namespace', '')}/{meta['name']}"
