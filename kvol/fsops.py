@@ -123,20 +123,21 @@ def write_file(
             dir_fd=dfd,
         )
         try:
-            fill(fd)
-            os.fchmod(fd, mode & 0o7777)
-            os.utime(fd, ns=(mtime_ns, mtime_ns))
-            st = os.fstat(fd)
-        except BaseException:
+            try:
+                fill(fd)
+                os.fchmod(fd, mode & 0o7777)
+                os.utime(fd, ns=(mtime_ns, mtime_ns))
+                existing = _lstat_at(dfd, name)
+                if existing is not None and stat.S_ISDIR(existing.st_mode):
+                    remove_tree_at(dfd, name)
+                os.rename(tmp, name, src_dir_fd=dfd, dst_dir_fd=dfd)
+            except BaseException:
+                os.unlink(tmp, dir_fd=dfd)
+                raise
+            # After the rename, which changes the ctime the index compares.
+            return os.fstat(fd)
+        finally:
             os.close(fd)
-            os.unlink(tmp, dir_fd=dfd)
-            raise
-        os.close(fd)
-        existing = _lstat_at(dfd, name)
-        if existing is not None and stat.S_ISDIR(existing.st_mode):
-            remove_tree_at(dfd, name)
-        os.rename(tmp, name, src_dir_fd=dfd, dst_dir_fd=dfd)
-        return st
     finally:
         os.close(dfd)
 
