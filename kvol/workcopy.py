@@ -532,6 +532,7 @@ class WorkingCopy:
                         continue
                     index.files.pop(rel, None)
                 fsops.make_dirs(root_fd, rel)
+            known_dirs = index.dirs
             index.dirs = all_dirs
             index.explicit_dirs = set(view.dirs)
 
@@ -540,6 +541,14 @@ class WorkingCopy:
                 record = view.files[rel]
                 entry = index.files.get(rel)
                 st = fsops.lstat(root_fd, rel)
+                if (
+                    st is not None
+                    and stat.S_ISDIR(st.st_mode)
+                    and rel in known_dirs
+                    and fsops.remove_empty_dir(root_fd, rel)
+                ):
+                    # A directory of the volume, emptied above, that a file replaced.
+                    st = None
                 if st is None:
                     if entry is not None and entry.sig is not None:
                         # Deleted here and not committed: the deletion is the last write.
