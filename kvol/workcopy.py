@@ -351,6 +351,10 @@ class WorkingCopy:
         seq = self.repo.publish(ops, self.index.base, message)
 
         index = self.index
+        if seq == index.base + 1:
+            # Nobody published in between: the copy now matches the volume at seq, and
+            # the next commit need not probe the log positions this one took.
+            index.base = seq
         for d in removed_dirs:
             for p in [p for p in index.files if paths.is_under(p, d)]:
                 del index.files[p]
