@@ -1,0 +1,301 @@
+"""Finding the mounted working copy of a volume, so ``commit()`` and ``reload()`` reach it.
+
+A process can sit inside two kinds of mount:
+
+* a CSI mount in a pod: ``<mount>/.kvol/control.sock`` answers HTTP (``GET /status``,
+  ``POST /commit``, ``POST /reload``, JSON bodies) for the plugin that owns the copy;
+* a local working copy made by ``kvol volume mount NAME DIR``: ``DIR/.kvol/config.json``;
+  this process opens it and commits or reloads it itself.
+
+Where to look is explicit: the directories named in ``$KVOL_MOUNTS`` (a JSON object,
+volume name -> mount path), then the current directory and each of its ancestors. The
+first mount that belongs to the volume (same name, or same volume id) is used.
+"""
+
+from __future__ import annotations
+
+import http.client
+import json
+import os
+import socket
+import stat
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from kvol import errors
+from kvol.paths import RESERVED
+
+MOUNTS_ENV = "KVOL_MOUNTS"
+SOCKET_NAME = "control.sock"
+CONFIG_NAME = "config.json"
+#: A commit of a large change can take a while; the plugin answers when it is done.
+CONTROL_TIMEOUT = 3600.0
+
+
+class Mount:
+    """A working copy this process can commit and reload. Results are plain dicts:
+    commit ``{seq, files, bytes}``, reload ``{from_seq, to_seq, files}``, status
+    ``{volume_id, base_seq, changed, deleted, uncommitted_bytes, ...}``."""
+
+    root: Path
+
+    def commit(self, message: str | None = None) -> dict[str, Any]:
+        raise NotImplementedError
+
+    def reload(self) -> dict[str, Any]:
+        raise NotImplementedError
+
+    def status(self) -> dict[str, Any]:
+        raise NotImplementedError
+
+    def describe(self) -> str:
+        raise NotImplementedError
+
+
+@dataclass
+class ControlMount(Mount):
+    """A CSI mount: the plugin owns the copy; we ask it over the control socket."""
+
+    root: Path
+
+    @property
+    def socket_path(self) -> Path:
+        return self.root / RESERVED / SOCKET_NAME
+
+    def describe(self) -> str:
+        return f"the kvol mount at {self.root}"
+
+    def status(self) -> dict[str, Any]:
+        return self._request("GET", "/status")
+
+    def commit(self, message: str | None = None) -> dict[str, Any]:
+        return self._request("POST", "/commit", {"message": message} if message else None)
+
+    def reload(self) -> dict[str, Any]:
+        return self._request("POST", "/reload")
+
+    def _request(
+        self, method: str, route: str, body: dict[str, Any] | None = None
+    ) -> dict[str, Any]:
+        conn = _UnixHTTPConnection(self.socket_path, CONTROL_TIMEOUT)
+        try:
+            payload = json.dumps(body).encode() if body is not None else None
+            headers = {"Content-Type": "application/json"} if payload else {}
+            conn.request(method, route, body=payload, headers=headers)
+            response = conn.getresponse()
+            raw = response.read()
+        except OSError as exc:
+            raise errors.StoreUnavailable(
+                f"the control socket {self.socket_path} did not answer: {exc}"
+            ) from exc
+        finally:
+            conn.close()
+        try:
+            data = json.loads(raw or b"{}")
+        except ValueError as exc:
+            raise errors.CorruptData(
+                f"the control socket answered {response.status} with a body that is not JSON"
+            ) from exc
+        if response.status != 200:
+            raise _error_from(response.status, data)
+        if not isinstance(data, dict):
+            raise errors.CorruptData(
+                "the control socket answered with a body that is not an object"
+            )
+        return data
+
+
+@dataclass
+class LocalMount(Mount):
+    """A working copy made by ``kvol volume mount``: we open it and act on it directly."""
+
+    root: Path
+
+    def describe(self) -> str:
+        return f"the working copy at {self.root}"
+
+    def _open(self) -> Any:
+        from kvol.workcopy import WorkingCopy
+
+        return WorkingCopy.open(self.root)
+
+    def status(self) -> dict[str, Any]:
+        wc = self._open()
+        st = wc.status()
+        return {
+            "volume_id": st.volume_id,
+            "base_seq": st.base_seq,
+            "head_seq": wc.repo.head(),
+            "changed": list(st.changed),
+            "deleted": list(st.deleted),
+            "uncommitted_bytes": st.uncommitted_bytes,
+            "read_only": wc.read_only,
+        }
+
+    def commit(self, message: str | None = None) -> dict[str, Any]:
+        result = self._open().commit(message)
+        return {
+            "seq": result.seq,
+            "files": result.files,
+            "deleted": result.deleted,
+            "bytes": result.bytes,
+            "sent_bytes": result.sent_bytes,
+            "deferred": list(result.deferred),
+        }
+
+    def reload(self) -> dict[str, Any]:
+        result = self._open().reload()
+        return {
+            "from_seq": result.from_seq,
+            "to_seq": result.to_seq,
+            "files": result.files,
+            "kept_local": list(result.kept_local),
+        }
+
+    def volume_id(self) -> str | None:
+        try:
+            config = json.loads((self.root / RESERVED / CONFIG_NAME).read_text())
+            return str(config["volume_id"])
+        except (OSError, ValueError, KeyError, TypeError):
+            return None
+
+
+def at(directory: str | os.PathLike[str]) -> Mount | None:
+    """The mount whose root is exactly ``directory``, if it is one."""
+    root = Path(directory).absolute()
+    meta = root / RESERVED
+    try:
+        if stat.S_ISSOCK(os.stat(meta / SOCKET_NAME).st_mode):
+            return ControlMount(root)
+    except OSError:
+        pass
+    if (meta / CONFIG_NAME).is_file():
+        return LocalMount(root)
+    return None
+
+
+def containing(directory: str | os.PathLike[str]) -> Mount | None:
+    """The mount holding ``directory``: itself or its nearest ancestor that is a mount."""
+    start = Path(directory).absolute()
+    for candidate in (start, *start.parents):
+        mount = at(candidate)
+        if mount is not None:
+            return mount
+    return None
+
+
+def configured() -> dict[str, Path]:
+    """``$KVOL_MOUNTS`` parsed: volume name -> mount path."""
+    raw = os.environ.get(MOUNTS_ENV)
+    if not raw:
+        return {}
+    try:
+        data = json.loads(raw)
+    except ValueError as exc:
+        raise errors.InvalidArgument(
+            f"${MOUNTS_ENV} must be a JSON object of volume name -> mount path"
+        ) from exc
+    if not isinstance(data, dict) or not all(
+        isinstance(k, str) and isinstance(v, str) for k, v in data.items()
+    ):
+        raise errors.InvalidArgument(
+            f"${MOUNTS_ENV} must be a JSON object of volume name -> mount path"
+        )
+    return {k: Path(v) for k, v in data.items()}
+
+
+def find(name: str | None, volume_id: Callable[[], str | None]) -> Mount | None:
+    """The mount of the volume called ``name`` (or with the id ``volume_id()`` returns).
+
+    ``volume_id`` is only called when a local working copy must be matched by id, so a
+    process inside a pod never needs the store to find its mount.
+    """
+    listed = configured()
+    if name is not None and name in listed:
+        mount = at(listed[name])
+        if mount is None:
+            raise errors.NotFound(
+                f"${MOUNTS_ENV} names {listed[name]} for volume {name!r}, "
+                "but no kvol mount is there"
+            )
+        return mount
+    known_id: list[str | None] = []
+
+    def the_id() -> str | None:
+        if not known_id:
+            known_id.append(volume_id())
+        return known_id[0]
+
+    for candidate in _candidates(listed):
+        mount = at(candidate)
+        if mount is not None and _belongs(mount, name, the_id):
+            return mount
+    return None
+
+
+def _candidates(listed: dict[str, Path]) -> Iterator[Path]:
+    seen: set[Path] = set()
+    cwd = Path.cwd()
+    for path in (*listed.values(), cwd, *cwd.parents):
+        if path not in seen:
+            seen.add(path)
+            yield path
+
+
+def _belongs(mount: Mount, name: str | None, volume_id: Callable[[], str | None]) -> bool:
+    if isinstance(mount, ControlMount):
+        try:
+            status = mount.status()
+        except errors.KvolError:
+            return False
+        if name is not None and status.get("volume") == name:
+            return True
+        return status.get("volume_id") is not None and status.get("volume_id") == volume_id()
+    assert isinstance(mount, LocalMount)
+    mine = mount.volume_id()
+    return mine is not None and mine == volume_id()
+
+
+def _error_from(status: int, body: Any) -> errors.KvolError:
+    """Rebuild the kvol error the plugin reported, so callers catch the same classes."""
+    body = body if isinstance(body, dict) else {}
+    message = str(body.get("message") or f"control request failed with HTTP {status}")
+    cls = getattr(errors, str(body.get("error", "")), None)
+    if not (isinstance(cls, type) and issubclass(cls, errors.KvolError)):
+        cls = errors.KvolError
+    if cls is errors.VolumeBusy:
+        holders = [
+            (int(h.get("pid", 0)), str(h.get("command", "?")), str(h.get("path", "")))
+            for h in body.get("holders", [])
+            if isinstance(h, dict)
+        ]
+        return errors.VolumeBusy(message, holders)
+    return cls(message)
+
+
+class _UnixHTTPConnection(http.client.HTTPConnection):
+    """HTTP over a unix socket; long paths are reached through /proc/self/fd."""
+
+    def __init__(self, path: Path, timeout: float) -> None:
+        super().__init__("localhost", timeout=timeout)
+        self._unix_path = path
+
+    def connect(self) -> None:
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock.settimeout(self.timeout)
+        try:
+            if len(os.fsencode(self._unix_path)) < 100:
+                sock.connect(str(self._unix_path))
+            else:
+                # sun_path holds 107 bytes; kubelet paths are often longer.
+                dir_fd = os.open(self._unix_path.parent, os.O_PATH | os.O_DIRECTORY)
+                try:
+                    sock.connect(f"/proc/self/fd/{dir_fd}/{self._unix_path.name}")
+                finally:
+                    os.close(dir_fd)
+        except BaseException:
+            sock.close()
+            raise
+        self.sock = sock

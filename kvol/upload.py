@@ -1,0 +1,168 @@
+"""Changing a volume without a working copy: what the SDK and the CLI publish directly.
+
+Content goes up first (invisible until referenced), then one log entry publishes every
+change at once, after the volume's limits are checked against the state it would make.
+A failure anywhere before the publish leaves the volume exactly as it was.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Iterable
+from concurrent.futures import Future
+from dataclasses import dataclass
+from pathlib import Path
+from typing import BinaryIO, cast
+
+from kvol.content import ContentWriter, Opener, Uploaded
+from kvol.errors import Conflict, LimitExceeded
+from kvol.model import Entry, FileRecord, Limits, Op, PutOp, State
+from kvol.progress import Advance
+from kvol.repo import Repo, this_writer
+
+DEFAULT_MODE = 0o644
+
+
+@dataclass(frozen=True)
+class Pending:
+    """One file to upload: from a local path, or from bytes already in memory."""
+
+    remote: str
+    local: Path | None = None
+    data: bytes | None = None
+    #: Permission bits; None keeps the local file's.
+    mode: int | None = None
+    #: Modification time; None takes the local file's (or now, for bytes).
+    mtime_ns: int | None = None
+
+    @property
+    def source(self) -> str:
+        return str(self.local) if self.local is not None else "<data>"
+
+
+class _CountingReader:
+    """A file handle that reports the bytes read from it (drives progress bars)."""
+
+    def __init__(self, handle: BinaryIO, advance: Advance) -> None:
+        self._handle = handle
+        self._advance = advance
+
+    def read(self, n: int = -1) -> bytes:
+        data = self._handle.read(n)
+        self._advance(len(data))
+        return data
+
+    def fileno(self) -> int:
+        return self._handle.fileno()
+
+    def close(self) -> None:
+        self._handle.close()
+
+    def __enter__(self) -> _CountingReader:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def upload(
+    repo: Repo, items: Iterable[Pending], known: State | None, advance: Advance
+) -> list[PutOp]:
+    """Send every item's content; return the operations that would publish them.
+
+    ``known`` is the volume's current state: content it already holds is not sent again.
+    """
+    items = list(items)
+    if not items:
+        return []
+    stats: dict[str, os.stat_result] = {}
+    known_parts = {r.hash: r.parts for r in known.files.values()} if known is not None else {}
+
+    def opener(item: Pending) -> Opener:
+        assert item.local is not None
+        local = item.local
+
+        def open_it() -> tuple[BinaryIO, os.stat_result]:
+            handle = open(local, "rb", buffering=0)  # noqa: SIM115 - closed by the writer
+            st = os.fstat(handle.fileno())
+            stats[item.remote] = st
+            return cast(BinaryIO, _CountingReader(cast(BinaryIO, handle), advance)), st
+
+        return open_it
+
+    futures: list[tuple[Pending, Future[Uploaded]]] = []
+    with ContentWriter(repo.store, repo.keys, repo.meta.chunk_size, known=known_parts) as writer:
+        for item in items:
+            if item.data is not None:
+                futures.append((item, writer.add_bytes(item.data)))
+                advance(len(item.data))
+            else:
+                futures.append((item, writer.add(opener(item))))
+        writer.finish()
+        ops: list[PutOp] = []
+        for item, future in futures:
+            up = future.result()
+            if not up.stable:
+                raise Conflict(
+                    f"{item.source} changed while it was being uploaded; nothing was "
+                    "published, try again when it is complete"
+                )
+            st = stats.get(item.remote)
+            mode = item.mode
+            if mode is None:
+                mode = st.st_mode & 0o7777 if st is not None else DEFAULT_MODE
+            mtime_ns = item.mtime_ns
+            if mtime_ns is None:
+                mtime_ns = st.st_mtime_ns if st is not None else time.time_ns()
+            record = FileRecord(up.size, mtime_ns, mode & 0o7777, up.hash, up.parts)
+            ops.append(PutOp(item.remote, record))
+    return ops
+
+
+def publish(repo: Repo, state: State, ops: list[Op], message: str | None) -> int:
+    """Check the volume's limits against the state ``ops`` would make, then publish."""
+    check_limits(repo.meta.limits, state, ops)
+    return repo.publish(ops, state.seq, message)
+
+
+def check_limits(limits: Limits, before: State, ops: list[Op]) -> None:
+    """Raise LimitExceeded if applying ``ops`` to ``before`` breaks a limit it grows into.
+
+    Only growth is refused: a volume already over a lowered limit can still shrink.
+    """
+    if limits == Limits():
+        return
+    for op in ops:
+        if (
+            isinstance(op, PutOp)
+            and limits.max_file_size is not None
+            and op.record.size > limits.max_file_size
+        ):
+            raise LimitExceeded(
+                f"{op.path} is {op.record.size:,} bytes, over the volume's file size limit "
+                f"of {limits.max_file_size:,}; nothing was published"
+            )
+    after = before.copy()
+    after.apply(Entry(tuple(ops), 0.0, this_writer(), before.seq), before.seq + 1)
+    files_after, files_before = len(after.files), len(before.files)
+    if limits.max_files is not None and files_after > max(limits.max_files, files_before):
+        raise LimitExceeded(
+            f"the volume would hold {files_after:,} files, over its limit of "
+            f"{limits.max_files:,}; nothing was published"
+        )
+    bytes_after, bytes_before = after.total_bytes, before.total_bytes
+    if limits.max_bytes is not None and bytes_after > max(limits.max_bytes, bytes_before):
+        raise LimitExceeded(
+            f"the volume would hold {bytes_after:,} bytes, over its limit of "
+            f"{limits.max_bytes:,}; nothing was published"
+        )
+    if limits.max_files_per_directory is not None:
+        old = before.children_counts()
+        for directory, count in after.children_counts().items():
+            if count > max(limits.max_files_per_directory, old.get(directory, 0)):
+                raise LimitExceeded(
+                    f"directory /{directory} would hold {count:,} entries, over the volume's "
+                    f"limit of {limits.max_files_per_directory:,} per directory; nothing was "
+                    "published"
+                )
