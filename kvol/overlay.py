@@ -9,11 +9,25 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import errno
+import functools
+import json
 import os
+import secrets
+import shutil
+import stat
+import threading
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
-from kvol.errors import InvalidArgument, KvolError
+from kvol import fsops, layout, paths
+from kvol.errors import CorruptData, InvalidArgument, KvolError
+from kvol.index import Index, IndexEntry, Signature
+from kvol.model import FileRecord, State
+from kvol.repo import Repo
+from kvol.workcopy import CONFIG_FILE, DEFAULT_CONCURRENCY, INDEX_FILE, ScanResult, WorkingCopy
 
 # -- mount primitives -----------------------------------------------------------------
 
@@ -192,3 +206,413 @@ def unmount(target: str | Path, *, lazy: bool = False) -> bool:
             return False  # unmounted by someone else meanwhile
         raise
     return True
+
+
+# -- the node's content cache -----------------------------------------------------------
+
+
+class ContentCache:
+    """Immutable local copies of volume files, shared by every lower snapshot here.
+
+    A snapshot hard-links its files from here, and a hard link shares the inode's mode and
+    mtime, so an entry is one file *as the volume has it*: content, mode and mtime
+    (``<hash>.<mode>.<mtime_ns>``). Entries are never written after they are renamed into
+    place; overlayfs copies a file up before anyone writes it, so linking them into lower
+    layers is safe. Unchanged files keep their record across commits, so every snapshot of
+    a volume reuses what the previous one fetched.
+    """
+
+    def __init__(self, root: str | Path) -> None:
+        self.root = Path(root)
+        self.root.mkdir(parents=True, exist_ok=True)
+
+    def path(self, record: FileRecord) -> Path:
+        h = record.hash
+        return self.root / h[:2] / f"{h}.{record.mode:o}.{record.mtime_ns}"
+
+    def has(self, record: FileRecord) -> bool:
+        return self.path(record).exists()
+
+    def fill(self, repo: Repo, records: list[FileRecord], concurrency: int = 8) -> int:
+        """Make sure every record has an entry; returns the number fetched from the store."""
+        missing: dict[Path, FileRecord] = {}
+        for record in records:
+            path = self.path(record)
+            if path not in missing and not path.exists():
+                missing[path] = record
+        if not missing:
+            return 0
+        reader = repo.reader()
+        remote: list[tuple[Path, FileRecord]] = []
+        for path, record in missing.items():
+            if not self._copy_local(path, record):
+                remote.append((path, record))
+        reader.prefetch(r for _, r in remote)
+
+        def fetch(item: tuple[Path, FileRecord]) -> None:
+            path, record = item
+            self._install(path, record, lambda fd: reader.write_to(record, fd))
+
+        try:
+            with ThreadPoolExecutor(concurrency, thread_name_prefix="kvol-cache") as pool:
+                list(pool.map(fetch, remote))
+        finally:
+            reader.release()
+        return len(remote)
+
+    def _copy_local(self, path: Path, record: FileRecord) -> bool:
+        """Another mode or mtime of the same content is here: copy it, no download."""
+        try:
+            siblings = [p for p in path.parent.iterdir() if p.name.startswith(record.hash + ".")]
+        except FileNotFoundError:
+            return False
+        for sibling in siblings:
+            try:
+                src = os.open(sibling, os.O_RDONLY | os.O_CLOEXEC)
+            except FileNotFoundError:
+                continue
+            try:
+                self._install(path, record, functools.partial(_copy_fd, src, size=record.size))
+            finally:
+                os.close(src)
+            return True
+        return False
+
+    def _install(self, path: Path, record: FileRecord, fill: Callable[[int], None]) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f"{fsops.TEMP_PREFIX}{secrets.token_hex(8)}")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+        try:
+            fill(fd)
+            os.fchmod(fd, record.mode & 0o7777)
+            os.utime(fd, ns=(record.mtime_ns, record.mtime_ns))
+        except BaseException:
+            os.close(fd)
+            tmp.unlink(missing_ok=True)
+            raise
+        os.close(fd)
+        os.replace(tmp, path)
+
+
+def _copy_fd(src: int, dst: int, *, size: int) -> None:
+    offset = 0
+    while offset < size:
+        # copy_file_range shares extents where the filesystem can (reflinks on xfs/btrfs).
+        n = os.copy_file_range(src, dst, size - offset, offset, offset)
+        if n == 0:
+            raise CorruptData("cached file is shorter than its record")
+        offset += n
+
+
+# -- lower snapshots ----------------------------------------------------------------------
+
+LOWER_TREE = "tree"
+LOWER_INDEX = "index"
+
+
+@dataclass(frozen=True)
+class Lower:
+    """A read-only snapshot of one volume at one seq: the lower layer of its overlays."""
+
+    path: Path
+    volume_id: str
+    seq: int
+
+    @property
+    def tree(self) -> Path:
+        return self.path / LOWER_TREE
+
+    @property
+    def index_path(self) -> Path:
+        return self.path / LOWER_INDEX
+
+    @property
+    def key(self) -> str:
+        return f"{self.volume_id}/{self.seq}"
+
+
+class Lowers:
+    """The lower snapshots of this machine: ``<root>/<volume id>/<seq>/{tree,index}``.
+
+    A snapshot is built in a temporary directory and renamed into place whole, so one that
+    exists is complete. Building hard-links every file from the content cache, which is
+    O(files) and never O(bytes) once the cache holds the content.
+    """
+
+    def __init__(self, root: str | Path, cache: ContentCache) -> None:
+        self.root = Path(root)
+        self.cache = cache
+        self._lock = threading.Lock()
+        self._building: dict[str, threading.Lock] = {}
+        self._paths: dict[Path, tuple[frozenset[str], frozenset[str]]] = {}
+
+    def get(self, volume_id: str, seq: int) -> Lower | None:
+        lower = Lower(self.root / volume_id / layout.seq_name(seq), volume_id, seq)
+        return lower if lower.index_path.exists() else None
+
+    def newest(self, volume_id: str, at_most: int | None = None) -> Lower | None:
+        try:
+            names = os.listdir(self.root / volume_id)
+        except FileNotFoundError:
+            return None
+        seqs = [s for s in map(layout.parse_seq, names) if s is not None]
+        seqs = [s for s in seqs if at_most is None or s <= at_most]
+        for seq in sorted(seqs, reverse=True):
+            found = self.get(volume_id, seq)
+            if found is not None:
+                return found
+        return None
+
+    def build(self, repo: Repo, seq: int, concurrency: int = 8) -> Lower:
+        """The snapshot of ``repo`` at ``seq``, built unless it exists."""
+        key = f"{repo.volume_id}/{seq}"
+        with self._lock:
+            gate = self._building.setdefault(key, threading.Lock())
+        with gate:  # one build per snapshot; others wait for it and reuse it
+            existing = self.get(repo.volume_id, seq)
+            if existing is not None:
+                return existing
+            state = repo.state(seq)
+            self.cache.fill(repo, list(state.files.values()), concurrency)
+            final = self.root / repo.volume_id / layout.seq_name(seq)
+            staging = final.with_name(
+                f"{fsops.TEMP_PREFIX}{layout.seq_name(seq)}-{secrets.token_hex(4)}"
+            )
+            tree = staging / LOWER_TREE
+            try:
+                self._materialize(state, tree)
+                index = Index(repo.volume_id, state.seq)
+                index.dirs = state.all_dirs()
+                index.explicit_dirs = set(state.dirs)
+                tree_str = str(tree)
+                for rel, record in state.files.items():
+                    st = os.lstat(os.path.join(tree_str, rel))
+                    index.files[rel] = IndexEntry(record, Signature.of(st))
+                index.save(staging / LOWER_INDEX)
+                os.rename(staging, final)
+            except BaseException:
+                shutil.rmtree(staging, ignore_errors=True)
+                raise
+            return Lower(final, repo.volume_id, seq)
+
+    def _materialize(self, state: State, tree: Path) -> None:
+        tree.mkdir(parents=True)
+        base = str(tree)
+        for d in sorted(state.all_dirs()):
+            os.makedirs(os.path.join(base, d), exist_ok=True)
+        for rel, record in state.files.items():
+            os.link(self.cache.path(record), os.path.join(base, rel))
+
+    def paths_of(self, lower: Lower) -> tuple[frozenset[str], frozenset[str]]:
+        """The files and directories of a snapshot (immutable, so read once per process)."""
+        with self._lock:
+            cached = self._paths.get(lower.path)
+        if cached is None:
+            index = Index.load(lower.index_path)
+            cached = (frozenset(index.files), frozenset(index.dirs))
+            with self._lock:
+                self._paths[lower.path] = cached
+        return cached
+
+    def all(self) -> list[Lower]:
+        found = []
+        for vdir in sorted(self.root.iterdir()) if self.root.exists() else []:
+            for name in sorted(os.listdir(vdir)):
+                seq = layout.parse_seq(name)
+                if seq is not None and (vdir / name / LOWER_INDEX).exists():
+                    found.append(Lower(vdir / name, vdir.name, seq))
+        return found
+
+    def drop(self, lower: Lower) -> None:
+        """Remove a snapshot no mount uses (the caller checks); refuses a mounted one."""
+        if mounts_under(lower.path):
+            raise MountError(f"snapshot {lower.path} is still mounted")
+        with self._lock:
+            self._paths.pop(lower.path, None)
+        # Renamed first so that a half-removed snapshot never looks complete.
+        doomed = lower.path.with_name(f"{fsops.TEMP_PREFIX}drop-{secrets.token_hex(4)}")
+        try:
+            os.rename(lower.path, doomed)
+        except FileNotFoundError:
+            return
+        shutil.rmtree(doomed)
+
+
+# -- the copy-on-write working copy ---------------------------------------------------------
+
+UPPER = "upper"
+WORK = "work"
+MERGED = "merged"
+META = "meta"
+OPAQUE_XATTR = "trusted.overlay.opaque"
+
+
+class OverlayWorkingCopy(WorkingCopy):
+    """A working copy whose root is an overlay of a private upper layer on a shared lower
+    snapshot. Publishing is a mount; finding changes walks only the upper layer."""
+
+    upper: Path
+    lower: Lower
+    lower_files: frozenset[str]
+    lower_dirs: frozenset[str]
+    #: Paths never committed (mount points of control sockets inside the copy).
+    excluded: frozenset[str]
+
+    @classmethod
+    def mount(
+        cls,
+        repo: Repo,
+        lowers: Lowers,
+        lower: Lower,
+        layer_dir: str | Path,
+        *,
+        read_only: bool = False,
+        excluded: frozenset[str] = frozenset(),
+        concurrency: int = DEFAULT_CONCURRENCY,
+    ) -> OverlayWorkingCopy:
+        """Mount (or re-adopt) the copy kept in ``layer_dir`` over ``lower``.
+
+        A new copy starts from the snapshot's index; an existing one (the plugin restarted)
+        keeps its own index and upper layer, and is mounted again if it is not mounted.
+        """
+        base = Path(layer_dir).absolute()
+        upper, work, merged, meta = (base / n for n in (UPPER, WORK, MERGED, META))
+        for d in (upper, work, merged, meta):
+            d.mkdir(parents=True, exist_ok=True)
+        config_path = meta / CONFIG_FILE
+        if config_path.exists():
+            config = json.loads(config_path.read_text())
+            if config.get("volume_id") != repo.volume_id or config.get("lower") != str(lower.path):
+                raise CorruptData(f"{base} holds another working copy")
+            index = Index.load(meta / INDEX_FILE)
+        else:
+            index = Index.load(lower.index_path)
+            index.save(meta / INDEX_FILE)
+            config = {
+                "format": 1,
+                "layout": "overlay",
+                "store": repo.store.url,
+                "volume_id": repo.volume_id,
+                "read_only": read_only,
+                "lower": str(lower.path),
+                "upper": str(upper),
+            }
+            fsops_write_json(config_path, config)
+        if not is_mountpoint(merged):
+            mount_overlay(lower.tree, upper, work, merged)
+        wc = cls(repo, merged, meta, index, read_only=read_only, concurrency=concurrency)
+        wc.upper = upper
+        wc.lower = lower
+        wc.lower_files, wc.lower_dirs = lowers.paths_of(lower)
+        wc.excluded = excluded
+        # Pods see this mount through bind mounts in their own namespaces: find their
+        # open files by device, not by path.
+        wc.busy_device = os.stat(merged).st_dev
+        return wc
+
+    def unmount(self) -> None:
+        unmount(self.root)
+
+    # -- change detection: the upper layer only ------------------------------------------
+
+    def _scan(self) -> ScanResult:
+        result = ScanResult()
+        index = self.index
+        files = index.files
+        seen_files: set[str] = set()
+        seen_dirs: set[str] = set()
+        opaque: list[str] = []
+        merged = str(self.root)
+        stack = [(str(self.upper), "")]
+        while stack:
+            directory, prefix = stack.pop()
+            try:
+                entries = list(os.scandir(directory))
+            except (FileNotFoundError, NotADirectoryError):
+                continue
+            for entry in entries:
+                name = entry.name
+                rel = prefix + name
+                if name.startswith(fsops.TEMP_PREFIX) or rel in self.excluded:
+                    continue
+                if not prefix and name == paths.RESERVED:
+                    continue
+                try:
+                    st_upper = entry.stat(follow_symlinks=False)
+                except FileNotFoundError:
+                    continue
+                mode = st_upper.st_mode
+                if stat.S_ISCHR(mode) and st_upper.st_rdev == 0:
+                    # A whiteout: whatever the lower layer had here is deleted.
+                    if rel in files:
+                        result.deleted.add(rel)
+                    if rel in index.dirs:
+                        result.dirs_removed.add(rel)
+                    continue
+                if rel in files and not stat.S_ISREG(mode):
+                    result.deleted.add(rel)  # a file replaced by a directory or a symlink
+                if stat.S_ISDIR(mode):
+                    seen_dirs.add(rel)
+                    if rel not in index.dirs:
+                        result.dirs_added.add(rel)
+                    if _is_opaque(entry.path):
+                        opaque.append(rel)
+                    stack.append((entry.path, rel + "/"))
+                    continue
+                if rel in index.dirs:
+                    result.dirs_removed.add(rel)  # a directory replaced by a file
+                if not stat.S_ISREG(mode):
+                    continue
+                seen_files.add(rel)
+                try:
+                    # Stat through the mount, as reloads record it, so signatures agree.
+                    st = os.lstat(os.path.join(merged, rel))
+                except FileNotFoundError:
+                    continue
+                known = files.get(rel)
+                if known is None or not known.is_clean(st):
+                    result.candidates[rel] = st
+        # Files that never were in the lower layer live only in the upper one: when they
+        # are deleted no whiteout is left, so their absence is the deletion.
+        for rel in files:
+            if rel not in seen_files and rel not in self.lower_files and rel not in result.deleted:
+                result.deleted.add(rel)
+        for rel in opaque:
+            # An opaque directory hides everything the lower layer had below it.
+            prefix = rel + "/"
+            for p in files:
+                if p.startswith(prefix) and p not in seen_files:
+                    result.deleted.add(p)
+            for d in index.dirs:
+                if d.startswith(prefix) and d not in seen_dirs:
+                    result.dirs_removed.add(d)
+        for d in index.dirs:
+            # An upper-only directory that was removed leaves no whiteout either.
+            if (
+                d not in seen_dirs
+                and d not in self.lower_dirs
+                and d not in result.dirs_removed
+                and not os.path.isdir(os.path.join(merged, d))
+            ):
+                result.dirs_removed.add(d)
+        return result
+
+    def _is_clean(self, root_fd: int, rel: str, entry: IndexEntry, st: os.stat_result) -> bool:
+        # A file with nothing in the upper layer is the lower snapshot's, untouched: the
+        # shared inode's ctime moves when other snapshots link it, so its stat proves nothing.
+        if entry.record is not None and not os.path.lexists(os.path.join(self.upper, rel)):
+            return True
+        return super()._is_clean(root_fd, rel, entry, st)
+
+
+def _is_opaque(path: str) -> bool:
+    try:
+        return os.getxattr(path, OPAQUE_XATTR, follow_symlinks=False) == b"y"
+    except OSError:
+        return False
+
+
+def fsops_write_json(path: Path, data: dict[str, Any]) -> None:
+    tmp = path.with_name(f"{fsops.TEMP_PREFIX}{secrets.token_hex(6)}")
+    tmp.write_text(json.dumps(data, indent=2) + "\n")
+    os.replace(tmp, path)

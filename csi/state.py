@@ -1,0 +1,149 @@
+"""The node plugin's record of what it published, kept on the host.
+
+One JSON file lists every publication (a working copy at a target path). It is written
+whole to a temporary file, fsynced and renamed over the old one, then the directory is
+fsynced: a crash leaves the old list or the new one, never half of either. A restarted
+plugin reads it back and re-adopts every working copy.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import threading
+from dataclasses import asdict, dataclass, field, fields, replace
+from pathlib import Path
+from typing import Any, Literal
+
+from kvol.errors import CorruptData
+
+FORMAT = 1
+Phase = Literal["publishing", "published", "unpublishing"]
+PHASES = ("publishing", "published", "unpublishing")
+
+
+@dataclass(frozen=True)
+class Publication:
+    """One volume published at one target path."""
+
+    #: The CSI volume id (per pod for inline volumes, the PV's handle otherwise).
+    volume_id: str
+    target_path: str
+    #: The kvol volume behind it: catalog name, namespace, store backend and id.
+    name: str
+    namespace: str
+    backend: str
+    kvol_id: str
+    #: This publication's private directory under the state dir (index, upper layer, ...).
+    workdir: str
+    readonly: bool = False
+    sub_path: str = ""
+    #: "overlay" (copy-on-write over a shared lower snapshot) or "plain" (a full copy).
+    layout: str = "plain"
+    #: The shared lower snapshot an overlay copy sits on, as "<kvol_id>/<seq>".
+    lower: str | None = None
+    autocommit_seconds: float = 0.0
+    phase: Phase = "publishing"
+    published_at: float = 0.0
+    extra: dict[str, str] = field(default_factory=dict)
+
+    def with_phase(self, phase: Phase) -> Publication:
+        return replace(self, phase=phase)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: Any) -> Publication:
+        if not isinstance(data, dict):
+            raise CorruptData("publication record is not an object")
+        known = {f.name for f in fields(cls)}
+        try:
+            pub = cls(**{k: v for k, v in data.items() if k in known})
+        except TypeError as exc:
+            raise CorruptData(f"publication record is malformed: {exc}") from exc
+        if pub.phase not in PHASES or not pub.target_path or not pub.volume_id:
+            raise CorruptData(f"publication record is malformed: {data!r}")
+        return pub
+
+
+class StateFile:
+    """Publications by target path, persisted atomically on every change."""
+
+    def __init__(self, path: Path | str) -> None:
+        self.path = Path(path)
+        self._lock = threading.Lock()
+        self._pubs: dict[str, Publication] = self._load()
+
+    def _load(self) -> dict[str, Publication]:
+        try:
+            raw = self.path.read_bytes()
+        except FileNotFoundError:
+            return {}
+        try:
+            data = json.loads(raw)
+        except ValueError as exc:
+            raise CorruptData(f"plugin state {self.path} is not valid JSON: {exc}") from exc
+        if not isinstance(data, dict) or data.get("format") != FORMAT:
+            raise CorruptData(f"plugin state {self.path} has an unknown format")
+        pubs = [Publication.from_dict(p) for p in data.get("publications", [])]
+        return {p.target_path: p for p in pubs}
+
+    def get(self, target_path: str) -> Publication | None:
+        with self._lock:
+            return self._pubs.get(target_path)
+
+    def all(self) -> list[Publication]:
+        with self._lock:
+            return list(self._pubs.values())
+
+    def put(self, pub: Publication) -> None:
+        with self._lock:
+            updated = dict(self._pubs)
+            updated[pub.target_path] = pub
+            self._save(updated)
+            self._pubs = updated
+
+    def remove(self, target_path: str) -> None:
+        with self._lock:
+            if target_path not in self._pubs:
+                return
+            updated = dict(self._pubs)
+            del updated[target_path]
+            self._save(updated)
+            self._pubs = updated
+
+    def _save(self, pubs: dict[str, Publication]) -> None:
+        body = json.dumps(
+            {
+                "format": FORMAT,
+                "publications": [pubs[k].to_dict() for k in sorted(pubs)],
+            },
+            indent=1,
+            sort_keys=True,
+        ).encode()
+        write_atomically(self.path, body)
+
+
+def write_atomically(path: Path, body: bytes) -> None:
+    """Replace ``path`` with ``body``: temp file in the same directory, fsync, rename, fsync."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    try:
+        view = memoryview(body)
+        while view:
+            view = view[os.write(fd, view) :]
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    try:
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    dir_fd = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)

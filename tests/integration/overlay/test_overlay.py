@@ -1,0 +1,209 @@
+"""The copy-on-write working copy on real overlay mounts (root only)."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from kvol.catalog import Catalog
+from kvol.overlay import (
+    ContentCache,
+    Lowers,
+    OverlayWorkingCopy,
+    is_mountpoint,
+    overlay_supported,
+)
+from kvol.repo import Repo
+from kvol.store import FilesystemStore
+from kvol.workcopy import WorkingCopy
+
+pytestmark = pytest.mark.root
+
+
+@pytest.fixture(autouse=True)
+def _needs_overlay() -> None:
+    if not overlay_supported():
+        pytest.fail("these tests need root and overlayfs (run them as root)", pytrace=False)
+
+
+@pytest.fixture
+def repo(tmp_path: Path) -> Repo:
+    store = FilesystemStore(tmp_path / "store")
+    Catalog(store).create("vol")
+    return Catalog(store).repo("vol")
+
+
+@pytest.fixture
+def lowers(tmp_path: Path) -> Lowers:
+    return Lowers(tmp_path / "lowers", ContentCache(tmp_path / "cache"))
+
+
+def seed(repo: Repo, tmp_path: Path, files: dict[str, bytes]) -> int:
+    wc = WorkingCopy.create(repo, tmp_path / "seed")
+    for rel, data in files.items():
+        p = wc.root / rel
+        p.parent.mkdir(parents=True, exist_ok=True)
+        p.write_bytes(data)
+    seq = wc.commit().seq
+    wc.close(final_commit=False)
+    assert seq is not None
+    return seq
+
+
+@pytest.fixture
+def mounted() -> Iterator[list[OverlayWorkingCopy]]:
+    copies: list[OverlayWorkingCopy] = []
+    yield copies
+    for wc in copies:
+        wc.close(final_commit=False)
+        wc.unmount()
+
+
+def state_files(repo: Repo) -> dict[str, bytes]:
+    state = repo.state()
+    reader = repo.reader()
+    return {p: reader.read(r) for p, r in state.files.items()}
+
+
+def test_commit_sees_new_changed_and_deleted_files(
+    repo: Repo, lowers: Lowers, tmp_path: Path, mounted: list[OverlayWorkingCopy]
+) -> None:
+    seq = seed(repo, tmp_path, {"a.txt": b"a", "d/b.txt": b"b", "d/e/c.txt": b"c", "gone": b"x"})
+    lower = lowers.build(repo, seq)
+    wc = OverlayWorkingCopy.mount(repo, lowers, lower, tmp_path / "pod1")
+    mounted.append(wc)
+    assert is_mountpoint(wc.root)
+    assert (wc.root / "d/e/c.txt").read_bytes() == b"c"
+    assert wc.commit().seq is None  # nothing changed: nothing published
+
+    (wc.root / "a.txt").write_bytes(b"A2")
+    (wc.root / "new/deep").mkdir(parents=True)
+    (wc.root / "new/deep/n.txt").write_bytes(b"n")
+    (wc.root / "gone").unlink()
+    result = wc.commit()
+    assert result.seq == seq + 1
+    assert state_files(repo) == {
+        "a.txt": b"A2",
+        "d/b.txt": b"b",
+        "d/e/c.txt": b"c",
+        "new/deep/n.txt": b"n",
+    }
+    assert wc.commit().seq is None
+
+
+def test_removed_directory_and_opaque_replacement(
+    repo: Repo, lowers: Lowers, tmp_path: Path, mounted: list[OverlayWorkingCopy]
+) -> None:
+    seq = seed(repo, tmp_path, {"d/x": b"1", "d/y": b"2", "k/z": b"3", "keep": b"k"})
+    wc = OverlayWorkingCopy.mount(repo, lowers, lowers.build(repo, seq), tmp_path / "pod")
+    mounted.append(wc)
+    for name in ("x", "y"):
+        (wc.root / "d" / name).unlink()
+    (wc.root / "d").rmdir()
+    # rm -r k; mkdir k; write a new file: k becomes opaque in the upper layer.
+    (wc.root / "k/z").unlink()
+    (wc.root / "k").rmdir()
+    (wc.root / "k").mkdir()
+    (wc.root / "k/w").write_bytes(b"w")
+    wc.commit()
+    state = repo.state()
+    assert set(state.files) == {"keep", "k/w"}
+    assert "d" not in state.all_dirs()
+
+
+def test_upper_only_file_deleted_after_commit(
+    repo: Repo, lowers: Lowers, tmp_path: Path, mounted: list[OverlayWorkingCopy]
+) -> None:
+    seq = seed(repo, tmp_path, {"base": b"b"})
+    wc = OverlayWorkingCopy.mount(repo, lowers, lowers.build(repo, seq), tmp_path / "pod")
+    mounted.append(wc)
+    (wc.root / "tmpdir").mkdir()
+    (wc.root / "tmpdir/f").write_bytes(b"f")
+    wc.commit()
+    assert "tmpdir/f" in repo.state().files
+    # Never in the lower layer: deleting it leaves no whiteout behind.
+    (wc.root / "tmpdir/f").unlink()
+    (wc.root / "tmpdir").rmdir()
+    wc.commit()
+    state = repo.state()
+    assert set(state.files) == {"base"}
+    assert "tmpdir" not in state.all_dirs()
+
+
+def test_two_copies_share_one_lower_and_reload_through_the_view(
+    repo: Repo, lowers: Lowers, tmp_path: Path, mounted: list[OverlayWorkingCopy]
+) -> None:
+    seq = seed(repo, tmp_path, {"shared": b"s0", "other": b"o"})
+    lower = lowers.build(repo, seq)
+    one = OverlayWorkingCopy.mount(repo, lowers, lower, tmp_path / "pod1")
+    two = OverlayWorkingCopy.mount(repo, lowers, lower, tmp_path / "pod2")
+    mounted += [one, two]
+    assert lowers.build(repo, seq) == lower  # reused, not rebuilt
+    (one.root / "from-one").write_bytes(b"1")
+    (one.root / "shared").write_bytes(b"s1")
+    (one.root / "other").unlink()
+    one.commit()
+    (two.root / "from-two").write_bytes(b"2")
+    result = two.reload()
+    assert result.to_seq == seq + 1
+    assert (two.root / "from-one").read_bytes() == b"1"
+    assert (two.root / "shared").read_bytes() == b"s1"
+    assert not (two.root / "other").exists()
+    assert (two.root / "from-two").read_bytes() == b"2"  # local change kept
+    # The lower snapshot was never written.
+    assert (lower.tree / "shared").read_bytes() == b"s0"
+    assert (lower.tree / "other").exists()
+    # What the reload wrote is recorded as clean: only the local file is committed.
+    committed = two.commit()
+    assert committed.files == 1
+    assert state_files(repo)["from-two"] == b"2"
+    assert "other" not in repo.state().files
+
+
+def test_reload_keeps_a_local_deletion(
+    repo: Repo, lowers: Lowers, tmp_path: Path, mounted: list[OverlayWorkingCopy]
+) -> None:
+    seq = seed(repo, tmp_path, {"f": b"1", "g": b"g"})
+    lower = lowers.build(repo, seq)
+    one = OverlayWorkingCopy.mount(repo, lowers, lower, tmp_path / "pod1")
+    two = OverlayWorkingCopy.mount(repo, lowers, lower, tmp_path / "pod2")
+    mounted += [one, two]
+    (one.root / "f").write_bytes(b"2")
+    one.commit()
+    (two.root / "f").unlink()
+    two.reload()
+    assert not (two.root / "f").exists()  # the local deletion will be the last write
+    two.commit()
+    assert "f" not in repo.state().files
+
+
+def test_readopt_after_unmount_keeps_uncommitted_changes(
+    repo: Repo, lowers: Lowers, tmp_path: Path, mounted: list[OverlayWorkingCopy]
+) -> None:
+    seq = seed(repo, tmp_path, {"f": b"1"})
+    lower = lowers.build(repo, seq)
+    wc = OverlayWorkingCopy.mount(repo, lowers, lower, tmp_path / "pod")
+    (wc.root / "pending").write_bytes(b"p")
+    wc.close(final_commit=False)
+    wc.unmount()  # as after a node reboot: the layers are on disk, the mount is gone
+    again = OverlayWorkingCopy.mount(repo, lowers, lower, tmp_path / "pod")
+    mounted.append(again)
+    assert (again.root / "pending").read_bytes() == b"p"
+    again.commit()
+    assert state_files(repo)["pending"] == b"p"
+
+
+def test_snapshot_links_cache_entries_and_cache_survives(
+    repo: Repo, lowers: Lowers, tmp_path: Path
+) -> None:
+    seq = seed(repo, tmp_path, {"a": b"same", "b": b"same", "c": b"other"})
+    lower = lowers.build(repo, seq)
+    st = os.stat(lower.tree / "c")
+    assert st.st_nlink == 2  # the cache entry and the snapshot's link
+    lowers.drop(lower)
+    assert not lower.path.exists()
+    fetched = lowers.cache.fill(repo, list(repo.state(seq).files.values()))
+    assert fetched == 0  # the content cache outlives the snapshot
