@@ -1,7 +1,8 @@
 """Derive every packaged copy from its one source, or check that they are up to date.
 
-- ``charts/kvol/crds/`` is a copy of ``manifests/crds/`` (rendered by ``kvol-operator crds``);
-- ``charts/kvol/dashboards/kvol.json`` is a copy of ``dashboards/kvol.json``;
+- ``charts/kvol/crds/*.yaml`` are links to ``manifests/crds/`` (``kvol-operator crds``), and
+  ``charts/kvol/dashboards/kvol.json`` to ``dashboards/kvol.json``: Helm reads through links,
+  and ``helm package`` stores their content, so the chart never holds a stale copy;
 - ``manifests/{rbac,operator,node,default}/`` are the chart rendered with its default values,
   less the labels only Helm sets, split kubebuilder-style and tied together by kustomizations.
 
@@ -76,16 +77,26 @@ def _component(obj: Doc) -> str:
     return str(obj["metadata"].get("labels", {}).get("app.kubernetes.io/component", ""))
 
 
+def generated_crds() -> list[Path]:
+    crds = [
+        p for p in sorted((MANIFESTS / "crds").glob("*.yaml")) if p.name != "kustomization.yaml"
+    ]
+    if not crds:
+        sys.exit("manifests/crds/ holds no CRDs: run `kvol-operator crds --write manifests/crds`")
+    return crds
+
+
+def desired_links() -> dict[Path, str]:
+    """Every link in the chart and the relative target it must point to."""
+    links = {CHART / "crds" / p.name: f"../../../manifests/crds/{p.name}" for p in generated_crds()}
+    links[CHART / "dashboards" / "kvol.json"] = "../../../dashboards/kvol.json"
+    return links
+
+
 def desired_files() -> dict[Path, str]:
     """Every derived file and the content it must have."""
     files: dict[Path, str] = {}
-    crds = sorted((MANIFESTS / "crds").glob("*.yaml"))
-    crds = [p for p in crds if p.name != "kustomization.yaml"]
-    if not crds:
-        sys.exit("manifests/crds/ holds no CRDs: run `kvol-operator crds --write manifests/crds`")
-    for crd in crds:
-        files[CHART / "crds" / crd.name] = crd.read_text()
-    files[CHART / "dashboards" / "kvol.json"] = (ROOT / "dashboards" / "kvol.json").read_text()
+    crds = generated_crds()
 
     groups: dict[str, list[Doc]] = {}
     for obj in render_chart():
@@ -132,7 +143,7 @@ def desired_files() -> dict[Path, str]:
     return files
 
 
-def stale_files(desired: dict[Path, str]) -> list[Path]:
+def stale_files(desired: Iterable[Path]) -> list[Path]:
     """Derived files left over from an older layout (in folders this script owns)."""
     owned = [CHART / "crds", CHART / "dashboards"] + [
         MANIFESTS / d for d in ("rbac", "operator", "node", "default")
@@ -145,8 +156,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--check", action="store_true", help="report drift, change nothing")
     args = parser.parse_args(argv)
     desired = desired_files()
-    outdated = [p for p, text in desired.items() if not p.exists() or p.read_text() != text]
-    stale = stale_files(desired)
+    links = desired_links()
+    outdated = [
+        p
+        for p, text in desired.items()
+        if p.is_symlink() or not p.exists() or p.read_text() != text
+    ]
+    outdated += [p for p, target in links.items() if not p.is_symlink() or os.readlink(p) != target]
+    stale = stale_files([*desired, *links])
     if args.check:
         for path in outdated:
             print(f"out of date: {path.relative_to(ROOT)}")
@@ -158,7 +175,12 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     for path in outdated:
         path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(desired[path])
+        if path.is_symlink() or path.exists():
+            path.unlink()
+        if path in links:
+            path.symlink_to(links[path])
+        else:
+            path.write_text(desired[path])
         print(f"wrote {path.relative_to(ROOT)}")
     for path in stale:
         if path.is_dir():
