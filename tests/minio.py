@@ -23,6 +23,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
+from typing import Literal
 
 import obstore
 import pytest
@@ -83,19 +84,22 @@ class MinioServer:
     def store(self, bucket: str, prefix: str = "", **overrides: object) -> S3Store:
         return S3Store(self.settings(bucket, prefix, **overrides))
 
-    def create_bucket(self, name: str | None = None) -> str:
-        """Create a bucket (by a request signed with obstore) and return its name."""
-        name = name or f"t-{secrets.token_hex(6)}"
+    def _signed(self, bucket: str, method: Literal["PUT", "HEAD"]) -> urllib.request.Request:
         client = ObStore(
-            name,
+            bucket,
             endpoint=self.endpoint,
             region=REGION,
             access_key_id=ACCESS_KEY,
             secret_access_key=SECRET_KEY,
             client_options={"allow_http": True},
         )
-        signed = obstore.sign(client, "PUT", "", timedelta(minutes=5))
-        with urllib.request.urlopen(urllib.request.Request(signed, method="PUT"), timeout=30):
+        url = obstore.sign(client, method, "", timedelta(minutes=5))
+        return urllib.request.Request(url, method=method)
+
+    def create_bucket(self, name: str | None = None) -> str:
+        """Create a bucket (by a request signed with obstore) and return its name."""
+        name = name or f"t-{secrets.token_hex(6)}"
+        with urllib.request.urlopen(self._signed(name, "PUT"), timeout=30):
             pass
         return name
 
@@ -131,8 +135,11 @@ class MinioServer:
         self._wait_ready(timeout)
 
     def _wait_ready(self, timeout: float) -> None:
+        # Health says ready a moment before signed requests stop answering 503 (the
+        # server is still loading its users), so wait for a signed request: a HEAD of a
+        # bucket that does not exist must answer 404.
         deadline = time.monotonic() + timeout
-        url = f"{self.endpoint}/minio/health/ready"
+        last: Exception | None = None
         while time.monotonic() < deadline:
             assert self.process is not None
             if self.process.poll() is not None:
@@ -140,13 +147,17 @@ class MinioServer:
                     f"minio exited with {self.process.returncode}: {self.log_path.read_text()}"
                 )
             try:
-                with urllib.request.urlopen(url, timeout=2) as response:
-                    if response.status == 200:
-                        return
-            except (urllib.error.URLError, ConnectionError, TimeoutError):
-                pass
+                urllib.request.urlopen(self._signed("kvol-readiness", "HEAD"), timeout=2).close()
+            except urllib.error.HTTPError as exc:
+                if exc.code == 404:
+                    return
+                last = exc
+            except (urllib.error.URLError, ConnectionError, TimeoutError) as exc:
+                last = exc
             time.sleep(0.1)
-        raise RuntimeError(f"minio not ready after {timeout}s: {self.log_path.read_text()}")
+        raise RuntimeError(
+            f"minio not ready after {timeout}s ({last}): {self.log_path.read_text()}"
+        )
 
     def kill(self) -> None:
         """SIGKILL: the server vanishes mid-request, as in a crash."""
