@@ -347,7 +347,7 @@ class WorkingCopy:
                 self._save_index()
             return CommitResult(None, deferred=tuple(deferred))
 
-        self._check_limits(removed_dirs, file_deletes, puts)
+        self._check_limits(removed_dirs, file_deletes, puts, scan.dirs_added)
         seq = self.repo.publish(ops, self.index.base, message)
 
         index = self.index
@@ -422,6 +422,7 @@ class WorkingCopy:
         removed_dirs: set[str],
         file_deletes: list[str],
         puts: dict[str, tuple[FileRecord, os.stat_result]],
+        dirs_added: set[str],
     ) -> None:
         limits: Limits = self.repo.meta.limits
         if limits == Limits():
@@ -451,10 +452,14 @@ class WorkingCopy:
                 "nothing was published and your files are unchanged"
             )
         if limits.max_files_per_directory is not None:
+            # The directories as this commit leaves them: removed trees gone, new ones in.
+            dirs = {
+                d for d in self.index.dirs if not any(paths.is_under(d, r) for r in removed_dirs)
+            }
             counts = State(
                 0,
                 {p: r for p, (r, _) in puts.items()} | {p: _placeholder for p in sizes},
-                set(self.index.dirs),
+                dirs | dirs_added,
             ).children_counts()
             for directory, count in counts.items():
                 if count > limits.max_files_per_directory:
