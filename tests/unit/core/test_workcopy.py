@@ -42,7 +42,9 @@ def read_bytes_of_process() -> int:
 # -- commit -------------------------------------------------------------------------------------
 
 
-def test_commit_publishes_files_dirs_and_modes(wc: WorkingCopy, repo: Repo, make_wc: MakeWc) -> None:
+def test_commit_publishes_files_dirs_and_modes(
+    wc: WorkingCopy, repo: Repo, make_wc: MakeWc
+) -> None:
     write(wc.root, "a.txt", "alpha")
     write(wc.root, "sub/deep/b.bin", os.urandom(300_000))
     (wc.root / "empty" / "dir").mkdir(parents=True)
@@ -254,7 +256,9 @@ def test_reload_replaces_a_file_with_a_directory_and_back(
     assert tree(other.root) == {"x": b"a file again"}
 
 
-def test_open_resumes_a_copy_with_its_base(repo: Repo, wc: WorkingCopy, store: CountingStore) -> None:
+def test_open_resumes_a_copy_with_its_base(
+    repo: Repo, wc: WorkingCopy, store: CountingStore
+) -> None:
     write(wc.root, "a", "1")
     wc.commit()
     write(wc.root, "b", "uncommitted")
