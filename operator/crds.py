@@ -35,12 +35,20 @@ _NAME_PATTERN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?
 
 
 def _byte_count(description: str) -> Schema:
+    # A structural schema allows int-or-string only as this exact anyOf; the range and
+    # the quantity syntax are checked by a CEL rule instead.
     return {
         "description": description,
         "x-kubernetes-int-or-string": True,
-        "anyOf": [
-            {"type": "integer", "minimum": 1},
-            {"type": "string", "pattern": _QUANTITY_PATTERN},
+        "anyOf": [{"type": "integer"}, {"type": "string"}],
+        "x-kubernetes-validations": [
+            {
+                # CEL strings take no "\." escape: the same pattern with "[.]".
+                "rule": "type(self) == int ? self >= 1 : self.matches('"
+                + _QUANTITY_PATTERN.replace("\\.", "[.]")
+                + "')",
+                "message": "must be a positive byte count like 1073741824 or a quantity like 1Gi",
+            }
         ],
     }
 

@@ -97,7 +97,7 @@ def register(registry: kopf.OperatorRegistry, config: OperatorConfig) -> None:
     volumes = (GROUP, VERSION, VOLUMES)
     backends = (GROUP, VERSION, BACKENDS)
 
-    @kopf.on.startup(registry=registry)
+    @kopf.on.startup(id="configure", registry=registry)
     def configure(settings: kopf.OperatorSettings, logger: kopf.Logger, **_: Any) -> None:
         """Every setting of the operator, in one place."""
         settings.persistence.finalizer = FINALIZER
@@ -126,7 +126,13 @@ def register(registry: kopf.OperatorRegistry, config: OperatorConfig) -> None:
                 "metrics on http://%s:%d/metrics", config.metrics_address, config.metrics_port
             )
 
-    @kopf.on.cleanup(registry=registry)
+    @kopf.on.login(id="login", registry=registry)
+    def login(**kwargs: Any) -> kopf.ConnectionInfo | None:
+        # The same configuration as our own API client: in-cluster, else the kubeconfig.
+        info: kopf.ConnectionInfo | None = kopf.login_via_client(**kwargs)
+        return info
+
+    @kopf.on.cleanup(id="close", registry=registry)
     def close(**_: Any) -> None:
         if "reconciler" in state:
             rec().backends.close()
