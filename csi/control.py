@@ -23,11 +23,9 @@ nothing of it is ever part of the volume's data.
 from __future__ import annotations
 
 import contextlib
-import http.client
 import json
 import logging
 import os
-import socket
 import socketserver
 import threading
 from collections.abc import Callable, Iterator
@@ -101,19 +99,6 @@ def _short_path(path: Path) -> Iterator[str]:
         yield f"/proc/self/fd/{dir_fd}/{path.name}"
     finally:
         os.close(dir_fd)
-
-
-def connect(path: str | Path, timeout: float | None = None) -> socket.socket:
-    """A connected unix stream socket to ``path``, whatever its length."""
-    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    sock.settimeout(timeout)
-    try:
-        with _short_path(Path(path)) as address:
-            sock.connect(address)
-    except BaseException:
-        sock.close()
-        raise
-    return sock
 
 
 class _Handler(BaseHTTPRequestHandler):
@@ -251,57 +236,3 @@ class ControlServer:
     @property
     def running(self) -> bool:
         return self._server is not None
-
-
-class ControlClient:
-    """A client of one control socket (what the SDK does inside a pod)."""
-
-    def __init__(self, socket_path: str | Path, timeout: float | None = 600.0) -> None:
-        self.path = Path(socket_path)
-        self.timeout = timeout
-
-    def request(self, method: str, route: str, body: dict[str, Any] | None = None) -> Any:
-        conn = _UnixConnection(self.path, self.timeout)
-        try:
-            payload = json.dumps(body).encode() if body is not None else None
-            headers = {"Content-Type": "application/json"} if payload else {}
-            conn.request(method, route, body=payload, headers=headers)
-            response = conn.getresponse()
-            data = json.loads(response.read() or b"{}")
-        finally:
-            conn.close()
-        if response.status != 200:
-            raise ControlError(response.status, data)
-        return data
-
-    def status(self) -> dict[str, Any]:
-        result: dict[str, Any] = self.request("GET", "/status")
-        return result
-
-    def commit(self, message: str | None = None) -> dict[str, Any]:
-        result: dict[str, Any] = self.request(
-            "POST", "/commit", {"message": message} if message else None
-        )
-        return result
-
-    def reload(self) -> dict[str, Any]:
-        result: dict[str, Any] = self.request("POST", "/reload")
-        return result
-
-
-class ControlError(Exception):
-    """A control request answered with an error status."""
-
-    def __init__(self, status: int, body: Any) -> None:
-        self.status = status
-        self.body = body if isinstance(body, dict) else {}
-        super().__init__(f"{status} {self.body.get('error', '')}: {self.body.get('message', '')}")
-
-
-class _UnixConnection(http.client.HTTPConnection):
-    def __init__(self, path: Path, timeout: float | None) -> None:
-        super().__init__("localhost", timeout=timeout)
-        self._unix_path = path
-
-    def connect(self) -> None:
-        self.sock = connect(self._unix_path, self.timeout)

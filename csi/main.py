@@ -1,0 +1,134 @@
+"""``kvol-csi``: the kvol CSI node plugin."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import signal
+import socket
+import sys
+import threading
+from pathlib import Path
+
+from kvol.csi.identity import DRIVER_NAME, IdentityService
+from kvol.csi.node import NodeConfig, NodeService
+from kvol.csi.resolver import DEFAULT_AUTOCOMMIT_SECONDS, StaticResolver
+from kvol.csi.server import build_server, socket_path
+from prometheus_client import start_http_server
+
+from kvol.errors import KvolError
+from kvol.store import STORE_ENV
+
+log = logging.getLogger("kvol.csi")
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="kvol-csi",
+        description=(
+            "The kvol CSI node plugin: publishes working copies of kvol volumes into pods, "
+            "commits them in the background and when the pod ends, and serves a control "
+            "socket (.kvol/control.sock) inside every mount."
+        ),
+    )
+    p.add_argument(
+        "--endpoint",
+        default=os.environ.get("CSI_ENDPOINT", "unix:///csi/csi.sock"),
+        help="CSI socket, unix:///path (default: $CSI_ENDPOINT or %(default)s)",
+    )
+    p.add_argument(
+        "--node-id",
+        default=os.environ.get("NODE_NAME") or socket.gethostname(),
+        help="this node's name as Kubernetes knows it (default: $NODE_NAME or the host name)",
+    )
+    p.add_argument(
+        "--state-dir",
+        type=Path,
+        default=Path("/var/lib/kvol"),
+        help="host directory for working copies, snapshots, the content cache and the "
+        "plugin's state (default: %(default)s)",
+    )
+    p.add_argument(
+        "--store",
+        default=os.environ.get(STORE_ENV),
+        help=f"store URL holding the volumes, file:///dir or s3://bucket/prefix (default: ${STORE_ENV})",
+    )
+    p.add_argument(
+        "--metrics-port",
+        type=int,
+        default=0,
+        help="serve Prometheus metrics on this port (0: off, the default)",
+    )
+    p.add_argument(
+        "--metrics-address", default="0.0.0.0", help="address for metrics (default: %(default)s)"
+    )
+    p.add_argument("--driver-name", default=DRIVER_NAME, help="CSI driver name (%(default)s)")
+    p.add_argument(
+        "--layout",
+        choices=("auto", "overlay", "plain"),
+        default="auto",
+        help="working copies as copy-on-write overlays (needs root and overlayfs) or plain "
+        "copies; auto picks overlay where possible",
+    )
+    p.add_argument(
+        "--autocommit-seconds",
+        type=float,
+        default=DEFAULT_AUTOCOMMIT_SECONDS,
+        help="background commit interval when the volume does not set one (%(default)s)",
+    )
+    p.add_argument("--log-level", default="INFO", choices=("DEBUG", "INFO", "WARNING", "ERROR"))
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    logging.basicConfig(
+        level=args.log_level,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    if not args.store:
+        print(f"kvol-csi: --store (or ${STORE_ENV}) is required", file=sys.stderr)
+        return 2
+    try:
+        socket_path(args.endpoint)
+        resolver = StaticResolver(args.store, args.autocommit_seconds)
+        node = NodeService(
+            NodeConfig(node_id=args.node_id, state_dir=args.state_dir, layout=args.layout),
+            resolver,
+        )
+    except KvolError as exc:
+        print(f"kvol-csi: {exc}", file=sys.stderr)
+        return exc.exit_code
+    ready = threading.Event()
+    identity = IdentityService(args.driver_name, ready=ready.is_set)
+    if args.metrics_port:
+        start_http_server(args.metrics_port, addr=args.metrics_address)
+    failed = node.readopt()
+    if failed:
+        log.warning("%d publication(s) not re-adopted; kubelet retries will", len(failed))
+    server = build_server(
+        args.endpoint, {"Identity": identity, "Node": node}, driver_name=args.driver_name
+    )
+    ready.set()
+    log.info(
+        "serving %s on %s (node %s, %s working copies, state in %s)",
+        args.driver_name,
+        args.endpoint,
+        args.node_id,
+        node.layout,
+        args.state_dir,
+    )
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
+    stop.wait()
+    log.info("stopping: mounts stay in place for the next plugin process")
+    server.stop(grace=10).wait()
+    node.shutdown()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,532 @@
+"""CSI Node service: publish a working copy of a kvol volume at a pod's target path.
+
+A publication is a working copy in the plugin's state directory (an overlay over a shared
+lower snapshot when the node allows it, else a plain copy), bind-mounted at the target
+path, with its control socket bind-mounted at ``<target>/.kvol`` and its autocommit
+running. Unpublishing makes the final commit first and tears down only after it
+succeeded: an unreachable store fails the call, the kubelet retries, nothing is dropped.
+
+Every step is idempotent and recorded in the host state before it is taken, so a call
+repeated after a failure, or after the plugin restarted, finishes what the first began.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import threading
+import time
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+from kvol.csi import mounts
+from kvol.csi.control import SOCKET_NAME, ControlServer
+from kvol.csi.errors import Forbidden, MissingField, NotPublished, PublishedElsewhere
+from kvol.csi.locks import VolumeLocks
+from kvol.csi.proto import csi_pb2
+from kvol.csi.resolver import Resolver
+from kvol.csi.state import Publication, StateFile
+
+from kvol import fsops, paths
+from kvol.errors import CorruptData, InvalidArgument, KvolError
+from kvol.overlay import ContentCache, Lower, Lowers, OverlayWorkingCopy, overlay_supported
+from kvol.repo import Repo
+from kvol.workcopy import WorkingCopy
+
+log = logging.getLogger(__name__)
+
+#: Keys the kubelet adds to volume_context when the CSIDriver sets podInfoOnMount.
+POD_NAMESPACE = "csi.storage.k8s.io/pod.namespace"
+POD_NAME = "csi.storage.k8s.io/pod.name"
+EPHEMERAL = "csi.storage.k8s.io/ephemeral"
+#: volumeAttributes understood by the plugin.
+ATTR_VOLUME = "volume"
+ATTR_NAMESPACE = "namespace"
+ATTR_BACKEND = "backend"
+ATTR_SUB_PATH = "subPath"
+ATTR_READ_ONLY = "readOnly"
+ATTR_AUTOCOMMIT = "autocommitIntervalSeconds"
+
+_READ_ONLY_MODES = (
+    csi_pb2.VolumeCapability.AccessMode.SINGLE_NODE_READER_ONLY,
+    csi_pb2.VolumeCapability.AccessMode.MULTI_NODE_READER_ONLY,
+)
+#: A publish reuses this node's newest snapshot of the volume and reloads the commits
+#: after it, rather than building a new snapshot, when it is at most this far behind.
+REUSE_SNAPSHOT_WITHIN = 64
+#: Final commits retried this many times when files changed while they were read.
+FINAL_COMMIT_ATTEMPTS = 3
+
+
+@dataclass(frozen=True)
+class NodeConfig:
+    node_id: str
+    state_dir: Path
+    #: "auto" (overlay where possible), "overlay" or "plain".
+    layout: str = "auto"
+    max_volumes_per_node: int = 0
+
+
+class Live:
+    """A publication this process serves: its working copy and its control socket."""
+
+    def __init__(self, pub: Publication, wc: WorkingCopy) -> None:
+        self.pub = pub
+        self.wc = wc
+        self.control = ControlServer(
+            Path(pub.workdir) / "control" / SOCKET_NAME,
+            target=self,
+            label=f"{pub.namespace}/{pub.name}@{_key(pub.target_path)}",
+        )
+
+    # -- the control socket's target ---------------------------------------------------
+
+    def commit(self, message: str | None = None) -> dict[str, Any]:
+        result = self.wc.commit(message)
+        return {
+            "seq": result.seq,
+            "files": result.files,
+            "deleted": result.deleted,
+            "bytes": result.bytes,
+            "sent_bytes": result.sent_bytes,
+            "deferred": list(result.deferred),
+        }
+
+    def reload(self) -> dict[str, Any]:
+        result = self.wc.reload()
+        return {
+            "from_seq": result.from_seq,
+            "to_seq": result.to_seq,
+            "files": result.files,
+            "kept_local": list(result.kept_local),
+        }
+
+    def status(self) -> dict[str, Any]:
+        st = self.wc.status()
+        error = self.wc.autocommit_error
+        return {
+            "volume": self.pub.name,
+            "namespace": self.pub.namespace,
+            "volume_id": st.volume_id,
+            "base_seq": st.base_seq,
+            "changed": list(st.changed),
+            "deleted": list(st.deleted),
+            "uncommitted_bytes": st.uncommitted_bytes,
+            "read_only": self.pub.readonly,
+            "sub_path": self.pub.sub_path,
+            "layout": self.pub.layout,
+            "autocommit_seconds": self.pub.autocommit_seconds,
+            "autocommit_error": str(error) if error else None,
+            "published_at": self.pub.published_at,
+        }
+
+    def start(self) -> None:
+        self.control.start()
+        if not self.pub.readonly and self.pub.autocommit_seconds > 0:
+            self.wc.start_autocommit(self.pub.autocommit_seconds)
+
+    def pause(self) -> None:
+        """Stop serving the pod (control socket) and background commits."""
+        self.control.stop()
+        self.wc.stop_autocommit()
+
+
+class NodeService:
+    """The CSI Node service. Servicer methods take a request and return a response."""
+
+    def __init__(self, config: NodeConfig, resolver: Resolver) -> None:
+        self.config = config
+        self.resolver = resolver
+        state_dir = config.state_dir
+        state_dir.mkdir(parents=True, exist_ok=True)
+        self.pubs_dir = state_dir / "pubs"
+        self.state = StateFile(state_dir / "state.json")
+        self.lowers = Lowers(state_dir / "lowers", ContentCache(state_dir / "cache"))
+        self.locks = VolumeLocks()
+        self._live: dict[str, Live] = {}
+        self._live_lock = threading.Lock()
+        # One lock for choosing and dropping snapshots, so a snapshot is never dropped
+        # between a publish choosing it and recording it.
+        self._lowers_lock = threading.Lock()
+        if config.layout == "auto":
+            self.layout = "overlay" if overlay_supported() else "plain"
+        elif config.layout in ("overlay", "plain"):
+            self.layout = config.layout
+        else:
+            raise InvalidArgument(f"layout must be auto, overlay or plain, not {config.layout!r}")
+
+    # -- lifecycle -----------------------------------------------------------------------
+
+    def readopt(self) -> list[str]:
+        """Take back every publication a previous process left; returns the failures."""
+        failed = []
+        for pub in self.state.all():
+            try:
+                with self.locks.hold(pub.volume_id, "re-adoption"):
+                    self._activate(pub, self.resolver_repo(pub))
+                log.info(
+                    "re-adopted %s/%s at %s (base seq %s)",
+                    pub.namespace,
+                    pub.name,
+                    pub.target_path,
+                    self._live[pub.target_path].wc.index.base,
+                )
+            except Exception as exc:
+                # The record stays: the kubelet's next publish or unpublish retries it.
+                log.error("could not re-adopt %s: %s", pub.target_path, exc, exc_info=exc)
+                failed.append(pub.target_path)
+        return failed
+
+    def shutdown(self) -> None:
+        """Stop serving (the plugin is exiting). Mounts stay; the next process re-adopts."""
+        with self._live_lock:
+            lives = list(self._live.values())
+            self._live.clear()
+        for live in lives:
+            live.pause()
+
+    def resolver_repo(self, pub: Publication) -> Repo:
+        return Repo(self.resolver.store(pub.backend), pub.kvol_id)
+
+    # -- Node service ----------------------------------------------------------------------
+
+    def NodeGetCapabilities(
+        self, request: csi_pb2.NodeGetCapabilitiesRequest
+    ) -> csi_pb2.NodeGetCapabilitiesResponse:
+        rpc = csi_pb2.NodeServiceCapability.RPC
+        return csi_pb2.NodeGetCapabilitiesResponse(
+            capabilities=[
+                csi_pb2.NodeServiceCapability(
+                    rpc=csi_pb2.NodeServiceCapability.RPC(type=rpc.GET_VOLUME_STATS)
+                )
+            ]
+        )
+
+    def NodeGetInfo(self, request: csi_pb2.NodeGetInfoRequest) -> csi_pb2.NodeGetInfoResponse:
+        return csi_pb2.NodeGetInfoResponse(
+            node_id=self.config.node_id, max_volumes_per_node=self.config.max_volumes_per_node
+        )
+
+    def NodePublishVolume(
+        self, request: csi_pb2.NodePublishVolumeRequest
+    ) -> csi_pb2.NodePublishVolumeResponse:
+        volume_id = _required(request.volume_id, "volume_id")
+        target = _target(_required(request.target_path, "target_path"))
+        if not request.HasField("volume_capability"):
+            raise MissingField("volume_capability")
+        capability = request.volume_capability
+        if capability.HasField("block"):
+            raise InvalidArgument("kvol volumes are file systems: block access is not supported")
+        context = dict(request.volume_context)
+        readonly = (
+            request.readonly
+            or capability.access_mode.mode in _READ_ONLY_MODES
+            or _flag(context.get(ATTR_READ_ONLY, ""), ATTR_READ_ONLY)
+        )
+        sub_path = paths.normalize(context.get(ATTR_SUB_PATH, ""), allow_root=True)
+        with self.locks.hold(volume_id, "NodePublishVolume"):
+            existing = self.state.get(target)
+            if existing is not None:
+                if (existing.volume_id, existing.readonly, existing.sub_path) != (
+                    volume_id,
+                    readonly,
+                    sub_path,
+                ):
+                    raise PublishedElsewhere(
+                        f"{target} already holds volume {existing.volume_id} "
+                        f"(read-only={existing.readonly}, subPath={existing.sub_path!r})"
+                    )
+                self._activate(existing, self.resolver_repo(existing))
+                return csi_pb2.NodePublishVolumeResponse()
+            name, namespace = _who(context)
+            autocommit = _autocommit(context.get(ATTR_AUTOCOMMIT))
+            resolved = self.resolver.resolve(name, namespace, context.get(ATTR_BACKEND, ""))
+            pub = Publication(
+                volume_id=volume_id,
+                target_path=target,
+                name=name,
+                namespace=namespace,
+                backend=resolved.backend,
+                kvol_id=resolved.repo.volume_id,
+                workdir=str(self.pubs_dir / _key(target)),
+                readonly=readonly,
+                sub_path=sub_path,
+                layout=self.layout,
+                autocommit_seconds=resolved.autocommit_seconds
+                if autocommit is None
+                else autocommit,
+                published_at=time.time(),
+            )
+            # Recorded before anything is mounted: a crash from here on leaves a record the
+            # next call (or the restarted plugin) completes or cleans up.
+            self.state.put(pub)
+            try:
+                live = self._activate(pub, resolved.repo)
+            except Exception:
+                # The pod never saw this mount, so no data of it can be lost: undo.
+                self._teardown(pub, self._live.get(target))
+                raise
+            log.info(
+                "published %s/%s (%s, %s) at %s based on seq %d",
+                namespace,
+                name,
+                pub.kvol_id,
+                pub.layout,
+                target,
+                live.wc.index.base,
+            )
+            return csi_pb2.NodePublishVolumeResponse()
+
+    def NodeUnpublishVolume(
+        self, request: csi_pb2.NodeUnpublishVolumeRequest
+    ) -> csi_pb2.NodeUnpublishVolumeResponse:
+        volume_id = _required(request.volume_id, "volume_id")
+        target = _target(_required(request.target_path, "target_path"))
+        with self.locks.hold(volume_id, "NodeUnpublishVolume"):
+            pub = self.state.get(target)
+            if pub is None:
+                # Not published here (or unpublished already): nothing of ours to undo.
+                if mounts.is_mountpoint(target):
+                    log.warning("%s is mounted but not by this plugin: left alone", target)
+                else:
+                    mounts.remove_dir(target)
+                return csi_pb2.NodeUnpublishVolumeResponse()
+            if pub.volume_id != volume_id:
+                raise NotPublished(
+                    f"volume {volume_id} is not published at {target} (it holds {pub.volume_id})"
+                )
+            live = self._live.get(target) or self._activate(pub, self.resolver_repo(pub))
+            live.pause()
+            try:
+                result = self._final_commit(live)
+            except Exception:
+                live.start()  # still published: keep serving and committing
+                raise
+            self._teardown(pub, live)
+            log.info(
+                "unpublished %s/%s from %s (final commit: %s)",
+                pub.namespace,
+                pub.name,
+                target,
+                "nothing to commit" if result is None else f"seq {result}",
+            )
+            return csi_pb2.NodeUnpublishVolumeResponse()
+
+    def NodeGetVolumeStats(
+        self, request: csi_pb2.NodeGetVolumeStatsRequest
+    ) -> csi_pb2.NodeGetVolumeStatsResponse:
+        volume_id = _required(request.volume_id, "volume_id")
+        path = _required(request.volume_path, "volume_path")
+        target = os.path.abspath(path)
+        pub = self.state.get(target)
+        live = self._live.get(target)
+        if pub is None or pub.volume_id != volume_id or live is None:
+            raise NotPublished(f"volume {volume_id} is not published at {path}")
+        index = live.wc.index
+        files = dict(index.files)  # a copy: a commit may update the index meanwhile
+        used_bytes = sum(e.record.size for e in files.values() if e.record is not None)
+        used_inodes = len(files) + len(index.dirs)
+        fs = os.statvfs(live.wc.root)
+        unit = csi_pb2.VolumeUsage.Unit
+        return csi_pb2.NodeGetVolumeStatsResponse(
+            usage=[
+                csi_pb2.VolumeUsage(
+                    unit=unit.BYTES,
+                    used=used_bytes,
+                    available=fs.f_bavail * fs.f_frsize,
+                    total=used_bytes + fs.f_bavail * fs.f_frsize,
+                ),
+                csi_pb2.VolumeUsage(
+                    unit=unit.INODES,
+                    used=used_inodes,
+                    available=fs.f_favail,
+                    total=used_inodes + fs.f_favail,
+                ),
+            ]
+        )
+
+    # -- steps ---------------------------------------------------------------------------
+
+    def _activate(self, pub: Publication, repo: Repo) -> Live:
+        """Bring a recorded publication fully up; every step is skipped if already done."""
+        live = self._live.get(pub.target_path)
+        if live is None:
+            wc, pub = self._working_copy(pub, repo)
+            live = Live(pub, wc)
+            with self._live_lock:
+                self._live[pub.target_path] = live
+        source = live.wc.root / pub.sub_path if pub.sub_path else live.wc.root
+        root_fd = fsops.open_root(str(live.wc.root))
+        try:
+            if pub.sub_path:
+                fsops.make_dirs(root_fd, pub.sub_path)
+            # The mount point of the control socket inside the copy (never committed).
+            fsops.make_dirs(root_fd, _control_rel(pub.sub_path))
+        finally:
+            os.close(root_fd)
+        target = Path(pub.target_path)
+        target.mkdir(parents=True, exist_ok=True)
+        live.start()
+        mounts.bind(source, target, readonly=pub.readonly)
+        mounts.bind(live.control.path.parent, target / paths.RESERVED)
+        if pub.phase != "published":
+            pub = pub.with_phase("published")
+            self.state.put(pub)
+            live.pub = pub
+        return live
+
+    def _working_copy(self, pub: Publication, repo: Repo) -> tuple[WorkingCopy, Publication]:
+        workdir = Path(pub.workdir)
+        excluded = frozenset({_control_rel(pub.sub_path)})
+        if pub.layout == "overlay":
+            lower = self._lower_for(pub, repo)
+            if pub.lower != lower.key:
+                pub = replace(pub, lower=lower.key)
+            fresh = not (workdir / "meta").exists()
+            wc: WorkingCopy = OverlayWorkingCopy.mount(
+                repo, self.lowers, lower, workdir, read_only=pub.readonly, excluded=excluded
+            )
+            if fresh and lower.seq < repo.head():
+                wc.reload()  # a recent snapshot plus the commits after it
+            return wc, pub
+        root, meta = workdir / "root", workdir / "meta"
+        if (meta / "config.json").exists():
+            return WorkingCopy.open(root, meta, store=repo.store), pub
+        return WorkingCopy.create(repo, root, meta, read_only=pub.readonly), pub
+
+    def _lower_for(self, pub: Publication, repo: Repo) -> Lower:
+        """The snapshot under this publication, recorded in the state before it is used.
+
+        Choosing and recording happen under one lock with dropping, so a snapshot is
+        never dropped between the two; a build (long: it may download) runs outside it.
+        """
+        if pub.lower is not None:
+            volume_id, _, seq = pub.lower.partition("/")
+            found = self.lowers.get(volume_id, int(seq))
+            if found is None:
+                raise CorruptData(f"snapshot {pub.lower} of {pub.target_path} is missing")
+            return found
+        head = repo.head()
+        for _ in range(3):
+            with self._lowers_lock:
+                newest = self.lowers.newest(repo.volume_id, at_most=head)
+                if newest is not None and head - newest.seq <= REUSE_SNAPSHOT_WITHIN:
+                    self.state.put(replace(pub, lower=newest.key))
+                    return newest
+            self.lowers.build(repo, head)
+        raise KvolError(f"snapshot of {repo.volume_id} at {head} kept disappearing; will retry")
+
+    def _final_commit(self, live: Live) -> int | None:
+        if live.pub.readonly:
+            return None
+        seq = None
+        for _ in range(FINAL_COMMIT_ATTEMPTS):
+            result = live.wc.commit()
+            seq = result.seq if result.seq is not None else seq
+            if not result.deferred:
+                return seq
+        raise KvolError(
+            f"files kept changing during the final commit of {live.pub.target_path}: "
+            f"{', '.join(result.deferred[:5])}; will retry"
+        )
+
+    def _teardown(self, pub: Publication, live: Live | None) -> None:
+        """Unmount and remove everything of a publication whose data is safe (or was
+        never shown to a pod), then forget it."""
+        target = Path(pub.target_path)
+        if live is not None:
+            live.pause()
+        mounts.unmount(target / paths.RESERVED)
+        mounts.unmount(target)
+        try:
+            mounts.remove_dir(target)
+        except OSError as exc:  # something wrote into the directory under the mount
+            log.warning("left %s in place: %s", target, exc)
+        if live is not None:
+            live.wc.close(final_commit=False)
+            if isinstance(live.wc, OverlayWorkingCopy):
+                live.wc.unmount()
+        workdir = Path(pub.workdir)
+        if workdir.exists():
+            mounts.unmount_tree(workdir)  # e.g. an overlay mounted by a previous process
+        mounts.remove_tree(workdir)
+        with self._live_lock:
+            self._live.pop(pub.target_path, None)
+        self.state.remove(pub.target_path)
+        if pub.lower is not None:
+            self._drop_unused_lower(pub.lower)
+
+    def _drop_unused_lower(self, key: str) -> None:
+        with self._lowers_lock:
+            if any(p.lower == key for p in self.state.all()):
+                return
+            volume_id, _, seq = key.partition("/")
+            lower = self.lowers.get(volume_id, int(seq))
+            if lower is not None:
+                self.lowers.drop(lower)
+
+
+def _required(value: str, field: str) -> str:
+    if not value:
+        raise MissingField(field)
+    return value
+
+
+def _target(path: str) -> str:
+    if not os.path.isabs(path) or "\x00" in path:
+        raise InvalidArgument(f"target_path must be an absolute path, not {path!r}")
+    return os.path.normpath(path)
+
+
+def _key(target: str) -> str:
+    return hashlib.sha256(target.encode()).hexdigest()[:20]
+
+
+def _control_rel(sub_path: str) -> str:
+    return f"{sub_path}/{paths.RESERVED}" if sub_path else paths.RESERVED
+
+
+def _flag(value: str, name: str) -> bool:
+    lowered = value.strip().lower()
+    if lowered in ("", "false", "0", "no"):
+        return False
+    if lowered in ("true", "1", "yes"):
+        return True
+    raise InvalidArgument(f"volume attribute {name} must be true or false, not {value!r}")
+
+
+def _autocommit(value: str | None) -> float | None:
+    if value is None or value == "":
+        return None
+    try:
+        seconds = float(value)
+    except ValueError:
+        seconds = -1.0
+    if seconds < 0:
+        raise InvalidArgument(
+            f"volume attribute {ATTR_AUTOCOMMIT} must be a number of seconds (0: off), not {value!r}"
+        )
+    return seconds
+
+
+def _who(context: dict[str, str]) -> tuple[str, str]:
+    """The volume's name and namespace; a pod may only have its own namespace's volumes."""
+    name = context.get(ATTR_VOLUME, "")
+    if not name:
+        raise InvalidArgument(
+            f"volumeAttributes must name the kvol volume: {{{ATTR_VOLUME}: <name>}}"
+        )
+    namespace = context.get(POD_NAMESPACE, "")
+    if not namespace:
+        raise InvalidArgument(
+            f"the pod's namespace is missing ({POD_NAMESPACE}): the CSIDriver object must set "
+            "podInfoOnMount: true"
+        )
+    wanted = context.get(ATTR_NAMESPACE)
+    if wanted and wanted != namespace:
+        raise Forbidden(
+            f"a pod of namespace {namespace!r} may not mount volume {name!r} of namespace {wanted!r}"
+        )
+    return name, namespace

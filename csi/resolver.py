@@ -1,0 +1,66 @@
+"""From what a pod asks for (a volume name in its namespace) to a volume in a store.
+
+The static resolver serves a node whose plugin was given one store (``--store``): names
+are looked up in that store's catalog under the pod's namespace, where the operator (or
+``kvol volume create`` with that scope) writes them.
+"""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass
+from typing import Protocol
+
+from kvol.catalog import Catalog
+from kvol.repo import Repo
+from kvol.store import Store, open_store
+
+#: Background commit interval when the volume does not say (Modal: "every few seconds").
+DEFAULT_AUTOCOMMIT_SECONDS = 5.0
+
+
+@dataclass(frozen=True)
+class Resolved:
+    name: str
+    namespace: str
+    #: What :meth:`Resolver.store` needs to reopen the store later (after a restart).
+    backend: str
+    repo: Repo
+    autocommit_seconds: float
+
+
+class Resolver(Protocol):
+    def resolve(self, name: str, namespace: str, backend: str = "") -> Resolved:
+        """The volume called ``name`` in ``namespace``; raises kvol.errors.NotFound."""
+
+    def store(self, backend: str) -> Store:
+        """The store of ``backend`` (as recorded by :meth:`resolve`), without I/O."""
+
+
+class StaticResolver:
+    """Every volume lives in one store; names come from its catalog, scoped by namespace."""
+
+    def __init__(
+        self, store_url: str, autocommit_seconds: float = DEFAULT_AUTOCOMMIT_SECONDS
+    ) -> None:
+        self.store_url = store_url
+        self.autocommit_seconds = autocommit_seconds
+        self._store: Store | None = None
+        self._lock = threading.Lock()
+
+    def store(self, backend: str = "") -> Store:
+        with self._lock:
+            if self._store is None:
+                self._store = open_store(self.store_url)
+            return self._store
+
+    def resolve(self, name: str, namespace: str, backend: str = "") -> Resolved:
+        store = self.store(backend)
+        meta = Catalog(store, scope=namespace).lookup(name)
+        return Resolved(
+            name=name,
+            namespace=namespace,
+            backend=backend,
+            repo=Repo(store, meta.id, meta),
+            autocommit_seconds=self.autocommit_seconds,
+        )
