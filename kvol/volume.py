@@ -16,6 +16,7 @@ import builtins
 import contextlib
 import enum
 import os
+import secrets
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -230,6 +231,11 @@ class Volume:
     def store(self) -> Store:
         return self._resolve().store
 
+    @property
+    def repo(self) -> Repo:
+        """Low-level access to the volume's data (history, restore, garbage collection)."""
+        return self._resolve()
+
     def hydrate(self) -> Volume:
         """Resolve the handle now (look the name up, create the volume if asked)."""
         self._resolve()
@@ -310,6 +316,54 @@ class Volume:
         state = self._resolve().state()
         rel = paths.normalize(path, allow_root=True)
         return _entry_of(state, rel)
+
+    def download(
+        self, remote_path: str, local_path: str | os.PathLike[str], *, force: bool = False
+    ) -> tuple[int, int]:
+        """Copy a file or a directory tree of the volume to local disk, like ``cp -r``;
+        returns (files, bytes). Existing local files are refused unless ``force``,
+        before anything is written. Each file is written whole, then renamed into place,
+        with the mode and modification time it has in the volume."""
+        repo = self._resolve()
+        state = repo.state()
+        rel = paths.normalize(remote_path, allow_root=True)
+        local = Path(local_path)
+        name = rel.rsplit("/", 1)[-1]
+        plan: builtins.list[tuple[Path, FileRecord]] = []
+        dirs: builtins.list[Path] = []
+        if rel in state.files:
+            into = local.is_dir() or str(local_path).endswith("/")
+            plan.append((local / name if into else local, state.files[rel]))
+        elif rel == "" or state.is_dir(rel):
+            if local.exists() and not local.is_dir():
+                raise InvalidArgument(f"{local} is not a directory")
+            base = local / name if rel and local.is_dir() else local
+            cut = len(rel) + 1 if rel else 0
+            plan = [(base / p[cut:], r) for p, r in sorted(state.iter_under(rel))]
+            dirs = [base] + [base / d[cut:] for d in sorted(state.dirs) if paths.is_under(d, rel)]
+        else:
+            raise NotFound(f"{_show(rel)} does not exist in the volume")
+        existing = [dest for dest, _ in plan if dest.exists() or dest.is_symlink()]
+        for dest in existing:
+            if dest.is_dir() and not dest.is_symlink():
+                raise InvalidArgument(f"{dest} is a directory; a file of the volume goes there")
+        if existing and not force:
+            shown = ", ".join(str(p) for p in existing[:5])
+            more = f" and {len(existing) - 5} more" if len(existing) > 5 else ""
+            raise AlreadyExists(
+                f"{shown}{more} exist{'s' if len(existing) == 1 else ''} already; nothing was "
+                "downloaded (use force=True, or get --force, to overwrite)"
+            )
+        for d in dirs:
+            d.mkdir(parents=True, exist_ok=True)
+        total = sum(r.size for _, r in plan)
+        reader = repo.reader()
+        reader.prefetch(r for _, r in plan)
+        with bar(total, "download") as advance:
+            for dest, record in plan:
+                _write_local(dest, reader.iter_parts(record), record, advance)
+        reader.release()
+        return len(plan), total
 
     # -- writing --------------------------------------------------------------------------
 
@@ -448,6 +502,10 @@ class BatchUpload:
     def __enter__(self) -> BatchUpload:
         return self
 
+    def __len__(self) -> int:
+        """Files added so far."""
+        return len(self._items)
+
     def __exit__(self, exc_type: type[BaseException] | None, *_: object) -> None:
         if exc_type is None:
             self.seq = self._publish()
@@ -525,11 +583,19 @@ class BatchUpload:
         repo = self._volume._writable()
         state = repo.state()
         self._check_targets(state)
-        total = sum(
-            len(i.data) if i.data is not None else _size(i.local) for i in self._items.values()
+        sizes = {
+            i.remote: len(i.data) if i.data is not None else _size(i.local)
+            for i in self._items.values()
+        }
+        ops: list[Op] = [MkdirOp(d) for d in sorted(self._dirs) if not state.is_dir(d)]
+        # Check the limits with the sizes known now, so nothing is sent in vain; the
+        # publish checks again with what was actually read.
+        upload.check_limits(
+            repo.meta.limits,
+            state,
+            ops + [PutOp(p, FileRecord(n, 0, 0, "0" * 64, ())) for p, n in sizes.items()],
         )
-        with bar(total, self.progress_description) as advance:
-            ops: list[Op] = [MkdirOp(d) for d in sorted(self._dirs) if not state.is_dir(d)]
+        with bar(sum(sizes.values()), self.progress_description) as advance:
             ops += upload.upload(repo, self._items.values(), state, advance)
         count = len(self._items)
         return upload.publish(repo, state, ops, f"upload of {count} file{'s' * (count != 1)}")
@@ -580,6 +646,28 @@ def _file_record(state: State, path: str) -> FileRecord:
             raise InvalidArgument(f"{_show(rel)} is a directory, not a file")
         raise NotFound(f"{_show(rel)} does not exist in the volume")
     return record
+
+
+def _write_local(dest: Path, chunks: Iterator[bytes], record: FileRecord, advance: Advance) -> None:
+    """Write a whole file next to ``dest``, then rename it over: never a half file."""
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    tmp = dest.with_name(f".{dest.name}.kvol-{secrets.token_hex(4)}")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+    try:
+        try:
+            for chunk in chunks:
+                view = memoryview(chunk)
+                while view:
+                    view = view[os.write(fd, view) :]
+                advance(len(chunk))
+            os.fchmod(fd, record.mode)
+        finally:
+            os.close(fd)
+        os.utime(tmp, ns=(record.mtime_ns, record.mtime_ns))
+        os.replace(tmp, dest)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
 
 
 def _entry_of(state: State, rel: str) -> FileEntry:

@@ -1,0 +1,137 @@
+"""The ``kvol`` command: parses arguments, runs one command, and turns failures into one
+line on stderr and an exit code (the only place the CLI translates errors)."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from collections.abc import Sequence
+
+from kvol import progress
+from kvol.errors import KvolError
+
+DESCRIPTION = """\
+kvol: named, persistent volumes that many machines (or pods) share. Each works on a local
+copy at disk speed; commit publishes its changes, reload pulls in everyone else's.
+"""
+
+EPILOG = """\
+examples:
+  kvol demo                              # see two writers share a volume, in 2 seconds
+  kvol volume create data
+  kvol volume put data ./results /results
+  kvol volume ls data /results
+  kvol --store s3://bucket/prefix volume list --json
+
+Run 'kvol volume --help' for every volume command.
+"""
+
+
+def _common() -> argparse.ArgumentParser:
+    """Options accepted before or after any command (defaults are set once, in build)."""
+    common = argparse.ArgumentParser(add_help=False)
+    group = common.add_argument_group("global options")
+    group.add_argument(
+        "--store",
+        metavar="URL",
+        default=argparse.SUPPRESS,
+        help="where volumes live: file:///dir, a path, or s3://bucket/prefix "
+        "(default: $KVOL_STORE, else ~/.local/share/kvol/store)",
+    )
+    group.add_argument(
+        "--debug",
+        action="store_true",
+        default=argparse.SUPPRESS,
+        help="log what happens and show tracebacks",
+    )
+    group.add_argument(
+        "--progress",
+        action=argparse.BooleanOptionalAction,
+        default=argparse.SUPPRESS,
+        help="progress bars on stderr (default: only on a terminal, for large transfers)",
+    )
+    return common
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from kvol.cli import demo, volume
+
+    common = _common()
+    parser = argparse.ArgumentParser(
+        prog="kvol",
+        description=DESCRIPTION,
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        parents=[common],
+    )
+    parser.add_argument("--version", action="version", version=f"kvol {_version()}")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    volume.register(commands, common)
+    demo.register(commands, common)
+    return parser
+
+
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("kvol")
+    except PackageNotFoundError:
+        return "unknown"
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    debug = bool(getattr(args, "debug", False))
+    logging.basicConfig(
+        level=logging.DEBUG if debug else logging.WARNING,
+        format="kvol: %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    progress.configure(getattr(args, "progress", None))
+    try:
+        code: int = args.handler(args)
+        return code
+    except KvolError as exc:
+        if debug:
+            raise
+        _error(str(exc))
+        return exc.exit_code
+    except KeyboardInterrupt:
+        if debug:
+            raise
+        _error("interrupted")
+        return 130
+    except BrokenPipeError:
+        # The reader went away (`kvol volume get v f - | head`): not worth a message.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return 1
+    except OSError as exc:
+        # Local files: a missing source, a directory without permission. Said plainly.
+        if debug:
+            raise
+        where = f": {exc.filename}" if exc.filename else ""
+        _error(f"{exc.strerror or exc}{where}")
+        return 1
+    except Exception as exc:
+        if debug:
+            raise
+        _error(f"unexpected {type(exc).__name__}: {exc} (run with --debug for the traceback)")
+        return 1
+    finally:
+        store = getattr(args, "_store", None)
+        if store is not None:
+            store.close()
+
+
+def _error(message: str) -> None:
+    # One line, whatever the message holds, so scripts can grep it.
+    print(f"kvol: error: {' '.join(message.split())}", file=sys.stderr)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,587 @@
+"""``kvol volume ...``: manage volumes and their files, and local working copies."""
+
+from __future__ import annotations
+
+import argparse
+import io
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from kvol import mounted, paths
+from kvol.cli import output
+from kvol.cli.output import emit_json, plural, say, size, when
+from kvol.errors import InvalidArgument, KvolError, NotFound
+from kvol.model import Limits
+from kvol.progress import bar
+from kvol.store import Store, open_store
+from kvol.volume import FileEntry, FileEntryType, Volume
+
+Handler = Callable[[argparse.Namespace], int]
+
+EPILOG = """\
+examples:
+  kvol volume create data
+  kvol volume put data ./results /results      # a directory, as one commit
+  kvol volume ls data /results --long
+  kvol volume get data /results/model.bin .
+  kvol volume get data /notes.txt - | less     # to stdout
+  kvol volume mount data ./work                # a local working copy
+  kvol volume commit ./work -m "new results"
+  kvol volume history data
+
+The store is --store URL, else $KVOL_STORE, else a directory under ~/.local/share/kvol.
+Volume paths start at the volume root: /a/b and a/b name the same file; '..' is refused.
+"""
+
+
+def register(commands: Any, common: argparse.ArgumentParser) -> None:
+    volume = commands.add_parser(
+        "volume",
+        help="manage volumes and their files",
+        description="Create, list and delete volumes, move files in and out of them, and work "
+        "on local copies that commit and reload like a pod's mount.",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        parents=[common],
+    )
+    sub = volume.add_subparsers(dest="action", metavar="COMMAND", required=True)
+
+    def add(name: str, handler: Handler, help: str, epilog: str = "") -> argparse.ArgumentParser:
+        parser: argparse.ArgumentParser = sub.add_parser(
+            name,
+            help=help,
+            description=help[0].upper() + help[1:] + ".",
+            epilog=f"example:\n  {epilog}" if epilog else None,
+            formatter_class=argparse.RawDescriptionHelpFormatter,
+            parents=[common],
+        )
+        parser.set_defaults(handler=handler)
+        return parser
+
+    p = add("create", cmd_create, "create a volume", "kvol volume create data --version 2")
+    p.add_argument("name")
+    p.add_argument("--version", type=int, choices=(1, 2), default=2, help="volume version")
+    p.add_argument("--allow-existing", action="store_true", help="succeed if it exists already")
+    p.add_argument("--limit-files", type=int, metavar="N", help="most files the volume may hold")
+    p.add_argument("--limit-bytes", type=output.parse_size, metavar="SIZE", help="e.g. 100GiB")
+    p.add_argument("--limit-files-per-directory", type=int, metavar="N")
+    p.add_argument("--limit-file-size", type=output.parse_size, metavar="SIZE")
+    p.add_argument("--json", action="store_true", help="print JSON")
+
+    p = add("list", cmd_list, "list volumes", "kvol volume list --json")
+    p.add_argument("--json", action="store_true", help="print JSON")
+
+    p = add(
+        "info", cmd_info, "show a volume's size, head commit and dates", "kvol volume info data"
+    )
+    p.add_argument("name")
+    p.add_argument("--json", action="store_true", help="print JSON")
+
+    p = add("ls", cmd_ls, "list files of a volume", "kvol volume ls data /results -l")
+    p.add_argument("name")
+    p.add_argument("path", nargs="?", default="/")
+    p.add_argument("-l", "--long", action="store_true", help="show type, size and time")
+    p.add_argument("-r", "--recursive", action="store_true", help="list everything below PATH")
+    p.add_argument("--json", action="store_true", help="print JSON")
+
+    p = add(
+        "put",
+        cmd_put,
+        "upload a file or a directory (as one commit)",
+        "kvol volume put data ./model.bin /models/   # '-' reads stdin",
+    )
+    p.add_argument("name")
+    p.add_argument("local", help="local file or directory, or '-' for stdin")
+    p.add_argument("remote", nargs="?", default="/", help="where in the volume (default: /)")
+    p.add_argument("-f", "--force", action="store_true", help="overwrite existing files")
+
+    p = add(
+        "get",
+        cmd_get,
+        "download a file or a directory",
+        "kvol volume get data /models ./models   # '-' writes a file to stdout",
+    )
+    p.add_argument("name")
+    p.add_argument("remote")
+    p.add_argument("local", nargs="?", default=".", help="local path, or '-' for stdout")
+    p.add_argument("--force", action="store_true", help="overwrite existing local files")
+
+    p = add("rm", cmd_rm, "remove a file (a directory with -r)", "kvol volume rm data /tmp -r")
+    p.add_argument("name")
+    p.add_argument("path")
+    p.add_argument("-r", "--recursive", action="store_true", help="remove a directory")
+
+    p = add(
+        "cp",
+        cmd_cp,
+        "copy files inside a volume (no data is uploaded)",
+        "kvol volume cp data /a.txt /b.txt /backup/",
+    )
+    p.add_argument("name")
+    p.add_argument("paths", nargs="+", metavar="PATH", help="sources, then the destination")
+    p.add_argument("-r", "--recursive", action="store_true", help="copy directories")
+
+    p = add("rename", cmd_rename, "rename a volume", "kvol volume rename data data-old -y")
+    p.add_argument("old")
+    p.add_argument("new")
+    p.add_argument("-y", "--yes", action="store_true", help="do not ask for confirmation")
+
+    p = add("delete", cmd_delete, "delete a volume and all its data", "kvol volume delete data -y")
+    p.add_argument("name")
+    p.add_argument("--allow-missing", action="store_true", help="succeed if it does not exist")
+    p.add_argument("-y", "--yes", action="store_true", help="do not ask for confirmation")
+
+    p = add(
+        "mount",
+        cmd_mount,
+        "make a local working copy of a volume in DIR",
+        "kvol volume mount data ./work && cd work",
+    )
+    p.add_argument("name")
+    p.add_argument("dir")
+    p.add_argument("--read-only", action="store_true", help="refuse commits from this copy")
+
+    p = add(
+        "commit",
+        cmd_commit,
+        "publish the changes of a working copy",
+        'kvol volume commit ./work -m "nightly results"',
+    )
+    p.add_argument("dir", nargs="?", default=".", help="the copy or a directory in it")
+    p.add_argument("-m", "--message", help="commit message")
+    p.add_argument("--json", action="store_true", help="print JSON")
+
+    p = add("reload", cmd_reload, "bring a working copy up to the newest commit")
+    p.add_argument("dir", nargs="?", default=".", help="the copy or a directory in it")
+    p.add_argument("--json", action="store_true", help="print JSON")
+
+    p = add("status", cmd_status, "show what a working copy has not committed yet")
+    p.add_argument("dir", nargs="?", default=".", help="the copy or a directory in it")
+    p.add_argument("--json", action="store_true", help="print JSON")
+
+    p = add("history", cmd_history, "list a volume's commits, newest first")
+    p.add_argument("name")
+    p.add_argument("--limit", type=int, metavar="N", help="show only the newest N")
+    p.add_argument("--json", action="store_true", help="print JSON")
+
+    p = add(
+        "restore",
+        cmd_restore,
+        "make the volume's files what they were at commit SEQ (as a new commit)",
+        "kvol volume restore data 12 -y",
+    )
+    p.add_argument("name")
+    p.add_argument("seq", type=int)
+    p.add_argument("-y", "--yes", action="store_true", help="do not ask for confirmation")
+
+    p = add(
+        "gc",
+        cmd_gc,
+        "delete stored content no commit refers to",
+        "kvol volume gc data --dry-run",
+    )
+    p.add_argument("name")
+    p.add_argument(
+        "--grace",
+        type=float,
+        default=3600.0,
+        metavar="SECONDS",
+        help="keep unreferenced content younger than this (default: 3600)",
+    )
+    p.add_argument("--dry-run", action="store_true", help="report, delete nothing")
+    p.add_argument("--json", action="store_true", help="print JSON")
+
+
+# -- helpers ----------------------------------------------------------------------------------
+
+
+def store_of(args: argparse.Namespace) -> Store:
+    store: Store | None = getattr(args, "_store", None)
+    if store is None:
+        store = open_store(getattr(args, "store", None))
+        args._store = store
+    return store
+
+
+def volume_of(args: argparse.Namespace, name: str) -> Volume:
+    return Volume.from_name(name, store=store_of(args)).hydrate()
+
+
+def mount_of(directory: str) -> mounted.Mount:
+    mount = mounted.containing(directory)
+    if mount is None:
+        raise NotFound(
+            f"{Path(directory).absolute()} is not inside a kvol working copy "
+            "(make one with: kvol volume mount NAME DIR)"
+        )
+    return mount
+
+
+def _entry_json(entry: FileEntry) -> dict[str, Any]:
+    return entry.to_dict()
+
+
+# -- volumes ----------------------------------------------------------------------------------
+
+
+def cmd_create(args: argparse.Namespace) -> int:
+    limits = Limits(
+        max_files=args.limit_files,
+        max_bytes=args.limit_bytes,
+        max_files_per_directory=args.limit_files_per_directory,
+        max_file_size=args.limit_file_size,
+    )
+    vol = Volume.create(
+        args.name,
+        version=args.version,
+        allow_existing=args.allow_existing,
+        limits=limits,
+        store=store_of(args),
+    )
+    meta = vol.repo.meta
+    if args.json:
+        emit_json({"name": args.name, "id": meta.id, "version": meta.version})
+    else:
+        say(f"Created volume {args.name!r} (version {meta.version}, id {meta.id}).")
+        say(f"Upload files with: kvol volume put {args.name} LOCAL_PATH [REMOTE_PATH]")
+    return 0
+
+
+def cmd_list(args: argparse.Namespace) -> int:
+    metas = [(vol.name or "", vol.repo.meta) for vol in Volume.list(store=store_of(args))]
+    if args.json:
+        emit_json(
+            [
+                {"name": name, "id": m.id, "version": m.version, "created": m.created}
+                for name, m in metas
+            ]
+        )
+    elif not metas:
+        say("No volumes. Create one with: kvol volume create NAME")
+    else:
+        output.table(
+            ["NAME", "VERSION", "CREATED", "ID"],
+            [[name, str(m.version), when(m.created), m.id] for name, m in metas],
+        )
+    return 0
+
+
+def cmd_info(args: argparse.Namespace) -> int:
+    info = volume_of(args, args.name).info()
+    if args.json:
+        emit_json(info.to_dict())
+        return 0
+    output.table(
+        ["FIELD", "VALUE"],
+        [
+            ["name", str(info.name)],
+            ["id", info.id],
+            ["version", str(info.version)],
+            ["head commit", str(info.head)],
+            ["files", f"{info.files:,}"],
+            ["size", size(info.bytes)],
+            ["created", when(info.created)],
+            ["last commit", when(info.last_commit)],
+        ],
+    )
+    return 0
+
+
+def cmd_rename(args: argparse.Namespace) -> int:
+    store = store_of(args)
+    Volume.from_name(args.old, store=store).hydrate()  # NotFound before asking
+    output.confirm(f"Rename volume {args.old!r} to {args.new!r}?", args.yes)
+    Volume.rename(args.old, args.new, store=store)
+    say(f"Renamed volume {args.old!r} to {args.new!r}.")
+    return 0
+
+
+def cmd_delete(args: argparse.Namespace) -> int:
+    store = store_of(args)
+    try:
+        Volume.from_name(args.name, store=store).hydrate()
+    except NotFound:
+        if args.allow_missing:
+            say(f"Volume {args.name!r} does not exist: nothing to delete.")
+            return 0
+        raise
+    output.confirm(f"Delete volume {args.name!r} and all its data, irreversibly?", args.yes)
+    Volume.delete(args.name, allow_missing=args.allow_missing, store=store)
+    say(f"Deleted volume {args.name!r}.")
+    return 0
+
+
+# -- files ------------------------------------------------------------------------------------
+
+
+def cmd_ls(args: argparse.Namespace) -> int:
+    entries = volume_of(args, args.name).listdir(args.path, recursive=args.recursive)
+    if args.json:
+        emit_json([_entry_json(e) for e in entries])
+    elif args.long:
+        output.table(
+            ["TYPE", "SIZE", "MODIFIED", "PATH"],
+            [[str(e.type), size(e.size), when(e.mtime), _shown(e)] for e in entries],
+            right=(1,),
+        )
+    else:
+        for e in entries:
+            say(_shown(e))
+    return 0
+
+
+def _shown(entry: FileEntry) -> str:
+    return entry.path + ("/" if entry.type == FileEntryType.DIRECTORY else "")
+
+
+def cmd_put(args: argparse.Namespace) -> int:
+    vol = volume_of(args, args.name)
+    remote: str = args.remote
+    with vol.batch_upload(force=args.force) as batch:
+        if args.local == "-":
+            target = paths.normalize(remote, allow_root=True)
+            if not target or remote.endswith("/"):
+                raise InvalidArgument("put - (stdin) needs a REMOTE file path, like /notes.txt")
+            batch.put_file(io.BytesIO(sys.stdin.buffer.read()), target)
+            count, described = 1, "stdin"
+        else:
+            local = Path(args.local)
+            if local.is_dir():
+                batch.put_directory(local, remote)
+                count, described = len(batch), f"{local}/"
+            elif local.exists():
+                batch.put_file(local, _file_target(vol, local.name, remote))
+                count, described = 1, str(local)
+            else:
+                raise NotFound(f"{local} does not exist")
+    if batch.seq is None:
+        say(f"Nothing to upload from {described}.")
+    else:
+        say(
+            f"Uploaded {plural(count, 'file')} from {described} to {args.name!r} (commit {batch.seq})."
+        )
+    return 0
+
+
+def _file_target(vol: Volume, name: str, remote: str) -> str:
+    """Like cp: into REMOTE if it is the root, ends with '/' or is a directory."""
+    target = paths.normalize(remote, allow_root=True)
+    if not target or remote.endswith("/"):
+        return f"{target}/{name}".lstrip("/")
+    try:
+        if vol.stat(target).type == FileEntryType.DIRECTORY:
+            return f"{target}/{name}"
+    except NotFound:
+        pass
+    return target
+
+
+def cmd_get(args: argparse.Namespace) -> int:
+    vol = volume_of(args, args.name)
+    if args.local == "-":
+        entry = vol.stat(args.remote)
+        if entry.type != FileEntryType.FILE:
+            raise InvalidArgument(f"/{entry.path} is a directory: only a file can go to stdout")
+        out = sys.stdout.buffer
+        with bar(entry.size, "download") as advance:
+            vol.read_file_into_fileobj(args.remote, out, progress=advance)
+        out.flush()
+        return 0
+    files, total = vol.download(args.remote, args.local, force=args.force)
+    print(f"Downloaded {plural(files, 'file')} ({size(total)}) to {args.local}.", file=sys.stderr)
+    return 0
+
+
+def cmd_rm(args: argparse.Namespace) -> int:
+    volume_of(args, args.name).remove_file(args.path, recursive=args.recursive)
+    say(f"Removed {'/' + paths.normalize(args.path)} from {args.name!r}.")
+    return 0
+
+
+def cmd_cp(args: argparse.Namespace) -> int:
+    if len(args.paths) < 2:
+        raise InvalidArgument("cp needs a source and a destination: cp NAME SRC... DST")
+    *sources, destination = args.paths
+    volume_of(args, args.name).copy_files(sources, destination, recursive=args.recursive)
+    say(f"Copied {plural(len(sources), 'path')} to {destination} in {args.name!r}.")
+    return 0
+
+
+# -- history ----------------------------------------------------------------------------------
+
+
+def cmd_history(args: argparse.Namespace) -> int:
+    if args.limit is not None and args.limit < 1:
+        raise InvalidArgument("--limit must be at least 1")
+    repo = volume_of(args, args.name).repo
+    commits = repo.history(limit=args.limit)
+    rows = [
+        {
+            "seq": c.seq,
+            "time": c.time,
+            "writer": {"id": c.writer.id, "host": c.writer.host, "pid": c.writer.pid},
+            "message": c.message,
+            "files_written": c.files_written,
+            "paths_deleted": c.paths_deleted,
+            "bytes_written": c.bytes_written,
+        }
+        for c in commits
+    ]
+    if args.json:
+        emit_json(rows)
+    elif not commits:
+        say(f"Volume {args.name!r} has no commits yet.")
+    else:
+        output.table(
+            ["SEQ", "TIME", "WRITER", "FILES", "DELETED", "BYTES", "MESSAGE"],
+            [
+                [
+                    str(c.seq),
+                    when(c.time),
+                    f"{c.writer.host}:{c.writer.pid}",
+                    str(c.files_written),
+                    str(c.paths_deleted),
+                    size(c.bytes_written),
+                    c.message or "",
+                ]
+                for c in commits
+            ],
+            right=(0, 3, 4, 5),
+        )
+    return 0
+
+
+def cmd_restore(args: argparse.Namespace) -> int:
+    repo = volume_of(args, args.name).repo
+    repo.state(args.seq)  # NotFound before asking
+    output.confirm(
+        f"Make volume {args.name!r} hold what it held at commit {args.seq} (as a new commit)?",
+        args.yes,
+    )
+    seq = repo.restore(args.seq)
+    say(f"Restored {args.name!r} to commit {args.seq} as commit {seq}.")
+    return 0
+
+
+def cmd_gc(args: argparse.Namespace) -> int:
+    if args.grace < 0:
+        raise InvalidArgument("--grace must not be negative")
+    repo = volume_of(args, args.name).repo
+    report = repo.gc(grace_seconds=args.grace, dry_run=args.dry_run)
+    if args.json:
+        emit_json(
+            {
+                "dry_run": args.dry_run,
+                "objects_seen": report.objects_seen,
+                "objects_referenced": report.objects_referenced,
+                "objects_deleted": report.objects_deleted,
+                "bytes_deleted": report.bytes_deleted,
+                "objects_kept_young": report.objects_kept_young,
+            }
+        )
+        return 0
+    verb = "Would delete" if args.dry_run else "Deleted"
+    say(
+        f"{verb} {plural(report.objects_deleted, 'object')} ({size(report.bytes_deleted)}) of "
+        f"{report.objects_seen:,}; kept {report.objects_kept_young:,} younger than "
+        f"{args.grace:g}s."
+    )
+    return 0
+
+
+# -- working copies ---------------------------------------------------------------------------
+
+
+def cmd_mount(args: argparse.Namespace) -> int:
+    from kvol.workcopy import WorkingCopy
+
+    repo = volume_of(args, args.name).repo
+    wc = WorkingCopy.create(repo, args.dir, read_only=args.read_only)
+    files = len(wc.index.files)
+    say(
+        f"Mounted {args.name!r} at {wc.root}: commit {wc.index.base}, {plural(files, 'file')}"
+        f"{' (read-only)' if args.read_only else ''}."
+    )
+    if not args.read_only:
+        say(f"Publish changes with: kvol volume commit {args.dir}")
+    say(f"Pull others' changes with: kvol volume reload {args.dir}")
+    return 0
+
+
+def cmd_commit(args: argparse.Namespace) -> int:
+    mount = mount_of(args.dir)
+    try:
+        result = mount.commit(args.message)
+    except KvolError as exc:
+        raise type(exc)(
+            f"{exc} (nothing was lost: your changes are still in {mount.root})"
+        ) from exc
+    if args.json:
+        emit_json(result)
+    elif result.get("seq") is None:
+        say("Nothing to commit.")
+    else:
+        deleted = int(result.get("deleted", 0))
+        gone = f", {plural(deleted, 'deletion')}" if deleted else ""
+        say(
+            f"Committed {plural(int(result.get('files', 0)), 'file')} "
+            f"({size(int(result.get('bytes', 0)))}){gone} as commit {result['seq']}."
+        )
+    deferred = result.get("deferred") or []
+    if deferred:
+        print(
+            f"kvol: {plural(len(deferred), 'file')} changed while being read and will go in the "
+            f"next commit: {', '.join(deferred[:5])}",
+            file=sys.stderr,
+        )
+    return 0
+
+
+def cmd_reload(args: argparse.Namespace) -> int:
+    result = mount_of(args.dir).reload()
+    if args.json:
+        emit_json(result)
+        return 0
+    if result["from_seq"] == result["to_seq"]:
+        say(f"Already up to date (commit {result['to_seq']}).")
+    else:
+        say(
+            f"Reloaded from commit {result['from_seq']} to {result['to_seq']}: "
+            f"{plural(int(result.get('files', 0)), 'file')} updated."
+        )
+    kept = result.get("kept_local") or []
+    if kept:
+        say(f"Kept your uncommitted changes to: {', '.join(kept[:10])}")
+    return 0
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    mount = mount_of(args.dir)
+    status = mount.status()
+    status["root"] = str(mount.root)
+    if args.json:
+        emit_json(status)
+        return 0
+    head = status.get("head_seq")
+    behind = ""
+    if isinstance(head, int) and head > status["base_seq"]:
+        behind = f" ({head - status['base_seq']} behind; kvol volume reload)"
+    say(f"Working copy {mount.root} of volume {status.get('volume') or status['volume_id']}")
+    say(f"  base commit: {status['base_seq']}{behind}")
+    if head is not None:
+        say(f"  head commit: {head}")
+    changed, deleted = status["changed"], status["deleted"]
+    say(
+        f"  uncommitted: {plural(len(changed), 'changed file')}, {len(deleted):,} deleted, "
+        f"{size(int(status['uncommitted_bytes']))}"
+    )
+    for p in changed[:20]:
+        say(f"    M {p}")
+    for p in deleted[:20]:
+        say(f"    D {p}")
+    hidden = max(0, len(changed) - 20) + max(0, len(deleted) - 20)
+    if hidden:
+        say(f"    ... and {hidden} more")
+    return 0
