@@ -125,6 +125,17 @@ directory mounted at the same path in the pod; an s3 store takes its keys from t
 {{- end -}}
 {{- end -}}
 
+{{/* The store URL the node plugin is given: node.storeURL, else the chart's backend. */}}
+{{- define "kvol.node.storeURL" -}}
+{{- if .Values.node.storeURL -}}
+{{- .Values.node.storeURL -}}
+{{- else if .Values.backend.create -}}
+{{- include "kvol.storeURL" . -}}
+{{- else -}}
+{{- fail "node.storeURL is required when backend.create is false: the plugin needs a store" -}}
+{{- end -}}
+{{- end -}}
+
 {{/*
 Environment that gives a container the chart's s3 backend: obstore reads the AWS_* variables.
 The Secret's keys are the ones the operator reads (accessKeyId, secretAccessKey, sessionToken).

@@ -71,8 +71,7 @@ def test_default_render_has_every_component(default_objects: list[Obj]) -> None:
     kinds = sorted(o["kind"] for o in default_objects)
     assert kinds == sorted(
         ["ServiceAccount"] * 2
-        + ["ClusterRole"] * 2
-        + ["ClusterRoleBinding"] * 2
+        + ["ClusterRole", "ClusterRoleBinding"]
         + ["Deployment", "DaemonSet", "CSIDriver", "VolumeBackend"]
     )
     # Optional parts are off by default.
@@ -190,6 +189,7 @@ def test_node_plugin_daemonset(default_objects: list[Obj]) -> None:
     assert "--state-dir=/var/lib/kvol" in driver["args"]
     assert "--store=file:///var/lib/kvol-store" in driver["args"]
     assert "--metrics-port=9810" in driver["args"]
+    assert "--log-level=INFO" in driver["args"]
     env = {e["name"]: e for e in driver["env"]}
     assert env["NODE_NAME"]["valueFrom"]["fieldRef"]["fieldPath"] == "spec.nodeName"
     registrar = container(spec, "node-driver-registrar")
@@ -322,6 +322,7 @@ def test_s3_backend_and_credentials() -> None:
         (("backend.type=s3",), "backend.s3.bucket is required"),
         (("metrics.serviceMonitor.enabled=true",), "needs metrics.service.enabled"),
         (("serviceAccount.create=false",), "serviceAccount.controller.name is required"),
+        (("backend.create=false",), "node.storeURL is required when backend.create is false"),
     ],
 )
 def test_bad_values_are_refused_with_a_message(sets: tuple[str, ...], message: str) -> None:
@@ -343,9 +344,19 @@ def test_toggles() -> None:
         b["metadata"]["name"]: b["subjects"][0]["name"]
         for b in by_kind(objects, "ClusterRoleBinding")
     }
-    assert subjects == {"kvol-controller": "ops-sa", "kvol-node": "node-sa"}
-    objects = render("backend.create=false", "csiDriver.create=false")
+    assert subjects == {"kvol-controller": "ops-sa"}
+    objects = render("backend.create=false", "csiDriver.create=false", "node.storeURL=s3://b/p")
     assert not by_kind(objects, "VolumeBackend") and not by_kind(objects, "CSIDriver")
+    driver = container(one(objects, "DaemonSet")["spec"]["template"]["spec"], "driver")
+    assert "--store=s3://b/p" in driver["args"]
+
+
+def test_node_plugin_needs_no_api_access(default_objects: list[Obj]) -> None:
+    """The plugin finds volumes in the store's catalog: it gets no role and no token."""
+    spec = one(default_objects, "DaemonSet")["spec"]["template"]["spec"]
+    assert spec["automountServiceAccountToken"] is False
+    for binding in by_kind(default_objects, "ClusterRoleBinding"):
+        assert all(s["name"] != spec["serviceAccountName"] for s in binding["subjects"])
 
 
 def test_metrics_services_and_monitors(all_objects: list[Obj]) -> None:
