@@ -39,5 +39,5 @@ def decode(kind: str, raw: bytes) -> Any:
         if inflater.unconsumed_tail:
             raise CorruptData(f"{kind} inflates past {MAX_INFLATED} bytes")
         return json.loads(text)
-    except (zlib.error, ValueError, UnicodeDecodeError) as exc:
+    except (zlib.error, ValueError, UnicodeDecodeError, RecursionError) as exc:
         raise CorruptData(f"{kind} body is unreadable: {exc}") from exc

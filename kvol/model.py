@@ -8,6 +8,7 @@ whole (:class:`kvol.errors.CorruptData`), never half-applied.
 from __future__ import annotations
 
 import json
+import math
 import re
 import time
 from collections.abc import Iterator
@@ -19,6 +20,9 @@ from kvol.errors import CorruptData, InvalidArgument, InvalidPath
 
 HASH_RE = re.compile(r"^[0-9a-f]{64}$")
 VOLUME_ID_RE = re.compile(r"^[0-9a-f]{32}$")
+#: Sizes, offsets and times must fit the signed 64-bit fields of the system calls that
+#: apply them (a larger mtime would fail in utime halfway through a reload).
+INT64_LIMIT = 1 << 63
 
 # -- limits and metadata ------------------------------------------------------------------
 
@@ -102,7 +106,7 @@ class VolumeMeta:
                 created=float(data["created"]),
                 chunk_size=int(data["chunk_size"]),
             )
-        except (KeyError, TypeError, ValueError) as exc:
+        except (KeyError, TypeError, ValueError, OverflowError) as exc:
             raise CorruptData(f"volume metadata is malformed: {exc}") from exc
         if not VOLUME_ID_RE.match(meta.id) or meta.version not in (1, 2) or meta.chunk_size <= 0:
             raise CorruptData("volume metadata is malformed")
@@ -133,7 +137,11 @@ class Part:
         kind, obj, offset, length = data
         if kind not in ("b", "p") or not isinstance(obj, str) or not HASH_RE.match(obj):
             raise CorruptData(f"malformed content part {data!r}")
-        if not (_is_int(offset) and _is_int(length)) or offset < 0 or length < 0:
+        if (
+            not (_is_int(offset) and _is_int(length))
+            or not 0 <= offset < INT64_LIMIT
+            or not 0 <= length < INT64_LIMIT
+        ):
             raise CorruptData(f"malformed content part {data!r}")
         if kind == "b" and offset != 0:
             raise CorruptData(f"blob part with an offset {data!r}")
@@ -161,7 +169,8 @@ class FileRecord:
         size, mtime_ns, mode, digest, raw_parts = data
         if (
             not all(_is_int(v) for v in (size, mtime_ns, mode))
-            or size < 0
+            or not 0 <= size < INT64_LIMIT
+            or not -INT64_LIMIT <= mtime_ns < INT64_LIMIT
             or not 0 <= mode <= 0o7777
         ):
             raise CorruptData("malformed file record")
@@ -253,10 +262,12 @@ class Entry:
             when = float(data["time"])
             base = int(data["base"])
             message = data.get("message")
-        except (KeyError, TypeError, ValueError) as exc:
+        except (KeyError, TypeError, ValueError, OverflowError) as exc:
             raise CorruptData(f"log entry is malformed: {exc}") from exc
         if message is not None and not isinstance(message, str):
             raise CorruptData("log entry message is not a string")
+        if not math.isfinite(when):
+            raise CorruptData("log entry time is not a finite number")
         if not isinstance(raw_ops, list):
             raise CorruptData("log entry ops is not a list")
         ops: list[Op] = []
@@ -426,7 +437,7 @@ class State:
             seq = int(data["seq"])
             raw_files = data["files"]
             raw_dirs = data["dirs"]
-        except (KeyError, TypeError, ValueError) as exc:
+        except (KeyError, TypeError, ValueError, OverflowError) as exc:
             raise CorruptData(f"checkpoint is malformed: {exc}") from exc
         if not isinstance(raw_files, dict) or not isinstance(raw_dirs, list):
             raise CorruptData("checkpoint is malformed")
