@@ -12,6 +12,7 @@ repeated after a failure, or after the plugin restarted, finishes what the first
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import logging
 import os
@@ -25,6 +26,7 @@ from kvol.csi import mounts
 from kvol.csi.control import SOCKET_NAME, ControlServer
 from kvol.csi.errors import Forbidden, MissingField, NotPublished, PublishedElsewhere
 from kvol.csi.locks import VolumeLocks
+from kvol.csi.mounts import LiveMount, MountError
 from kvol.csi.proto import csi_pb2
 from kvol.csi.resolver import Resolver
 from kvol.csi.state import Publication, StateFile
@@ -304,7 +306,11 @@ class NodeService:
             except Exception:
                 live.start()  # still published: keep serving and committing
                 raise
-            self._teardown(pub, live)
+            try:
+                self._teardown(pub, live)
+            except Exception:
+                live.start()
+                raise
             log.info(
                 "unpublished %s/%s from %s (final commit: %s)",
                 pub.namespace,
@@ -439,7 +445,15 @@ class NodeService:
         if live is not None:
             live.pause()
         mounts.unmount(target / paths.RESERVED)
-        mounts.unmount(target)
+        try:
+            mounts.unmount(target)
+        except MountError as exc:
+            if exc.errno != errno.EBUSY:
+                raise
+            raise LiveMount(
+                f"{target} is still in use (its data is committed); retry once the pod's "
+                "processes are gone"
+            ) from exc
         try:
             mounts.remove_dir(target)
         except OSError as exc:  # something wrote into the directory under the mount
