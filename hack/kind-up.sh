@@ -13,7 +13,8 @@
 #   KVOL_KIND_IMAGE    kind node image, e.g. kindest/node:v1.35.0 (kind's default)
 #   KVOL_IMAGE         image to build and load (kvol:dev)
 #   KVOL_NAMESPACE     namespace of the release (kvol-system)
-#   KVOL_EXAMPLES      directory of YAML applied at the end (examples/kubernetes)
+#   KVOL_EXAMPLES      directory whose volumes.yaml, pod-inline.yaml and pod-pvc.yaml are
+#                      applied at the end (examples/); the chart already made the backend
 # Usage: hack/kind-up.sh [down]
 set -euo pipefail
 
@@ -23,7 +24,7 @@ CLUSTER="${KVOL_KIND_CLUSTER:-kvol}"
 STORE="${KVOL_KIND_STORE:-/tmp/kvol-kind-store}"
 IMAGE="${KVOL_IMAGE:-kvol:dev}"
 NAMESPACE="${KVOL_NAMESPACE:-kvol-system}"
-EXAMPLES="${KVOL_EXAMPLES:-$ROOT/examples/kubernetes}"
+EXAMPLES="${KVOL_EXAMPLES:-$ROOT/examples}"
 
 say() { printf '[kind-up] %s\n' "$*" >&2; }
 die() { say "error: $*"; exit 1; }
@@ -90,12 +91,17 @@ say "installing the chart into $NAMESPACE"
   --set image.kvol.pullPolicy=Never \
   --wait --timeout 5m
 
-# 4. The examples.
-if [ -d "$EXAMPLES" ]; then
-  say "applying $EXAMPLES"
-  "$KUBECTL" --context "$CONTEXT" apply -f "$EXAMPLES"
+# 4. The examples: volumes first, then the pods that mount them once the operator has them.
+if [ -f "$EXAMPLES/volumes.yaml" ]; then
+  say "applying the examples from $EXAMPLES"
+  "$KUBECTL" --context "$CONTEXT" apply -f "$EXAMPLES/volumes.yaml"
+  "$KUBECTL" --context "$CONTEXT" wait --for=jsonpath='{.status.phase}'=Ready \
+    -f "$EXAMPLES/volumes.yaml" --timeout=120s
+  for pod in pod-inline.yaml pod-pvc.yaml; do
+    [ ! -f "$EXAMPLES/$pod" ] || "$KUBECTL" --context "$CONTEXT" apply -f "$EXAMPLES/$pod"
+  done
 else
-  say "no $EXAMPLES directory: nothing more to apply"
+  say "no $EXAMPLES/volumes.yaml: no examples applied"
 fi
 
 say "ready: kubectl --context $CONTEXT get volumes,volumebackends -A"
