@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 import re
 import sys
@@ -53,10 +54,12 @@ def size(n: int) -> str:
 
 
 def parse_size(text: str) -> int:
-    """'10GiB' -> 10737418240, '500M' -> 500000000, '42' -> 42 (argparse type)."""
+    """'10GiB' -> 10737418240, '500M' -> 500000000, '42' -> 42 (an argparse type)."""
     match = _SIZE_RE.match(text)
     if not match:
-        raise InvalidArgument(f"invalid size {text!r}: use a number with an optional unit (10GiB)")
+        raise argparse.ArgumentTypeError(
+            f"invalid size {text!r}: use a number with an optional unit, like 10GiB"
+        )
     number, unit, binary = match.groups()
     base = 1024 if binary else 1000
     factor = base ** list(_UNITS).index(unit.lower())

@@ -1,0 +1,186 @@
+"""Volume.commit()/reload() reaching a mounted working copy: a local copy made like
+``kvol volume mount`` does, and a CSI mount's control socket served by the plugin's own
+control server."""
+
+from __future__ import annotations
+
+import io
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from kvol import InvalidArgument, NotFound, Volume, VolumeBusy
+from kvol.csi.control import ControlServer
+from kvol.errors import LimitExceeded
+from kvol.repo import Repo
+from kvol.store import open_store
+from kvol.workcopy import WorkingCopy
+
+
+@pytest.fixture(autouse=True)
+def _no_configured_mounts(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("KVOL_MOUNTS", raising=False)
+
+
+@pytest.fixture
+def url(tmp_path: Path) -> str:
+    return f"file://{tmp_path / 'store'}"
+
+
+def local_copy(url: str, name: str, root: Path) -> tuple[Volume, WorkingCopy]:
+    vol = Volume.from_name(name, create_if_missing=True, store=url)
+    return vol, WorkingCopy.create(vol.repo, root)
+
+
+def test_commit_and_reload_find_the_copy_from_cwd(
+    url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    vol, wc = local_copy(url, "data", tmp_path / "copy")
+    (wc.root / "sub").mkdir()
+    (wc.root / "sub" / "mine.txt").write_text("mine")
+    monkeypatch.chdir(wc.root / "sub")
+
+    fresh = Volume.from_name("data", store=url)  # another handle, as a program would make
+    result = fresh.commit("from the sdk")
+    assert result["seq"] == 1
+    assert [e.path for e in vol.listdir("sub")] == ["sub/mine.txt"]
+    assert vol.repo.history()[0].message == "from the sdk"
+
+    with vol.batch_upload() as batch:
+        batch.put_file(io.BytesIO(b"theirs"), "theirs.txt")
+    assert not (wc.root / "theirs.txt").exists()
+    monkeypatch.chdir(tmp_path)  # a cwd inside the copy would make the reload busy
+    monkeypatch.setenv("KVOL_MOUNTS", json.dumps({"data": str(wc.root)}))
+    reloaded = fresh.reload()
+    assert (reloaded["from_seq"], reloaded["to_seq"]) == (1, 2)
+    assert (wc.root / "theirs.txt").read_text() == "theirs"
+
+
+def test_kvol_mounts_finds_a_copy_by_id(
+    url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    vol, wc = local_copy(url, "data", tmp_path / "copy")
+    (wc.root / "f").write_text("f")
+    monkeypatch.chdir(tmp_path)
+    # Listed under another name: matched by the volume id in its configuration.
+    monkeypatch.setenv("KVOL_MOUNTS", json.dumps({"alias": str(wc.root)}))
+    assert Volume.from_id(vol.object_id, store=url).commit()["seq"] == 1
+
+
+def test_a_copy_of_another_volume_is_not_used(
+    url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _, wc = local_copy(url, "other", tmp_path / "copy")
+    Volume.create("data", store=url)
+    monkeypatch.chdir(wc.root)
+    with pytest.raises(InvalidArgument, match="not mounted"):
+        Volume.from_name("data", store=url).commit()
+
+
+def test_kvol_mounts_naming_no_mount_is_an_error(
+    url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("KVOL_MOUNTS", json.dumps({"data": str(tmp_path)}))
+    with pytest.raises(NotFound, match="KVOL_MOUNTS"):
+        Volume.from_name("data", store=url).commit()
+    monkeypatch.setenv("KVOL_MOUNTS", "not json")
+    with pytest.raises(InvalidArgument, match="KVOL_MOUNTS"):
+        Volume.from_name("data", store=url).commit()
+
+
+def test_failed_commit_names_the_copy_that_keeps_the_changes(
+    url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    store = open_store(url)
+    from kvol.catalog import Catalog
+    from kvol.model import Limits
+
+    Catalog(store).create("tiny", limits=Limits(max_files=1))
+    vol = Volume.from_name("tiny", store=url)
+    wc = WorkingCopy.create(vol.repo, tmp_path / "copy")
+    (wc.root / "a").write_text("a")
+    (wc.root / "b").write_text("b")
+    monkeypatch.chdir(wc.root)
+    with pytest.raises(LimitExceeded, match=f"still in {wc.root}"):
+        vol.commit()
+    assert (wc.root / "a").exists() and (wc.root / "b").exists()
+
+
+# -- the control socket of a CSI mount --------------------------------------------------------
+
+
+class PluginSide:
+    """What the plugin serves for one mount: its working copy, behind the control socket."""
+
+    def __init__(self, name: str, wc: WorkingCopy) -> None:
+        self.name = name
+        self.wc = wc
+        self.busy = False
+        self.calls: list[str] = []
+
+    def commit(self, message: str | None = None) -> dict[str, Any]:
+        self.calls.append(f"commit:{message}")
+        result = self.wc.commit(message)
+        return {"seq": result.seq, "files": result.files, "bytes": result.bytes}
+
+    def reload(self) -> dict[str, Any]:
+        self.calls.append("reload")
+        if self.busy:
+            raise VolumeBusy("volume busy: held by app[42] /data/f", [(42, "app", "/data/f")])
+        result = self.wc.reload()
+        return {"from_seq": result.from_seq, "to_seq": result.to_seq, "files": result.files}
+
+    def status(self) -> dict[str, Any]:
+        st = self.wc.status()
+        return {
+            "volume": self.name,
+            "namespace": "default",
+            "volume_id": st.volume_id,
+            "base_seq": st.base_seq,
+            "changed": list(st.changed),
+            "deleted": list(st.deleted),
+            "uncommitted_bytes": st.uncommitted_bytes,
+        }
+
+
+@pytest.mark.parametrize("deep", [False, True], ids=["short-path", "path-over-108-bytes"])
+def test_commit_and_reload_through_the_control_socket(
+    url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, deep: bool
+) -> None:
+    store = open_store(url)
+    from kvol.catalog import Catalog
+
+    meta = Catalog(store).create("shared")
+    mount = tmp_path / ("d" * 60 if deep else "m") / ("e" * 60 if deep else "mnt")
+    wc = WorkingCopy.create(Repo(store, meta.id), mount, meta_dir=tmp_path / "plugin-state")
+    plugin = PluginSide("shared", wc)
+    server = ControlServer(mount / ".kvol" / "control.sock", plugin)
+    server.start()
+    try:
+        (mount / "out.txt").write_text("from the pod")
+        monkeypatch.chdir(mount)
+        # Inside a pod the SDK has no store: the name alone finds the mount.
+        nowhere = tmp_path / "no-store-here"
+        pod_vol = Volume.from_name("shared", store=f"file://{nowhere}")
+        assert pod_vol.commit("pod commit") == {"seq": 1, "files": 1, "bytes": 12}
+        assert plugin.calls == ["commit:pod commit"]
+        assert not nowhere.exists()
+
+        outside = Volume.from_name("shared", store=url)
+        assert b"".join(outside.read_file("out.txt")) == b"from the pod"
+        with outside.batch_upload() as batch:
+            batch.put_file(io.BytesIO(b"new"), "new.txt")
+        monkeypatch.chdir(tmp_path)
+        monkeypatch.setenv("KVOL_MOUNTS", json.dumps({"shared": str(mount)}))
+        assert pod_vol.reload()["to_seq"] == 2
+        assert (mount / "new.txt").read_text() == "new"
+
+        plugin.busy = True
+        with pytest.raises(VolumeBusy) as busy:
+            pod_vol.reload()
+        assert busy.value.holders == [(42, "app", "/data/f")]
+    finally:
+        server.stop()
+        wc.close(final_commit=False)
