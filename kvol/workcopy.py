@@ -504,7 +504,12 @@ class WorkingCopy:
         view.apply(first, base + 1, touched)
         for seq, entry in self.repo.entries_after(base + 1):
             view.apply(entry, seq, touched)
-        kept, written = self._apply(view, touched)
+        try:
+            kept, written = self._apply(view, touched)
+        except BaseException:
+            # Keep what was applied on record, at the old base: the next reload does the rest.
+            self._save_index()
+            raise
         self.index.base = view.seq
         self._save_index()
         return ReloadResult(base, view.seq, written, tuple(sorted(kept)))
@@ -608,20 +613,24 @@ class WorkingCopy:
         reader = self.repo.reader()
         reader.prefetch(view.files[r] for r in rels)
 
-        def fetch(rel: str) -> os.stat_result:
+        def fetch(rel: str) -> None:
             record = view.files[rel]
-            return fsops.write_file(
+            st = fsops.write_file(
                 root_fd,
                 rel,
                 lambda fd: reader.write_to(record, fd),
                 mode=record.mode,
                 mtime_ns=record.mtime_ns,
             )
+            # Recorded as soon as it is written, so that if another file fails the index
+            # still matches the tree (nothing written here looks like a local change).
+            self.index.files[rel] = IndexEntry(record, Signature.of(st))
 
         try:
             with ThreadPoolExecutor(self.concurrency, thread_name_prefix="kvol-down") as pool:
-                for rel, st in zip(rels, pool.map(fetch, rels), strict=True):
-                    self.index.files[rel] = IndexEntry(view.files[rel], Signature.of(st))
+                futures = [pool.submit(fetch, rel) for rel in rels]
+            for future in futures:
+                future.result()
         finally:
             reader.release()
 

@@ -7,6 +7,9 @@ import threading
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
+
+from hypothesis import HealthCheck, settings
 
 from kvol import codec
 from kvol.layout import VolumeKeys, parse_seq
@@ -137,3 +140,14 @@ def entry(repo: Repo, seq: int) -> Entry:
     found = repo.read_entry(seq)
     assert found is not None, f"no entry {seq}"
     return found
+
+
+def props(examples: int = 100) -> Any:
+    """Hypothesis settings of the core's property tests: no example database left in the
+    tree, and no per-example deadline (a loaded CI machine is not a failure)."""
+    return settings(
+        max_examples=examples,
+        database=None,
+        deadline=None,
+        suppress_health_check=[HealthCheck.too_slow],
+    )

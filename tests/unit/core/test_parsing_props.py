@@ -11,7 +11,7 @@ import zlib
 from typing import Any
 
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import given
 from hypothesis import strategies as st
 
 from kvol import codec, paths
@@ -27,6 +27,7 @@ from kvol.model import (
     State,
     Writer,
 )
+from tests.unit.core.helpers import props
 
 HASHES = st.text(alphabet="0123456789abcdef", min_size=64, max_size=64)
 NAMES = st.text(alphabet="abcxyz._-", min_size=1, max_size=6).filter(
@@ -147,13 +148,14 @@ def assert_safe_entry(entry: Entry) -> None:
     assert Entry.from_payload(entry.to_payload()) == entry
 
 
+@props()
 @given(ENTRIES)
 def test_valid_entries_round_trip(entry: Entry) -> None:
     raw = codec.encode("entry", entry.to_payload())
     assert Entry.from_payload(codec.decode("entry", raw)) == entry
 
 
-@settings(max_examples=800, suppress_health_check=[HealthCheck.too_slow])
+@props(600)
 @given(st.data())
 def test_mutated_entries_are_rejected_or_safe(data: st.DataObject) -> None:
     entry = data.draw(ENTRIES)
@@ -165,7 +167,7 @@ def test_mutated_entries_are_rejected_or_safe(data: st.DataObject) -> None:
     assert_safe_entry(parsed)
 
 
-@settings(max_examples=500, suppress_health_check=[HealthCheck.too_slow])
+@props(500)
 @given(st.data())
 def test_mutated_checkpoints_are_rejected_or_safe(data: st.DataObject) -> None:
     state = State(data.draw(st.integers(0, 10**6)))
@@ -184,7 +186,7 @@ def test_mutated_checkpoints_are_rejected_or_safe(data: st.DataObject) -> None:
     assert isinstance(parsed.seq, int)
 
 
-@settings(max_examples=300)
+@props(300)
 @given(ENTRIES, st.data())
 def test_truncated_objects_are_rejected(entry: Entry, data: st.DataObject) -> None:
     raw = codec.encode("entry", entry.to_payload())
@@ -193,7 +195,7 @@ def test_truncated_objects_are_rejected(entry: Entry, data: st.DataObject) -> No
         codec.decode("entry", raw[:cut])
 
 
-@settings(max_examples=500)
+@props(500)
 @given(ENTRIES, st.data())
 def test_bit_flipped_objects_are_rejected(entry: Entry, data: st.DataObject) -> None:
     raw = bytearray(codec.encode("entry", entry.to_payload()))

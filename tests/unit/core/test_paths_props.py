@@ -4,11 +4,12 @@ passes through."""
 from __future__ import annotations
 
 import pytest
-from hypothesis import given, settings
+from hypothesis import given
 from hypothesis import strategies as st
 
 from kvol import paths
 from kvol.errors import InvalidPath
+from tests.unit.core.helpers import props
 
 COMPONENTS = st.one_of(
     st.sampled_from(["a", "b", "..", ".", "", ".kvol", "x\x00y", "\x00", "é", "a b", "...", "~"]),
@@ -32,7 +33,7 @@ def assert_canonical_and_safe(path: str) -> None:
     path.encode("utf-8")
 
 
-@settings(max_examples=600)
+@props(600)
 @given(ANY_PATH)
 def test_check_accepts_only_canonical_safe_paths(path: str) -> None:
     try:
@@ -43,7 +44,7 @@ def test_check_accepts_only_canonical_safe_paths(path: str) -> None:
     assert_canonical_and_safe(path)
 
 
-@settings(max_examples=600)
+@props(600)
 @given(ANY_PATH)
 def test_normalize_never_accepts_unsafe_paths_and_is_idempotent(path: str) -> None:
     try:
@@ -56,6 +57,7 @@ def test_normalize_never_accepts_unsafe_paths_and_is_idempotent(path: str) -> No
     assert paths.normalize("/" + normal) == normal
 
 
+@props()
 @given(ANY_PATH)
 def test_a_climbing_or_nul_path_is_always_refused(path: str) -> None:
     components = path.split("/")
@@ -66,6 +68,7 @@ def test_a_climbing_or_nul_path_is_always_refused(path: str) -> None:
             paths.check(path)
 
 
+@props()
 @given(st.lists(st.sampled_from(["a", "b", "cd"]), min_size=1, max_size=5))
 def test_reserved_directory_is_refused_at_the_root_only(parts: list[str]) -> None:
     rel = "/".join(parts)
