@@ -143,9 +143,9 @@ def register(registry: kopf.OperatorRegistry, config: OperatorConfig) -> None:
 
     # -- Volume ----------------------------------------------------------------------------
 
-    @kopf.on.resume(*volumes, registry=registry)
-    @kopf.on.create(*volumes, registry=registry)
-    @kopf.on.update(*volumes, field="spec", registry=registry)
+    @kopf.on.resume(*volumes, id="apply", registry=registry)
+    @kopf.on.create(*volumes, id="apply", registry=registry)
+    @kopf.on.update(*volumes, id="apply", field="spec", registry=registry)
     def volume_apply(namespace: str | None, name: str, retry: int, **_: Any) -> None:
         assert namespace is not None  # Volumes are namespaced
         run_reconcile(
@@ -155,12 +155,12 @@ def register(registry: kopf.OperatorRegistry, config: OperatorConfig) -> None:
             lambda: rec().reconcile_volume(namespace, name),
         )
 
-    @kopf.timer(*volumes, interval=interval, initial_delay=spread, registry=registry)
+    @kopf.timer(*volumes, id="status", interval=interval, initial_delay=spread, registry=registry)
     def volume_status(body: kopf.Body, **_: Any) -> None:
         # Timers have no retry count: a failed pass is retried at the next interval.
         run_reconcile("Volume", "status", interval, lambda: rec().refresh_volume(body))
 
-    @kopf.on.delete(*volumes, registry=registry)
+    @kopf.on.delete(*volumes, id="delete", registry=registry)
     def volume_delete(body: kopf.Body, retry: int, **_: Any) -> None:
         run_reconcile(
             "Volume", "delete", backoff(retry, ceiling), lambda: rec().delete_volume(body)
@@ -168,7 +168,7 @@ def register(registry: kopf.OperatorRegistry, config: OperatorConfig) -> None:
 
     # -- VolumeBackend ---------------------------------------------------------------------
 
-    @kopf.on.event(*backends, registry=registry)
+    @kopf.on.event(*backends, id="observe", registry=registry)
     def backend_seen(body: kopf.Body, type: str | None, name: str, **_: Any) -> None:
         if "reconciler" not in state:
             return
@@ -177,14 +177,20 @@ def register(registry: kopf.OperatorRegistry, config: OperatorConfig) -> None:
         else:
             rec().backends.observe(dict(body))
 
-    @kopf.on.resume(*backends, registry=registry)
-    @kopf.on.create(*backends, registry=registry)
-    @kopf.on.update(*backends, field="spec", registry=registry)
+    @kopf.on.resume(*backends, id="apply", registry=registry)
+    @kopf.on.create(*backends, id="apply", registry=registry)
+    @kopf.on.update(*backends, id="apply", field="spec", registry=registry)
     def backend_apply(body: kopf.Body, retry: int, **_: Any) -> None:
         run_reconcile(
             "VolumeBackend", "apply", backoff(retry, ceiling), lambda: rec().reconcile_backend(body)
         )
 
-    @kopf.timer(*backends, interval=interval, initial_delay=spread, registry=registry)
+    @kopf.on.delete(*backends, id="delete", registry=registry)
+    def backend_delete(name: str, retry: int, **_: Any) -> None:
+        run_reconcile(
+            "VolumeBackend", "delete", backoff(retry, ceiling), lambda: rec().delete_backend(name)
+        )
+
+    @kopf.timer(*backends, id="status", interval=interval, initial_delay=spread, registry=registry)
     def backend_status(body: kopf.Body, **_: Any) -> None:
         run_reconcile("VolumeBackend", "status", interval, lambda: rec().reconcile_backend(body))

@@ -556,6 +556,27 @@ class Reconciler:
                 raise error
             return new
 
+    def delete_backend(self, name: str) -> None:
+        """A backend goes only when no Volume keeps data in it (its Volumes could not be
+        reached, nor deleted with their reclaim policy, without it)."""
+        try:
+            users = sorted(
+                f"{v['metadata']['namespace']}/{v['metadata']['name']}"
+                for v in self.kube.list_volumes()
+                if (v.get("status") or {}).get("backend") == name
+            )
+        except errors.KvolError as exc:
+            raise ReconcileError("APIError", str(exc), retry=classify(exc)) from exc
+        if users:
+            shown = ", ".join(users[:5]) + (f" and {len(users) - 5} more" if len(users) > 5 else "")
+            raise ReconcileError(
+                "InUse",
+                f"VolumeBackend {name} still holds {len(users)} Volume(s): {shown}",
+                retry=True,
+                delay=self.settings.in_use_retry,
+            )
+        self.backends.forget(name)
+
 
 def _ours(obj: Mapping[str, Any], namespace: str, name: str) -> bool:
     labels = obj["metadata"].get("labels") or {}
