@@ -19,12 +19,15 @@ def _on_minio(scenario: Scenario) -> RunFn:
         kvol_env()
         url = server().url(server().create_bucket(), "kvol")
         raw = scenario.run(replace(ctx, store_url=url))
-        results = list(raw) if isinstance(raw, list | tuple) else [raw]
-        for result in results:
-            if isinstance(result, Result):
-                result.store = url
+        results: list[Result | dict[str, Any]] = []
+        for item in raw if isinstance(raw, list | tuple) else [raw]:
+            if isinstance(item, Result):
+                item.store = url
+                results.append(item)
+            elif isinstance(item, dict):
+                results.append({**item, "store": url})
             else:
-                result["store"] = url
+                raise TypeError(f"{scenario.name} returned {item!r}")
         return results
 
     return run

@@ -10,6 +10,7 @@ import os
 import shutil
 import statistics
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 
 from bench import baselines
@@ -84,7 +85,8 @@ def large(ctx: Context) -> list[Result]:
             baselines.drop_dirty_pages()
 
         # Alternate who goes first, so neither always meets a warmer server.
-        ups, downs = [kvol_up, rclone_up], [kvol_down, rclone_down]
+        ups: list[Callable[[], None]] = [kvol_up, rclone_up]
+        downs: list[Callable[[], None]] = [kvol_down, rclone_down]
         if run % 2:
             ups.reverse()
             downs.reverse()

@@ -59,7 +59,16 @@ _BACKOFF_MAX = 5.0
 _STATUS = re.compile(r"\b(?:status code|status):? (\d{3})\b", re.IGNORECASE)
 _CODE = re.compile(r"<Code>([A-Za-z]+)</Code>")
 _MESSAGE = re.compile(r"<Message>(.*?)</Message>", re.DOTALL)
-_REQUEST = re.compile(r"Error performing (\w+) (\S+)")
+_REQUEST = re.compile(r"Error performing (GET|PUT|HEAD|POST|DELETE) (\S+)")
+_RETRIES = re.compile(r"after (\d+) retries")
+_HTTP_KIND = re.compile(r"HttpError \{\s*kind: (\w+)")
+_HTTP_KINDS = {
+    "Connect": "could not connect",
+    "Timeout": "timed out",
+    "Interrupted": "connection lost before the answer",
+    "Request": "request failed to send",
+    "Decode": "answer could not be read",
+}
 _STATUS_TEXT = re.compile(r"status code: (\d{3}[^:<]*)")
 _THROTTLED_CODES = ("SlowDown", "TooManyRequests", "RequestLimitExceeded", "Throttling")
 _CREDENTIAL_CODES = (
@@ -369,7 +378,7 @@ class S3Store(Store):
 
 
 def _brief(message: str) -> str:
-    """The request, status and server message of a backend error, on one line.
+    """The request, the answer (or why none came) and the retries, on one line.
 
     obstore's messages hold the whole response body and a debug dump; keep what a user
     can act on.
@@ -381,13 +390,21 @@ def _brief(message: str) -> str:
     status = _STATUS_TEXT.search(message)
     if status:
         parts.append(status.group(1).strip())
-    code = _code(message)
-    if code:
-        parts.append(code)
-    server = _MESSAGE.search(message)
-    if server:
-        parts.append(html.unescape(server.group(1)))
-    if not parts:
-        stripped = message.strip()
-        return (stripped.splitlines()[0] if stripped else type(message).__name__)[:300]
-    return ": ".join(parts)[:500]
+        code = _code(message)
+        if code:
+            parts.append(code)
+        server = _MESSAGE.search(message)
+        if server:
+            parts.append(html.unescape(server.group(1)))
+    else:
+        kind = _HTTP_KIND.search(message)
+        if kind and kind.group(1) in _HTTP_KINDS:
+            parts.append(_HTTP_KINDS[kind.group(1)])
+        else:
+            first = message.strip().splitlines()[0] if message.strip() else ""
+            parts.append(first.rsplit(" - ", 1)[-1].strip() or type(message).__name__)
+    text = ": ".join(parts)
+    retries = _RETRIES.search(message)
+    if retries and retries.group(1) != "0":
+        text += f" (after {retries.group(1)} retries)"
+    return text[:500]
