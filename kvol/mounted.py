@@ -7,9 +7,11 @@ A process can sit inside two kinds of mount:
 * a local working copy made by ``kvol volume mount NAME DIR``: ``DIR/.kvol/config.json``;
   this process opens it and commits or reloads it itself.
 
-Where to look is explicit: the directories named in ``$KVOL_MOUNTS`` (a JSON object,
-volume name -> mount path), then the current directory and each of its ancestors. The
-first mount that belongs to the volume (same name, or same volume id) is used.
+Where to look is explicit, in this order: the directories named in ``$KVOL_MOUNTS`` (a
+JSON object, volume name -> mount path); the current directory and each of its
+ancestors; then every mount point of this process (``/proc/self/mountinfo``) that holds a
+control socket, which is how a pod finds ``/data`` without being told. The first mount
+that belongs to the volume (same name, or same volume id) is used.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from __future__ import annotations
 import http.client
 import json
 import os
+import re
 import socket
 import stat
 from collections.abc import Callable, Iterator
@@ -238,10 +241,36 @@ def find(name: str | None, volume_id: Callable[[], str | None]) -> Mount | None:
 def _candidates(listed: dict[str, Path]) -> Iterator[Path]:
     seen: set[Path] = set()
     cwd = Path.cwd()
-    for path in (*listed.values(), cwd, *cwd.parents):
+    for path in (*listed.values(), cwd, *cwd.parents, *mount_points()):
         if path not in seen:
             seen.add(path)
             yield path
+
+
+def mount_points(mountinfo: str = "/proc/self/mountinfo") -> list[Path]:
+    """Mount points of this process that hold a kvol control socket."""
+    try:
+        with open(mountinfo) as f:
+            lines = f.readlines()
+    except OSError:
+        return []
+    found = []
+    for line in lines:
+        fields = line.split()
+        if len(fields) < 5:
+            continue
+        point = Path(_unescape(fields[4]))
+        try:
+            if stat.S_ISSOCK(os.stat(point / RESERVED / SOCKET_NAME).st_mode):
+                found.append(point)
+        except OSError:
+            continue
+    return found
+
+
+def _unescape(field: str) -> str:
+    """mountinfo writes space, tab, newline and backslash as octal escapes (\\040)."""
+    return re.sub(r"\\([0-7]{3})", lambda m: chr(int(m.group(1), 8)), field)
 
 
 def _belongs(mount: Mount, name: str | None, volume_id: Callable[[], str | None]) -> bool:

@@ -110,6 +110,7 @@ class Volume:
         self._create_if_missing = create_if_missing
         self._version = version
         self._repo = _repo
+        self._found_mount: mounted.Mount | None = None
         #: Mount options (see :meth:`with_mount_options`).
         self.read_only = read_only
         self.sub_path = sub_path
@@ -463,13 +464,17 @@ class Volume:
         return self._mount("reload").reload()
 
     def _mount(self, action: str) -> mounted.Mount:
+        cached = self._found_mount
+        if cached is not None and mounted.at(cached.root) is not None:
+            return cached
         mount = mounted.find(self._name, self._id_if_reachable)
+        self._found_mount = mount
         if mount is None:
             raise InvalidArgument(
                 f"{self!r} is not mounted here, so there is nothing to {action}: {action}() "
-                f"acts on a mounted working copy, looked for in ${mounted.MOUNTS_ENV} and in "
-                "the current directory and its parents (batch_upload, remove_file and "
-                "copy_files publish by themselves)"
+                f"acts on a mounted working copy, looked for in ${mounted.MOUNTS_ENV}, in the "
+                "current directory and its parents, and at this process's mount points "
+                "(batch_upload, remove_file and copy_files publish by themselves)"
             )
         return mount
 

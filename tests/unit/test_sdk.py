@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import os
+import uuid
 from pathlib import Path
 
 import pytest
@@ -393,7 +394,8 @@ def test_commit_outside_a_mount_says_so(
 ) -> None:
     monkeypatch.chdir(tmp_path)
     monkeypatch.delenv("KVOL_MOUNTS", raising=False)
-    vol = Volume.from_name("data", create_if_missing=True, store=url)
+    # Mount points of the whole machine are searched too: a name nobody else uses.
+    vol = Volume.from_name(f"data-{uuid.uuid4().hex[:12]}", create_if_missing=True, store=url)
     with pytest.raises(InvalidArgument, match="not mounted here, so there is nothing to commit"):
         vol.commit()
     with pytest.raises(InvalidArgument, match="nothing to reload"):

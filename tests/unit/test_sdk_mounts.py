@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import io
 import json
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -73,10 +74,12 @@ def test_a_copy_of_another_volume_is_not_used(
     url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     _, wc = local_copy(url, "other", tmp_path / "copy")
-    Volume.create("data", store=url)
+    # Mount points of the whole machine are searched too: a name nobody else uses.
+    name = f"data-{uuid.uuid4().hex[:12]}"
+    Volume.create(name, store=url)
     monkeypatch.chdir(wc.root)
     with pytest.raises(InvalidArgument, match="not mounted"):
-        Volume.from_name("data", store=url).commit()
+        Volume.from_name(name, store=url).commit()
 
 
 def test_kvol_mounts_naming_no_mount_is_an_error(
@@ -182,5 +185,66 @@ def test_commit_and_reload_through_the_control_socket(
             pod_vol.reload()
         assert busy.value.holders == [(42, "app", "/data/f")]
     finally:
+        server.stop()
+        wc.close(final_commit=False)
+
+
+# -- mount points ---------------------------------------------------------------------------------
+
+
+def serve(mount: Path, url: str, name: str, tmp_path: Path) -> tuple[ControlServer, WorkingCopy]:
+    from kvol.catalog import Catalog
+
+    store = open_store(url)
+    meta = Catalog(store).create(name, allow_existing=True)
+    wc = WorkingCopy.create(Repo(store, meta.id), mount, meta_dir=tmp_path / f"state-{name}")
+    server = ControlServer(mount / ".kvol" / "control.sock", PluginSide(name, wc))
+    server.start()
+    return server, wc
+
+
+def test_mount_points_are_read_from_mountinfo(url: str, tmp_path: Path) -> None:
+    from kvol import mounted
+
+    with_space = tmp_path / "my data"
+    server, wc = serve(with_space, url, "spaced", tmp_path)
+    try:
+        plain = tmp_path / "plain"
+        plain.mkdir()
+        info = tmp_path / "mountinfo"
+        escaped = str(with_space).replace(" ", "\\040")
+        info.write_text(
+            f"22 1 8:1 / / rw,relatime shared:1 - ext4 /dev/sda1 rw\n"
+            f"90 22 8:1 /x {escaped} rw,relatime - ext4 /dev/sda1 rw\n"
+            f"91 22 8:1 /y {plain} rw,relatime - ext4 /dev/sda1 rw\n"
+            "garbage\n"
+        )
+        assert mounted.mount_points(str(info)) == [with_space]
+        assert mounted.mount_points(str(tmp_path / "missing")) == []
+    finally:
+        server.stop()
+        wc.close(final_commit=False)
+
+
+@pytest.mark.root
+def test_a_pod_finds_its_mount_point_without_being_told(
+    url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import subprocess
+
+    source = tmp_path / "plugin-target"
+    name = f"data-{uuid.uuid4().hex[:12]}"  # other mounts of the machine are searched too
+    server, wc = serve(source, url, name, tmp_path)
+    point = tmp_path / "data"
+    point.mkdir()
+    subprocess.run(["mount", "--bind", str(source), str(point)], check=True)
+    try:
+        (point / "result.txt").write_text("written in the pod")
+        monkeypatch.chdir(tmp_path)  # not inside the mount, no $KVOL_MOUNTS
+        vol = Volume.from_name(name, store=f"file://{tmp_path / 'no-store'}")
+        assert vol.commit()["seq"] == 1
+        assert [e.path for e in Volume.from_name(name, store=url).listdir()] == ["result.txt"]
+    finally:
+        subprocess.run(["umount", str(point)], check=True)
         server.stop()
         wc.close(final_commit=False)
