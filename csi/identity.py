@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from google.protobuf.wrappers_pb2 import BoolValue
+
 from kvol.csi.proto import csi_pb2
 
 DRIVER_NAME = "csi.kvol.dev"

@@ -11,12 +11,12 @@ import sys
 import threading
 from pathlib import Path
 
+from prometheus_client import start_http_server
+
 from kvol.csi.identity import DRIVER_NAME, IdentityService
 from kvol.csi.node import NodeConfig, NodeService
 from kvol.csi.resolver import DEFAULT_AUTOCOMMIT_SECONDS, StaticResolver
 from kvol.csi.server import build_server, socket_path
-from prometheus_client import start_http_server
-
 from kvol.errors import KvolError
 from kvol.store import STORE_ENV
 

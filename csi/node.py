@@ -22,6 +22,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
+from kvol import fsops, paths
 from kvol.csi import mounts
 from kvol.csi.control import SOCKET_NAME, ControlServer
 from kvol.csi.errors import Forbidden, MissingField, NotPublished, PublishedElsewhere
@@ -30,8 +31,6 @@ from kvol.csi.mounts import LiveMount, MountError
 from kvol.csi.proto import csi_pb2
 from kvol.csi.resolver import Resolver
 from kvol.csi.state import Publication, StateFile
-
-from kvol import fsops, paths
 from kvol.errors import CorruptData, InvalidArgument, KvolError
 from kvol.overlay import ContentCache, Lower, Lowers, OverlayWorkingCopy, overlay_supported
 from kvol.repo import Repo

@@ -24,12 +24,12 @@ from google.protobuf import json_format
 from google.protobuf.descriptor import FieldDescriptor, ServiceDescriptor
 from google.protobuf.message import Message
 from google.protobuf.message_factory import GetMessageClass
-from kvol.csi import errors as csi_errors
-from kvol.csi.mounts import LiveMount
-from kvol.csi.proto import csi_pb2
 from prometheus_client import Histogram
 
 from kvol import errors
+from kvol.csi import errors as csi_errors
+from kvol.csi.mounts import LiveMount
+from kvol.csi.proto import csi_pb2
 
 log = logging.getLogger(__name__)
 

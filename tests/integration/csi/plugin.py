@@ -14,8 +14,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import grpc
-from kvol.csi.proto import csi_pb2, csi_pb2_grpc
 
+from kvol.csi.proto import csi_pb2, csi_pb2_grpc
 from kvol.overlay import mounts_under, umount
 
 REPO = Path(__file__).resolve().parents[3]

@@ -8,9 +8,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from kvol.csi.control import SOCKET_NAME, ControlServer
 
 from kvol import errors
+from kvol.csi.control import SOCKET_NAME, ControlServer
 from kvol.mounted import ControlMount
 
 

@@ -6,10 +6,10 @@ import json
 from pathlib import Path
 
 import pytest
+
 from kvol.csi.errors import OperationPending
 from kvol.csi.locks import VolumeLocks
 from kvol.csi.state import Publication, StateFile
-
 from kvol.errors import CorruptData
 
 

@@ -9,6 +9,9 @@ from pathlib import Path
 
 import grpc
 import pytest
+from prometheus_client import REGISTRY
+
+from kvol import errors
 from kvol.csi import errors as csi_errors
 from kvol.csi.identity import IdentityService
 from kvol.csi.proto import csi_pb2, csi_pb2_grpc
@@ -20,9 +23,6 @@ from kvol.csi.server import (
     socket_path,
     status_code,
 )
-from prometheus_client import REGISTRY
-
-from kvol import errors
 
 
 def _all_subclasses(cls: type) -> set[type]:
