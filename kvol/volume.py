@@ -359,11 +359,15 @@ class Volume:
             d.mkdir(parents=True, exist_ok=True)
         total = sum(r.size for _, r in plan)
         reader = repo.reader()
-        reader.prefetch(r for _, r in plan)
         with bar(total, "download") as advance:
-            for dest, record in plan:
-                _write_local(dest, reader.iter_parts(record), record, advance)
-        reader.release()
+            for batch in _prefetch_batches(plan):
+                # Small files come from whole packs fetched once, a bounded batch at a time.
+                reader.prefetch(r for _, r in batch)
+                try:
+                    for dest, record in batch:
+                        _write_local(dest, reader.iter_parts(record), record, advance)
+                finally:
+                    reader.release()
         return len(plan), total
 
     # -- writing --------------------------------------------------------------------------
@@ -651,6 +655,26 @@ def _file_record(state: State, path: str) -> FileRecord:
             raise InvalidArgument(f"{_show(rel)} is a directory, not a file")
         raise NotFound(f"{_show(rel)} does not exist in the volume")
     return record
+
+
+#: Packed bytes fetched ahead by one download batch (bounds its memory).
+PREFETCH_BYTES = 64 * 1024 * 1024
+
+
+def _prefetch_batches(
+    plan: builtins.list[tuple[Path, FileRecord]],
+) -> Iterator[builtins.list[tuple[Path, FileRecord]]]:
+    batch: builtins.list[tuple[Path, FileRecord]] = []
+    packed = 0
+    for item in plan:
+        batch.append(item)
+        if item[1].parts and item[1].parts[0].kind == "p":
+            packed += item[1].size
+        if packed >= PREFETCH_BYTES:
+            yield batch
+            batch, packed = [], 0
+    if batch:
+        yield batch
 
 
 def _write_local(dest: Path, chunks: Iterator[bytes], record: FileRecord, advance: Advance) -> None:

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import argparse
-import io
+import contextlib
+import shutil
 import sys
+import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -339,12 +341,16 @@ def _shown(entry: FileEntry) -> str:
 def cmd_put(args: argparse.Namespace) -> int:
     vol = volume_of(args, args.name)
     remote: str = args.remote
-    with vol.batch_upload(force=args.force) as batch:
+    with contextlib.ExitStack() as stack, vol.batch_upload(force=args.force) as batch:
         if args.local == "-":
             target = paths.normalize(remote, allow_root=True)
             if not target or remote.endswith("/"):
                 raise InvalidArgument("put - (stdin) needs a REMOTE file path, like /notes.txt")
-            batch.put_file(io.BytesIO(sys.stdin.buffer.read()), target)
+            # Spooled to disk, so a large stream is never held in memory.
+            spool = stack.enter_context(tempfile.NamedTemporaryFile(prefix="kvol-stdin-"))
+            shutil.copyfileobj(sys.stdin.buffer, spool, 1 << 20)
+            spool.flush()
+            batch.put_file(spool.name, target, mode=0o644)
             count, described = 1, "stdin"
         else:
             local = Path(args.local)

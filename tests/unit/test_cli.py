@@ -383,3 +383,16 @@ def test_demo_on_a_given_store_keeps_nothing_unless_asked(tmp_path: Path) -> Non
     assert kept.returncode == 0
     (volume,) = json.loads(run(store, "volume", "list", "--json").stdout)
     assert volume["name"].startswith("demo-")
+
+
+def test_progress_bars_go_to_stderr_only_when_asked(store: str, tmp_path: Path) -> None:
+    data = os.urandom(2_000_000)
+    (tmp_path / "big").write_bytes(data)
+    assert run(store, "volume", "create", "data").returncode == 0
+    quiet = run(store, "volume", "put", "data", str(tmp_path / "big"), "/quiet")
+    assert quiet.returncode == 0 and quiet.stderr == b""  # not a terminal: no bar
+    shown = run(store, "--progress", "volume", "put", "data", str(tmp_path / "big"), "/shown")
+    assert shown.returncode == 0 and b"upload" in shown.stderr and b"%" in shown.stderr
+    got = run(store, "volume", "get", "data", "/shown", "-", "--progress")
+    assert got.stdout == data
+    assert b"download" in got.stderr
