@@ -125,9 +125,18 @@ class LocalMount(Mount):
         return WorkingCopy.open(self.root)
 
     def status(self) -> dict[str, Any]:
+        from kvol.catalog import Catalog
+
         wc = self._open()
+        if not wc.repo.exists():
+            raise errors.NotFound(
+                f"volume {wc.repo.volume_id} of the working copy {self.root} no longer exists "
+                f"in {wc.repo.store.url} (its files are still in the copy)"
+            )
         st = wc.status()
+        names = [n for n, meta in Catalog(wc.repo.store).list() if meta.id == st.volume_id]
         return {
+            "volume": names[0] if names else None,
             "volume_id": st.volume_id,
             "base_seq": st.base_seq,
             "head_seq": wc.repo.head(),

@@ -278,6 +278,7 @@ def test_mount_commit_reload_status(
     assert (status["base_seq"], status["head_seq"]) == (0, 0)
     assert sorted(status["changed"]) == ["from-a.txt", "shared.txt"]
     assert status["uncommitted_bytes"] == 13
+    assert status["volume"] == "data"
     assert "M shared.txt" in cli.ok("volume", "status", str(a))
 
     assert cli.json("volume", "commit", str(a), "-m", "from a")["seq"] == 1
