@@ -344,7 +344,8 @@ class Lowers:
         self.cache = cache
         self._lock = threading.Lock()
         self._building: dict[str, threading.Lock] = {}
-        self._paths: dict[Path, tuple[frozenset[str], frozenset[str]]] = {}
+        #: Parsed snapshot indexes: a new copy starts from one without parsing it again.
+        self._templates: dict[Path, _Template] = {}
 
     def get(self, volume_id: str, seq: int) -> Lower | None:
         lower = Lower(self.root / volume_id / layout.seq_name(seq), volume_id, seq)
@@ -390,6 +391,8 @@ class Lowers:
                     index.files[rel] = IndexEntry(record, Signature.of(st))
                 index.save(staging / LOWER_INDEX)
                 os.rename(staging, final)
+                with self._lock:
+                    self._templates[final] = _Template.of(index)
             except BaseException:
                 shutil.rmtree(staging, ignore_errors=True)
                 raise
@@ -403,15 +406,14 @@ class Lowers:
         for rel, record in state.files.items():
             os.link(self.cache.path(record), os.path.join(base, rel))
 
-    def paths_of(self, lower: Lower) -> tuple[frozenset[str], frozenset[str]]:
-        """The files and directories of a snapshot (immutable, so read once per process)."""
+    def template(self, lower: Lower) -> _Template:
+        """The snapshot's index, parsed once per process (snapshots never change)."""
         with self._lock:
-            cached = self._paths.get(lower.path)
+            cached = self._templates.get(lower.path)
         if cached is None:
-            index = Index.load(lower.index_path)
-            cached = (frozenset(index.files), frozenset(index.dirs))
+            cached = _Template.of(Index.load(lower.index_path))
             with self._lock:
-                self._paths[lower.path] = cached
+                self._templates[lower.path] = cached
         return cached
 
     def all(self) -> list[Lower]:
@@ -428,7 +430,7 @@ class Lowers:
         if mounts_under(lower.path):
             raise MountError(f"snapshot {lower.path} is still mounted")
         with self._lock:
-            self._paths.pop(lower.path, None)
+            self._templates.pop(lower.path, None)
         # Renamed first so that a half-removed snapshot never looks complete.
         doomed = lower.path.with_name(f"{fsops.TEMP_PREFIX}drop-{secrets.token_hex(4)}")
         try:
@@ -436,6 +438,29 @@ class Lowers:
         except FileNotFoundError:
             return
         shutil.rmtree(doomed)
+
+
+@dataclass(frozen=True)
+class _Template:
+    """A snapshot's parsed index, shared read-only by the copies made from it."""
+
+    index: Index
+    files: frozenset[str]
+    dirs: frozenset[str]
+
+    @classmethod
+    def of(cls, index: Index) -> _Template:
+        return cls(index, frozenset(index.files), frozenset(index.dirs))
+
+    def fresh_index(self) -> Index:
+        """A private index for one copy. Records and signatures are immutable values and
+        are shared; the entries holding them are the copy's own."""
+        t = self.index
+        fresh = Index(t.volume_id, t.base)
+        fresh.files = {p: IndexEntry(e.record, e.sig, e.racy) for p, e in t.files.items()}
+        fresh.dirs = set(t.dirs)
+        fresh.explicit_dirs = set(t.explicit_dirs)
+        return fresh
 
 
 # -- the copy-on-write working copy ---------------------------------------------------------
@@ -486,8 +511,9 @@ class OverlayWorkingCopy(WorkingCopy):
                 raise CorruptData(f"{base} holds another working copy")
             index = Index.load(meta / INDEX_FILE)
         else:
-            index = Index.load(lower.index_path)
-            index.save(meta / INDEX_FILE)
+            index = lowers.template(lower).fresh_index()
+            # The same bytes as the snapshot's index: copied, not encoded again.
+            fsops_copy(lower.index_path, meta / INDEX_FILE)
             config = {
                 "format": 1,
                 "layout": "overlay",
@@ -503,7 +529,8 @@ class OverlayWorkingCopy(WorkingCopy):
         wc = cls(repo, merged, meta, index, read_only=read_only, concurrency=concurrency)
         wc.upper = upper
         wc.lower = lower
-        wc.lower_files, wc.lower_dirs = lowers.paths_of(lower)
+        template = lowers.template(lower)
+        wc.lower_files, wc.lower_dirs = template.files, template.dirs
         wc.excluded = excluded
         # Pods see this mount through bind mounts in their own namespaces: find their
         # open files by device, not by path.
@@ -610,6 +637,12 @@ def _is_opaque(path: str) -> bool:
         return os.getxattr(path, OPAQUE_XATTR, follow_symlinks=False) == b"y"
     except OSError:
         return False
+
+
+def fsops_copy(src: Path, dst: Path) -> None:
+    tmp = dst.with_name(f"{fsops.TEMP_PREFIX}{secrets.token_hex(6)}")
+    shutil.copyfile(src, tmp)
+    os.replace(tmp, dst)
 
 
 def fsops_write_json(path: Path, data: dict[str, Any]) -> None:
