@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from kvol.errors import KvolError, NotFound
+from kvol.errors import KvolError, NotFound, ReadOnly
 from kvol.repo import Repo
 from kvol.workcopy import WorkingCopy
 from tests.unit.core.helpers import CountingStore, log_seqs, tree, volume_tree, write
@@ -335,3 +335,90 @@ def test_failed_final_commit_raises_and_keeps_the_files(
     result = copy.close()
     assert result is not None and result.seq == 1
     assert volume_tree(repo) == tree(copy.root)
+
+
+# -- edge cases ---------------------------------------------------------------------------------
+
+
+def test_a_rewrite_within_the_timestamp_granularity_is_not_missed(
+    repo: Repo, wc: WorkingCopy
+) -> None:
+    path = write(wc.root, "f", "aaaa")
+    wc.commit()
+    st = path.stat()
+    path.write_text("bbbb")  # same size, and likely the same coarse mtime
+    os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns))
+    assert wc.commit().seq == 2
+    assert volume_tree(repo) == {"f": b"bbbb"}
+
+
+def test_a_mode_change_alone_is_published_and_applied(
+    repo: Repo, wc: WorkingCopy, make_wc: MakeWc
+) -> None:
+    path = write(wc.root, "run.sh", "#!/bin/sh\n")
+    wc.commit()
+    other = make_wc("other")
+    path.chmod(0o755)
+    assert wc.commit().seq == 2
+    other.reload()
+    assert stat.S_IMODE((other.root / "run.sh").stat().st_mode) == 0o755
+
+
+def test_both_create_the_same_path_and_the_local_one_is_the_last_write(
+    repo: Repo, wc: WorkingCopy, make_wc: MakeWc
+) -> None:
+    other = make_wc("other")
+    write(wc.root, "same", "theirs")
+    wc.commit()
+    write(other.root, "same", "mine")
+    result = other.reload()
+    assert result.kept_local == ("same",)
+    assert (other.root / "same").read_text() == "mine"
+    other.commit()
+    assert volume_tree(repo) == {"same": b"mine"}
+    wc.reload()
+    assert (wc.root / "same").read_text() == "mine"
+
+
+def test_a_local_edit_survives_a_remote_delete(
+    repo: Repo, wc: WorkingCopy, make_wc: MakeWc
+) -> None:
+    write(wc.root, "f", "base")
+    wc.commit()
+    other = make_wc("other")
+    (wc.root / "f").unlink()
+    wc.commit()
+    write(other.root, "f", "edited here")
+    assert other.reload().kept_local == ("f",)
+    assert (other.root / "f").read_text() == "edited here"
+    other.commit()
+    assert volume_tree(repo) == {"f": b"edited here"}
+
+
+def test_empty_files_and_unusual_names(repo: Repo, wc: WorkingCopy, make_wc: MakeWc) -> None:
+    names = ["empty", "with space", "ünïcödé/файл", "a-b_c.d/e f", "-dash", "x" * 255]
+    for name in names:
+        write(wc.root, name, b"" if name == "empty" else name.encode())
+    wc.commit()
+    assert volume_tree(repo) == tree(wc.root)
+    other = make_wc("other")
+    assert tree(other.root) == tree(wc.root)
+    assert (other.root / "empty").stat().st_size == 0
+
+
+def test_create_needs_an_empty_directory(repo: Repo, tmp_path: Path) -> None:
+    write(tmp_path / "full", "something", "x")
+    with pytest.raises(KvolError, match="not empty"):
+        WorkingCopy.create(repo, tmp_path / "full")
+
+
+def test_a_read_only_copy_refuses_to_commit(repo: Repo, wc: WorkingCopy, tmp_path: Path) -> None:
+    write(wc.root, "f", "x")
+    wc.commit()
+    ro = WorkingCopy.create(repo, tmp_path / "ro", read_only=True)
+    assert tree(ro.root) == {"f": b"x"}
+    write(ro.root, "g", "local")
+    with pytest.raises(ReadOnly):
+        ro.commit()
+    assert ro.close() is None
+    assert set(repo.state().files) == {"f"}
