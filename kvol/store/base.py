@@ -168,7 +168,13 @@ class Store(ABC):
         except Exception as exc:
             translated = self._translate(exc)
             result = "not_found" if isinstance(translated, errors.NotFound) else "error"
-            raise translated from exc
+            try:
+                raise translated from exc
+            finally:
+                # A local naming the raised error ties it to this frame in a cycle that
+                # keeps every caller's frame (and the data they hold, like an upload's
+                # chunk) alive until the cyclic collector happens to run.
+                del translated
         finally:
             self._observe(operation, result, started)
 
