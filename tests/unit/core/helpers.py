@@ -7,7 +7,6 @@ import threading
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 from hypothesis import HealthCheck, settings
 
@@ -142,7 +141,7 @@ def entry(repo: Repo, seq: int) -> Entry:
     return found
 
 
-def props(examples: int = 100) -> Any:
+def props(examples: int = 100) -> settings:
     """Hypothesis settings of the core's property tests: no example database left in the
     tree, and no per-example deadline (a loaded CI machine is not a failure)."""
     return settings(
