@@ -9,6 +9,7 @@ baseline measured in the same run.
 from __future__ import annotations
 
 import importlib
+import importlib.util
 import shutil
 import statistics
 import sys
@@ -20,6 +21,7 @@ from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from fnmatch import fnmatchcase
 from pathlib import Path
+from types import ModuleType
 from typing import Any, Literal
 
 # -- sizes ----------------------------------------------------------------------------------
@@ -206,7 +208,8 @@ def discover(package_dir: Path | None = None) -> tuple[list[Scenario], list[dict
 
     A module that fails to import is reported, not fatal: other areas still run.
     """
-    package_dir = package_dir or Path(__file__).parent
+    own_dir = Path(__file__).parent
+    package_dir = package_dir or own_dir
     scenarios: list[Scenario] = []
     errors: list[dict[str, str]] = []
     for path in sorted(package_dir.glob("*_*.py")):
@@ -214,7 +217,10 @@ def discover(package_dir: Path | None = None) -> tuple[list[Scenario], list[dict
             continue
         module_name = f"{__package__ or 'bench'}.{path.stem}"
         try:
-            module = importlib.import_module(module_name)
+            if package_dir == own_dir:
+                module = importlib.import_module(module_name)
+            else:
+                module = _load_file(module_name, path)
             items = getattr(module, "SCENARIOS", None)
             if items is None:
                 continue
@@ -222,6 +228,15 @@ def discover(package_dir: Path | None = None) -> tuple[list[Scenario], list[dict
         except Exception as exc:
             errors.append({"module": module_name, "error": f"{type(exc).__name__}: {exc}"})
     return scenarios, errors
+
+
+def _load_file(name: str, path: Path) -> ModuleType:
+    spec = importlib.util.spec_from_file_location(name, path)
+    if spec is None or spec.loader is None:
+        raise ImportError(f"cannot load {path}")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 def select(scenarios: Iterable[Scenario], only: Sequence[str] | None) -> list[Scenario]:
