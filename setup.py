@@ -8,6 +8,7 @@ to the .proto in the source tree (where the editable finder looks for kvol.csi.p
 from __future__ import annotations
 
 import importlib.util
+import sys
 from pathlib import Path
 from types import ModuleType
 
@@ -33,10 +34,13 @@ class BuildPyWithProto(build_py):
     def run(self) -> None:
         super().run()
         generator = _generator()
-        if self.editable_mode:
-            generator.generate(PROTO_DIR)
-        else:
-            generator.generate(Path(self.build_lib, "kvol", "csi", "proto"))
+        out = PROTO_DIR if self.editable_mode else Path(self.build_lib, "kvol", "csi", "proto")
+        try:
+            generator.generate(out)
+        except ImportError:
+            # grpcio-tools belongs in [build-system] requires; without it the package
+            # still builds, and kvol.csi generates the modules on first import if it can.
+            print("warning: grpcio-tools is missing: CSI modules not generated", file=sys.stderr)
 
 
 setup(cmdclass={"build_py": BuildPyWithProto})

@@ -178,7 +178,19 @@ class NodeService:
                 # The record stays: the kubelet's next publish or unpublish retries it.
                 log.error("could not re-adopt %s: %s", pub.target_path, exc, exc_info=exc)
                 failed.append(pub.target_path)
+        self._drop_leftover_lowers()
         return failed
+
+    def _drop_leftover_lowers(self) -> None:
+        """Snapshots no publication uses (their last one went while no plugin ran), and
+        half-built ones of an interrupted build."""
+        with self._lowers_lock:
+            used = {p.lower for p in self.state.all()}
+            for lower in self.lowers.all():
+                if lower.key not in used:
+                    self.lowers.drop(lower)
+            for partial in self.lowers.root.glob(f"*/{fsops.TEMP_PREFIX}*"):
+                mounts.remove_tree(partial)
 
     def shutdown(self) -> None:
         """Stop serving (the plugin is exiting). Mounts stay; the next process re-adopts."""
