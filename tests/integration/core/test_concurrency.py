@@ -5,10 +5,12 @@ from __future__ import annotations
 import multiprocessing
 from pathlib import Path
 
+from kvol.catalog import Catalog
 from kvol.model import Entry, PutOp
 from kvol.repo import Repo
+from kvol.workcopy import WorkingCopy
 from tests.integration.core import workers
-from tests.unit.core.helpers import CountingStore, log_seqs, volume_tree
+from tests.unit.core.helpers import CountingStore, log_seqs, tree, volume_tree, write
 
 PROCESSES = 8
 ROUNDS = 5
@@ -100,3 +102,37 @@ def test_two_copies_in_two_processes_with_separate_index_dirs(
     for me in ("a", "b"):
         assert not (tmp_path / f"copy-{me}" / ".kvol").exists()
         assert (tmp_path / f"meta-{me}" / "index").is_file()
+
+
+def test_processes_committing_the_same_copy_publish_each_change_once(
+    repo: Repo, store: CountingStore, tmp_path: Path
+) -> None:
+    root = tmp_path / "wc"
+    wc = WorkingCopy.create(repo, root)
+    for i in range(40):
+        write(root, f"d{i % 4}/f{i}", f"file {i}")
+    wc.close(final_commit=False)
+
+    ctx = multiprocessing.get_context("spawn")
+    barrier = ctx.Barrier(4)
+    calls = {
+        i: (workers.commit_shared_copy, (str(store.root), str(root), barrier)) for i in range(4)
+    }
+    seqs = workers.run_all(calls, ctx, timeout=120)
+
+    assert sorted(s for s in seqs.values() if s is not None) == [1]
+    assert log_seqs(store, repo.volume_id) == [1]
+    assert volume_tree(repo) == tree(root)
+
+
+def test_processes_creating_one_name_at_once_get_one_volume(
+    store: CountingStore, tmp_path: Path
+) -> None:
+    ctx = multiprocessing.get_context("spawn")
+    barrier = ctx.Barrier(6)
+    calls = {i: (workers.create_volume, (str(store.root), "raced", barrier)) for i in range(6)}
+    ids = set(workers.run_all(calls, ctx, timeout=120).values())
+    assert len(ids) == 1
+    assert Catalog(store).lookup("raced").id in ids
+    # The losers' volumes were removed: only the winner's data is left.
+    assert [p.name for p in (store.root / "volumes").iterdir()] == list(ids)

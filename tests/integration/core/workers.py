@@ -93,3 +93,18 @@ def run_all(
     if errors:
         raise AssertionError("a child process failed:\n" + "\n".join(errors))
     return found
+
+
+def commit_shared_copy(store_root: str, root: str, barrier: Barrier) -> int | None:
+    """One of several processes committing the same working copy at once."""
+    wc = WorkingCopy.open(root, store=FilesystemStore(store_root, durable=False))
+    barrier.wait()
+    return wc.commit().seq
+
+
+def create_volume(store_root: str, name: str, barrier: Barrier) -> str:
+    from kvol.catalog import Catalog
+
+    catalog = Catalog(FilesystemStore(store_root, durable=False))
+    barrier.wait()
+    return catalog.create(name, allow_existing=True).id
