@@ -307,3 +307,42 @@ def test_reload_through_a_directory_swapped_for_a_symlink_fails(
     assert (outside / "f").read_text() == "outside f"
     assert os.path.islink(other.root / "d")
     assert other.status().base_seq == 1
+
+
+def test_reload_never_deletes_or_writes_through_symlinks(
+    repo: Repo, wc: WorkingCopy, make_wc: MakeWc, tmp_path: Path
+) -> None:
+    write(wc.root, "d/f", "volume's f")
+    write(wc.root, "e/g", "volume's g")
+    write(wc.root, "link", "volume's link")
+    wc.commit()
+    other = make_wc("other")
+
+    # Another writer deletes d/f and the directory e, and rewrites "link".
+    (wc.root / "d" / "f").unlink()
+    (wc.root / "e" / "g").unlink()
+    (wc.root / "e").rmdir()
+    write(wc.root, "link", "volume's link, changed")
+    wc.commit()
+
+    # Here, each of those was swapped for a symlink to something outside.
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    for name, content in (("f", "outside f"), ("g", "outside g"), ("target", "outside t")):
+        (outside / name).write_text(content)
+    for name in ("d", "e"):
+        for child in (other.root / name).iterdir():
+            child.unlink()
+        (other.root / name).rmdir()
+        os.symlink(outside, other.root / name)
+    (other.root / "link").unlink()
+    os.symlink(outside / "target", other.root / "link")
+
+    other.reload()
+
+    assert sorted(os.listdir(outside)) == ["f", "g", "target"]
+    assert [(outside / n).read_text() for n in ("f", "g", "target")] == [
+        "outside f",
+        "outside g",
+        "outside t",
+    ]
