@@ -164,13 +164,19 @@ class Repo:
                 last = seq
         return last
 
-    def publish(self, ops: list[Op], base: int, message: str | None = None) -> int:
-        """Publish one entry after ``base``; returns the seq it landed at."""
+    def publish(
+        self, ops: list[Op], base: int, message: str | None = None, *, known_head: int = 0
+    ) -> int:
+        """Publish one entry after ``base``; returns the seq it landed at.
+
+        ``known_head``: a seq the caller knows is taken (the log has no gaps, so every
+        position up to it is): probing starts after it instead of after ``base``.
+        """
         entry = Entry(tuple(ops), time.time(), this_writer(), base, message)
         raw = codec.encode("entry", entry.to_payload())
         # Content is durable before the entry that refers to it.
         self.store.sync()
-        seq = base + 1
+        seq = max(base, known_head) + 1
         while not self.store.put_if_absent(self.keys.log(seq), raw):
             metrics.COMMIT_CONFLICTS.inc()
             seq += 1

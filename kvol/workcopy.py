@@ -115,6 +115,8 @@ class WorkingCopy:
         self._stop = threading.Event()
         self._closed = False
         self._uncommitted = 0
+        #: Highest seq this process knows is taken; later commits probe after it.
+        self._known_head = 0
         self._index_sig = _file_sig(meta_dir / INDEX_FILE)
         #: The last error of the background autocommit, cleared by the next success.
         self.autocommit_error: KvolError | None = None
@@ -348,7 +350,8 @@ class WorkingCopy:
             return CommitResult(None, deferred=tuple(deferred))
 
         self._check_limits(removed_dirs, file_deletes, puts, scan.dirs_added)
-        seq = self.repo.publish(ops, self.index.base, message)
+        seq = self.repo.publish(ops, self.index.base, message, known_head=self._known_head)
+        self._known_head = seq
 
         index = self.index
         if seq == index.base + 1:
