@@ -15,7 +15,7 @@ import time
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import BinaryIO
+from typing import BinaryIO, Protocol
 
 from kvol import metrics
 from kvol.errors import CorruptData, NotFound
@@ -77,6 +77,12 @@ class Uploaded:
 Opener = Callable[[], tuple[BinaryIO, os.stat_result]]
 
 
+class KnownContent(Protocol):
+    """Content the volume already has: content id -> its parts (a dict will do)."""
+
+    def get(self, content_id: str, /) -> tuple[Part, ...] | None: ...
+
+
 class ContentWriter:
     """Uploads the files of one commit. Use as a context manager; ``add`` returns futures."""
 
@@ -85,7 +91,7 @@ class ContentWriter:
         store: Store,
         keys: VolumeKeys,
         chunk_size: int,
-        known: dict[str, tuple[Part, ...]] | None = None,
+        known: KnownContent | None = None,
         concurrency: int = 8,
     ) -> None:
         self.store = store

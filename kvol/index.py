@@ -1,22 +1,34 @@
 """The index of a working copy: what the volume had at the copy's base, and the stat of
-each local file when it was known to match, so unchanged files are never read again."""
+each local file when it was known to match, so unchanged files are never read again.
+
+The index is read at every open and written after every commit, so its encoding is
+columnar and binary (see :func:`_encode`): loading 100,000 entries builds no more than
+one small object per file, and a file's record is parsed only when something asks for it.
+"""
 
 from __future__ import annotations
 
+import gc
+import hashlib
 import json
 import os
 import secrets
+import struct
 import zlib
+from array import array
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from kvol.errors import CorruptData
-from kvol.model import FileRecord, State
+from kvol.model import HASH_RE, FileRecord, Part, State
+from kvol.paths import RESERVED
 
 #: Files modified this close to a scan are hashed again next time: a write within the
 #: filesystem's timestamp granularity could otherwise go unseen ("racy" files).
 RACY_NS = 2_000_000_000
+
+SigTuple = tuple[int, int, int, int, int]
 
 
 @dataclass(slots=True)
@@ -35,26 +47,72 @@ class Signature:
         return [self.size, self.mtime_ns, self.ino, self.ctime_ns, self.mode]
 
 
-@dataclass(slots=True)
+def sig_tuple(st: os.stat_result) -> SigTuple:
+    """The fields of a stat that a clean file must keep, for a quick comparison."""
+    return (st.st_size, st.st_mtime_ns, st.st_ino, st.st_ctime_ns, st.st_mode & 0o7777)
+
+
 class IndexEntry:
-    #: The file as the volume has it (at base, or as this copy committed it); None for a
-    #: file this copy has never committed.
-    record: FileRecord | None
-    #: Stat of the local file when it matched ``record``; None if it never did.
-    sig: Signature | None
-    #: Hash again at the next scan even if the stat matches.
-    racy: bool = False
+    """One file: its record in the volume and the stat it had when it matched.
+
+    ``record``: the file as the volume has it (at base, or as this copy committed it);
+    None for a file this copy has never committed. ``sig``: the local file's stat when it
+    matched ``record``; None if it never did. ``racy``: hash again at the next scan even
+    if the stat matches.
+    """
+
+    __slots__ = ("_lazy", "_record", "_sig", "racy")
+
+    def __init__(
+        self, record: FileRecord | None, sig: Signature | None, racy: bool = False
+    ) -> None:
+        self._record = record
+        self._lazy: _Lazy | None = None
+        self._sig: SigTuple | None = None if sig is None else _as_tuple(sig)
+        self.racy = racy
+
+    @property
+    def record(self) -> FileRecord | None:
+        if self._lazy is not None:
+            self._record, self._lazy = _lazy_record(self._lazy), None
+        return self._record
+
+    @record.setter
+    def record(self, value: FileRecord | None) -> None:
+        self._record, self._lazy = value, None
+
+    @property
+    def has_record(self) -> bool:
+        return self._lazy is not None or self._record is not None
+
+    @property
+    def sig(self) -> Signature | None:
+        return None if self._sig is None else Signature(*self._sig)
+
+    @sig.setter
+    def sig(self, value: Signature | None) -> None:
+        self._sig = None if value is None else _as_tuple(value)
 
     def is_clean(self, st: os.stat_result) -> bool:
-        return (
-            not self.racy
-            and self.sig is not None
-            and self.sig.size == st.st_size
-            and self.sig.mtime_ns == st.st_mtime_ns
-            and self.sig.ino == st.st_ino
-            and self.sig.ctime_ns == st.st_ctime_ns
-            and self.sig.mode == st.st_mode & 0o7777
+        return not self.racy and self._sig == (
+            st.st_size,
+            st.st_mtime_ns,
+            st.st_ino,
+            st.st_ctime_ns,
+            st.st_mode & 0o7777,
         )
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, IndexEntry):
+            return NotImplemented
+        return (self.record, self._sig, self.racy) == (other.record, other._sig, other.racy)
+
+    def __repr__(self) -> str:
+        return f"IndexEntry({self.record!r}, {self.sig!r}, racy={self.racy})"
+
+
+def _as_tuple(sig: Signature) -> SigTuple:
+    return (sig.size, sig.mtime_ns, sig.ino, sig.ctime_ns, sig.mode)
 
 
 @dataclass
@@ -69,35 +127,22 @@ class Index:
 
     def committed_state(self) -> State:
         """The volume as this copy last saw it (base plus its own commits)."""
-        files = {p: e.record for p, e in self.files.items() if e.record is not None}
+        files = {p: r for p, e in self.files.items() if (r := e.record) is not None}
         return State(self.base, files, set(self.explicit_dirs))
 
-    def known_content(self) -> dict[str, tuple[Any, ...]]:
-        return {e.record.hash: e.record.parts for e in self.files.values() if e.record is not None}
+    def known_content(self) -> KnownContent:
+        return KnownContent(self)
 
     # -- persistence (atomic: temp file, fsync, rename) ---------------------------------------
 
     def save(self, path: Path) -> None:
-        payload = {
-            "format": 1,
-            "volume_id": self.volume_id,
-            "base": self.base,
-            "files": {
-                p: [
-                    e.record.to_list() if e.record else None,
-                    e.sig.to_list() if e.sig else None,
-                    e.racy,
-                ]
-                for p, e in self.files.items()
-            },
-            "dirs": sorted(self.dirs),
-            "explicit_dirs": sorted(self.explicit_dirs),
-        }
-        data = zlib.compress(json.dumps(payload, separators=(",", ":")).encode(), 1)
+        data = _encode(self)
         tmp = path.with_name(f"{path.name}.{secrets.token_hex(6)}.tmp")
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         try:
-            os.write(fd, data)
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view) :]
             os.fsync(fd)
         finally:
             os.close(fd)
@@ -105,17 +150,300 @@ class Index:
 
     @classmethod
     def load(cls, path: Path) -> Index:
+        # Loading makes an object or two per file; collections triggered meanwhile would
+        # walk them all again and again, to find nothing (they hold no cycles).
+        collecting = gc.isenabled()
+        gc.disable()
         try:
-            payload = json.loads(zlib.decompress(path.read_bytes()))
-            index = cls(str(payload["volume_id"]), int(payload["base"]))
-            for p, (record, sig, racy) in payload["files"].items():
-                index.files[p] = IndexEntry(
-                    FileRecord.from_list(record) if record is not None else None,
-                    Signature(*sig) if sig is not None else None,
-                    bool(racy),
-                )
-            index.dirs = set(payload["dirs"])
-            index.explicit_dirs = set(payload["explicit_dirs"])
-        except (OSError, ValueError, KeyError, TypeError, zlib.error) as exc:
+            return _decode(path.read_bytes())
+        except CorruptData as exc:
             raise CorruptData(f"working copy index {path} is unreadable: {exc}") from exc
-        return index
+        except (
+            OSError,
+            ValueError,
+            KeyError,
+            TypeError,
+            IndexError,
+            struct.error,
+            zlib.error,
+        ) as exc:
+            raise CorruptData(f"working copy index {path} is unreadable: {exc}") from exc
+        finally:
+            if collecting:
+                gc.enable()
+
+
+class KnownContent:
+    """Content this copy's volume already has, by content id: reused, not sent again.
+
+    Looked up for each new small file; built on first use from the index's hashes
+    without parsing any record."""
+
+    def __init__(self, index: Index) -> None:
+        self._index = index
+        self._by_hash: dict[str, IndexEntry] | None = None
+
+    def get(self, content_id: str) -> tuple[Part, ...] | None:
+        if self._by_hash is None:
+            self._by_hash = {}
+            for entry in self._index.files.values():
+                h = _hash_of(entry)
+                if h is not None:
+                    self._by_hash[h] = entry
+        found = self._by_hash.get(content_id)
+        record = None if found is None else found.record
+        return None if record is None else record.parts
+
+
+def _hash_of(entry: IndexEntry) -> str | None:
+    lazy = entry._lazy
+    if lazy is not None:
+        return _lazy_hash(lazy)
+    record = entry._record
+    return None if record is None else record.hash
+
+
+# -- encoding ------------------------------------------------------------------------------
+#
+# b"kvol-index 2 <sha256 of the body>\n" + body; the body is a sequence of sections, each
+# an 8-byte little-endian length and its bytes:
+#   header   JSON: volume id, base, directories, entry count, content objects
+#   paths    the paths, UTF-8, NUL-separated (NUL never occurs in a path)
+#   ints     int64 per entry: flags, signature (5), record size, mtime, mode, part count
+#   hashes   32 raw bytes of the content id per entry (zeros without a record)
+#   parts    int64 per part, in entry order: object number, offset, length
+
+FORMAT = 2
+_MAGIC = b"kvol-index"
+_INTS = 10
+_HAS_RECORD, _HAS_SIG, _RACY = 1, 2, 4
+_ZERO_HASH = bytes(32)
+_BAD_COMPONENTS = frozenset(("", ".", ".."))
+
+
+def _unsafe_paths(text: str) -> bool:
+    """Could any of the NUL-separated paths not be a checked volume path? (empty, "." or
+    ".." components, a leading or trailing "/", the reserved top-level directory)"""
+    if _BAD_COMPONENTS.intersection(text.replace("\x00", "/").split("/")):
+        return True
+    framed = f"\x00{text}\x00"
+    return f"\x00{RESERVED}/" in framed or f"\x00{RESERVED}\x00" in framed
+
+
+def _encode(index: Index) -> bytes:
+    objects: dict[tuple[str, str], int] = {}
+    ints = array("q")
+    parts = array("q")
+    hashes = bytearray()
+    paths = []
+    for path, entry in index.files.items():
+        paths.append(path)
+        flags = _RACY if entry.racy else 0
+        sig = entry._sig
+        if sig is not None:
+            flags |= _HAS_SIG
+        else:
+            sig = (0, 0, 0, 0, 0)
+        lazy = entry._lazy
+        if lazy is not None:
+            # Never parsed: copy its columns as they were read.
+            size, mtime_ns, mode, nparts = _lazy_columns(lazy)
+            ints.extend((flags | _HAS_RECORD, *sig, size, mtime_ns, mode, nparts))
+            hashes += bytes.fromhex(_lazy_hash(lazy))
+            for kind, obj, offset, length in _lazy_parts(lazy):
+                number = objects.setdefault((kind, obj), len(objects))
+                parts.extend((number, offset, length))
+            continue
+        record = entry.record
+        if record is None:
+            ints.extend((flags, *sig, 0, 0, 0, 0))
+            hashes += _ZERO_HASH
+            continue
+        flags |= _HAS_RECORD
+        ints.extend((flags, *sig, record.size, record.mtime_ns, record.mode, len(record.parts)))
+        hashes += bytes.fromhex(record.hash)
+        for part in record.parts:
+            number = objects.setdefault((part.kind, part.obj), len(objects))
+            parts.extend((number, part.offset, part.length))
+    header = {
+        "volume_id": index.volume_id,
+        "base": index.base,
+        "count": len(paths),
+        "dirs": sorted(index.dirs),
+        "explicit_dirs": sorted(index.explicit_dirs),
+        "objects": [kind + obj for kind, obj in objects],
+    }
+    body = bytearray()
+    for section in (
+        _json_bytes(header),
+        "\x00".join(paths).encode("utf-8", "surrogateescape"),
+        _little(ints),
+        bytes(hashes),
+        _little(parts),
+    ):
+        body += struct.pack("<Q", len(section))
+        body += section
+    digest = hashlib.sha256(body).hexdigest()
+    return b"%s %d %s\n" % (_MAGIC, FORMAT, digest.encode()) + body
+
+
+def _decode(raw: bytes) -> Index:
+    if not raw.startswith(_MAGIC):
+        return _decode_v1(raw)
+    head, sep, body = raw.partition(b"\n")
+    fields = head.split(b" ")
+    if not sep or len(fields) != 3 or fields[0] != _MAGIC:
+        raise CorruptData("not a kvol index")
+    if fields[1] != str(FORMAT).encode():
+        raise CorruptData(f"unsupported index format {fields[1]!r}")
+    if hashlib.sha256(body).hexdigest().encode() != fields[2]:
+        raise CorruptData("index failed its checksum (truncated or modified)")
+    view = memoryview(body)
+    sections = []
+    at = 0
+    for _ in range(5):
+        (length,) = struct.unpack_from("<Q", view, at)
+        at += 8
+        if at + length > len(view):
+            raise CorruptData("index section runs past its end")
+        sections.append(view[at : at + length])
+        at += length
+    header = json.loads(bytes(sections[0]))
+    index = Index(str(header["volume_id"]), int(header["base"]))
+    index.dirs = {str(d) for d in header["dirs"]}
+    index.explicit_dirs = {str(d) for d in header["explicit_dirs"]}
+    count = int(header["count"])
+    objects: list[tuple[str, str]] = []
+    for name in header["objects"]:
+        kind, obj = str(name)[:1], str(name)[1:]
+        if kind not in ("b", "p") or not HASH_RE.match(obj):
+            raise CorruptData(f"malformed content object {name!r}")
+        objects.append((kind, obj))
+
+    text = bytes(sections[1]).decode("utf-8", "surrogateescape")
+    paths = text.split("\x00") if count else []
+    ints = _from_little(sections[2])
+    hex_hashes = bytes(sections[3]).hex()
+    table = _Table(objects, ints, hex_hashes, _from_little(sections[4]))
+    if len(paths) != count or len(ints) != count * _INTS or len(hex_hashes) != count * 64:
+        raise CorruptData("index sections disagree on the number of files")
+    if len(table.parts) % 3:
+        raise CorruptData("index parts are malformed")
+    if count and _unsafe_paths(text):
+        raise CorruptData("index holds an unsafe path")
+    if len(set(paths)) != count:
+        raise CorruptData("index holds a path twice")
+
+    files: dict[str, IndexEntry] = {}
+    first_part = 0
+    new = IndexEntry.__new__
+    sigs = zip(
+        ints[1::_INTS], ints[2::_INTS], ints[3::_INTS], ints[4::_INTS], ints[5::_INTS], strict=True
+    )
+    for i, (path, flags, sig, nparts) in enumerate(
+        zip(paths, ints[0::_INTS], sigs, ints[9::_INTS], strict=True)
+    ):
+        entry = new(IndexEntry)
+        entry._record = None
+        entry._sig = sig if flags & _HAS_SIG else None
+        entry.racy = bool(flags & _RACY)
+        if flags & _HAS_RECORD:
+            if nparts < 0:
+                raise CorruptData("index parts are malformed")
+            entry._lazy = (table, i, first_part)
+            first_part += nparts
+        else:
+            entry._lazy = None
+        files[path] = entry
+    if first_part * 3 != len(table.parts):
+        raise CorruptData("index parts are malformed")
+    index.files = files
+    return index
+
+
+def _decode_v1(raw: bytes) -> Index:
+    """The first format (zlib-compressed JSON), still read so older copies open."""
+    payload = json.loads(zlib.decompress(raw))
+    index = Index(str(payload["volume_id"]), int(payload["base"]))
+    for p, (record, sig, racy) in payload["files"].items():
+        index.files[p] = IndexEntry(
+            FileRecord.from_list(record) if record is not None else None,
+            Signature(*sig) if sig is not None else None,
+            bool(racy),
+        )
+    index.dirs = set(payload["dirs"])
+    index.explicit_dirs = set(payload["explicit_dirs"])
+    return index
+
+
+class _Table:
+    """The columns of a loaded index, shared by the records not parsed yet."""
+
+    __slots__ = ("hashes", "ints", "objects", "parts")
+
+    def __init__(
+        self, objects: list[tuple[str, str]], ints: array[int], hashes: str, parts: array[int]
+    ) -> None:
+        self.objects = objects
+        self.ints = ints
+        #: Content ids, 64 hex digits per row.
+        self.hashes = hashes
+        self.parts = parts
+
+
+#: A record not parsed yet: the loaded columns, its row, and its first part's number.
+_Lazy = tuple[_Table, int, int]
+
+
+def _lazy_hash(lazy: _Lazy) -> str:
+    table, row, _ = lazy
+    return table.hashes[row * 64 : row * 64 + 64]
+
+
+def _lazy_columns(lazy: _Lazy) -> tuple[int, int, int, int]:
+    """size, mtime_ns, mode, number of parts"""
+    table, row, _ = lazy
+    o = row * _INTS
+    ints = table.ints
+    return ints[o + 6], ints[o + 7], ints[o + 8], ints[o + 9]
+
+
+def _lazy_parts(lazy: _Lazy) -> list[tuple[str, str, int, int]]:
+    table, _, first = lazy
+    out = []
+    for k in range(_lazy_columns(lazy)[3]):
+        at = (first + k) * 3
+        number = table.parts[at]
+        if not 0 <= number < len(table.objects):
+            raise CorruptData("index refers to an unknown content object")
+        kind, obj = table.objects[number]
+        out.append((kind, obj, table.parts[at + 1], table.parts[at + 2]))
+    return out
+
+
+def _lazy_record(lazy: _Lazy) -> FileRecord:
+    size, mtime_ns, mode, _ = _lazy_columns(lazy)
+    parts: list[Any] = [list(p) for p in _lazy_parts(lazy)]
+    # The same checks as a record read from the store.
+    return FileRecord.from_list([size, mtime_ns, mode, _lazy_hash(lazy), parts])
+
+
+def _json_bytes(value: Any) -> bytes:
+    return json.dumps(value, separators=(",", ":")).encode()
+
+
+def _little(values: array[int]) -> bytes:
+    if struct.pack("=q", 1) != struct.pack("<q", 1):
+        values = array("q", values)
+        values.byteswap()
+    return values.tobytes()
+
+
+def _from_little(data: memoryview) -> array[int]:
+    if len(data) % 8:
+        raise CorruptData("index section is not a whole number of integers")
+    values = array("q")
+    values.frombytes(data)
+    if struct.pack("=q", 1) != struct.pack("<q", 1):
+        values.byteswap()
+    return values

@@ -1,0 +1,119 @@
+"""The working copy index on disk: round trips, lazily parsed records, refusals."""
+
+from __future__ import annotations
+
+import json
+import zlib
+from pathlib import Path
+
+import pytest
+
+from kvol.errors import CorruptData
+from kvol.index import Index, IndexEntry, Signature, _encode
+from kvol.model import FileRecord, Part
+
+H1, H2, PACK = "a" * 64, "b" * 64, "c" * 64
+
+
+def sample() -> Index:
+    index = Index("0" * 32, 7)
+    index.files["a.txt"] = IndexEntry(
+        FileRecord(5, 11, 0o644, H1, (Part("p", PACK, 0, 5),)), Signature(5, 11, 3, 12, 0o644)
+    )
+    index.files["big/blob"] = IndexEntry(
+        FileRecord(30, 21, 0o755, H2, (Part("b", H1, 0, 10), Part("b", H2, 0, 20))),
+        Signature(30, 21, 4, 22, 0o755),
+        racy=True,
+    )
+    index.files["new/ünï\ncode"] = IndexEntry(None, Signature(1, 2, 5, 3, 0o600))
+    index.files["gone"] = IndexEntry(FileRecord(0, 1, 0o644, H1, ()), None)
+    index.dirs = {"big", "new"}
+    index.explicit_dirs = {"new"}
+    return index
+
+
+def test_round_trip_keeps_every_field(tmp_path: Path) -> None:
+    path = tmp_path / "index"
+    original = sample()
+    original.save(path)
+    loaded = Index.load(path)
+    assert (loaded.volume_id, loaded.base) == (original.volume_id, original.base)
+    assert loaded.dirs == original.dirs and loaded.explicit_dirs == original.explicit_dirs
+    assert loaded.files == original.files
+
+
+def test_records_never_parsed_are_saved_unchanged(tmp_path: Path) -> None:
+    path = tmp_path / "index"
+    sample().save(path)
+    first = path.read_bytes()
+    Index.load(path).save(path)  # no record was touched: written back from the columns
+    assert path.read_bytes() == first
+    loaded = Index.load(path)
+    assert loaded.files["big/blob"].record == sample().files["big/blob"].record
+
+
+def test_known_content_finds_parts_by_content_id(tmp_path: Path) -> None:
+    path = tmp_path / "index"
+    sample().save(path)
+    known = Index.load(path).known_content()
+    assert known.get(H1) in ((Part("p", PACK, 0, 5),), ())
+    assert known.get(H2) == (Part("b", H1, 0, 10), Part("b", H2, 0, 20))
+    assert known.get("d" * 64) is None
+
+
+def test_a_flipped_byte_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "index"
+    sample().save(path)
+    raw = bytearray(path.read_bytes())
+    raw[-3] ^= 1
+    path.write_bytes(bytes(raw))
+    with pytest.raises(CorruptData, match="checksum"):
+        Index.load(path)
+
+
+@pytest.mark.parametrize("bad", ["../escape", "a/../b", "/abs", "a//b", "a/", ".", ".kvol/x"])
+def test_unsafe_paths_are_refused(tmp_path: Path, bad: str) -> None:
+    index = sample()
+    index.files[bad] = IndexEntry(None, None)
+    path = tmp_path / "index"
+    path.write_bytes(_encode(index))
+    with pytest.raises(CorruptData, match="unsafe path"):
+        Index.load(path)
+
+
+def test_a_tampered_record_fails_when_parsed(tmp_path: Path) -> None:
+    index = sample()
+    # Parts that do not add up to the size: refused like a record read from the store.
+    index.files["a.txt"].record = FileRecord(6, 11, 0o644, H1, (Part("p", PACK, 0, 5),))
+    path = tmp_path / "index"
+    index.save(path)
+    loaded = Index.load(path)
+    with pytest.raises(CorruptData):
+        _ = loaded.files["a.txt"].record
+
+
+def test_first_format_is_still_read(tmp_path: Path) -> None:
+    payload = {
+        "format": 1,
+        "volume_id": "0" * 32,
+        "base": 3,
+        "files": {"a": [[5, 1, 420, H1, [["p", PACK, 0, 5]]], [5, 1, 2, 3, 420], False]},
+        "dirs": [],
+        "explicit_dirs": [],
+    }
+    path = tmp_path / "index"
+    path.write_bytes(zlib.compress(json.dumps(payload).encode()))
+    loaded = Index.load(path)
+    assert loaded.base == 3
+    assert loaded.files["a"].sig == Signature(5, 1, 2, 3, 420)
+    assert loaded.files["a"].record == FileRecord(5, 1, 420, H1, (Part("p", PACK, 0, 5),))
+
+
+def test_garbage_is_corrupt_data(tmp_path: Path) -> None:
+    path = tmp_path / "index"
+    path.write_bytes(b"kvol-index 2 00\nnot really")
+    with pytest.raises(CorruptData):
+        Index.load(path)
+    path.write_bytes(b"\x00\x01garbage")
+    with pytest.raises(CorruptData):
+        Index.load(path)
