@@ -58,17 +58,18 @@ class IndexEntry:
     ``record``: the file as the volume has it (at base, or as this copy committed it);
     None for a file this copy has never committed. ``sig``: the local file's stat when it
     matched ``record``; None if it never did. ``racy``: hash again at the next scan even
-    if the stat matches.
+    if the stat matches. ``stat_key`` is ``sig`` as a plain tuple (see :func:`sig_tuple`),
+    which scans compare without building an object per file.
     """
 
-    __slots__ = ("_lazy", "_record", "_sig", "racy")
+    __slots__ = ("_lazy", "_record", "racy", "stat_key")
 
     def __init__(
         self, record: FileRecord | None, sig: Signature | None, racy: bool = False
     ) -> None:
         self._record = record
         self._lazy: _Lazy | None = None
-        self._sig: SigTuple | None = None if sig is None else _as_tuple(sig)
+        self.stat_key: SigTuple | None = None if sig is None else _as_tuple(sig)
         self.racy = racy
 
     @property
@@ -87,14 +88,14 @@ class IndexEntry:
 
     @property
     def sig(self) -> Signature | None:
-        return None if self._sig is None else Signature(*self._sig)
+        return None if self.stat_key is None else Signature(*self.stat_key)
 
     @sig.setter
     def sig(self, value: Signature | None) -> None:
-        self._sig = None if value is None else _as_tuple(value)
+        self.stat_key = None if value is None else _as_tuple(value)
 
     def is_clean(self, st: os.stat_result) -> bool:
-        return not self.racy and self._sig == (
+        return not self.racy and self.stat_key == (
             st.st_size,
             st.st_mtime_ns,
             st.st_ino,
@@ -105,7 +106,7 @@ class IndexEntry:
     def __eq__(self, other: object) -> bool:
         if not isinstance(other, IndexEntry):
             return NotImplemented
-        return (self.record, self._sig, self.racy) == (other.record, other._sig, other.racy)
+        return (self.record, self.stat_key, self.racy) == (other.record, other.stat_key, other.racy)
 
     def __repr__(self) -> str:
         return f"IndexEntry({self.record!r}, {self.sig!r}, racy={self.racy})"
@@ -239,7 +240,7 @@ def _encode(index: Index) -> bytes:
     for path, entry in index.files.items():
         paths.append(path)
         flags = _RACY if entry.racy else 0
-        sig = entry._sig
+        sig = entry.stat_key
         if sig is not None:
             flags |= _HAS_SIG
         else:
@@ -345,7 +346,7 @@ def _decode(raw: bytes) -> Index:
     ):
         entry = new(IndexEntry)
         entry._record = None
-        entry._sig = sig if flags & _HAS_SIG else None
+        entry.stat_key = sig if flags & _HAS_SIG else None
         entry.racy = bool(flags & _RACY)
         if flags & _HAS_RECORD:
             if nparts < 0:

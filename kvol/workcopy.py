@@ -11,7 +11,9 @@ CSI plugin only walks its upper layer.
 
 from __future__ import annotations
 
+import errno
 import fcntl
+import gc
 import json
 import logging
 import os
@@ -43,6 +45,9 @@ from kvol.repo import Repo
 from kvol.store import Store, open_store
 
 log = logging.getLogger(__name__)
+
+#: Directories are opened this way to scan them: never through a symlink.
+_SCAN_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 
 CONFIG_FILE = "config.json"
 INDEX_FILE = "index"
@@ -237,51 +242,78 @@ class WorkingCopy:
     # -- finding changes --------------------------------------------------------------------
 
     def _scan(self) -> ScanResult:
-        """Compare the whole tree with the index by stat."""
+        """Compare the whole tree with the index by stat.
+
+        This is every commit's floor (one lstat per file), so the loop is lean: directories
+        are recognized from readdir's type without a stat, files are stat'ed relative to
+        their directory's descriptor (no path walk in the kernel), and the cyclic GC is
+        paused while the walk allocates a few objects per file.
+        """
         result = ScanResult()
-        seen_files: set[str] = set()
+        candidates = result.candidates
         seen_dirs: set[str] = set()
         files = self.index.files
-        for rel, st in self._walk():
-            if stat.S_ISDIR(st.st_mode):
-                seen_dirs.add(rel)
-                continue
-            seen_files.add(rel)
-            entry = files.get(rel)
-            if entry is None or not entry.is_clean(st):
-                result.candidates[rel] = st
-        result.deleted = {p for p in files if p not in seen_files}
+        seen: list[str] = []  # files of the index found in the tree
+        temp_prefix = fsops.TEMP_PREFIX
+        is_reg = stat.S_ISREG
+        collecting = gc.isenabled()
+        gc.disable()
+        try:
+            stack = [""]
+            root = str(self.root)
+            while stack:
+                prefix = stack.pop()
+                try:
+                    dir_fd = os.open(os.path.join(root, prefix), _SCAN_DIR_FLAGS)
+                except (FileNotFoundError, NotADirectoryError):
+                    continue  # removed (or replaced) while scanning
+                except OSError as exc:
+                    if exc.errno != errno.ELOOP:
+                        raise
+                    continue  # replaced by a symlink while scanning
+                try:
+                    with os.scandir(dir_fd) as entries:
+                        for entry in entries:
+                            name = entry.name
+                            if name.startswith(temp_prefix) or (
+                                not prefix and name == paths.RESERVED
+                            ):
+                                continue
+                            rel = prefix + name
+                            if entry.is_dir(follow_symlinks=False):
+                                seen_dirs.add(rel)
+                                stack.append(rel + "/")
+                                continue
+                            try:
+                                st = entry.stat(follow_symlinks=False)
+                            except FileNotFoundError:
+                                continue
+                            if not is_reg(st.st_mode):
+                                log.debug("not committed (not a regular file): %s", rel)
+                                continue
+                            known = files.get(rel)
+                            if known is None:
+                                candidates[rel] = st
+                                continue
+                            seen.append(rel)
+                            if known.racy or known.stat_key != (
+                                st.st_size,
+                                st.st_mtime_ns,
+                                st.st_ino,
+                                st.st_ctime_ns,
+                                st.st_mode & 0o7777,
+                            ):  # as IndexEntry.is_clean, inline: this runs per file
+                                candidates[rel] = st
+                finally:
+                    os.close(dir_fd)
+        finally:
+            if collecting:
+                gc.enable()
+        if len(seen) < len(files):
+            result.deleted = files.keys() - set(seen)
         result.dirs_added = seen_dirs - self.index.dirs
         result.dirs_removed = self.index.dirs - seen_dirs
         return result
-
-    def _walk(self) -> Iterator[tuple[str, os.stat_result]]:
-        """Regular files and directories below the root, as canonical paths."""
-        root = str(self.root)
-        reserved = os.path.join(root, paths.RESERVED)
-        stack = [(root, "")]
-        while stack:
-            directory, prefix = stack.pop()
-            try:
-                entries = list(os.scandir(directory))
-            except (FileNotFoundError, NotADirectoryError):
-                continue
-            for entry in entries:
-                name = entry.name
-                if name.startswith(fsops.TEMP_PREFIX) or entry.path == reserved:
-                    continue
-                rel = prefix + name
-                try:
-                    st = entry.stat(follow_symlinks=False)
-                except FileNotFoundError:
-                    continue
-                if stat.S_ISDIR(st.st_mode):
-                    yield rel, st
-                    stack.append((entry.path, rel + "/"))
-                elif stat.S_ISREG(st.st_mode):
-                    yield rel, st
-                else:
-                    log.debug("not committed (not a regular file): %s", rel)
 
     # -- commit -----------------------------------------------------------------------------
 
