@@ -12,6 +12,7 @@ repeated after a failure, or after the plugin restarted, finishes what the first
 
 from __future__ import annotations
 
+import dataclasses
 import errno
 import hashlib
 import logging
@@ -85,24 +86,10 @@ class Live:
     # -- the control socket's target ---------------------------------------------------
 
     def commit(self, message: str | None = None) -> dict[str, Any]:
-        result = self.wc.commit(message)
-        return {
-            "seq": result.seq,
-            "files": result.files,
-            "deleted": result.deleted,
-            "bytes": result.bytes,
-            "sent_bytes": result.sent_bytes,
-            "deferred": list(result.deferred),
-        }
+        return dataclasses.asdict(self.wc.commit(message))
 
     def reload(self) -> dict[str, Any]:
-        result = self.wc.reload()
-        return {
-            "from_seq": result.from_seq,
-            "to_seq": result.to_seq,
-            "files": result.files,
-            "kept_local": list(result.kept_local),
-        }
+        return dataclasses.asdict(self.wc.reload())
 
     def status(self) -> dict[str, Any]:
         st = self.wc.status()

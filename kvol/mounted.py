@@ -16,6 +16,7 @@ that belongs to the volume (same name, or same volume id) is used.
 
 from __future__ import annotations
 
+import dataclasses
 import http.client
 import json
 import os
@@ -147,24 +148,10 @@ class LocalMount(Mount):
         }
 
     def commit(self, message: str | None = None) -> dict[str, Any]:
-        result = self._open().commit(message)
-        return {
-            "seq": result.seq,
-            "files": result.files,
-            "deleted": result.deleted,
-            "bytes": result.bytes,
-            "sent_bytes": result.sent_bytes,
-            "deferred": list(result.deferred),
-        }
+        return dataclasses.asdict(self._open().commit(message))
 
     def reload(self) -> dict[str, Any]:
-        result = self._open().reload()
-        return {
-            "from_seq": result.from_seq,
-            "to_seq": result.to_seq,
-            "files": result.files,
-            "kept_local": list(result.kept_local),
-        }
+        return dataclasses.asdict(self._open().reload())
 
     def volume_id(self) -> str | None:
         try:
