@@ -9,6 +9,7 @@ back is checked against its hash before anyone sees it.
 from __future__ import annotations
 
 import hashlib
+import mmap
 import os
 import threading
 import time
@@ -21,7 +22,7 @@ from kvol import metrics
 from kvol.errors import CorruptData, NotFound
 from kvol.layout import VolumeKeys
 from kvol.model import FileRecord, Part
-from kvol.store import Store
+from kvol.store import FilesystemStore, Store
 
 #: Files up to this size are packed with others; larger ones are chunked.
 PACK_THRESHOLD = 256 * 1024
@@ -32,7 +33,7 @@ DEFAULT_CHUNK_SIZE = 8 * 1024 * 1024
 REFRESH_AFTER_SECONDS = 1800.0
 
 
-def digest(data: bytes | memoryview) -> str:
+def digest(data: bytes | memoryview | mmap.mmap) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
@@ -166,6 +167,11 @@ class ContentWriter:
             raise
 
     def _chunked(self, handle: BinaryIO, before: os.stat_result) -> Uploaded:
+        store = self.store
+        # The fast path writes objects without _put: a store class that overrides _put
+        # (to watch or change writes) keeps seeing every object through it.
+        if isinstance(store, FilesystemStore) and type(store)._put is FilesystemStore._put:
+            return self._chunked_in_kernel(store, handle.fileno(), before)
         parts: list[Part] = []
         sent = 0
         size = 0
@@ -178,6 +184,35 @@ class ContentWriter:
             parts.append(Part("b", h, 0, len(chunk)))
             size += len(chunk)
         after = os.fstat(handle.fileno())
+        stable = _same(before, after) and size == before.st_size
+        return Uploaded(content_id(parts), tuple(parts), size, stable, sent)
+
+    def _chunked_in_kernel(
+        self, store: FilesystemStore, fd: int, before: os.stat_result
+    ) -> Uploaded:
+        """Chunks copied file to store by the kernel and hashed where they landed: the
+        bytes never pass through Python, which halves the memory traffic of a commit."""
+        parts: list[Part] = []
+        sent = 0
+        size = 0
+        fresh_after = time.time() - REFRESH_AFTER_SECONDS
+        digests: list[str] = []
+
+        def key_of(data: mmap.mmap | bytes) -> str:
+            digests.append(digest(data))
+            return self.keys.blob(digests[-1])
+
+        while True:
+            copied = store.copy_in(fd, size, self.chunk_size, key_of, fresh_after)
+            if copied is None:
+                break
+            _, length, created = copied
+            if created:
+                sent += length
+                metrics.UPLOADED_BYTES.inc(length)
+            parts.append(Part("b", digests[-1], 0, length))
+            size += length
+        after = os.fstat(fd)
         stable = _same(before, after) and size == before.st_size
         return Uploaded(content_id(parts), tuple(parts), size, stable, sent)
 

@@ -11,16 +11,44 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import errno
+import mmap
 import os
 import secrets
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from urllib.parse import parse_qs, urlparse
 
 from kvol import errors
-from kvol.store.base import ObjectInfo, Store
+from kvol.store.base import ObjectInfo, Store, check_key
 
 _TMP = ".tmp"
+
+
+def _copy_range(src: int, dst: int, offset: int, length: int) -> int:
+    """Copy up to ``length`` bytes from ``src`` at ``offset`` to the start of ``dst``, in the
+    kernel where it can; returns how many were copied (fewer if the file ended)."""
+    done = 0
+    try:
+        while done < length:
+            n = os.copy_file_range(src, dst, length - done, offset + done, done)
+            if n == 0:
+                return done
+            done += n
+        return done
+    except OSError as exc:
+        # Not supported between these files (another filesystem on old kernels, some
+        # network filesystems): copy through a buffer from where the kernel stopped.
+        if exc.errno not in (errno.EXDEV, errno.ENOSYS, errno.EINVAL, errno.EOPNOTSUPP):
+            raise
+    while done < length:
+        data = os.pread(src, min(length - done, 1 << 20), offset + done)
+        if not data:
+            break
+        written = 0
+        while written < len(data):
+            written += os.pwrite(dst, memoryview(data)[written:], done + written)
+        done += len(data)
+    return done
 
 
 def _load_syncfs() -> ctypes._CFuncPtr | None:  # type: ignore[name-defined]
@@ -171,6 +199,64 @@ class FilesystemStore(Store):
         if self.durable:
             self._fsync_dir(target.parent)
         return True
+
+    def copy_in(
+        self,
+        fd: int,
+        offset: int,
+        length: int,
+        key_of: Callable[[mmap.mmap | bytes], str],
+        fresh_after: float,
+    ) -> tuple[str, int, bool] | None:
+        """Store ``length`` bytes of the open file ``fd`` from ``offset`` as a new object
+        named ``key_of(stored bytes)``: the filesystem fast path for content.
+
+        The bytes move in the kernel (``copy_file_range``, as ``cp`` does) and the name is
+        computed from the stored copy, mapped read-only, so what the key names is exactly
+        what is stored even if the source changes meanwhile. An object already under that
+        key and modified after ``fresh_after`` is kept. Returns the key, the bytes copied,
+        and whether they were stored (False: kept the existing object); None at the end
+        of the file.
+        """
+        return self._call("copy_in", self._copy_in, fd, offset, length, key_of, fresh_after)
+
+    def _copy_in(
+        self,
+        fd: int,
+        offset: int,
+        length: int,
+        key_of: Callable[[mmap.mmap | bytes], str],
+        fresh_after: float,
+    ) -> tuple[str, int, bool] | None:
+        tmp = self.root / _TMP / secrets.token_hex(12)
+        out = os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
+        try:
+            copied = _copy_range(fd, out, offset, length)
+            if copied:
+                with mmap.mmap(out, copied, prot=mmap.PROT_READ) as view:
+                    key = check_key(key_of(view))
+        except BaseException:
+            os.close(out)
+            tmp.unlink(missing_ok=True)
+            raise
+        os.close(out)
+        if not copied:
+            tmp.unlink()
+            return None
+        target = self._path(key)
+        try:
+            if os.stat(target).st_mtime > fresh_after:
+                tmp.unlink()
+                return key, copied, False
+        except FileNotFoundError:
+            pass
+        try:
+            target.parent.mkdir(parents=True, exist_ok=True)
+            os.replace(tmp, target)
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
+        return key, copied, True
 
     def _delete(self, key: str) -> None:
         path = self._path(key)
