@@ -14,9 +14,8 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from kvol.operator.resources import BackendSpec
-
 from kvol import errors
+from kvol.operator.resources import BackendSpec
 from kvol.store import FilesystemStore, Store
 from kvol.store.s3_config import DEFAULT_REGION
 

@@ -16,13 +16,13 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import kopf
+
+from kvol import errors
 from kvol.operator import metrics
 from kvol.operator.kube import Kube, load_config
 from kvol.operator.reconcile import ReconcileError, Reconciler, Settings, classify
 from kvol.operator.registry import Backends
 from kvol.operator.resources import BACKENDS, FINALIZER, GROUP, VERSION, VOLUMES
-
-from kvol import errors
 
 log = logging.getLogger(__name__)
 
@@ -107,7 +107,8 @@ def register(registry: kopf.OperatorRegistry, config: OperatorConfig) -> None:
         settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
             prefix=_ANNOTATION_PREFIX, key="last-handled-configuration"
         )
-        settings.posting.level = logging.INFO
+        # Our own Events say what happened; kopf's log lines would double the API calls.
+        settings.posting.level = logging.WARNING
         settings.execution.max_workers = config.workers
         settings.execution.default_backoff = ceiling
         # Reconnect watches well before proxies cut idle connections.
@@ -146,13 +147,9 @@ def register(registry: kopf.OperatorRegistry, config: OperatorConfig) -> None:
     @kopf.on.resume(*volumes, id="apply", registry=registry)
     @kopf.on.create(*volumes, id="apply", registry=registry)
     @kopf.on.update(*volumes, id="apply", field="spec", registry=registry)
-    def volume_apply(namespace: str | None, name: str, retry: int, **_: Any) -> None:
-        assert namespace is not None  # Volumes are namespaced
+    def volume_apply(body: kopf.Body, retry: int, **_: Any) -> None:
         run_reconcile(
-            "Volume",
-            "apply",
-            backoff(retry, ceiling),
-            lambda: rec().reconcile_volume(namespace, name),
+            "Volume", "apply", backoff(retry, ceiling), lambda: rec().reconcile_volume(body)
         )
 
     @kopf.timer(*volumes, id="status", interval=interval, initial_delay=spread, registry=registry)

@@ -14,9 +14,9 @@ from collections.abc import Mapping
 from typing import Any
 
 import kubernetes
-from kvol.operator.resources import BACKENDS, GROUP, VERSION, VOLUMES
 
 from kvol import errors
+from kvol.operator.resources import BACKENDS, GROUP, VERSION, VOLUMES
 
 Obj = dict[str, Any]
 

@@ -111,6 +111,7 @@ def run(argv: list[str]) -> int:
     args = _run_parser().parse_args(argv)
     # kopf is imported only to run: `kvol-operator crds` works without a cluster library.
     import kopf
+
     from kvol.operator import handlers
 
     if args.kubeconfig:

@@ -19,14 +19,13 @@ from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from typing import Any
 
+from kvol import errors
+from kvol.catalog import Catalog
 from kvol.operator import metrics, specs
 from kvol.operator.backends import store_url
 from kvol.operator.kube import Kube
 from kvol.operator.registry import Backend, Backends
 from kvol.operator.resources import MANAGED_BY, VOLUME_LABEL, VolumeSpec
-
-from kvol import errors
-from kvol.catalog import Catalog
 from kvol.repo import Repo, RepoStats, new_volume_id
 from kvol.store import Store
 
@@ -152,8 +151,8 @@ class Reconciler:
             self.kube.patch_volume_status(meta["namespace"], meta["name"], patch)
             with self._guard:
                 self._status[meta["uid"]] = {k: v for k, v in new.items() if v is not None}
-            if new.get("phase"):
-                metrics.VOLUME_PHASES.set(meta["uid"], new["phase"])
+        if new.get("phase"):
+            metrics.VOLUME_PHASES.set(meta["uid"], new["phase"])
         for type_, reason, message in events:
             metrics.EVENTS.labels("Volume", reason).inc()
             self.emit(obj, type_, reason, message)
@@ -173,21 +172,17 @@ class Reconciler:
 
     # -- volumes ---------------------------------------------------------------------------
 
-    def reconcile_volume(
-        self,
-        namespace: str,
-        name: str,
-        *,
-        fresh: bool = True,
-        body: Mapping[str, Any] | None = None,
-    ) -> Obj | None:
+    def reconcile_volume(self, body: Mapping[str, Any], *, fresh: bool = False) -> Obj | None:
         """Bring one Volume to Ready: volume id, store entry, PV and claim, status.
 
-        ``fresh`` reads the object from the API server first (creation and updates);
-        the periodic pass uses the body kopf already has.
+        ``body`` is what kopf last saw; the status this process wrote since takes
+        precedence over its status, so a retry never picks a second volume id. ``fresh``
+        reads the object from the API server first.
         """
+        meta = body["metadata"]
+        namespace, name = meta["namespace"], meta["name"]
         with self.locks.hold(f"{namespace}/{name}"):
-            obj = self.kube.get_volume(namespace, name) if fresh or body is None else dict(body)
+            obj = self.kube.get_volume(namespace, name) if fresh else dict(body)
             if obj is None or obj["metadata"].get("deletionTimestamp"):
                 return None
             status = self._current(obj)
@@ -198,14 +193,15 @@ class Reconciler:
                 raise
 
     def _record_failure(self, obj: Obj, status: Obj, exc: ReconcileError) -> None:
-        phase = status.get("phase") or "Pending"
+        changes: Obj = {"phase": status.get("phase") or "Pending", "message": exc.message}
         if not exc.retry:
-            phase = "Failed"
+            # Nothing changes until the spec does: the periodic pass skips this generation.
+            changes.update(phase="Failed", observedGeneration=obj["metadata"].get("generation"))
         conditions: list[Condition] = [(READY, False, exc.reason, exc.message)]
         if exc.reason == "BackendUnreachable":
             conditions.append((REACHABLE, False, exc.reason, exc.message))
         try:
-            self._write(obj, {"phase": phase, "message": exc.message}, conditions)
+            self._write(obj, changes, conditions)
         except errors.KvolError as write_error:
             log.warning("could not record %s on %s: %s", exc.reason, _ref(obj), write_error)
 
@@ -265,7 +261,7 @@ class Reconciler:
                 "generation"
             ):
                 return None  # an invalid spec stays invalid until it is changed
-            return self.reconcile_volume(meta["namespace"], meta["name"], fresh=True)
+            return self.reconcile_volume(body)
         with self.locks.hold(f"{meta['namespace']}/{meta['name']}"):
             status = self._current(body)
             try:

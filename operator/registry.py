@@ -13,11 +13,10 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from kvol import errors
 from kvol.operator import backends
 from kvol.operator.kube import Kube
 from kvol.operator.resources import BackendSpec, is_default
-
-from kvol import errors
 from kvol.store import Store
 
 

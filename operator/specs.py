@@ -16,7 +16,6 @@ from kvol.operator.resources import (
     VOLUME_LABEL,
     VolumeSpec,
 )
-
 from kvol.repo import RepoStats
 
 
