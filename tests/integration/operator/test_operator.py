@@ -482,3 +482,19 @@ def test_backend_in_use_is_not_deleted(
     )
     cluster.kubectl("delete", "volume", "-n", namespace, "v", "--timeout=30s")
     wait_gone(cluster, "volumebackend", name)
+
+
+def test_spec_the_store_refuses_is_a_permanent_failure(
+    cluster: Cluster, operator: Operator, namespace: str
+) -> None:
+    # A retained version-1 volume, then a version-2 Volume of the same name: the schema
+    # accepts it, the store cannot, and retrying would not help.
+    _apply(cluster, namespace, volume_yaml("old", version=1))
+    first = wait_ready(cluster, namespace, "old")
+    cluster.kubectl("delete", "volume", "-n", namespace, "old", "--timeout=30s")
+    _apply(cluster, namespace, volume_yaml("old", version=2))
+    failed = wait_condition(cluster, namespace, "old", "Ready", "False", "InvalidSpec")
+    assert failed["status"]["phase"] == "Failed"
+    assert "version 1, not 2" in condition(failed, "Ready")["message"]
+    assert failed["status"]["volumeId"] == first["status"]["volumeId"]
+    assert ("Warning", "InvalidSpec") in events(cluster, namespace, "old")
