@@ -6,10 +6,10 @@ import base64
 from pathlib import Path
 
 import pytest
-from kvol.operator import backends
-from kvol.operator.resources import BackendSpec
 
 from kvol import errors
+from kvol.operator import backends
+from kvol.operator.resources import BackendSpec
 from kvol.store import FilesystemStore, Store
 
 

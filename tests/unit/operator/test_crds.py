@@ -7,6 +7,7 @@ from typing import Any
 
 import pytest
 import yaml
+
 from kvol.operator import crds
 from kvol.operator.resources import VolumeSpec
 

@@ -7,6 +7,7 @@ import subprocess
 import sys
 
 import pytest
+
 from kvol.operator.handlers import backoff
 from kvol.operator.main import main
 

@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import pytest
-from kvol.operator.resources import BackendSpec, VolumeSpec, parse_bytes
 
 from kvol.errors import InvalidArgument
 from kvol.model import Limits
+from kvol.operator.resources import BackendSpec, VolumeSpec, parse_bytes
 
 
 def test_volume_defaults() -> None:

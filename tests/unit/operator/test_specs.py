@@ -6,7 +6,6 @@ from typing import Any
 
 from kvol.operator import specs
 from kvol.operator.resources import CSI_DRIVER, VolumeSpec
-
 from kvol.repo import RepoStats
 
 VOLUME_ID = "0123456789abcdef0123456789abcdef"
