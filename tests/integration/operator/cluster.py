@@ -193,6 +193,11 @@ class Cluster:
         with urllib.request.urlopen(req, timeout=10, context=context) as response:
             return json.loads(response.read())
 
+    def kubeconfig_for(self, token: str, path: Path) -> Path:
+        """A kubeconfig for this cluster that authenticates with ``token``."""
+        _write_kubeconfig(path, self.server, self.ca_file, token)
+        return path
+
     @property
     def api(self) -> Any:
         """A kubernetes.client.ApiClient for this cluster."""
@@ -327,8 +332,15 @@ class Operator(Process):
     """``kvol-operator run`` as a child process against a cluster."""
 
     def __init__(
-        self, cluster: Cluster, directory: Path, *, status_interval: float = 1.0, **flags: str
+        self,
+        cluster: Cluster,
+        directory: Path,
+        *,
+        status_interval: float = 1.0,
+        kubeconfig: Path | None = None,
+        **flags: str,
     ) -> None:
+        kubeconfig = kubeconfig or cluster.kubeconfig
         self.metrics_port = free_port()
         self.liveness_port = free_port()
         argv = [
@@ -336,7 +348,7 @@ class Operator(Process):
             "-m",
             "kvol.operator",
             "run",
-            f"--kubeconfig={cluster.kubeconfig}",
+            f"--kubeconfig={kubeconfig}",
             f"--status-interval={status_interval}",
             "--max-backoff=5",
             f"--metrics-port={self.metrics_port}",
@@ -350,7 +362,7 @@ class Operator(Process):
             **os.environ,
             "PYTHONSAFEPATH": "1",
             "PYTHONUNBUFFERED": "1",
-            "KUBECONFIG": str(cluster.kubeconfig),
+            "KUBECONFIG": str(kubeconfig),
         }
         directory.mkdir(parents=True, exist_ok=True)
         super().__init__("kvol-operator", argv, directory / "operator.log", env)

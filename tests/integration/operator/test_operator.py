@@ -498,3 +498,26 @@ def test_spec_the_store_refuses_is_a_permanent_failure(
     assert "version 1, not 2" in condition(failed, "Ready")["message"]
     assert failed["status"]["volumeId"] == first["status"]["volumeId"]
     assert ("Warning", "InvalidSpec") in events(cluster, namespace, "old")
+
+
+def test_operator_works_with_the_shipped_rbac_only(
+    cluster: Cluster, default_store: Path, namespace: str, tmp_path: Path
+) -> None:
+    """Run as the service account of manifests/rbac: every call it makes is allowed."""
+    cluster.kubectl("apply", "-f", str(REPO / "manifests" / "rbac" / "controller.yaml"))
+    token = cluster.kubectl(
+        "create", "token", "kvol-controller", "-n", "kvol-system", "--duration=1h"
+    ).stdout.strip()
+    kubeconfig = cluster.kubeconfig_for(token, tmp_path / "kubeconfig")
+    op = Operator(cluster, tmp_path / "operator", kubeconfig=kubeconfig)
+    op.start()
+    try:
+        _apply(cluster, namespace, volume_yaml("rbac", reclaimPolicy="Delete"))
+        volume = wait_ready(cluster, namespace, "rbac")
+        assert ("Normal", "Provisioned") in events(cluster, namespace, "rbac")
+        cluster.kubectl("delete", "volume", "-n", namespace, "rbac", "--timeout=30s")
+        assert not Repo(FilesystemStore(default_store), volume["status"]["volumeId"]).exists()
+        log = op.log_tail(1000)
+        assert "Forbidden" not in log and " 403" not in log, log
+    finally:
+        op.stop()
