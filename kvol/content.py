@@ -103,7 +103,7 @@ class ContentWriter:
         self._pool = ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix="kvol-up")
         self._lock = threading.Lock()
         self._pack = bytearray()
-        self._pack_waiters: list[tuple[Future[Uploaded], int, int, str, bool]] = []
+        self._pack_waiters: list[_Waiter] = []
         self._pack_index: dict[str, tuple[int, int]] = {}
         self._tasks: list[Future[None]] = []
         self._pack_sends: list[Future[None]] = []
@@ -127,6 +127,16 @@ class ContentWriter:
             self._small(result, data, stable=True)
         else:
             self._tasks.append(self._pool.submit(self._settle, result, self._upload_bytes, data))
+        return result
+
+    def add_small_files(self, read: SmallReader) -> Future[SmallBatch]:
+        """Upload a batch of small files, with no per-file future or task: ``read`` yields
+        ``(name, content or the error reading it, stable)`` and runs in the calling thread,
+        which is faster than workers would be (many short reads and hashes are mostly
+        GIL-bound; workers meanwhile send packs and large files). The future resolves
+        once every file of the batch is in the store."""
+        result: Future[SmallBatch] = Future()
+        self._small_batch(read, result)
         return result
 
     def finish(self) -> None:
@@ -155,7 +165,7 @@ class ContentWriter:
                 if before.st_size <= PACK_THRESHOLD:
                     data = handle.read(PACK_THRESHOLD + 1)
                     after = os.fstat(handle.fileno())
-                    stable = _same(before, after) and len(data) == before.st_size
+                    stable = same_stat(before, after) and len(data) == before.st_size
                     # Packed files resolve when their pack is sent; this thread moves on.
                     self._small(result, data, stable)
                     return
@@ -184,7 +194,7 @@ class ContentWriter:
             parts.append(Part("b", h, 0, len(chunk)))
             size += len(chunk)
         after = os.fstat(handle.fileno())
-        stable = _same(before, after) and size == before.st_size
+        stable = same_stat(before, after) and size == before.st_size
         return Uploaded(content_id(parts), tuple(parts), size, stable, sent)
 
     def _chunked_in_kernel(
@@ -213,7 +223,7 @@ class ContentWriter:
             parts.append(Part("b", digests[-1], 0, length))
             size += length
         after = os.fstat(fd)
-        stable = _same(before, after) and size == before.st_size
+        stable = same_stat(before, after) and size == before.st_size
         return Uploaded(content_id(parts), tuple(parts), size, stable, sent)
 
     def _small(self, result: Future[Uploaded], data: bytes, stable: bool) -> None:
@@ -222,7 +232,7 @@ class ContentWriter:
         if known is not None:
             result.set_result(Uploaded(h, known, len(data), stable, 0))
             return
-        self._into_pack(result, data, h, stable)
+        self._into_pack(_resolve_future(result), data, h, stable)
 
     def _upload_bytes(self, data: bytes) -> Uploaded:
         parts: list[Part] = []
@@ -257,7 +267,27 @@ class ContentWriter:
 
     # -- packs ------------------------------------------------------------------------
 
-    def _into_pack(self, future: Future[Uploaded], data: bytes, h: str, stable: bool) -> None:
+    def _small_batch(self, read: SmallReader, result: Future[SmallBatch]) -> None:
+        batch = SmallBatch(result, self._lock)
+        try:
+            for name, data, stable in read():
+                if isinstance(data, BaseException):
+                    batch.errors[name] = data
+                    continue
+                h = digest(data)
+                known = self.known.get(h)
+                if known is not None:
+                    batch.uploaded[name] = Uploaded(h, known, len(data), stable, 0)
+                    continue
+                with self._lock:
+                    batch.pending += 1
+                self._into_pack(batch.resolver(name), data, h, stable)
+        except BaseException as exc:
+            batch.fail(exc)
+            raise
+        batch.read_all()
+
+    def _into_pack(self, done: _Resolve, data: bytes, h: str, stable: bool) -> None:
         with self._lock:
             if h in self._pack_index:
                 offset, length = self._pack_index[h]
@@ -265,7 +295,7 @@ class ContentWriter:
                 offset, length = len(self._pack), len(data)
                 self._pack += data
                 self._pack_index[h] = (offset, length)
-            self._pack_waiters.append((future, offset, length, h, stable))
+            self._pack_waiters.append((done, offset, length, h, stable))
             if len(self._pack) >= PACK_TARGET:
                 self._flush_pack_locked()
 
@@ -279,22 +309,78 @@ class ContentWriter:
         self._pack_index = {}
         self._pack_sends.append(self._pool.submit(self._send_pack, pack, waiters))
 
-    def _send_pack(
-        self, pack: bytes, waiters: list[tuple[Future[Uploaded], int, int, str, bool]]
-    ) -> None:
+    def _send_pack(self, pack: bytes, waiters: list[_Waiter]) -> None:
         try:
             h = digest(pack)
             sent = self._put_object(self.keys.pack(h), pack)
         except BaseException as exc:
-            for future, *_ in waiters:
-                future.set_exception(exc)
+            for done, *_ in waiters:
+                done(exc)
             raise
-        for i, (future, offset, length, file_hash, stable) in enumerate(waiters):
+        for i, (done, offset, length, file_hash, stable) in enumerate(waiters):
             part = Part("p", h, offset, length)
-            future.set_result(Uploaded(file_hash, (part,), length, stable, sent if i == 0 else 0))
+            done(Uploaded(file_hash, (part,), length, stable, sent if i == 0 else 0))
 
 
-def _same(a: os.stat_result, b: os.stat_result) -> bool:
+#: Called with what became of one packed file: where it went, or why it did not.
+_Resolve = Callable[[Uploaded | BaseException], None]
+_Waiter = tuple[_Resolve, int, int, str, bool]
+#: Reads a batch of small files: (name, content or the error reading it, stable).
+SmallReader = Callable[[], Iterable[tuple[str, bytes | BaseException, bool]]]
+
+
+def _resolve_future(future: Future[Uploaded]) -> _Resolve:
+    def done(outcome: Uploaded | BaseException) -> None:
+        if isinstance(outcome, BaseException):
+            future.set_exception(outcome)
+        else:
+            future.set_result(outcome)
+
+    return done
+
+
+class SmallBatch:
+    """The outcome of :meth:`ContentWriter.add_small_files`, by name."""
+
+    def __init__(self, future: Future[SmallBatch], lock: threading.Lock) -> None:
+        self.uploaded: dict[str, Uploaded] = {}
+        #: Files that could not be read (gone, replaced...): the caller decides.
+        self.errors: dict[str, BaseException] = {}
+        self.pending = 0
+        self._future = future
+        self._lock = lock
+        self._reading = True
+
+    def resolver(self, name: str) -> _Resolve:
+        def done(outcome: Uploaded | BaseException) -> None:
+            if isinstance(outcome, BaseException):
+                self.fail(outcome)
+                return
+            with self._lock:
+                self.uploaded[name] = outcome
+                self.pending -= 1
+                self._settle_locked()
+
+        return done
+
+    def read_all(self) -> None:
+        with self._lock:
+            self._reading = False
+            self._settle_locked()
+
+    def _settle_locked(self) -> None:
+        if not self._reading and self.pending == 0 and not self._future.done():
+            self._future.set_result(self)
+
+    def fail(self, exc: BaseException) -> None:
+        with self._lock:
+            if self._future.done():
+                return
+            self._future.set_exception(exc)
+
+
+def same_stat(a: os.stat_result, b: os.stat_result) -> bool:
+    """Did a file stay the same between two stats (as far as a reader can tell)?"""
     return (a.st_size, a.st_mtime_ns, a.st_ino) == (b.st_size, b.st_mtime_ns, b.st_ino)
 
 

@@ -29,7 +29,14 @@ from typing import IO, Any, cast
 
 from kvol import fsops, metrics, paths
 from kvol.busy import find_holders
-from kvol.content import ContentWriter, Uploaded, hash_file
+from kvol.content import (
+    PACK_THRESHOLD,
+    ContentWriter,
+    SmallReader,
+    Uploaded,
+    hash_file,
+    same_stat,
+)
 from kvol.errors import (
     CorruptData,
     InvalidArgument,
@@ -54,6 +61,8 @@ INDEX_FILE = "index"
 LOCK_FILE = "lock"
 #: Parallel reads and uploads during a commit, and downloads during a reload.
 DEFAULT_CONCURRENCY = 8
+#: Small files read and packed by one task of a commit.
+SMALL_BATCH = 256
 
 
 @dataclass(frozen=True)
@@ -429,6 +438,12 @@ class WorkingCopy:
 
             return open_it
 
+        small = sorted(rel for rel, st in candidates.items() if st.st_size <= PACK_THRESHOLD)
+        large = [rel for rel, st in candidates.items() if st.st_size > PACK_THRESHOLD]
+
+        def read_small(rels: list[str]) -> SmallReader:
+            return lambda: self._read_small(root_fd, rels, stats)
+
         meta = self.repo.meta
         try:
             with ContentWriter(
@@ -438,19 +453,66 @@ class WorkingCopy:
                 known=self.index.known_content(),
                 concurrency=self.concurrency,
             ) as writer:
-                futures = {rel: writer.add(opener(rel)) for rel in candidates}
+                # Large files first, so workers send them while this thread reads the
+                # small ones in batches (sorted: a batch spans few directories).
+                futures = {rel: writer.add(opener(rel)) for rel in large}
+                batches = [
+                    writer.add_small_files(read_small(small[i : i + SMALL_BATCH]))
+                    for i in range(0, len(small), SMALL_BATCH)
+                ]
                 writer.finish()
                 results: dict[str, Uploaded] = {}
+                failures: dict[str, BaseException | None] = {}
+                for batch in batches:
+                    done = batch.result()
+                    results.update(done.uploaded)
+                    failures.update(done.errors)
                 for rel, future in futures.items():
-                    exc = future.exception()
+                    failures[rel] = future.exception()
+                    if failures[rel] is None:
+                        results[rel] = future.result()
+                for exc in failures.values():
                     if isinstance(exc, FileNotFoundError | IsADirectoryError | NotADirectoryError):
                         continue  # removed or replaced since the scan: the next commit sees it
                     if exc is not None:
                         raise exc
-                    results[rel] = future.result()
         finally:
             os.close(root_fd)
         return results, stats
+
+    @staticmethod
+    def _read_small(
+        root_fd: int, rels: list[str], stats: dict[str, os.stat_result]
+    ) -> Iterator[tuple[str, bytes | BaseException, bool]]:
+        """Read small files, each directory opened once (without symlinks) per batch."""
+        dirs: dict[str, int] = {}
+        try:
+            for rel in rels:
+                head, _, name = rel.rpartition("/")
+                try:
+                    dir_fd = dirs.get(head)
+                    if dir_fd is None:
+                        dir_fd = dirs[head] = fsops.open_dir(root_fd, head)
+                    fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=dir_fd)
+                except OSError as exc:
+                    yield rel, exc, False
+                    continue
+                try:
+                    before = os.fstat(fd)
+                    if not stat.S_ISREG(before.st_mode):
+                        yield rel, IsADirectoryError(errno.EISDIR, "not a regular file", rel), False
+                        continue
+                    data = _read_up_to(fd, PACK_THRESHOLD + 1)
+                    after = os.fstat(fd)
+                finally:
+                    os.close(fd)
+                stats[rel] = before
+                # A file that grew past the pack size since the scan changed meanwhile.
+                stable = same_stat(before, after) and len(data) == before.st_size
+                yield rel, data, stable and len(data) <= PACK_THRESHOLD
+        finally:
+            for dir_fd in dirs.values():
+                os.close(dir_fd)
 
     def _check_limits(
         self,
@@ -766,6 +828,19 @@ def _file_sig(path: Path) -> tuple[int, int, int] | None:
     except FileNotFoundError:
         return None
     return (st.st_ino, st.st_mtime_ns, st.st_size)
+
+
+def _read_up_to(fd: int, limit: int) -> bytes:
+    """Read from ``fd`` until its end or ``limit`` bytes (reads may come back short)."""
+    pieces = []
+    left = limit
+    while left > 0:
+        piece = os.read(fd, left)
+        if not piece:
+            break
+        pieces.append(piece)
+        left -= len(piece)
+    return pieces[0] if len(pieces) == 1 else b"".join(pieces)
 
 
 def _outermost(dirs: set[str]) -> set[str]:
