@@ -94,6 +94,13 @@ class IndexEntry:
     def sig(self, value: Signature | None) -> None:
         self.stat_key = None if value is None else _as_tuple(value)
 
+    def copy(self) -> IndexEntry:
+        """An entry of its own with the same values; a record not parsed yet stays so."""
+        twin = IndexEntry.__new__(IndexEntry)
+        twin._record, twin._lazy = self._record, self._lazy
+        twin.stat_key, twin.racy = self.stat_key, self.racy
+        return twin
+
     def is_clean(self, st: os.stat_result) -> bool:
         return not self.racy and self.stat_key == (
             st.st_size,

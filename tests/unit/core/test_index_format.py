@@ -117,3 +117,15 @@ def test_garbage_is_corrupt_data(tmp_path: Path) -> None:
     path.write_bytes(b"\x00\x01garbage")
     with pytest.raises(CorruptData):
         Index.load(path)
+
+
+def test_copy_keeps_values_and_is_independent(tmp_path: Path) -> None:
+    path = tmp_path / "index"
+    sample().save(path)
+    loaded = Index.load(path)
+    twin = loaded.files["big/blob"].copy()
+    assert twin == loaded.files["big/blob"]
+    twin.racy = False
+    twin.sig = Signature(0, 0, 0, 0, 0)
+    assert loaded.files["big/blob"].racy is True
+    assert loaded.files["big/blob"].sig == Signature(30, 21, 4, 22, 0o755)
