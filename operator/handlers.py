@@ -183,11 +183,16 @@ def register(registry: kopf.OperatorRegistry, config: OperatorConfig) -> None:
         )
 
     @kopf.on.delete(*backends, id="delete", registry=registry)
-    def backend_delete(name: str, retry: int, **_: Any) -> None:
+    def backend_delete(body: kopf.Body, retry: int, **_: Any) -> None:
         run_reconcile(
-            "VolumeBackend", "delete", backoff(retry, ceiling), lambda: rec().delete_backend(name)
+            "VolumeBackend", "delete", backoff(retry, ceiling), lambda: rec().delete_backend(body)
         )
 
     @kopf.timer(*backends, id="status", interval=interval, initial_delay=spread, registry=registry)
     def backend_status(body: kopf.Body, **_: Any) -> None:
-        run_reconcile("VolumeBackend", "status", interval, lambda: rec().reconcile_backend(body))
+        run_reconcile(
+            "VolumeBackend",
+            "status",
+            interval,
+            lambda: rec().reconcile_backend(body, periodic=True),
+        )

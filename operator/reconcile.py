@@ -499,39 +499,39 @@ class Reconciler:
 
     # -- backends -------------------------------------------------------------------------------
 
-    def reconcile_backend(self, body: Mapping[str, Any]) -> Obj:
+    def reconcile_backend(self, body: Mapping[str, Any], *, periodic: bool = False) -> Obj | None:
         """Check a backend and write its status; raise when it is invalid or unreachable."""
         meta = body["metadata"]
         name = meta["name"]
         self.backends.observe(body)
         with self.locks.hold(f"backend/{name}"):
-            status = dict(body.get("status") or {})
+            status = self._current(body)
+            if (
+                periodic
+                and status.get("phase") == "Invalid"
+                and status.get("observedGeneration") == meta.get("generation")
+            ):
+                return None  # an invalid spec stays invalid until it is changed
             changes: Obj = {
                 "observedGeneration": meta.get("generation"),
                 "volumes": self.volumes_on(name),
             }
             error: ReconcileError | None = None
             try:
-                backend = self.backends.get(name)
+                backend = self._backend(name)
                 changes["url"] = store_url(backend.spec)
                 self._reachable(backend)
                 changes.update(phase="Ready", message=None)
-                cond = ("Reachable", True, "Reachable", "the store answers")
+                cond: Condition = ("Reachable", True, "Reachable", "the store answers")
             except ReconcileError as exc:
-                error = exc
                 invalid = exc.reason == "BackendInvalid"
+                # Retrying an invalid spec cannot help; an unreachable store may come back.
+                error = ReconcileError(exc.reason, exc.message, retry=not invalid)
                 changes.update(phase="Invalid" if invalid else "Unreachable", message=exc.message)
                 cond = ("Reachable", False, exc.reason, exc.message)
-                if invalid:
-                    error = ReconcileError(exc.reason, exc.message, retry=False)
             new = {**status, **changes}
             new["conditions"], flipped = specs.set_condition(
-                status.get("conditions"),
-                cond[0],
-                cond[1],
-                cond[2],
-                cond[3],
-                generation=meta.get("generation"),
+                status.get("conditions"), *cond, generation=meta.get("generation")
             )
             defaults = self.backends.defaults()
             if len(defaults) > 1 and name in defaults:
@@ -545,6 +545,8 @@ class Reconciler:
             patch = {k: v for k, v in new.items() if status.get(k) != v}
             if patch:
                 self.kube.patch_backend_status(name, patch)
+                with self._guard:
+                    self._status[meta["uid"]] = {k: v for k, v in new.items() if v is not None}
             if flipped:
                 metrics.EVENTS.labels("VolumeBackend", cond[2]).inc()
                 self.emit(body, "Normal" if cond[1] else "Warning", cond[2], cond[3])
@@ -552,9 +554,10 @@ class Reconciler:
                 raise error
             return new
 
-    def delete_backend(self, name: str) -> None:
+    def delete_backend(self, body: Mapping[str, Any]) -> None:
         """A backend goes only when no Volume keeps data in it (its Volumes could not be
         reached, nor deleted with their reclaim policy, without it)."""
+        name = body["metadata"]["name"]
         try:
             users = sorted(
                 f"{v['metadata']['namespace']}/{v['metadata']['name']}"
@@ -572,6 +575,7 @@ class Reconciler:
                 delay=self.settings.in_use_retry,
             )
         self.backends.forget(name)
+        self.forget(body["metadata"]["uid"])
 
 
 def _ours(obj: Mapping[str, Any], namespace: str, name: str) -> bool:

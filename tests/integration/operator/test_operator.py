@@ -12,6 +12,7 @@ import time
 import urllib.request
 from pathlib import Path
 
+import kubernetes
 import pytest
 
 from kvol.catalog import Catalog
@@ -394,20 +395,21 @@ def test_operator_metrics_and_liveness(
 def test_operator_killed_mid_reconcile_converges(
     cluster: Cluster, default_store: Path, namespace: str, tmp_path: Path
 ) -> None:
-    count = 40
+    count = 60
     docs = "---\n".join(volume_yaml(f"v{i}") for i in range(count))
     op = Operator(cluster, tmp_path / "first")
     op.start()
     try:
         _apply(cluster, namespace, docs)
 
-        # Kill it while part of the batch has a volume id and part has not.
-        def partly() -> bool:
-            items = cluster.get_json("volumes", "-n", namespace)["items"]
-            started = sum(1 for v in items if (v.get("status") or {}).get("volumeId"))
-            return 0 < started < count
+        # Kill it as soon as the first volume has an id: the rest are mid-way or untouched.
+        api = kubernetes.client.CustomObjectsApi(cluster.api)
 
-        wait_for(partly, 30, "reconciliation to be under way", interval=0.01)
+        def started() -> bool:
+            items = api.list_namespaced_custom_object("kvol.dev", "v1alpha1", namespace, "volumes")
+            return any((v.get("status") or {}).get("volumeId") for v in items["items"])
+
+        wait_for(started, 30, "reconciliation to be under way", interval=0.005)
         op.stop(signal.SIGKILL)
     finally:
         op.kill()
@@ -521,3 +523,37 @@ def test_operator_works_with_the_shipped_rbac_only(
         assert "Forbidden" not in log and " 403" not in log, log
     finally:
         op.stop()
+
+
+def test_backend_spec_the_operator_refuses_is_invalid(cluster: Cluster, operator: Operator) -> None:
+    name = "no-host"
+    cluster.kubectl(
+        "apply",
+        "-f",
+        "-",
+        input=f"""
+apiVersion: kvol.dev/v1alpha1
+kind: VolumeBackend
+metadata: {{name: {name}}}
+spec:
+  type: s3
+  s3: {{bucket: abc, endpoint: "http://"}}
+""",
+    )
+    backend = wait_for(
+        lambda: (
+            (b := cluster.get_json("volumebackend", name))
+            and (b.get("status") or {}).get("phase") == "Invalid"
+            and b
+        ),
+        15,
+        "the backend to be Invalid",
+    )
+    (cond,) = backend["status"]["conditions"]
+    assert (cond["type"], cond["status"], cond["reason"]) == (
+        "Reachable",
+        "False",
+        "BackendInvalid",
+    )
+    assert "endpoint" in cond["message"]
+    cluster.kubectl("delete", "volumebackend", name)
