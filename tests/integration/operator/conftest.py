@@ -17,6 +17,7 @@ from tests.integration.operator.cluster import (
 from tests.minio import minio, s3_bucket  # noqa: F401  (fixtures)
 from tests.tools import tool
 
+
 @pytest.fixture(scope="session")
 def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
     etcd = tool("etcd", "install-etcd.sh")
