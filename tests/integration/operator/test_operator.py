@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import re
 import signal
+import subprocess
 import time
 import urllib.request
 from pathlib import Path
@@ -399,11 +400,27 @@ def test_operator_killed_mid_reconcile_converges(
     docs = "---\n".join(volume_yaml(f"v{i}") for i in range(count))
     op = Operator(cluster, tmp_path / "first")
     op.start()
+    api = kubernetes.client.CustomObjectsApi(cluster.api)
+    applying = subprocess.Popen(
+        [
+            cluster.kubectl_binary,
+            f"--kubeconfig={cluster.kubeconfig}",
+            "apply",
+            "-n",
+            namespace,
+            "-f",
+            "-",
+        ],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.DEVNULL,
+        text=True,
+    )
     try:
-        _apply(cluster, namespace, docs)
-
-        # Kill it as soon as the first volume has an id: the rest are mid-way or untouched.
-        api = kubernetes.client.CustomObjectsApi(cluster.api)
+        assert applying.stdin is not None
+        applying.stdin.write(docs)
+        applying.stdin.close()
+        # Kill it as soon as the first volume has an id, while kubectl still creates the
+        # rest: some are mid-way, some untouched.
 
         def started() -> bool:
             items = api.list_namespaced_custom_object("kvol.dev", "v1alpha1", namespace, "volumes")
@@ -413,7 +430,9 @@ def test_operator_killed_mid_reconcile_converges(
         op.stop(signal.SIGKILL)
     finally:
         op.kill()
+    assert applying.wait(timeout=60) == 0
     items = cluster.get_json("volumes", "-n", namespace)["items"]
+    assert len(items) == count
     not_ready = [v for v in items if (v.get("status") or {}).get("phase") != "Ready"]
     assert not_ready, "the operator finished before it was killed: nothing was mid-way"
     again = Operator(cluster, tmp_path / "second")
