@@ -198,6 +198,12 @@ def volume_crd() -> dict[str, Any]:
                 "message": "spec.version is immutable: create a new Volume to change it",
             },
             {
+                "rule": "has(self.limits) == has(oldSelf.limits) && "
+                "(!has(self.limits) || self.limits == oldSelf.limits)",
+                "message": "spec.limits is immutable: they are fixed in the volume's metadata "
+                "when it is created",
+            },
+            {
                 "rule": "has(self.backend) == has(oldSelf.backend) && "
                 "(!has(self.backend) || self.backend == oldSelf.backend)",
                 "message": "spec.backend is immutable: the data lives in that backend",

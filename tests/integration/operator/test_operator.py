@@ -106,6 +106,16 @@ def test_immutable_fields_are_refused_on_update(cluster: Cluster, namespace: str
         check=False,
     )
     assert "spec.backend is immutable" in result.stderr, result.stderr
+    result = cluster.kubectl(
+        "apply",
+        "-n",
+        namespace,
+        "-f",
+        "-",
+        input=volume_yaml("fixed", limits="{maxFiles: 10}"),
+        check=False,
+    )
+    assert "spec.limits is immutable" in result.stderr, result.stderr
 
 
 def test_bad_backend_yaml_is_refused(cluster: Cluster) -> None:
