@@ -266,6 +266,8 @@ def start_apiserver(
             f"--service-account-key-file={sa_key}",
             f"--service-account-signing-key-file={sa_key}",
             "--authorization-mode=RBAC",
+            # As in every real cluster: the node plugin's DaemonSet runs privileged.
+            "--allow-privileged=true",
             f"--token-auth-file={tokens}",
             # No controller-manager creates service accounts here; pods need none.
             "--disable-admission-plugins=ServiceAccount",

@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import subprocess
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 import yaml
@@ -23,22 +22,12 @@ pytestmark = pytest.mark.kube
 HELM_LABELS = ("helm.sh/chart", "app.kubernetes.io/managed-by")
 
 
-def privileged_apiserver(directory: Path) -> str:
-    """kube-apiserver that admits privileged containers, as every real cluster's does (its
-    default is to refuse them, and the node plugin must be privileged to mount into pods)."""
-    wrapper = directory / "kube-apiserver"
-    real = tool("kube-apiserver", "install-kube.sh")
-    wrapper.write_text(f'#!/bin/sh\nexec {real} "$@" --allow-privileged=true\n')
-    wrapper.chmod(0o755)
-    return str(wrapper)
-
-
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
     etcd = tool("etcd", "install-etcd.sh")
     kubectl = tool("kubectl", "install-kube.sh")
     directory = tmp_path_factory.mktemp("kube")
-    apiserver = privileged_apiserver(directory)
+    apiserver = tool("kube-apiserver", "install-kube.sh")
     with start_control_plane(etcd, apiserver, kubectl, directory) as c:
         install_crds(c)
         c.kubectl("create", "namespace", NAMESPACE)
