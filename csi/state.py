@@ -9,13 +9,13 @@ plugin reads it back and re-adopts every working copy.
 from __future__ import annotations
 
 import json
-import os
 import threading
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any, Literal
 
 from kvol.errors import CorruptData
+from kvol.fsops import write_atomically
 
 FORMAT = 1
 Phase = Literal["publishing", "published", "unpublishing"]
@@ -123,27 +123,3 @@ class StateFile:
             sort_keys=True,
         ).encode()
         write_atomically(self.path, body)
-
-
-def write_atomically(path: Path, body: bytes) -> None:
-    """Replace ``path`` with ``body``: temp file in the same directory, fsync, rename, fsync."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    try:
-        view = memoryview(body)
-        while view:
-            view = view[os.write(fd, view) :]
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    try:
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    dir_fd = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)

@@ -12,7 +12,6 @@ import gc
 import hashlib
 import json
 import os
-import secrets
 import struct
 import zlib
 from array import array
@@ -21,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from kvol.errors import CorruptData
+from kvol.fsops import write_atomically
 from kvol.model import HASH_RE, FileRecord, Part, State
 from kvol.paths import RESERVED
 
@@ -144,17 +144,7 @@ class Index:
     # -- persistence (atomic: temp file, fsync, rename) ---------------------------------------
 
     def save(self, path: Path) -> None:
-        data = _encode(self)
-        tmp = path.with_name(f"{path.name}.{secrets.token_hex(6)}.tmp")
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        try:
-            view = memoryview(data)
-            while view:
-                view = view[os.write(fd, view) :]
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        os.replace(tmp, path)
+        write_atomically(path, _encode(self))
 
     @classmethod
     def load(cls, path: Path) -> Index:
