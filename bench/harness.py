@@ -296,8 +296,10 @@ def run_scenario(
         verdict = {True: "PASS", False: "FAIL", None: "info"}[r.get("passed")]
         ratio = r.get("ratio")
         shown = f" ratio {ratio:.2f}" if isinstance(ratio, float) else ""
+        seconds = r["kvol_seconds"]
+        took = f"{seconds * 1000:.3f} ms" if seconds < 0.1 else f"{seconds:.3f} s"
         print(
-            f"bench:   {r['name']}: kvol {r['kvol_seconds']:.4f}s{shown} [{verdict}]",
+            f"bench:   {r['name']}: kvol {took}{shown} [{verdict}]",
             file=sys.stderr,
             flush=True,
         )
