@@ -171,6 +171,11 @@ class ContentWriter:
                     return
                 uploaded = self._chunked(handle, before)
             result.set_result(uploaded)
+        except (FileNotFoundError, IsADirectoryError, NotADirectoryError) as exc:
+            # Removed or replaced since the scan: that file's result says so, and the
+            # rest of the commit goes on (the next scan sees what is there now).
+            if not result.done():
+                result.set_exception(exc)
         except BaseException as exc:
             if not result.done():
                 result.set_exception(exc)
