@@ -457,7 +457,7 @@ class _Template:
         are shared; the entries holding them are the copy's own."""
         t = self.index
         fresh = Index(t.volume_id, t.base)
-        fresh.files = {p: IndexEntry(e.record, e.sig, e.racy) for p, e in t.files.items()}
+        fresh.files = {p: e.copy() for p, e in t.files.items()}
         fresh.dirs = set(t.dirs)
         fresh.explicit_dirs = set(t.explicit_dirs)
         return fresh
