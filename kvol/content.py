@@ -1,14 +1,13 @@
 """Moving file content to and from a store.
 
 Large files go up as fixed-size chunks ("blobs"), small files of one commit are packed
-together into one object ("packs"); both are named by their sha256, so a retried upload
+together into one object ("packs"); both are named by their BLAKE3 digest, so a retried upload
 finds its objects already there and identical content is stored once. Everything read
 back is checked against its hash before anyone sees it.
 """
 
 from __future__ import annotations
 
-import hashlib
 import mmap
 import os
 import threading
@@ -17,6 +16,8 @@ from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import BinaryIO, Protocol
+
+from blake3 import blake3
 
 from kvol import metrics
 from kvol.errors import CorruptData, NotFound
@@ -34,11 +35,17 @@ REFRESH_AFTER_SECONDS = 1800.0
 
 
 def digest(data: bytes | memoryview | mmap.mmap) -> str:
-    return hashlib.sha256(data).hexdigest()
+    """The content address of ``data``: BLAKE3, 256 bits, in hex.
+
+    BLAKE3 rather than sha256 because a commit hashes every byte it publishes: at ~4 GB/s
+    a core (sha256: ~1.6 GB/s with SHA extensions) hashing no longer bounds how fast large
+    files are committed. It releases the GIL, so chunks hash in parallel threads.
+    """
+    return blake3(data).hexdigest()
 
 
 def content_id(parts: Iterable[Part], single_digest: str | None = None) -> str:
-    """The id of a file's content: its sha256 when it has one part, else the sha256 of
+    """The id of a file's content: its digest when it has one part, else the digest of
     its parts' ids (so a large file is identified without hashing its bytes twice)."""
     parts = list(parts)
     if len(parts) <= 1:

@@ -155,7 +155,8 @@ class FileRecord:
     size: int
     mtime_ns: int
     mode: int
-    #: Content id: sha256 of the content for single-part files, of the part ids otherwise.
+    #: Content id: digest of the content for single-part files, of the part ids otherwise
+    #: (kvol.content.digest).
     hash: str
     parts: tuple[Part, ...]
 

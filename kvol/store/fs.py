@@ -51,15 +51,29 @@ def _copy_range(src: int, dst: int, offset: int, length: int) -> int:
     return done
 
 
-def _load_syncfs() -> ctypes._CFuncPtr | None:  # type: ignore[name-defined]
+def _load_libc(symbol: str) -> ctypes._CFuncPtr | None:  # type: ignore[name-defined]
     name = ctypes.util.find_library("c")
     if not name:
         return None
-    fn = getattr(ctypes.CDLL(name, use_errno=True), "syncfs", None)
-    return fn
+    return getattr(ctypes.CDLL(name, use_errno=True), symbol, None)
 
 
-_syncfs = _load_syncfs()
+_syncfs = _load_libc("syncfs")
+_sync_file_range = _load_libc("sync_file_range")
+if _sync_file_range is not None:
+    _sync_file_range.argtypes = [ctypes.c_int, ctypes.c_int64, ctypes.c_int64, ctypes.c_uint]
+_SYNC_FILE_RANGE_WRITE = 2
+
+
+def _start_writeback(fd: int) -> None:
+    """Start writing a file's dirty pages to disk without waiting for them.
+
+    Content is written long before the sync that precedes publishing; starting its
+    writeback at once overlaps the disk with the rest of the commit, so that sync finds
+    little left to do. Advisory: where unsupported, the sync does all the work.
+    """
+    if _sync_file_range is not None:
+        _sync_file_range(fd, 0, 0, _SYNC_FILE_RANGE_WRITE)
 
 
 class FilesystemStore(Store):
@@ -167,6 +181,8 @@ class FilesystemStore(Store):
                 view = view[written:]
             if fsync:
                 os.fsync(fd)
+            elif self.durable:
+                _start_writeback(fd)
         except BaseException:
             os.close(fd)
             tmp.unlink(missing_ok=True)
@@ -232,6 +248,8 @@ class FilesystemStore(Store):
         out = os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
         try:
             copied = _copy_range(fd, out, offset, length)
+            if copied and self.durable:
+                _start_writeback(out)
             if copied:
                 with mmap.mmap(out, copied, prot=mmap.PROT_READ) as view:
                     key = check_key(key_of(view))

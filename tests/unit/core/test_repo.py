@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import hashlib
 import os
 import threading
 import time
 from pathlib import Path
 
 import pytest
+from blake3 import blake3
 
 from kvol import codec
 from kvol.content import PACK_THRESHOLD, ContentWriter
@@ -129,7 +129,7 @@ def test_content_is_addressed_by_hash(chunked: Repo, store: CountingStore, tmp_p
     )
     assert objects
     for path in objects:
-        assert path.name == hashlib.sha256(path.read_bytes()).hexdigest()
+        assert path.name == blake3(path.read_bytes()).hexdigest()
         assert path.parent.name == path.name[:2]
     wc.close(final_commit=False)
 
