@@ -30,7 +30,7 @@ import pytest
 from obstore.store import S3Store as ObStore
 
 from kvol.store.s3 import S3Settings, S3Store
-from tests.tools import tool
+from tests.tools import stop_process, tool
 
 ACCESS_KEY = "kvol-test"
 SECRET_KEY = "kvol-test-secret"
@@ -169,13 +169,7 @@ class MinioServer:
     def _stop(self, sig: signal.Signals) -> None:
         if self.process is None:
             return
-        if self.process.poll() is None:
-            self.process.send_signal(sig)
-            try:
-                self.process.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
+        stop_process(self.process, sig)
         self.process = None
 
 

@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -27,3 +29,16 @@ def tool(name: str, script: str) -> str:
     pytest.fail(
         f"{name} is missing: run hack/{script} (it builds and caches it in {BIN})", pytrace=False
     )
+
+
+def stop_process(
+    process: subprocess.Popen[bytes] | subprocess.Popen[str], sig: signal.Signals
+) -> None:
+    """Send ``sig`` to a process still running, wait for it, and kill it after 30 s."""
+    if process.poll() is None:
+        process.send_signal(sig)
+        try:
+            process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()

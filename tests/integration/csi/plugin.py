@@ -17,6 +17,7 @@ import grpc
 
 from kvol.csi.proto import csi_pb2, csi_pb2_grpc
 from kvol.overlay import mounts_under, umount
+from tests.tools import stop_process
 
 REPO = Path(__file__).resolve().parents[3]
 MODE = csi_pb2.VolumeCapability.AccessMode
@@ -108,13 +109,7 @@ class Plugin:
             self.channel = None
         if self.process is None:
             return
-        if self.process.poll() is None:
-            self.process.send_signal(sig)
-            try:
-                self.process.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
+        stop_process(self.process, sig)
         self.process = None
 
 
