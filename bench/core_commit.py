@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import shutil
 import time
+from pathlib import Path
 
 from bench import baselines
 from bench.harness import Context, Measurement, Result, Scenario, Target, median_time, timed
 from bench.tree import write_large_files, write_small_files
 from bench.volumes import fresh_volume, is_durable
+from kvol.repo import Repo
 from kvol.workcopy import WorkingCopy
 
 #: Files written within this long before a scan are hashed again by the next one (kvol's
@@ -55,16 +57,22 @@ def commit_large(ctx: Context) -> list[Result]:
     ]
 
 
+def _twin_trees(ctx: Context, repo: Repo, files: int, file_size: int) -> tuple[WorkingCopy, Path]:
+    """A new working copy and a new git repository holding the same small files."""
+    root = ctx.workdir / "wc"
+    wc = WorkingCopy.create(repo, root)
+    git_tree = ctx.workdir / "git"
+    baselines.git_init(git_tree)
+    ctx.log(f"writing {files} files of {file_size} bytes, twice")
+    write_small_files(root, files, file_size)
+    write_small_files(git_tree, files, file_size)
+    return wc, git_tree
+
+
 def commit_small(ctx: Context) -> list[Result]:
     s = ctx.sizes
     with fresh_volume(ctx.store_url) as repo:
-        root = ctx.workdir / "wc"
-        wc = WorkingCopy.create(repo, root)
-        git_tree = ctx.workdir / "git"
-        baselines.git_init(git_tree)
-        ctx.log(f"writing {s.small_files} files of {s.small_file_size} bytes, twice")
-        write_small_files(root, s.small_files, s.small_file_size)
-        write_small_files(git_tree, s.small_files, s.small_file_size)
+        wc, git_tree = _twin_trees(ctx, repo, s.small_files, s.small_file_size)
         baselines.drop_dirty_pages()
         git = baselines.git_commit_all(git_tree)
         baselines.drop_dirty_pages()
@@ -85,13 +93,8 @@ def commit_small(ctx: Context) -> list[Result]:
 def commit_noop(ctx: Context) -> list[Result]:
     s = ctx.sizes
     with fresh_volume(ctx.store_url) as repo:
-        root = ctx.workdir / "wc"
-        wc = WorkingCopy.create(repo, root)
-        git_tree = ctx.workdir / "git"
-        baselines.git_init(git_tree)
-        ctx.log(f"writing {s.noop_files} files, twice")
-        write_small_files(root, s.noop_files, s.noop_file_size)
-        write_small_files(git_tree, s.noop_files, s.noop_file_size)
+        wc, git_tree = _twin_trees(ctx, repo, s.noop_files, s.noop_file_size)
+        root = wc.root
         written = time.monotonic()
         kvol_first = timed(lambda: _expect(wc.commit(), s.noop_files))
         git_first = baselines.git_commit_all(git_tree)
