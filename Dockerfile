@@ -2,6 +2,10 @@
 # One image for both components: the operator runs `kvol-operator`, the CSI node plugin
 # `kvol-csi`; the `kvol` CLI is there too. Build from the repository root:
 #   docker build -t kvol:dev .
+# or from another Python 3.11 base image (same in both stages):
+#   docker build --build-arg PYTHON_IMAGE=registry.example/python:3.11-slim -t kvol:dev .
+# Without docker or a registry, hack/build-image.sh builds the same contents from Debian's
+# python3.11 and imports them into the e2e cluster (hack/cluster-up.sh).
 ARG PYTHON_IMAGE=python:3.11-slim
 
 FROM ${PYTHON_IMAGE} AS build

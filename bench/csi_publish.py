@@ -120,7 +120,7 @@ def node(root: Path, store_url: str, layout: str) -> Iterator[Node]:
 def seed(ctx: Context, store_url: str, files: int, total: int) -> Path:
     """A volume ``data`` of ``files`` files adding up to ``total`` bytes; returns its tree."""
     store = open_store(store_url)
-    catalog = Catalog(store, scope=NAMESPACE)
+    catalog = Catalog.for_namespace(store, NAMESPACE)
     catalog.create("data")
     repo = catalog.repo("data")
     tree = ctx.workdir / "seed"

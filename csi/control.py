@@ -15,6 +15,14 @@ Failures answer with an HTTP status from one table (:data:`HTTP_STATUS`) and a b
 ``{"error": <kvol error class>, "message": ..., "retryable": bool}``; a busy reload adds
 ``"holders": [{"pid", "command", "path"}]``.
 
+One pod must not be able to starve the plugin that serves every pod of the node: each
+socket holds at most :data:`MAX_CONNECTIONS` connections and the process
+:data:`MAX_CONNECTIONS_TOTAL`; a connection past either bound is answered ``503``
+(``"error": "Overloaded"``, retryable) and closed. A request (line, headers and body) must
+arrive whole within :data:`REQUEST_TIMEOUT` seconds of connecting, or the connection is
+closed; every connection serves one request. Each connection has a thread of its own, so
+a long commit never holds up accepting the next one.
+
 The socket file itself lives in the plugin's state directory and its directory is bind
 mounted at ``<mount>/.kvol``, so socket paths stay under the kernel's 108-byte limit and
 nothing of it is ever part of the volume's data.
@@ -23,11 +31,14 @@ nothing of it is ever part of the volume's data.
 from __future__ import annotations
 
 import contextlib
+import io
 import json
 import logging
 import os
+import socket
 import socketserver
 import threading
+import time
 from collections.abc import Callable, Iterator
 from http.server import BaseHTTPRequestHandler
 from pathlib import Path
@@ -40,6 +51,14 @@ log = logging.getLogger(__name__)
 SOCKET_NAME = "control.sock"
 #: Largest request body accepted (a commit message).
 MAX_BODY = 64 * 1024
+#: Connections one control socket (one publication, so one pod) may hold at once.
+MAX_CONNECTIONS = 8
+#: Connections all control sockets of this process may hold at once.
+MAX_CONNECTIONS_TOTAL = 128
+#: Seconds a client has, from connecting, to send its whole request.
+REQUEST_TIMEOUT = 10.0
+#: Seconds a client has to take an answer (they are small: only a stalled reader waits).
+SEND_TIMEOUT = 10.0
 
 #: kvol error -> HTTP status. Most specific first: the first matching class wins.
 HTTP_STATUS: tuple[tuple[type[BaseException], int], ...] = (
@@ -84,6 +103,73 @@ def error_body(exc: BaseException) -> dict[str, Any]:
     return body
 
 
+class ConnectionBudget:
+    """A bound on connections open at once, shared by the sockets it is given to."""
+
+    def __init__(self, limit: int) -> None:
+        if limit < 1:
+            raise errors.InvalidArgument(f"a connection bound must be positive, not {limit}")
+        self.limit = limit
+        self._lock = threading.Lock()
+        self._used = 0
+
+    def take(self) -> bool:
+        with self._lock:
+            if self._used >= self.limit:
+                return False
+            self._used += 1
+            return True
+
+    def give(self) -> None:
+        with self._lock:
+            self._used -= 1
+
+    @property
+    def used(self) -> int:
+        with self._lock:
+            return self._used
+
+
+#: The bound of :data:`MAX_CONNECTIONS_TOTAL`, shared by every socket of this process.
+PROCESS_BUDGET = ConnectionBudget(MAX_CONNECTIONS_TOTAL)
+
+_OVERLOADED = json.dumps(
+    {
+        "error": "Overloaded",
+        "message": "too many connections to the kvol control socket; retry shortly",
+        "retryable": True,
+    },
+    sort_keys=True,
+).encode()
+_OVERLOADED_RESPONSE = (
+    b"HTTP/1.1 503 Service Unavailable\r\n"
+    b"Content-Type: application/json\r\n"
+    b"Retry-After: 1\r\n"
+    b"Connection: close\r\n"
+    b"Content-Length: " + str(len(_OVERLOADED) + 1).encode() + b"\r\n\r\n" + _OVERLOADED + b"\n"
+)
+
+
+class _DeadlineReader(io.RawIOBase):
+    """Reads a socket until a deadline for all reads together, not per read: a client
+    trickling a byte at a time is cut off as surely as a silent one."""
+
+    def __init__(self, sock: socket.socket, deadline: float) -> None:
+        super().__init__()
+        self._sock = sock
+        self._deadline = deadline
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        remaining = self._deadline - time.monotonic()
+        if remaining <= 0:
+            raise TimeoutError("the request did not arrive in time")
+        self._sock.settimeout(remaining)
+        return self._sock.recv_into(buffer)
+
+
 @contextlib.contextmanager
 def _short_path(path: Path) -> Iterator[str]:
     """A path naming ``path`` that fits a unix socket address, however deep ``path`` is.
@@ -108,6 +194,19 @@ class _Handler(BaseHTTPRequestHandler):
 
     def address_string(self) -> str:  # unix sockets have no peer address
         return "pod"
+
+    def setup(self) -> None:
+        super().setup()
+        self.rfile.close()  # replaced by one that reads against the request's deadline
+        deadline = time.monotonic() + self.server.request_timeout
+        self.rfile = io.BufferedReader(_DeadlineReader(self.connection, deadline))
+
+    def handle(self) -> None:
+        try:
+            self.handle_one_request()  # one request per connection: none lingers idle
+        except OSError as exc:  # timed out, or the client went away
+            log.debug("control %s: connection dropped: %s", self.server.label, exc)
+        self.close_connection = True
 
     def log_message(self, format: str, *args: Any) -> None:
         log.debug("control %s: " + format, self.server.label, *args)
@@ -142,7 +241,12 @@ class _Handler(BaseHTTPRequestHandler):
         if length < 0 or length > MAX_BODY:
             self._send(400, {"error": "InvalidArgument", "message": "bad Content-Length"})
             return None
-        raw = self.rfile.read(length) if length else b""
+        try:
+            raw = self.rfile.read(length) if length else b""
+        except OSError as exc:
+            log.debug("control %s: request body not read: %s", self.server.label, exc)
+            self.close_connection = True
+            return None
         if not raw.strip():
             return {}
         try:
@@ -155,6 +259,17 @@ class _Handler(BaseHTTPRequestHandler):
         return data
 
     def _answer(self, action: Callable[[], dict[str, Any]]) -> None:
+        if not self.server.begin_action():
+            # The socket is closing (the volume is being unpublished): act on nothing.
+            self._send(
+                503,
+                {
+                    "error": "Closing",
+                    "message": "the volume is being unpublished",
+                    "retryable": False,
+                },
+            )
+            return
         try:
             result = action()
         except Exception as exc:
@@ -167,13 +282,18 @@ class _Handler(BaseHTTPRequestHandler):
                 log.info("control %s: %s %s: %s", self.server.label, self.command, self.path, exc)
             self._send(status, error_body(exc))
             return
+        finally:
+            self.server.end_action()
         self._send(200, result)
 
     def _send(self, status: int, body: dict[str, Any]) -> None:
         data = json.dumps(body, sort_keys=True).encode() + b"\n"
+        self.connection.settimeout(SEND_TIMEOUT)
+        self.close_connection = True
         self.send_response(status)
         self.send_header("Content-Type", "application/json")
         self.send_header("Content-Length", str(len(data)))
+        self.send_header("Connection", "close")
         self.end_headers()
         self.wfile.write(data)
 
@@ -182,24 +302,107 @@ class _UnixHTTPServer(socketserver.ThreadingMixIn, socketserver.UnixStreamServer
     daemon_threads = True
     block_on_close = False
 
-    def __init__(self, path: Path, target: ControlTarget, label: str) -> None:
+    def __init__(
+        self,
+        path: Path,
+        target: ControlTarget,
+        label: str,
+        *,
+        max_connections: int,
+        budget: ConnectionBudget,
+        request_timeout: float,
+    ) -> None:
         self.path = path
         self.target = target
         self.label = label
+        self.own = ConnectionBudget(max_connections)
+        self.budget = budget
+        self.request_timeout = request_timeout
+        self._actions = threading.Condition()
+        self._running_actions = 0
+        self._closing = False
         super().__init__(str(path), _Handler, bind_and_activate=True)
 
     def server_bind(self) -> None:
         with _short_path(self.path) as address:
             self.socket.bind(address)
 
+    # -- bounds: checked in the accepting thread, before a thread is started ---------------
+
+    def process_request(self, request: Any, client_address: Any) -> None:
+        if not self.own.take():
+            self._refuse(request)
+            return
+        if not self.budget.take():
+            self.own.give()
+            self._refuse(request)
+            return
+        try:
+            super().process_request(request, client_address)
+        except BaseException:
+            self._release()
+            raise
+
+    def process_request_thread(self, request: Any, client_address: Any) -> None:
+        try:
+            super().process_request_thread(request, client_address)
+        finally:
+            self._release()
+
+    def _release(self) -> None:
+        self.budget.give()
+        self.own.give()
+
+    def _refuse(self, request: socket.socket) -> None:
+        log.warning("control %s: too many connections, refused one", self.label)
+        try:
+            # A fresh socket's send buffer takes these few bytes at once; never wait.
+            request.setblocking(False)
+            request.send(_OVERLOADED_RESPONSE)
+        except OSError:
+            pass
+        self.shutdown_request(request)
+
+    # -- actions: none starts once the socket is closing, and closing waits for them ------
+
+    def begin_action(self) -> bool:
+        with self._actions:
+            if self._closing:
+                return False
+            self._running_actions += 1
+            return True
+
+    def end_action(self) -> None:
+        with self._actions:
+            self._running_actions -= 1
+            self._actions.notify_all()
+
+    def close_actions(self) -> None:
+        with self._actions:
+            self._closing = True
+            while self._running_actions:
+                self._actions.wait()
+
 
 class ControlServer:
     """Serves one working copy's control socket from a background thread."""
 
-    def __init__(self, socket_path: str | Path, target: ControlTarget, label: str = "") -> None:
+    def __init__(
+        self,
+        socket_path: str | Path,
+        target: ControlTarget,
+        label: str = "",
+        *,
+        max_connections: int = MAX_CONNECTIONS,
+        budget: ConnectionBudget = PROCESS_BUDGET,
+        request_timeout: float | None = None,
+    ) -> None:
         self.path = Path(socket_path)
         self.target = target
         self.label = label or str(self.path)
+        self.max_connections = max_connections
+        self.budget = budget
+        self.request_timeout = request_timeout
         self._server: _UnixHTTPServer | None = None
         self._thread: threading.Thread | None = None
 
@@ -211,7 +414,16 @@ class ControlServer:
         with contextlib.suppress(FileNotFoundError):
             if self.path.is_socket():
                 self.path.unlink()
-        self._server = _UnixHTTPServer(self.path, self.target, self.label)
+        self._server = _UnixHTTPServer(
+            self.path,
+            self.target,
+            self.label,
+            max_connections=self.max_connections,
+            budget=self.budget,
+            request_timeout=REQUEST_TIMEOUT
+            if self.request_timeout is None
+            else self.request_timeout,
+        )
         os.chmod(self.path, 0o666)  # containers may run as any user
         self._thread = threading.Thread(
             target=self._server.serve_forever,
@@ -230,6 +442,9 @@ class ControlServer:
         server.server_close()
         if thread is not None:
             thread.join(timeout=5)
+        # A request accepted before the socket closed must not act on the copy after
+        # this returns (the caller may be about to make the final commit and remove it).
+        server.close_actions()
         with contextlib.suppress(FileNotFoundError):
             self.path.unlink()
 

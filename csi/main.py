@@ -13,6 +13,7 @@ from pathlib import Path
 
 from prometheus_client import start_http_server
 
+from kvol.csi import registration
 from kvol.csi.identity import DRIVER_NAME, IdentityService
 from kvol.csi.node import NodeConfig, NodeService
 from kvol.csi.resolver import DEFAULT_AUTOCOMMIT_SECONDS, StaticResolver
@@ -78,6 +79,7 @@ def parser() -> argparse.ArgumentParser:
         help="background commit interval when the volume does not set one (%(default)s)",
     )
     p.add_argument("--log-level", default="INFO", choices=("DEBUG", "INFO", "WARNING", "ERROR"))
+    registration.add_arguments(p)
     return p
 
 
@@ -112,6 +114,8 @@ def main(argv: list[str] | None = None) -> int:
         args.endpoint, {"Identity": identity, "Node": node}, driver_name=args.driver_name
     )
     ready.set()
+    # After the CSI socket answers: the kubelet calls it as soon as it registers the driver.
+    extras = registration.start(args, args.driver_name, args.endpoint, socket_path(args.endpoint))
     log.info(
         "serving %s on %s (node %s, %s working copies, state in %s)",
         args.driver_name,
@@ -124,6 +128,7 @@ def main(argv: list[str] | None = None) -> int:
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
     stop.wait()
+    extras.stop()
     log.info("stopping: mounts stay in place for the next plugin process")
     server.stop(grace=10).wait()
     node.shutdown()

@@ -16,6 +16,9 @@ from pathlib import Path
 from kvol.errors import KvolError
 from kvol.overlay import (
     MS_BIND,
+    MS_NODEV,
+    MS_NOEXEC,
+    MS_NOSUID,
     MS_RDONLY,
     MS_REMOUNT,
     MountError,
@@ -44,18 +47,27 @@ class LiveMount(KvolError):
     retryable = True
 
 
-def bind(source: str | Path, target: str | Path, *, readonly: bool = False) -> None:
-    """Bind-mount ``source`` at ``target`` (read-only if asked); no-op if already mounted."""
-    if is_mountpoint(target):
-        return
-    mount(str(source), target, None, MS_BIND)
+def bind(
+    source: str | Path, target: str | Path, *, readonly: bool = False, noexec: bool = False
+) -> None:
+    """Bind-mount ``source`` at ``target``, always ``nosuid,nodev`` (and read-only or
+    ``noexec`` if asked). Mounting what is mounted only makes sure of its flags."""
+    fresh = not is_mountpoint(target)
+    if fresh:
+        mount(str(source), target, None, MS_BIND)
+    # A bind mount takes its flags from a second, remounting call (the first ignores
+    # them). Setuid and setgid bits and device files from a volume are never honoured.
+    flags = MS_REMOUNT | MS_BIND | MS_NOSUID | MS_NODEV
     if readonly:
-        try:
-            # The read-only flag of a bind mount is set by a second, remounting call.
-            mount("none", target, None, MS_REMOUNT | MS_BIND | MS_RDONLY)
-        except MountError:
+        flags |= MS_RDONLY
+    if noexec or os.statvfs(target).f_flag & os.ST_NOEXEC:
+        flags |= MS_NOEXEC  # kept if the source had it: a remount sets every flag anew
+    try:
+        mount("none", target, None, flags)
+    except MountError:
+        if fresh:
             unmount(target)
-            raise
+        raise
 
 
 def is_readonly_mount(target: str | Path) -> bool:

@@ -8,6 +8,10 @@ succeeded: an unreachable store fails the call, the kubelet retries, nothing is 
 
 Every step is idempotent and recorded in the host state before it is taken, so a call
 repeated after a failure, or after the plugin restarted, finishes what the first began.
+The phase decides what a leftover copy may be used for: a copy still "publishing" was
+never shown to a pod and is discarded; a "published" one is re-adopted and committed; one
+"tearing-down" (its final commit succeeded, removal may have begun, so it may be partly
+gone) is never committed or served again, only removed.
 """
 
 from __future__ import annotations
@@ -31,7 +35,7 @@ from kvol.csi.locks import VolumeLocks
 from kvol.csi.mounts import LiveMount, MountError
 from kvol.csi.proto import csi_pb2
 from kvol.csi.resolver import Resolver
-from kvol.csi.state import Publication, StateFile
+from kvol.csi.state import TEARING_DOWN, Publication, StateFile
 from kvol.errors import CorruptData, InvalidArgument, KvolError
 from kvol.overlay import ContentCache, Lower, Lowers, OverlayWorkingCopy, overlay_supported
 from kvol.repo import Repo
@@ -153,6 +157,8 @@ class NodeService:
         for pub in self.state.all():
             try:
                 with self.locks.hold(pub.volume_id, "re-adoption"):
+                    if self._finish_abandoned(pub):
+                        continue
                     self._activate(pub, self.resolver_repo(pub))
                 log.info(
                     "re-adopted %s/%s at %s (base seq %s)",
@@ -168,6 +174,23 @@ class NodeService:
         self._drop_leftover_lowers()
         return failed
 
+    def _finish_abandoned(self, pub: Publication) -> bool:
+        """Remove, without any commit, a copy whose data is safe or never existed: one
+        whose teardown began (it may be half removed: committing it would publish the
+        missing files as deletions) or whose publish never finished (no pod saw it).
+        Returns whether ``pub`` was such a copy (and is now gone)."""
+        if pub.phase not in (TEARING_DOWN, "publishing"):
+            return False
+        self._teardown(pub, self._live.get(pub.target_path))
+        log.info(
+            "removed the copy of %s/%s at %s left %s",
+            pub.namespace,
+            pub.name,
+            pub.target_path,
+            "half torn down" if pub.phase == TEARING_DOWN else "half published",
+        )
+        return True
+
     def _drop_leftover_lowers(self) -> None:
         """Snapshots no publication uses (their last one went while no plugin ran), and
         half-built ones of an interrupted build."""
@@ -175,7 +198,7 @@ class NodeService:
             used = {p.lower for p in self.state.all()}
             for lower in self.lowers.all():
                 if lower.key not in used:
-                    self.lowers.drop(lower)
+                    self._drop_lower(lower)
             for partial in self.lowers.root.glob(f"*/{fsops.TEMP_PREFIX}*"):
                 mounts.remove_tree(partial)
 
@@ -228,6 +251,8 @@ class NodeService:
         sub_path = paths.normalize(context.get(ATTR_SUB_PATH, ""), allow_root=True)
         with self.locks.hold(volume_id, "NodePublishVolume"):
             existing = self.state.get(target)
+            if existing is not None and self._finish_abandoned(existing):
+                existing = None  # published again from scratch below
             if existing is not None:
                 if (existing.volume_id, existing.readonly, existing.sub_path) != (
                     volume_id,
@@ -297,18 +322,30 @@ class NodeService:
                 raise NotPublished(
                     f"volume {volume_id} is not published at {target} (it holds {pub.volume_id})"
                 )
+            if pub.phase == TEARING_DOWN:
+                # The final commit succeeded before a failure or a restart; the copy may
+                # be partly removed: finish removing it, and never commit it.
+                self._teardown(pub, self._live.get(target))
+                log.info("finished unpublishing %s/%s from %s", pub.namespace, pub.name, target)
+                return csi_pb2.NodeUnpublishVolumeResponse()
             live = self._live.get(target) or self._activate(pub, self.resolver_repo(pub))
             live.pause()
             try:
                 result = self._final_commit(live)
+                self._unmount_target(pub)
+                # Once the pod's view is gone nothing can write to the copy: what was
+                # written between the final commit and the unmount is committed now.
+                later = self._final_commit(live)
             except Exception:
-                live.start()  # still published: keep serving and committing
+                self._resume(live)  # still published: keep serving and committing
                 raise
-            try:
-                self._teardown(pub, live)
-            except Exception:
-                live.start()
-                raise
+            result = later if later is not None else result
+            # Durable before anything is removed: a copy from here on may be half gone,
+            # and a restarted plugin or a retried call must only finish removing it.
+            pub = pub.with_phase(TEARING_DOWN)
+            self.state.put(pub)
+            live.pub = pub
+            self._teardown(pub, live)
             log.info(
                 "unpublished %s/%s from %s (final commit: %s)",
                 pub.namespace,
@@ -374,7 +411,7 @@ class NodeService:
         target.mkdir(parents=True, exist_ok=True)
         live.start()
         mounts.bind(source, target, readonly=pub.readonly)
-        mounts.bind(live.control.path.parent, target / paths.RESERVED)
+        mounts.bind(live.control.path.parent, target / paths.RESERVED, noexec=True)
         if pub.phase != "published":
             pub = pub.with_phase("published")
             self.state.put(pub)
@@ -436,12 +473,16 @@ class NodeService:
             f"{', '.join(result.deferred[:5])}; will retry"
         )
 
-    def _teardown(self, pub: Publication, live: Live | None) -> None:
-        """Unmount and remove everything of a publication whose data is safe (or was
-        never shown to a pod), then forget it."""
+    def _resume(self, live: Live) -> None:
+        """Serve a publication again after its unpublish failed, with its socket in place."""
+        live.start()
+        target = Path(live.pub.target_path)
+        if mounts.is_mountpoint(target):
+            mounts.bind(live.control.path.parent, target / paths.RESERVED, noexec=True)
+
+    def _unmount_target(self, pub: Publication) -> None:
+        """Take the pod's view away: its control socket, then its mount of the copy."""
         target = Path(pub.target_path)
-        if live is not None:
-            live.pause()
         mounts.unmount(target / paths.RESERVED)
         try:
             mounts.unmount(target)
@@ -449,17 +490,27 @@ class NodeService:
             if exc.errno != errno.EBUSY:
                 raise
             raise LiveMount(
-                f"{target} is still in use (its data is committed); retry once the pod's "
-                "processes are gone"
+                f"{target} is still in use; retry once the pod's processes are gone"
             ) from exc
+
+    def _teardown(self, pub: Publication, live: Live | None) -> None:
+        """Unmount and remove everything of a publication whose data is safe (or was
+        never shown to a pod), then forget it."""
+        target = Path(pub.target_path)
+        if live is not None:
+            # Never served or committed again, even if a removal step below fails.
+            live.pause()
+            live.wc.close(final_commit=False)
+            with self._live_lock:
+                if self._live.get(pub.target_path) is live:
+                    del self._live[pub.target_path]
+        self._unmount_target(pub)
         try:
             mounts.remove_dir(target)
         except OSError as exc:  # something wrote into the directory under the mount
             log.warning("left %s in place: %s", target, exc)
-        if live is not None:
-            live.wc.close(final_commit=False)
-            if isinstance(live.wc, OverlayWorkingCopy):
-                live.wc.unmount()
+        if live is not None and isinstance(live.wc, OverlayWorkingCopy):
+            live.wc.unmount()
         workdir = Path(pub.workdir)
         if workdir.exists():
             mounts.unmount_tree(workdir)  # e.g. an overlay mounted by a previous process
@@ -477,7 +528,14 @@ class NodeService:
             volume_id, _, seq = key.partition("/")
             lower = self.lowers.get(volume_id, int(seq))
             if lower is not None:
-                self.lowers.drop(lower)
+                self._drop_lower(lower)
+
+    def _drop_lower(self, lower: Lower) -> None:
+        try:
+            self.lowers.drop(lower)
+        except MountError as exc:
+            # Something this plugin has no record of still sits on it: keep it.
+            log.warning("kept snapshot %s: %s", lower.key, exc)
 
 
 def _required(value: str, field: str) -> str:

@@ -1,8 +1,9 @@
 """From what a pod asks for (a volume name in its namespace) to a volume in a store.
 
 The static resolver serves a node whose plugin was given one store (``--store``): names
-are looked up in that store's catalog under the pod's namespace, where the operator (or
-``kvol volume create`` with that scope) writes them.
+are looked up in that store's catalog under the pod's namespace, where the operator writes
+them. A namespace's names never include those of the CLI and SDK (see kvol.catalog), so
+no namespace, not even one called ``main``, reaches volumes made outside the cluster.
 """
 
 from __future__ import annotations
@@ -56,7 +57,7 @@ class StaticResolver:
 
     def resolve(self, name: str, namespace: str, backend: str = "") -> Resolved:
         store = self.store(backend)
-        meta = Catalog(store, scope=namespace).lookup(name)
+        meta = Catalog.for_namespace(store, namespace).lookup(name)
         return Resolved(
             name=name,
             namespace=namespace,

@@ -18,8 +18,15 @@ from kvol.errors import CorruptData
 from kvol.fsops import write_atomically
 
 FORMAT = 1
-Phase = Literal["publishing", "published", "unpublishing"]
-PHASES = ("publishing", "published", "unpublishing")
+#: A publication's phase, recorded before the step it names is taken:
+#: "publishing" until the pod's mount is in place (no pod has seen the copy, so a copy
+#: left in this phase holds nothing to keep); "published" while a pod may write to it;
+#: "tearing-down" once its final commit succeeded and removal may have begun: from then on
+#: the copy may be partly removed, so it is never committed or served again, only removed.
+#: ("unpublishing" is read for records of older versions and treated as "published".)
+Phase = Literal["publishing", "published", "unpublishing", "tearing-down"]
+PHASES = ("publishing", "published", "unpublishing", "tearing-down")
+TEARING_DOWN: Phase = "tearing-down"
 
 
 @dataclass(frozen=True)

@@ -1,19 +1,22 @@
 #!/usr/bin/env bash
-# Build kube-apiserver and kubectl from the k8s.io/kubernetes Go module, pinned and cached.
+# Build the Kubernetes binaries the tests run from the k8s.io/kubernetes Go module, pinned
+# and cached: kube-apiserver and kubectl (operator and manifest tests), and kubelet,
+# kube-controller-manager and kube-scheduler (the e2e cluster, hack/cluster-up.sh).
 #
 # k8s.io/kubernetes points its staging modules (k8s.io/api, k8s.io/client-go, ...) at
 # ./staging/src with replace directives, so `go install` refuses it. A small wrapper module
 # requires k8s.io/kubernetes and replaces each staging module with its published release
 # (k8s.io/api v0.<minor>.<patch> for kubernetes v1.<minor>.<patch>).
 #
-# Usage: hack/install-kube.sh [BINARY...]   (default: kube-apiserver kubectl)
-# Other binaries of the same release (kubelet, kube-scheduler, ...) can be named too; each
-# is cached on its own, so asking for more later rebuilds nothing already built.
+# Usage: hack/install-kube.sh [BINARY...]   (default: all five above)
+# Other binaries of the same release can be named too; each is cached on its own, so asking
+# for more later rebuilds nothing already built.
 source "$(dirname "$0")/lib.sh"
 
 KUBE_VERSION="${KUBE_VERSION:-v1.35.4}"
 binaries=("$@")
-[ ${#binaries[@]} -gt 0 ] || binaries=(kube-apiserver kubectl)
+[ ${#binaries[@]} -gt 0 ] ||
+  binaries=(kube-apiserver kubectl kubelet kube-controller-manager kube-scheduler)
 
 dest="$KVOL_CACHE/tools/kube-$KUBE_VERSION"
 missing=()

@@ -4,14 +4,39 @@ Large files go up as fixed-size chunks ("blobs"), small files of one commit are 
 together into one object ("packs"); both are named by their BLAKE3 digest, so a retried upload
 finds its objects already there and identical content is stored once. Everything read
 back is checked against its hash before anyone sees it.
+
+Content ids. A file of one part is identified by the digest of its bytes; a file of several
+parts by a digest of its size and its parts' ids in BLAKE3's key-derivation mode, another
+domain than plain digests: no file's bytes can have the id of another file's part list.
+Volumes written before kept an id of the bare part list; it is still accepted when
+reading (:func:`matches_content_id`), and reused content must match in size as well.
+
+Renewal protocol (with garbage collection, :meth:`kvol.repo.Repo.gc`). Objects age by the
+store's clock (:meth:`kvol.store.Store.now`). Collection deletes an object only if no
+entry of the log refers to it and it is dated more than its grace before the collection
+started reading the log, re-checked right before the delete. A commit may publish objects
+it did not write just now (orphans of a failed commit, reused by name), or wrote long
+ago (a slow upload): every object a commit stores or reuses is noted with when it was
+last known fresh, and :func:`renew_before_publish`, called by the publish itself, renews
+each one not known fresh within ``REFRESH_AFTER_SECONDS``. The entry then lands within
+the same span after that check (a publish is a few requests), so every object it names
+is younger than ``2 * REFRESH_AFTER_SECONDS`` when it lands: collection refuses any grace
+shorter than that (:func:`min_gc_grace`). A collection that read the log before the entry
+landed therefore finds each of its objects within the grace, and one that read it after
+finds the entry. Objects that published entries name (content reused from the volume's
+own files, a restore's records) need none of this: collection keeps whatever any entry
+refers to. On S3 the re-check and the delete are two requests, so a renewal landing in
+the instant between them is not seen; on a filesystem the object is moved aside and
+looked at there, which closes that window.
 """
 
 from __future__ import annotations
 
+import math
 import mmap
 import os
 import threading
-import time
+import weakref
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
@@ -20,18 +45,28 @@ from typing import BinaryIO, Protocol
 from blake3 import blake3
 
 from kvol import metrics
-from kvol.errors import CorruptData, NotFound
+from kvol.errors import Conflict, CorruptData, NotFound
 from kvol.layout import VolumeKeys
 from kvol.model import FileRecord, Part
 from kvol.store import FilesystemStore, Store
+from kvol.store.base import elapsed_clock
 
 #: Files up to this size are packed with others; larger ones are chunked.
 PACK_THRESHOLD = 256 * 1024
 #: A pack is sent once it holds this much.
 PACK_TARGET = 16 * 1024 * 1024
 DEFAULT_CHUNK_SIZE = 8 * 1024 * 1024
-#: Half of garbage collection's default grace period (kvol.repo.DEFAULT_GC_GRACE_SECONDS).
+#: An object not known to be younger than this (store clock) is renewed before a commit
+#: publishes it; half of the shortest grace garbage collection accepts.
 REFRESH_AFTER_SECONDS = 1800.0
+#: Key-derivation context of multi-part content ids (a domain of its own, see above).
+_MULTI_PART_CONTEXT = "kvol 2026-11-30 content id of a file of several parts"
+
+
+def min_gc_grace() -> float:
+    """The shortest grace garbage collection may use: a renewal's threshold, plus as long
+    again for the publish that follows it (see the renewal protocol above)."""
+    return 2 * REFRESH_AFTER_SECONDS
 
 
 def digest(data: bytes | memoryview | mmap.mmap) -> str:
@@ -45,14 +80,109 @@ def digest(data: bytes | memoryview | mmap.mmap) -> str:
 
 
 def content_id(parts: Iterable[Part], single_digest: str | None = None) -> str:
-    """The id of a file's content: its digest when it has one part, else the digest of
-    its parts' ids (so a large file is identified without hashing its bytes twice)."""
+    """The id of a file's content: its digest when it has one part, else a digest of its
+    size and its parts' ids in a domain of its own (so a large file is identified without
+    hashing its bytes twice, and never shares an id with another file's bytes)."""
     parts = list(parts)
     if len(parts) <= 1:
         if single_digest is not None:
             return single_digest
         return parts[0].obj if parts else digest(b"")
+    size = sum(p.length for p in parts)
+    hasher = blake3(derive_key_context=_MULTI_PART_CONTEXT)
+    hasher.update(size.to_bytes(8, "little"))
+    for part in parts:
+        hasher.update(bytes.fromhex(part.obj))
+    return hasher.hexdigest()
+
+
+def _legacy_content_id(parts: list[Part]) -> str:
+    # Multi-part ids of volumes written before the domains were separated.
     return digest(b"".join(bytes.fromhex(p.obj) for p in parts))
+
+
+def matches_content_id(record: FileRecord) -> bool:
+    """Does a multi-part record's id match its parts (either id scheme)? Single-part
+    records are checked against their bytes when read."""
+    parts = list(record.parts)
+    if len(parts) <= 1:
+        return True
+    return record.hash in (content_id(parts), _legacy_content_id(parts))
+
+
+# -- freshness of what commits publish (the renewal protocol) -----------------------------
+
+
+class _Freshness:
+    """Objects of this process's commits not yet published: key -> the time (on
+    :func:`elapsed_clock`) since which the object is known to be dated (by the store's
+    clock) at least that recently."""
+
+    #: Past this many, notes older than a day go: orphans of failed commits, whose
+    #: objects a later commit that reuses them notes again anyway.
+    LIMIT = 1_000_000
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._since: dict[str, float] = {}
+
+    def note(self, key: str, since: float) -> None:
+        with self._lock:
+            if since > self._since.get(key, -math.inf):
+                self._since[key] = since
+            if len(self._since) > self.LIMIT:
+                old = elapsed_clock() - 86400
+                self._since = {k: v for k, v in self._since.items() if v > old}
+
+    def stale(self, keys: Iterable[str], threshold: float) -> list[str]:
+        before = elapsed_clock() - threshold
+        with self._lock:
+            return [k for k in keys if self._since.get(k, math.inf) < before]
+
+    def forget(self, keys: Iterable[str]) -> None:
+        with self._lock:
+            for key in keys:
+                self._since.pop(key, None)
+
+
+_FRESHNESS: weakref.WeakKeyDictionary[Store, _Freshness] = weakref.WeakKeyDictionary()
+_FRESHNESS_LOCK = threading.Lock()
+
+
+def _freshness(store: Store) -> _Freshness:
+    with _FRESHNESS_LOCK:
+        found = _FRESHNESS.get(store)
+        if found is None:
+            found = _FRESHNESS[store] = _Freshness()
+        return found
+
+
+def renew_before_publish(store: Store, keys: Iterable[str]) -> int:
+    """Renew every object among ``keys`` that a commit of this process stored or reused and
+    that is not known fresh within ``REFRESH_AFTER_SECONDS``; returns how many.
+
+    Called just before an entry naming them is published. An object collected meanwhile
+    cannot be renewed: the commit fails with nothing published (a retry sends it again).
+    """
+    fresh = _freshness(store)
+    renewed = 0
+    for key in fresh.stale(set(keys), REFRESH_AFTER_SECONDS):
+        since = elapsed_clock()
+        try:
+            store.renew(key)
+        except NotFound as exc:
+            raise Conflict(
+                f"content {key} was collected before the commit that uses it could publish "
+                "it; nothing was published: commit again"
+            ) from exc
+        fresh.note(key, since)
+        renewed += 1
+    return renewed
+
+
+def published(store: Store, keys: Iterable[str]) -> None:
+    """Objects a published entry names: the log keeps them from now on."""
+    _freshness(store).forget(keys)
 
 
 def hash_file(fd: int, size: int, chunk_size: int) -> str:
@@ -217,7 +347,8 @@ class ContentWriter:
         parts: list[Part] = []
         sent = 0
         size = 0
-        fresh_after = time.time() - REFRESH_AFTER_SECONDS
+        fresh_after = store.now() - REFRESH_AFTER_SECONDS
+        freshness = _freshness(store)
         digests: list[str] = []
 
         def key_of(data: mmap.mmap | bytes) -> str:
@@ -225,10 +356,13 @@ class ContentWriter:
             return self.keys.blob(digests[-1])
 
         while True:
+            started = elapsed_clock()
             copied = store.copy_in(fd, size, self.chunk_size, key_of, fresh_after)
             if copied is None:
                 break
-            _, length, created = copied
+            key, length, created = copied
+            # A kept object was dated after fresh_after: fresh as of that, at worst.
+            freshness.note(key, started if created else started - REFRESH_AFTER_SECONDS)
             if created:
                 sent += length
                 metrics.UPLOADED_BYTES.inc(length)
@@ -238,9 +372,17 @@ class ContentWriter:
         stable = same_stat(before, after) and size == before.st_size
         return Uploaded(content_id(parts), tuple(parts), size, stable, sent)
 
+    def _reusable(self, h: str, size: int) -> tuple[Part, ...] | None:
+        """Parts of known content with these bytes: one part of this very size (its id is
+        the digest of its bytes), never a part list that happens to carry the same id."""
+        known = self.known.get(h)
+        if known is None or len(known) != 1 or known[0].length != size:
+            return None
+        return known
+
     def _small(self, result: Future[Uploaded], data: bytes, stable: bool) -> None:
         h = digest(data)
-        known = self.known.get(h)
+        known = self._reusable(h, len(data))
         if known is not None:
             result.set_result(Uploaded(h, known, len(data), stable, 0))
             return
@@ -264,16 +406,22 @@ class ContentWriter:
         """Send an object unless the store has a fresh copy; returns the bytes sent.
 
         An existing object may be an orphan of a failed commit that garbage collection is
-        about to remove; one older than half the collection grace is written again, which
-        renews it, so what this commit publishes is never collected under it.
+        about to remove; one older than the renewal threshold (store clock) is written
+        again. Either way it is noted with its age, and renewed again before the publish
+        if the commit outlasts the threshold (see the renewal protocol above).
         """
+        freshness = _freshness(self.store)
         try:
             info = self.store.head(key)
-            if info.mtime > time.time() - REFRESH_AFTER_SECONDS:
+            age = self.store.now() - info.mtime
+            if age < REFRESH_AFTER_SECONDS:
+                freshness.note(key, elapsed_clock() - max(age, 0.0))
                 return 0
         except NotFound:
             pass
+        started = elapsed_clock()
         self.store.put(key, data)
+        freshness.note(key, started)
         metrics.UPLOADED_BYTES.inc(len(data))
         return len(data)
 
@@ -287,7 +435,7 @@ class ContentWriter:
                     batch.errors[name] = data
                     continue
                 h = digest(data)
-                known = self.known.get(h)
+                known = self._reusable(h, len(data))
                 if known is not None:
                     batch.uploaded[name] = Uploaded(h, known, len(data), stable, 0)
                     continue
@@ -437,7 +585,9 @@ class ContentReader:
 
     def iter_parts(self, record: FileRecord) -> Iterator[bytes]:
         """The file's content, part by part, each verified before it is yielded."""
-        if len(record.parts) > 1 and content_id(record.parts) != record.hash:
+        if sum(p.length for p in record.parts) != record.size:
+            raise CorruptData("file record's parts do not add up to its size")
+        if not matches_content_id(record):
             raise CorruptData("file record's parts do not match its content id")
         for part in record.parts:
             yield self._read_part(part, record)

@@ -75,6 +75,13 @@ class CorruptData(KvolError):
     exit_code = 8
 
 
+class StoreBehind(KvolError):
+    """The store lacks commits a working copy has seen (restored from an older backup, or
+    another store at the same address): the copy is ahead of it and must not commit."""
+
+    exit_code = 11
+
+
 class StoreError(KvolError):
     """The store failed in a way that is not the caller's fault."""
 

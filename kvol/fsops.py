@@ -8,6 +8,7 @@ writing outside the root.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import secrets
@@ -20,18 +21,22 @@ from kvol.errors import InvalidPath
 
 #: Temporary files of in-progress writes carry this prefix; scans never report them.
 TEMP_PREFIX = ".kvol-tmp-"
-_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+#: O_NONBLOCK: something swapped in for a directory (a FIFO) never blocks the open.
+DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
 
 
 def open_root(root: str) -> int:
-    return os.open(root, _DIR_FLAGS)
+    return os.open(root, DIR_FLAGS)
 
 
 def open_dir(root_fd: int, rel_dir: str, *, create: bool = False) -> int:
     """A descriptor of directory ``rel_dir`` ("" is the root), walked without symlinks.
 
-    With ``create``, missing directories are made, and a plain file standing where a
-    directory must be is replaced (the volume says a directory is there now).
+    With ``create``, missing directories are made. Making them is idempotent and safe
+    against a race with another thread or process making the same directory (both
+    succeed). Nothing that stands where a directory must be is ever removed: a file there
+    (which may be an uncommitted change) makes this raise NotADirectoryError, and a
+    symlink InvalidPath. Callers decide what such a path means.
     """
     fd = os.dup(root_fd)
     if not rel_dir:
@@ -39,27 +44,35 @@ def open_dir(root_fd: int, rel_dir: str, *, create: bool = False) -> int:
     try:
         for name in rel_dir.split("/"):
             try:
-                child = os.open(name, _DIR_FLAGS, dir_fd=fd)
+                child = os.open(name, DIR_FLAGS, dir_fd=fd)
             except FileNotFoundError:
                 if not create:
                     raise
-                os.mkdir(name, 0o755, dir_fd=fd)
-                child = os.open(name, _DIR_FLAGS, dir_fd=fd)
-            except (NotADirectoryError, OSError) as exc:
-                if exc.errno not in (errno.ENOTDIR, errno.ELOOP) or not create:
-                    raise
-                st = os.stat(name, dir_fd=fd, follow_symlinks=False)
-                if stat.S_ISLNK(st.st_mode):
-                    raise InvalidPath(f"{rel_dir!r} passes through a symlink") from exc
-                os.unlink(name, dir_fd=fd)
-                os.mkdir(name, 0o755, dir_fd=fd)
-                child = os.open(name, _DIR_FLAGS, dir_fd=fd)
+                with contextlib.suppress(FileExistsError):  # made meanwhile by another writer
+                    os.mkdir(name, 0o755, dir_fd=fd)
+                child = _open_made_dir(fd, name, rel_dir)
+            except OSError as exc:
+                if create and exc.errno in (errno.ENOTDIR, errno.ELOOP):
+                    # O_NOFOLLOW | O_DIRECTORY on a symlink fails with either.
+                    st = os.stat(name, dir_fd=fd, follow_symlinks=False)
+                    if stat.S_ISLNK(st.st_mode):
+                        raise InvalidPath(f"{rel_dir!r} passes through a symlink") from exc
+                raise
             os.close(fd)
             fd = child
     except BaseException:
         os.close(fd)
         raise
     return fd
+
+
+def _open_made_dir(parent_fd: int, name: str, rel_dir: str) -> int:
+    try:
+        return os.open(name, DIR_FLAGS, dir_fd=parent_fd)
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise InvalidPath(f"{rel_dir!r} passes through a symlink") from exc
+        raise
 
 
 def _split(rel_path: str) -> tuple[str, str]:
@@ -72,12 +85,39 @@ def open_file(root_fd: int, rel_path: str) -> int:
     head, name = _split(rel_path)
     dfd = open_dir(root_fd, head)
     try:
-        fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=dfd)
+        fd = open_regular_at(dfd, name, rel_path)
     finally:
         os.close(dfd)
-    if not stat.S_ISREG(os.fstat(fd).st_mode):
+    return fd
+
+
+#: Opening never blocks (a FIFO put where a file was would wait for a writer forever)
+#: and never follows a symlink; the type is checked on the descriptor before any read.
+READ_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
+
+
+class NotRegularFile(IsADirectoryError):
+    """A path that is not a regular file (a directory, FIFO, socket or device) was opened
+    to be read; it is skipped, never read."""
+
+
+def open_regular_at(dir_fd: int, name: str, rel_path: str) -> int:
+    """Open a regular file for reading without blocking; anything else raises
+    :class:`NotRegularFile` (or the OSError of the open, e.g. ELOOP for a symlink)."""
+    try:
+        fd = os.open(name, READ_FLAGS, dir_fd=dir_fd)
+    except OSError as exc:
+        if exc.errno == errno.ENXIO:  # a socket, or a FIFO without a writer on some systems
+            raise NotRegularFile(errno.EISDIR, "not a regular file", rel_path) from exc
+        raise
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise NotRegularFile(errno.EISDIR, "not a regular file", rel_path)
+        # Regular files ignore O_NONBLOCK, but clear it so readers see plain semantics.
+        os.set_blocking(fd, True)
+    except BaseException:
         os.close(fd)
-        raise IsADirectoryError(errno.EISDIR, "not a regular file", rel_path)
+        raise
     return fd
 
 
@@ -110,27 +150,19 @@ def write_file(
 ) -> os.stat_result:
     """Replace ``rel_path`` atomically with what ``fill(fd)`` writes; returns its stat.
 
-    A directory standing at ``rel_path`` is removed first (the volume says a file is
-    there now); readers of the old file keep their open copy.
+    An empty directory standing at ``rel_path`` is removed first (the volume says a file
+    is there now); a directory with anything in it is never removed (OSError ENOTEMPTY).
+    Readers of the old file keep their open copy. Only the permission bits of ``mode``
+    are applied (see :func:`safe_mode`).
     """
     head, name = _split(rel_path)
     dfd = open_dir(root_fd, head, create=True)
     try:
         tmp = TEMP_PREFIX + secrets.token_hex(8)
-        fd = os.open(
-            tmp,
-            os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
-            0o600,
-            dir_fd=dfd,
-        )
+        fd = _new_file(dfd, tmp, fill, mode=mode, mtime_ns=mtime_ns)
         try:
             try:
-                fill(fd)
-                os.fchmod(fd, mode & 0o7777)
-                os.utime(fd, ns=(mtime_ns, mtime_ns))
-                existing = _lstat_at(dfd, name)
-                if existing is not None and stat.S_ISDIR(existing.st_mode):
-                    remove_tree_at(dfd, name)
+                _make_way(dfd, name)
                 os.rename(tmp, name, src_dir_fd=dfd, dst_dir_fd=dfd)
             except BaseException:
                 os.unlink(tmp, dir_fd=dfd)
@@ -143,12 +175,86 @@ def write_file(
         os.close(dfd)
 
 
+#: What identifies a staged file until it is in place: device, inode, size, mtime.
+Staged = tuple[int, int, int, int]
+
+
+def stage_file(
+    dir_fd: int, name: str, fill: Callable[[int], None], *, mode: int, mtime_ns: int
+) -> Staged:
+    """Write a new file ``name`` in ``dir_fd`` with what ``fill(fd)`` writes, to be moved
+    into place later by :func:`install_file`; nothing is left if ``fill`` fails."""
+    fd = _new_file(dir_fd, name, fill, mode=mode, mtime_ns=mtime_ns)
+    try:
+        return _identity(os.fstat(fd))
+    finally:
+        os.close(fd)
+
+
+def install_file(
+    root_fd: int, rel_path: str, src_dir_fd: int, src_name: str, staged: Staged
+) -> tuple[os.stat_result, bool]:
+    """Move a staged file to ``rel_path`` atomically (an empty directory there gives way,
+    as in :func:`write_file`). Returns its stat after the move, and whether it is still
+    the staged file, unchanged (a write in between makes it a local change)."""
+    head, name = _split(rel_path)
+    dfd = open_dir(root_fd, head, create=True)
+    try:
+        _make_way(dfd, name)
+        os.rename(src_name, name, src_dir_fd=src_dir_fd, dst_dir_fd=dfd)
+        st = os.stat(name, dir_fd=dfd, follow_symlinks=False)
+    finally:
+        os.close(dfd)
+    return st, _identity(st) == staged
+
+
+def _identity(st: os.stat_result) -> Staged:
+    return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
+
+
+def _new_file(
+    dir_fd: int, name: str, fill: Callable[[int], None], *, mode: int, mtime_ns: int
+) -> int:
+    fd = os.open(
+        name,
+        os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
+        0o600,
+        dir_fd=dir_fd,
+    )
+    try:
+        fill(fd)
+        os.fchmod(fd, safe_mode(mode))
+        os.utime(fd, ns=(mtime_ns, mtime_ns))
+    except BaseException:
+        os.close(fd)
+        os.unlink(name, dir_fd=dir_fd)
+        raise
+    return fd
+
+
+def _make_way(dir_fd: int, name: str) -> None:
+    existing = _lstat_at(dir_fd, name)
+    if existing is not None and stat.S_ISDIR(existing.st_mode):
+        # Only an empty directory gives way: files in it may be uncommitted.
+        os.rmdir(name, dir_fd=dir_fd)
+
+
 def make_dirs(root_fd: int, rel_dir: str) -> None:
     os.close(open_dir(root_fd, rel_dir, create=True))
 
 
-def remove(root_fd: int, rel_path: str) -> None:
-    """Remove a file or a whole directory; a missing path is fine."""
+def safe_mode(mode: int) -> int:
+    """The bits of a volume's file mode that are applied to a file: the permission bits.
+
+    Setuid, setgid and sticky bits come from whoever wrote the volume; applied by a
+    privileged materializer they would plant set-id programs, so they are never applied.
+    """
+    return mode & 0o777
+
+
+def remove_file(root_fd: int, rel_path: str) -> None:
+    """Remove the file (or symlink) at ``rel_path``; a missing path is fine, and a
+    directory standing there now is left alone (what is in it was never checked)."""
     head, name = _split(rel_path)
     try:
         dfd = open_dir(root_fd, head)
@@ -156,11 +262,9 @@ def remove(root_fd: int, rel_path: str) -> None:
         return
     try:
         st = _lstat_at(dfd, name)
-        if st is None:
+        if st is None or stat.S_ISDIR(st.st_mode):
             return
-        if stat.S_ISDIR(st.st_mode):
-            remove_tree_at(dfd, name)
-        else:
+        with contextlib.suppress(FileNotFoundError):
             os.unlink(name, dir_fd=dfd)
     finally:
         os.close(dfd)

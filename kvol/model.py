@@ -38,6 +38,13 @@ class Limits:
 
     FIELDS = ("max_files", "max_bytes", "max_files_per_directory", "max_file_size")
 
+    def __post_init__(self) -> None:
+        # Checked at construction, so a malformed limit is never written to a store.
+        for name in self.FIELDS:
+            value = getattr(self, name)
+            if value is not None and (not _is_int(value) or not 0 <= value < INT64_LIMIT):
+                raise InvalidArgument(f"limit {name} must be a non-negative integer, not {value!r}")
+
     @classmethod
     def for_version(cls, version: int) -> Limits:
         """Modal's published limits for that volume version."""
@@ -74,6 +81,13 @@ class Limits:
         return cls(**values)
 
 
+#: Format of volumes this version creates. 2: every log entry names its volume and its
+#: seq, every checkpoint its volume, and readers require it. 1 (older volumes): entries
+#: may lack them, and are checked where they have them.
+VOLUME_FORMAT = 2
+_VOLUME_FORMATS = (1, 2)
+
+
 @dataclass(frozen=True)
 class VolumeMeta:
     id: str
@@ -81,11 +95,17 @@ class VolumeMeta:
     limits: Limits
     created: float
     chunk_size: int
+    format: int = 1
+
+    @property
+    def binds_entries(self) -> bool:
+        """Must every entry and checkpoint name its volume (and an entry its seq)?"""
+        return self.format >= 2
 
     def to_json(self) -> bytes:
         return json.dumps(
             {
-                "format": 1,
+                "format": self.format,
                 "id": self.id,
                 "version": self.version,
                 "limits": self.limits.to_dict(),
@@ -105,11 +125,19 @@ class VolumeMeta:
                 limits=Limits.from_dict(data.get("limits", {})),
                 created=float(data["created"]),
                 chunk_size=int(data["chunk_size"]),
+                format=data.get("format", 1),
             )
         except (KeyError, TypeError, ValueError, OverflowError) as exc:
             raise CorruptData(f"volume metadata is malformed: {exc}") from exc
+        except InvalidArgument as exc:  # malformed limits: the stored object's fault
+            raise CorruptData(f"volume metadata is malformed: {exc}") from exc
         if not VOLUME_ID_RE.match(meta.id) or meta.version not in (1, 2) or meta.chunk_size <= 0:
             raise CorruptData("volume metadata is malformed")
+        if not _is_int(meta.format) or meta.format not in _VOLUME_FORMATS:
+            raise CorruptData(
+                f"volume metadata has format {meta.format!r}, which this version of kvol "
+                f"does not know (it reads {', '.join(map(str, _VOLUME_FORMATS))})"
+            )
         return meta
 
 
@@ -155,8 +183,8 @@ class FileRecord:
     size: int
     mtime_ns: int
     mode: int
-    #: Content id: digest of the content for single-part files, of the part ids otherwise
-    #: (kvol.content.digest).
+    #: Content id: digest of the content for single-part files, of the size and part ids
+    #: otherwise (kvol.content.content_id).
     hash: str
     parts: tuple[Part, ...]
 
@@ -164,7 +192,9 @@ class FileRecord:
         return [self.size, self.mtime_ns, self.mode, self.hash, [p.to_list() for p in self.parts]]
 
     @classmethod
-    def from_list(cls, data: Any) -> FileRecord:
+    def from_list(cls, data: Any, *, check_size: bool = True) -> FileRecord:
+        """Parse a stored record. ``check_size=False`` (records of the log) accepts parts
+        that do not add up to the size: such a file fails when read, not when parsed."""
         if not (isinstance(data, list) and len(data) == 5):
             raise CorruptData("malformed file record")
         size, mtime_ns, mode, digest, raw_parts = data
@@ -182,7 +212,10 @@ class FileRecord:
         ):
             raise CorruptData("malformed file record")
         parts = tuple(Part.from_list(p) for p in raw_parts)
-        if sum(p.length for p in parts) != size:
+        # In the log, parts that do not add up to the size (older versions could publish
+        # such a record) make that one file unreadable, checked when it is read: rejecting
+        # the whole entry would make every file of the volume unreadable with it.
+        if check_size and sum(p.length for p in parts) != size:
             raise CorruptData("file record parts do not add up to its size")
         if any(p.kind == "p" for p in parts) and len(parts) != 1:
             raise CorruptData("a packed file must have exactly one part")
@@ -200,7 +233,12 @@ class PutOp:
 
 @dataclass(frozen=True, slots=True)
 class DeleteOp:
-    """Remove ``path``: a file, or a directory with everything under it."""
+    """Remove ``path``: a file, or a directory with everything under it.
+
+    Only read from entries written by older versions: applied recursively at read time it
+    would also remove files another writer added under the directory meanwhile, so new
+    code deletes with :class:`UnlinkOp` and :class:`RmdirOp` instead.
+    """
 
     path: str
 
@@ -210,7 +248,25 @@ class MkdirOp:
     path: str
 
 
-Op = PutOp | DeleteOp | MkdirOp
+@dataclass(frozen=True, slots=True)
+class UnlinkOp:
+    """Remove the file at ``path`` if a file is there; a directory there is left alone."""
+
+    path: str
+
+
+@dataclass(frozen=True, slots=True)
+class RmdirOp:
+    """Remove the explicit directory record at ``path`` if nothing is left under it.
+
+    A writer deleting a tree names every file and directory it saw (deepest first), so a
+    file someone else added under the directory meanwhile keeps the directory alive.
+    """
+
+    path: str
+
+
+Op = PutOp | DeleteOp | MkdirOp | UnlinkOp | RmdirOp
 
 
 @dataclass(frozen=True)
@@ -232,6 +288,13 @@ class Entry:
     writer: Writer
     base: int
     message: str | None = None
+    #: The volume and log position the entry was written for: a copy of it anywhere else
+    #: is detected. None only in entries of older versions.
+    volume: str | None = None
+    seq: int | None = None
+
+    def bound(self, volume: str, seq: int) -> Entry:
+        return replace(self, volume=volume, seq=seq)
 
     def to_payload(self) -> dict[str, Any]:
         ops: list[list[Any]] = []
@@ -240,15 +303,24 @@ class Entry:
                 ops.append(["put", op.path, *op.record.to_list()])
             elif isinstance(op, DeleteOp):
                 ops.append(["del", op.path])
+            elif isinstance(op, UnlinkOp):
+                ops.append(["rm", op.path])
+            elif isinstance(op, RmdirOp):
+                ops.append(["rmdir", op.path])
             else:
                 ops.append(["dir", op.path])
-        return {
+        payload: dict[str, Any] = {
             "time": self.time,
             "writer": self.writer.to_dict(),
             "base": self.base,
             "message": self.message,
             "ops": ops,
         }
+        if self.volume is not None:
+            payload["volume"] = self.volume
+        if self.seq is not None:
+            payload["seq"] = self.seq
+        return payload
 
     @classmethod
     def from_payload(cls, data: Any) -> Entry:
@@ -263,8 +335,14 @@ class Entry:
             when = float(data["time"])
             base = int(data["base"])
             message = data.get("message")
+            volume = data.get("volume")
+            seq = data.get("seq")
         except (KeyError, TypeError, ValueError, OverflowError) as exc:
             raise CorruptData(f"log entry is malformed: {exc}") from exc
+        if volume is not None and not (isinstance(volume, str) and VOLUME_ID_RE.match(volume)):
+            raise CorruptData("log entry names a malformed volume id")
+        if seq is not None and not (_is_int(seq) and 0 < seq < INT64_LIMIT):
+            raise CorruptData("log entry names a malformed seq")
         if message is not None and not isinstance(message, str):
             raise CorruptData("log entry message is not a string")
         if not math.isfinite(when):
@@ -278,14 +356,18 @@ class Entry:
             kind = raw[0]
             path = _entry_path(raw[1] if len(raw) > 1 else None)
             if kind == "put" and len(raw) == 7:
-                ops.append(PutOp(path, FileRecord.from_list(raw[2:])))
+                ops.append(PutOp(path, FileRecord.from_list(raw[2:], check_size=False)))
             elif kind == "del" and len(raw) == 2:
                 ops.append(DeleteOp(path))
             elif kind == "dir" and len(raw) == 2:
                 ops.append(MkdirOp(path))
+            elif kind == "rm" and len(raw) == 2:
+                ops.append(UnlinkOp(path))
+            elif kind == "rmdir" and len(raw) == 2:
+                ops.append(RmdirOp(path))
             else:
                 raise CorruptData(f"unknown log entry operation {kind!r}")
-        return cls(tuple(ops), when, writer, base, message)
+        return cls(tuple(ops), when, writer, base, message, volume, seq)
 
 
 def _entry_path(value: Any) -> str:
@@ -333,6 +415,16 @@ class State:
                     self._count(op.path, +1)
                 self.files[op.path] = op.record
                 _note(touched, op.path)
+            elif isinstance(op, UnlinkOp):
+                if op.path in self.files:
+                    del self.files[op.path]
+                    self._count(op.path, -1)
+                    _note(touched, op.path)
+            elif isinstance(op, RmdirOp):
+                if op.path in self.dirs and self._under_index().get(op.path, 0) == 0:
+                    self.dirs.discard(op.path)
+                    self._count(op.path, -1)
+                    _note(touched, op.path)
             elif isinstance(op, DeleteOp):
                 self.remove_tree(op.path, touched)
             else:
@@ -442,7 +534,9 @@ class State:
             raise CorruptData(f"checkpoint is malformed: {exc}") from exc
         if not isinstance(raw_files, dict) or not isinstance(raw_dirs, list):
             raise CorruptData("checkpoint is malformed")
-        files = {_entry_path(p): FileRecord.from_list(r) for p, r in raw_files.items()}
+        files = {
+            _entry_path(p): FileRecord.from_list(r, check_size=False) for p, r in raw_files.items()
+        }
         dirs = {_entry_path(d) for d in raw_dirs}
         return cls(seq, files, dirs)
 

@@ -23,6 +23,7 @@ import os
 import re
 import socket
 import stat
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,6 +37,9 @@ SOCKET_NAME = "control.sock"
 CONFIG_NAME = "config.json"
 #: A commit of a large change can take a while; the plugin answers when it is done.
 CONTROL_TIMEOUT = 3600.0
+#: Waits before asking again when the plugin is at its bound of connections (``503``,
+#: ``"error": "Overloaded"``): other processes of the pod hold them, briefly.
+OVERLOADED_RETRY_DELAYS = (0.1, 0.2, 0.4, 0.8, 1.6)
 
 
 class Mount:
@@ -83,14 +87,39 @@ class ControlMount(Mount):
     def _request(
         self, method: str, route: str, body: dict[str, Any] | None = None
     ) -> dict[str, Any]:
+        for delay in OVERLOADED_RETRY_DELAYS:
+            status, data = self._exchange(method, route, body)
+            if not (status == 503 and isinstance(data, dict) and data.get("error") == "Overloaded"):
+                break
+            time.sleep(delay)
+        else:
+            status, data = self._exchange(method, route, body)
+        if status != 200:
+            raise _error_from(status, data)
+        if not isinstance(data, dict):
+            raise errors.CorruptData(
+                "the control socket answered with a body that is not an object"
+            )
+        return data
+
+    def _exchange(self, method: str, route: str, body: dict[str, Any] | None) -> tuple[int, Any]:
         conn = _UnixHTTPConnection(self.socket_path, CONTROL_TIMEOUT)
         try:
             payload = json.dumps(body).encode() if body is not None else None
             headers = {"Content-Type": "application/json"} if payload else {}
-            conn.request(method, route, body=payload, headers=headers)
-            response = conn.getresponse()
+            try:
+                conn.request(method, route, body=payload, headers=headers)
+            except BrokenPipeError:
+                # Refused before the request was read (the plugin is at its bound of
+                # connections): its answer is already here to be read.
+                if conn.sock is None:
+                    raise
+                response = http.client.HTTPResponse(conn.sock, method=method)
+                response.begin()
+            else:
+                response = conn.getresponse()
             raw = response.read()
-        except OSError as exc:
+        except (OSError, http.client.HTTPException) as exc:
             raise errors.StoreUnavailable(
                 f"the control socket {self.socket_path} did not answer: {exc}"
             ) from exc
@@ -102,13 +131,7 @@ class ControlMount(Mount):
             raise errors.CorruptData(
                 f"the control socket answered {response.status} with a body that is not JSON"
             ) from exc
-        if response.status != 200:
-            raise _error_from(response.status, data)
-        if not isinstance(data, dict):
-            raise errors.CorruptData(
-                "the control socket answered with a body that is not an object"
-            )
-        return data
+        return response.status, data
 
 
 @dataclass

@@ -34,6 +34,7 @@ from kvol.workcopy import CONFIG_FILE, DEFAULT_CONCURRENCY, INDEX_FILE, ScanResu
 MS_RDONLY = 0x1
 MS_NOSUID = 0x2
 MS_NODEV = 0x4
+MS_NOEXEC = 0x8
 MS_REMOUNT = 0x20
 MS_BIND = 0x1000
 MS_REC = 0x4000
@@ -164,6 +165,20 @@ def mounts_under(path: str | Path) -> list[str]:
     return sorted(found, key=lambda p: p.count("/"), reverse=True)
 
 
+def overlays_on(lower: str | Path) -> list[str]:
+    """Mount points of the overlays whose lower layer is ``lower``."""
+    where = _real(lower)
+    found = []
+    for e in mount_table():
+        if e.fstype != "overlay":
+            continue
+        for option in e.super_options.split(","):
+            key, _, value = option.partition("=")
+            if key == "lowerdir" and where in {_real(_unescape(p)) for p in value.split(":")}:
+                found.append(e.mount_point)
+    return found
+
+
 def overlay_supported() -> bool:
     """Whether this kernel has overlayfs and this process may mount (root)."""
     if os.geteuid() != 0:
@@ -215,8 +230,9 @@ class ContentCache:
     """Immutable local copies of volume files, shared by every lower snapshot here.
 
     A snapshot hard-links its files from here, and a hard link shares the inode's mode and
-    mtime, so an entry is one file *as the volume has it*: content, mode and mtime
-    (``<hash>.<mode>.<mtime_ns>``). Entries are never written after they are renamed into
+    mtime, so an entry is one file *as the volume has it*: content, permission bits and
+    mtime (``<hash>.<mode>.<mtime_ns>``). Setuid, setgid and sticky bits are never set:
+    the entries are root's files, and a volume must not plant setuid-root programs. Entries are never written after they are renamed into
     place; overlayfs copies a file up before anyone writes it, so linking them into lower
     layers is safe. Unchanged files keep their record across commits, so every snapshot of
     a volume reuses what the previous one fetched.
@@ -228,7 +244,7 @@ class ContentCache:
 
     def path(self, record: FileRecord) -> Path:
         h = record.hash
-        return self.root / h[:2] / f"{h}.{record.mode:o}.{record.mtime_ns}"
+        return self.root / h[:2] / f"{h}.{fsops.safe_mode(record.mode):o}.{record.mtime_ns}"
 
     def has(self, record: FileRecord) -> bool:
         return self.path(record).exists()
@@ -284,7 +300,7 @@ class ContentCache:
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
         try:
             fill(fd)
-            os.fchmod(fd, record.mode & 0o7777)
+            os.fchmod(fd, fsops.safe_mode(record.mode))
             os.utime(fd, ns=(record.mtime_ns, record.mtime_ns))
         except BaseException:
             os.close(fd)
@@ -426,8 +442,10 @@ class Lowers:
         return found
 
     def drop(self, lower: Lower) -> None:
-        """Remove a snapshot no mount uses (the caller checks); refuses a mounted one."""
-        if mounts_under(lower.path):
+        """Remove a snapshot no mount uses (the caller checks); refuses a mounted one, or
+        one an overlay still sits on (removing it would take the files from under a copy,
+        whose next commit would publish them as deleted)."""
+        if mounts_under(lower.path) or overlays_on(lower.tree):
             raise MountError(f"snapshot {lower.path} is still mounted")
         with self._lock:
             self._templates.pop(lower.path, None)
@@ -604,8 +622,11 @@ class OverlayWorkingCopy(WorkingCopy):
         for rel in files:
             if rel not in seen_files and rel not in self.lower_files and rel not in result.deleted:
                 result.deleted.add(rel)
-        for rel in opaque:
-            # An opaque directory hides everything the lower layer had below it.
+        # An opaque directory hides everything the lower layer had below it, and a
+        # directory whited out or replaced by a file takes everything below it along: the
+        # deletion names each file and directory this copy saw there, never the tree, so
+        # whatever another writer added under it meanwhile survives the commit.
+        for rel in [*opaque, *result.dirs_removed]:
             prefix = rel + "/"
             for p in files:
                 if p.startswith(prefix) and p not in seen_files:
@@ -640,12 +661,9 @@ def _is_opaque(path: str) -> bool:
 
 
 def fsops_copy(src: Path, dst: Path) -> None:
-    tmp = dst.with_name(f"{fsops.TEMP_PREFIX}{secrets.token_hex(6)}")
-    shutil.copyfile(src, tmp)
-    os.replace(tmp, dst)
+    # Durable (fsynced, then renamed): a copy re-adopted after a power loss finds it whole.
+    fsops.write_atomically(dst, src.read_bytes())
 
 
 def fsops_write_json(path: Path, data: dict[str, Any]) -> None:
-    tmp = path.with_name(f"{fsops.TEMP_PREFIX}{secrets.token_hex(6)}")
-    tmp.write_text(json.dumps(data, indent=2) + "\n")
-    os.replace(tmp, path)
+    fsops.write_atomically(path, (json.dumps(data, indent=2) + "\n").encode())

@@ -4,11 +4,20 @@ The commit protocol (DESIGN: Commit protocol) lives here. A commit is visible ex
 when its log entry exists; entries are created with ``put_if_absent`` at ``head + 1``
 and a writer that loses a position tries the next one, so two writers of distinct files
 both land, and the same path is last-write-wins by log order.
+
+Writers take positions in order, so the log never has a gap: a missing entry with later
+ones present is damage, reported as CorruptData by every reader (never taken for the end
+of the history), and garbage collection refuses to run on such a log. A writer whose
+base is not in the store (restored from an older backup) refuses to publish
+(StoreBehind). Each entry names the volume and position it was written for, and each
+checkpoint its volume, so a copied, swapped or replayed object is rejected; volumes of
+metadata format 1 (older versions) may hold entries that do not name them.
 """
 
 from __future__ import annotations
 
 import logging
+import math
 import os
 import socket
 import time
@@ -16,11 +25,12 @@ import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 
-from kvol import codec, metrics
+from kvol import codec, content, metrics
 from kvol.content import DEFAULT_CHUNK_SIZE, ContentReader
-from kvol.errors import CorruptData, NotFound
+from kvol.errors import CorruptData, InvalidArgument, NotFound, StoreBehind
 from kvol.layout import VolumeKeys, parse_seq
 from kvol.model import (
+    VOLUME_FORMAT,
     DeleteOp,
     Entry,
     FileRecord,
@@ -28,7 +38,9 @@ from kvol.model import (
     MkdirOp,
     Op,
     PutOp,
+    RmdirOp,
     State,
+    UnlinkOp,
     VolumeMeta,
     Writer,
 )
@@ -40,7 +52,28 @@ log = logging.getLogger(__name__)
 #: replays at most this many entries.
 CHECKPOINT_EVERY = 64
 #: Objects younger than this are never collected: a commit may be about to publish them.
+#: Never below :func:`kvol.content.min_gc_grace` (see the renewal protocol there).
 DEFAULT_GC_GRACE_SECONDS = 3600.0
+
+
+def _check_grace(grace: object) -> float:
+    shortest = content.min_gc_grace()
+    if (
+        not isinstance(grace, int | float)
+        or isinstance(grace, bool)
+        or not math.isfinite(grace)
+        or grace < shortest
+    ):
+        raise InvalidArgument(
+            f"the gc grace must be a number of seconds of at least {shortest:g} (commits "
+            f"renew what they reuse when it is {content.REFRESH_AFTER_SECONDS:g}s old, and "
+            f"may take as long again to publish), not {grace!r}"
+        )
+    return float(grace)
+
+
+def _deepest_first(path: str) -> tuple[int, str]:
+    return (-path.count("/"), path)
 
 
 def new_volume_id() -> str:
@@ -82,6 +115,11 @@ class GcReport:
     objects_deleted: int
     bytes_deleted: int
     objects_kept_young: int
+    #: Keys of the content objects deleted (or that would be, in a dry run).
+    deleted: tuple[str, ...] = ()
+    #: Leftovers of writes killed halfway, removed from the store (none in a dry run).
+    temporaries_deleted: int = 0
+    temporary_bytes_deleted: int = 0
 
 
 class Repo:
@@ -112,6 +150,7 @@ class Repo:
             limits=Limits.for_version(version).merged(limits),
             created=time.time(),
             chunk_size=chunk_size,
+            format=VOLUME_FORMAT,
         )
         repo = cls(store, meta.id)
         if not store.put_if_absent(repo.keys.meta, meta.to_json()):
@@ -123,11 +162,17 @@ class Repo:
     def meta(self) -> VolumeMeta:
         if self._meta is None:
             try:
-                self._meta = VolumeMeta.from_json(self.store.get(self.keys.meta))
+                meta = VolumeMeta.from_json(self.store.get(self.keys.meta))
             except NotFound as exc:
                 raise NotFound(
                     f"volume {self.volume_id} does not exist in {self.store.url}"
                 ) from exc
+            if meta.id != self.volume_id:
+                raise CorruptData(
+                    f"the metadata of volume {self.volume_id} names volume {meta.id} "
+                    "(copied from another volume, or tampered with)"
+                )
+            self._meta = meta
         return self._meta
 
     def exists(self) -> bool:
@@ -141,28 +186,78 @@ class Repo:
         except NotFound:
             return None
         try:
-            return Entry.from_payload(codec.decode("entry", raw))
+            entry = Entry.from_payload(codec.decode("entry", raw))
+            self._check_binding("log entry", entry.volume, entry.seq, seq)
         except CorruptData as exc:
             raise CorruptData(f"log entry {seq} of volume {self.volume_id}: {exc}") from exc
+        return entry
 
-    def entries_after(self, seq: int) -> Iterator[tuple[int, Entry]]:
-        """Entries after ``seq`` in order, up to the head as it is while reading."""
-        while True:
+    def _check_binding(self, what: str, volume: object, bound_seq: int | None, seq: int) -> None:
+        """An entry or checkpoint is valid only where it was written: its volume and seq."""
+        if (volume is None or bound_seq is None) and self.meta.binds_entries:
+            raise CorruptData(f"{what} does not name its volume and position")
+        if volume is not None and volume != self.volume_id:
+            raise CorruptData(f"{what} belongs to volume {volume!r}")
+        if bound_seq is not None and bound_seq != seq:
+            raise CorruptData(f"{what} was written for position {bound_seq}")
+
+    def entries_after(self, seq: int, until: int | None = None) -> Iterator[tuple[int, Entry]]:
+        """Entries after ``seq`` in order, up to ``until`` or else the head as it is while
+        reading.
+
+        Raises CorruptData at a gap (an entry missing with a later one present): the log
+        never has one, and stopping there would hide every commit after it.
+        """
+        while until is None or seq < until:
             entry = self.read_entry(seq + 1)
             if entry is None:
-                return
+                if not self._gap_at(seq + 1):
+                    return
+                # Published between the read and the check: go on from it.
+                entry = self.read_entry(seq + 1)
+                if entry is None:
+                    raise self._gap_error(seq + 1)
             seq += 1
             yield seq, entry
 
+    def _gap_at(self, missing: int) -> bool:
+        """Does an entry exist past ``missing`` (which was just read as absent)?
+
+        Writers take positions in order (each one after finding the one before taken),
+        so a later entry means ``missing`` exists by now or was lost.
+        """
+        for info in self.store.list(self.keys.log_prefix, start_after=self.keys.log(missing)):
+            if parse_seq(info.key.rsplit("/", 1)[-1]) is not None:
+                return True
+        return False
+
+    def _gap_error(self, missing: int) -> CorruptData:
+        return CorruptData(
+            f"the log of volume {self.volume_id} has a gap: entry {missing} is missing but "
+            "later entries exist (lost or deleted from the store); `kvol volume fsck` "
+            "reports what it affects"
+        )
+
     def head(self) -> int:
-        """The newest published seq (0 for a volume with no commit)."""
-        start = self.latest_checkpoint() or 0
-        last = start
-        for info in self.store.list(self.keys.log_prefix, start_after=self.keys.log(start)):
-            seq = parse_seq(info.key.rsplit("/", 1)[-1])
-            if seq is not None and seq == last + 1:
+        """The newest published seq (0 for a volume with no commit). Raises CorruptData
+        if the log has a gap."""
+        while True:
+            start = self.latest_checkpoint() or 0
+            last = start
+            gap = False
+            for info in self.store.list(self.keys.log_prefix, start_after=self.keys.log(start)):
+                seq = parse_seq(info.key.rsplit("/", 1)[-1])
+                if seq is None:
+                    continue
+                if seq != last + 1:
+                    gap = True
+                    break
                 last = seq
-        return last
+            if not gap:
+                return last
+            # The entry after ``last`` may have landed after the listing passed its name.
+            if not self.store.exists(self.keys.log(last + 1)):
+                raise self._gap_error(last + 1)
 
     def publish(
         self, ops: list[Op], base: int, message: str | None = None, *, known_head: int = 0
@@ -171,15 +266,36 @@ class Repo:
 
         ``known_head``: a seq the caller knows is taken (the log has no gaps, so every
         position up to it is): probing starts after it instead of after ``base``.
+
+        Raises StoreBehind if that position is not in the store: the caller has seen
+        commits the store lost, and an entry after them would be invisible behind a gap.
         """
         entry = Entry(tuple(ops), time.time(), this_writer(), base, message)
-        raw = codec.encode("entry", entry.to_payload())
+        start = max(base, known_head)
+        if start > 0 and not self.store.exists(self.keys.log(start)):
+            raise StoreBehind(
+                f"volume {self.volume_id} in {self.store.url} has no commit {start}, which "
+                "this writer has seen: the store is behind it (restored from an older "
+                "backup?). Nothing was published; a new working copy starts from what the "
+                "store holds"
+            )
+        objects = {
+            self.keys.content(part.kind, part.obj)
+            for op in ops
+            if isinstance(op, PutOp)
+            for part in op.record.parts
+        }
         # Content is durable before the entry that refers to it.
         self.store.sync()
-        seq = max(base, known_head) + 1
-        while not self.store.put_if_absent(self.keys.log(seq), raw):
+        # Just before publishing: whatever this commit stored or reused long ago is dated
+        # anew, so collection cannot take it before the entry lands (kvol.content).
+        content.renew_before_publish(self.store, objects)
+        seq = start + 1
+        # Each position gets its own bytes: the entry names the seq it was written for.
+        while not self.store.put_if_absent(self.keys.log(seq), self.entry_bytes(entry, seq)):
             metrics.COMMIT_CONFLICTS.inc()
             seq += 1
+        content.published(self.store, objects)
         if seq % CHECKPOINT_EVERY == 0:
             self._checkpoint_quietly(seq)
         return seq
@@ -202,9 +318,7 @@ class Repo:
         """The volume's files at ``seq`` (the head when None). Raises NotFound past the head."""
         checkpoint = self.latest_checkpoint(at_most=seq)
         state = self._load_checkpoint(checkpoint) if checkpoint else State()
-        for at, entry in self.entries_after(state.seq):
-            if seq is not None and at > seq:
-                break
+        for at, entry in self.entries_after(state.seq, until=seq):
             state.apply(entry, at)
         if seq is not None and state.seq != seq:
             raise NotFound(f"volume {self.volume_id} has no commit {seq} (head is {state.seq})")
@@ -212,16 +326,29 @@ class Repo:
 
     def _load_checkpoint(self, seq: int) -> State:
         raw = self.store.get(self.keys.checkpoint(seq))
-        state = State.from_payload(codec.decode("checkpoint", raw))
+        payload = codec.decode("checkpoint", raw)
+        state = State.from_payload(payload)
         if state.seq != seq:
             raise CorruptData(f"checkpoint {seq} holds the state of {state.seq}")
+        try:
+            self._check_binding("checkpoint", payload.get("volume"), state.seq, seq)
+        except CorruptData as exc:
+            raise CorruptData(f"checkpoint {seq} of volume {self.volume_id}: {exc}") from exc
         return state
 
     def write_checkpoint(self, seq: int) -> None:
         state = self.state(seq)
-        self.store.put_if_absent(
-            self.keys.checkpoint(seq), codec.encode("checkpoint", state.to_payload())
-        )
+        self.store.put_if_absent(self.keys.checkpoint(seq), self.checkpoint_bytes(state))
+
+    def checkpoint_bytes(self, state: State) -> bytes:
+        """The stored form of a checkpoint of this volume (bound to it)."""
+        payload = state.to_payload()
+        payload["volume"] = self.volume_id
+        return codec.encode("checkpoint", payload)
+
+    def entry_bytes(self, entry: Entry, seq: int) -> bytes:
+        """The stored form of ``entry`` at ``seq`` of this volume (bound to both)."""
+        return codec.encode("entry", entry.bound(self.volume_id, seq).to_payload())
 
     def _checkpoint_quietly(self, seq: int) -> None:
         # A missing checkpoint only costs readers time; the commit already landed.
@@ -260,7 +387,9 @@ class Repo:
                     writer=entry.writer,
                     message=entry.message,
                     files_written=len(puts),
-                    paths_deleted=sum(1 for op in entry.ops if isinstance(op, DeleteOp)),
+                    paths_deleted=sum(
+                        1 for op in entry.ops if isinstance(op, DeleteOp | UnlinkOp | RmdirOp)
+                    ),
                     bytes_written=sum(op.record.size for op in puts),
                 )
             )
@@ -271,10 +400,13 @@ class Repo:
         target = self.state(seq)
         head = self.state()
         ops: list[Op] = []
+        # A deletion names what this writer saw at the head it restores over, file by
+        # file, then directories deepest first: a file another writer adds meanwhile
+        # under one of them survives, and so does its directory.
         for path in sorted(set(head.files) - set(target.files)):
-            ops.append(DeleteOp(path))
-        for path in sorted(head.dirs - target.all_dirs()):
-            ops.append(DeleteOp(path))
+            ops.append(UnlinkOp(path))
+        for path in sorted(head.dirs - target.all_dirs(), key=_deepest_first):
+            ops.append(RmdirOp(path))
         for path in sorted(target.dirs - head.dirs):
             ops.append(MkdirOp(path))
         for path, record in sorted(target.files.items()):
@@ -325,31 +457,54 @@ class Repo:
     def gc(
         self, grace_seconds: float = DEFAULT_GC_GRACE_SECONDS, dry_run: bool = False
     ) -> GcReport:
-        """Delete content objects no commit refers to and older than ``grace_seconds``.
+        """Delete content objects no commit refers to and older than ``grace_seconds``,
+        and leftovers of writes killed halfway older than that.
 
         An object a commit has uploaded but not yet published is unreferenced, and young:
-        the grace period is what keeps it. Commits retry uploads of what they find missing,
-        so the grace only has to outlast one commit.
+        the grace period is what keeps it, with the renewal protocol of
+        :mod:`kvol.content` (which is why a grace below
+        :func:`kvol.content.min_gc_grace` is refused). Ages are taken by the store's
+        clock as it was when the reading of the log started, and each object is looked at
+        again right before it is deleted. Refuses (CorruptData) to run on a log it cannot
+        read whole.
         """
+        grace = _check_grace(grace_seconds)
+        cutoff = self.store.now(max_age=0) - grace
         # List objects before reading references: anything published after the reference
-        # scan was uploaded after the listing started, so it is young and kept.
+        # scan was uploaded or renewed after the cutoff, so it is young and kept.
         objects = list(self.store.list(self.keys.blob_prefix)) + list(
             self.store.list(self.keys.pack_prefix)
         )
         refs = self.referenced_objects()
-        cutoff = time.time() - grace_seconds
-        deleted = bytes_deleted = young = 0
+        deleted: list[str] = []
+        bytes_deleted = young = 0
         for info in objects:
             if info.key in refs:
                 continue
-            if info.mtime > cutoff:
+            if info.mtime >= cutoff:
                 young += 1
                 continue
-            if not dry_run:
-                self.store.delete(info.key)
-            deleted += 1
-            bytes_deleted += info.size
-        return GcReport(len(objects), len(refs), deleted, bytes_deleted, young)
+            if dry_run:
+                deleted.append(info.key)
+                bytes_deleted += info.size
+                continue
+            gone = self.store.delete_if_older(info.key, cutoff)
+            if gone is None:
+                young += 1  # renewed (or removed) since the listing
+                continue
+            deleted.append(info.key)
+            bytes_deleted += gone.size
+        temporaries = (0, 0) if dry_run else self.store.remove_temporaries(cutoff)
+        return GcReport(
+            len(objects),
+            len(refs),
+            len(deleted),
+            bytes_deleted,
+            young,
+            deleted=tuple(deleted),
+            temporaries_deleted=temporaries[0],
+            temporary_bytes_deleted=temporaries[1],
+        )
 
     def destroy(self) -> None:
         """Remove every object of the volume, metadata first so nobody opens it meanwhile."""

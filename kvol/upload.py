@@ -8,6 +8,7 @@ A failure anywhere before the publish leaves the volume exactly as it was.
 from __future__ import annotations
 
 import os
+import stat
 import time
 from collections.abc import Iterable
 from concurrent.futures import Future
@@ -16,7 +17,7 @@ from pathlib import Path
 from typing import BinaryIO, cast
 
 from kvol.content import ContentWriter, Opener, Uploaded
-from kvol.errors import Conflict, LimitExceeded
+from kvol.errors import Conflict, InvalidArgument, LimitExceeded
 from kvol.model import Entry, FileRecord, Limits, Op, PutOp, State
 from kvol.progress import Advance
 from kvol.repo import Repo, this_writer
@@ -35,6 +36,9 @@ class Pending:
     mode: int | None = None
     #: Modification time; None takes the local file's (or now, for bytes).
     mtime_ns: int | None = None
+    #: The (resolved) directory tree ``local`` was found in: then ``local`` is opened
+    #: without following a link, and only if it is still inside that tree.
+    within: Path | None = None
 
     @property
     def source(self) -> str:
@@ -84,8 +88,8 @@ def upload(
         local = item.local
 
         def open_it() -> tuple[BinaryIO, os.stat_result]:
-            handle = open(local, "rb", buffering=0)  # noqa: SIM115 - closed by the writer
-            st = os.fstat(handle.fileno())
+            fd, st = open_local(local, item.within)
+            handle = os.fdopen(fd, "rb", buffering=0)
             stats[item.remote] = st
             return cast(BinaryIO, _CountingReader(cast(BinaryIO, handle), advance)), st
 
@@ -118,6 +122,41 @@ def upload(
             record = FileRecord(up.size, mtime_ns, mode & 0o7777, up.hash, up.parts)
             ops.append(PutOp(item.remote, record))
     return ops
+
+
+def open_local(local: Path, within: Path | None = None) -> tuple[int, os.stat_result]:
+    """Open a local regular file for reading. Never blocks (a FIFO put in its place is
+    refused, not waited on); with ``within``, never follows a link at ``local`` and
+    refuses a file that is not inside ``within`` any more (its tree changed meanwhile)."""
+    flags = os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK
+    if within is not None:
+        flags |= os.O_NOFOLLOW
+    try:
+        fd = os.open(local, flags)
+    except OSError as exc:
+        if within is not None and os.path.islink(local):
+            raise InvalidArgument(
+                f"{local} became a symbolic link while uploading; nothing was published"
+            ) from exc
+        raise
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise InvalidArgument(f"{local} is not a regular file; nothing was published")
+        if within is not None:
+            try:
+                real = os.readlink(f"/proc/self/fd/{fd}")
+            except OSError:
+                real = None  # no /proc: the link check above is what there is
+            if real is not None and os.path.commonpath([real, within]) != str(within):
+                raise InvalidArgument(
+                    f"{local} now leads out of {within} (a directory on its way was replaced "
+                    "by a link); nothing was published"
+                )
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd, st
 
 
 def publish(repo: Repo, state: State, ops: list[Op], message: str | None) -> int:

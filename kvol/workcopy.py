@@ -7,22 +7,41 @@ because they will be the last write. See DESIGN: Working copies.
 
 Subclasses may change how changes are found (``_scan``): the copy-on-write layout of the
 CSI plugin only walks its upper layer.
+
+Rules that keep every change:
+
+- A deletion names what this copy saw: removing a directory tree publishes an unlink of
+  each file under it that the copy had at its base and an rmdir of each explicit
+  directory, deepest first, so files other writers added there meanwhile survive.
+- A reload never removes or overwrites a path that is not clean. Where this copy has an
+  uncommitted file (or other non-directory) and a newer commit has a directory, commit
+  order decides and no uncommitted change is discarded: the local file stays, the files
+  of the volume under that directory are not written here (``status`` lists them as
+  deleted, since this copy does not have them) and they stay in the volume until this
+  copy's next commit, the later write, publishes its file at that path. The other way
+  round (a local directory, a newer file) the local directory stays the same way.
+- A reload journals the paths it will touch, with the content each will hold, before it
+  touches any; one that dies midway is settled from the journal by the next command, so
+  the files it wrote are recorded as clean and never published back over newer commits.
+- Special files (FIFOs, sockets, devices, symlinks) are never read or followed: a commit
+  skips them and says so. Only permission bits of a mode are published or applied.
 """
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import fcntl
 import gc
 import json
 import logging
 import os
+import secrets
 import stat
 import threading
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any, cast
@@ -47,18 +66,35 @@ from kvol.errors import (
     VolumeBusy,
 )
 from kvol.index import RACY_NS, Index, IndexEntry, Signature
-from kvol.model import DeleteOp, FileRecord, Limits, MkdirOp, Op, PutOp, State
+from kvol.model import (
+    Entry,
+    FileRecord,
+    Limits,
+    MkdirOp,
+    Op,
+    PutOp,
+    RmdirOp,
+    State,
+    UnlinkOp,
+    Writer,
+)
 from kvol.repo import Repo
 from kvol.store import Store, open_store
 
 log = logging.getLogger(__name__)
 
 #: Directories are opened this way to scan them: never through a symlink.
-_SCAN_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+_SCAN_DIR_FLAGS = fsops.DIR_FLAGS
 
 CONFIG_FILE = "config.json"
 INDEX_FILE = "index"
 LOCK_FILE = "lock"
+#: What a reload in progress is doing (see WorkingCopy._recover).
+JOURNAL_FILE = "reload-journal"
+#: What a commit in progress is publishing (see WorkingCopy._recover_commit).
+COMMIT_JOURNAL_FILE = "commit-journal"
+#: Present while a create is filling the copy (removed when the copy is complete).
+CREATING_FILE = "creating"
 #: Parallel reads and uploads during a commit, and downloads during a reload.
 DEFAULT_CONCURRENCY = 8
 #: Small files read and packed by one task of a commit.
@@ -75,6 +111,9 @@ class CommitResult:
     sent_bytes: int = 0
     #: Files that changed while being read: left for the next commit.
     deferred: tuple[str, ...] = ()
+    #: Paths not committed because they are not regular files (FIFOs, sockets, devices,
+    #: symlinks), found so by the scan or when opened to be read.
+    skipped: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -103,6 +142,8 @@ class ScanResult:
     deleted: set[str] = field(default_factory=set)
     dirs_added: set[str] = field(default_factory=set)
     dirs_removed: set[str] = field(default_factory=set)
+    #: Paths that are not regular files or directories: never committed.
+    skipped: set[str] = field(default_factory=set)
 
 
 class WorkingCopy:
@@ -149,26 +190,72 @@ class WorkingCopy:
         read_only: bool = False,
         concurrency: int = DEFAULT_CONCURRENCY,
     ) -> WorkingCopy:
-        """Make a new working copy of the volume's head in ``root`` (empty or missing)."""
+        """Make a new working copy of the volume's head in ``root`` (empty or missing).
+
+        All or nothing: if it fails, what it made is removed again, and a copy whose
+        creation was killed (marked by a creation marker, with no configuration yet) is
+        cleared and made again by the next create. The configuration, which makes the
+        directory a working copy, is written last.
+        """
         root_path = Path(root).absolute()
         meta_path = Path(meta_dir).absolute() if meta_dir else root_path / paths.RESERVED
+        made_root = not root_path.exists()
         root_path.mkdir(parents=True, exist_ok=True)
         leftovers = [p.name for p in root_path.iterdir() if p != meta_path]
-        if leftovers:
+        configured = (meta_path / CONFIG_FILE).exists()
+        unfinished = not configured and (meta_path / CREATING_FILE).exists()
+        if leftovers and not unfinished:
             raise InvalidArgument(
                 f"{root_path} is not empty: a working copy needs an empty directory"
             )
-        if (meta_path / CONFIG_FILE).exists():
+        if configured:
             raise InvalidArgument(f"{root_path} is a working copy already")
         repo.meta  # noqa: B018 - fail early, before anything is written, if the volume is gone
+        made_meta = not meta_path.exists()
+        if unfinished:
+            # A create that was killed: everything here is what it downloaded.
+            _clear(root_path, keep=meta_path)
         meta_path.mkdir(parents=True, exist_ok=True)
+        fsops.write_atomically(meta_path / CREATING_FILE, b"")
+        try:
+            wc = cls._build(repo, root_path, meta_path, read_only, concurrency)
+        except BaseException:
+            _clear(root_path, keep=meta_path)
+            for name in (
+                CONFIG_FILE,
+                INDEX_FILE,
+                LOCK_FILE,
+                JOURNAL_FILE,
+                COMMIT_JOURNAL_FILE,
+                CREATING_FILE,
+            ):
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(meta_path / name)
+            if made_meta:
+                with contextlib.suppress(OSError):
+                    meta_path.rmdir()
+            if made_root:
+                with contextlib.suppress(OSError):
+                    root_path.rmdir()
+            raise
+        os.unlink(meta_path / CREATING_FILE)
+        return wc
+
+    @classmethod
+    def _build(
+        cls,
+        repo: Repo,
+        root_path: Path,
+        meta_path: Path,
+        read_only: bool,
+        concurrency: int,
+    ) -> WorkingCopy:
         config = {
             "format": 1,
             "store": repo.store.url,
             "volume_id": repo.volume_id,
             "read_only": read_only,
         }
-        (meta_path / CONFIG_FILE).write_text(json.dumps(config, indent=2) + "\n")
         wc = cls(
             repo,
             root_path,
@@ -177,12 +264,19 @@ class WorkingCopy:
             read_only=read_only,
             concurrency=concurrency,
         )
-        with wc._locked():
-            state = repo.state()
-            touched = set(state.files) | state.all_dirs()
-            wc._apply(state, touched)
-            wc.index.base = state.seq
-            wc._save_index()
+        try:
+            with wc._locked():
+                state = repo.state()
+                touched = set(state.files) | state.all_dirs()
+                wc._apply(state, touched)
+                wc.index.base = state.seq
+                wc._save_index()
+        except BaseException:
+            wc.close(final_commit=False)  # no copy was made: not a writer
+            raise
+        fsops.write_atomically(
+            meta_path / CONFIG_FILE, (json.dumps(config, indent=2) + "\n").encode()
+        )
         return wc
 
     @classmethod
@@ -223,15 +317,31 @@ class WorkingCopy:
 
     # -- locking ----------------------------------------------------------------------------
 
-    @contextmanager
-    def _locked(self) -> Iterator[None]:
-        """One commit or reload at a time, across threads and processes."""
+    @contextlib.contextmanager
+    def _locked(self, *, settle: bool = True) -> Iterator[None]:
+        """One commit or reload at a time, across threads and processes.
+
+        ``settle=False`` (only looking): a commit journal that cannot be settled now
+        (the store is unreachable) is left for the next commit instead of failing."""
         with self._thread_lock:
             fd = os.open(self.meta_dir / LOCK_FILE, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX)
                 # Another process may have committed or reloaded while we waited.
                 self._refresh_index()
+                # A journal left under a free lock is a commit or reload that died: settle
+                # it first.
+                if os.path.lexists(self.meta_dir / COMMIT_JOURNAL_FILE):
+                    try:
+                        self._recover_commit()
+                    except KvolError as exc:
+                        if settle:
+                            raise
+                        log.warning(
+                            "an unfinished commit of %s is not settled yet: %s", self.root, exc
+                        )
+                if os.path.lexists(self.meta_dir / JOURNAL_FILE):
+                    self._recover()
                 yield
             finally:
                 os.close(fd)
@@ -298,7 +408,7 @@ class WorkingCopy:
                             except FileNotFoundError:
                                 continue
                             if not is_reg(st.st_mode):
-                                log.debug("not committed (not a regular file): %s", rel)
+                                result.skipped.add(rel)
                                 continue
                             known = files.get(rel)
                             if known is None:
@@ -350,13 +460,32 @@ class WorkingCopy:
     def _commit_locked(self, message: str | None) -> CommitResult:
         scan_started_ns = time.time_ns()
         scan = self._scan()
+        index = self.index
         removed_dirs = _outermost(scan.dirs_removed)
-        file_deletes = sorted(p for p in scan.deleted if not _under_any(p, removed_dirs))
-        ops: list[Op] = [DeleteOp(d) for d in sorted(removed_dirs)]
-        ops += [DeleteOp(p) for p in file_deletes]
+        # A deletion names what this copy saw at its base: every file of a removed tree the
+        # index has a record of, then its explicit directories, deepest first. A file
+        # another writer added under such a directory meanwhile is not named and survives
+        # (and keeps its directory). Files this copy never published need no deletion.
+        gone = set(scan.deleted)
+        gone_dirs: set[str] = set()
+        if removed_dirs:
+            gone.update(p for p in index.files if _under_any(p, removed_dirs))
+            gone_dirs = {
+                d for d in index.explicit_dirs if d in removed_dirs or _under_any(d, removed_dirs)
+            }
+        file_deletes = sorted(p for p in gone if index.files[p].has_record)
+        rmdirs = sorted(gone_dirs, reverse=True)  # a directory after everything under it
+        ops: list[Op] = [UnlinkOp(p) for p in file_deletes]
+        ops += [RmdirOp(d) for d in rmdirs]
         ops += [MkdirOp(d) for d in sorted(scan.dirs_added)]
 
-        uploads, stats = self._upload(scan.candidates)
+        uploads, stats, unreadable = self._upload(scan.candidates)
+        skipped = sorted(scan.skipped | unreadable)
+        if skipped:
+            shown = ", ".join(skipped[:5]) + (
+                f" and {len(skipped) - 5} more" if len(skipped) > 5 else ""
+            )
+            log.warning("not committed from %s (not regular files): %s", self.root, shown)
         puts: dict[str, tuple[FileRecord, os.stat_result]] = {}
         refreshed: dict[str, os.stat_result] = {}
         deferred: list[str] = []
@@ -365,13 +494,15 @@ class WorkingCopy:
             if not up.stable:
                 deferred.append(rel)
                 continue
-            mode = st.st_mode & 0o7777
-            entry = self.index.files.get(rel)
+            # Only permission bits are published: set-id and sticky bits are never applied
+            # by a copy (see fsops.safe_mode), so they are not recorded either.
+            mode = fsops.safe_mode(st.st_mode)
+            entry = index.files.get(rel)
             if (
                 entry is not None
                 and entry.record is not None
                 and entry.record.hash == up.hash
-                and entry.record.mode == mode
+                and fsops.safe_mode(entry.record.mode) == mode
             ):
                 refreshed[rel] = st  # touched, not changed: nothing to publish
                 continue
@@ -383,49 +514,137 @@ class WorkingCopy:
             return st.st_mtime_ns >= scan_started_ns - RACY_NS
 
         for rel, st in refreshed.items():
-            entry = self.index.files[rel]
+            entry = index.files[rel]
             entry.sig, entry.racy = Signature.of(st), racy(st)
         if not ops:
-            if refreshed:
+            # Entries of files never published that are gone locally need no deletion.
+            forgotten = gone.difference(file_deletes)
+            for p in forgotten:
+                del index.files[p]
+            if refreshed or forgotten:
                 self._save_index()
-            return CommitResult(None, deferred=tuple(deferred))
+            return CommitResult(None, deferred=tuple(deferred), skipped=tuple(skipped))
 
         self._check_limits(removed_dirs, file_deletes, puts, scan.dirs_added)
-        seq = self.repo.publish(ops, self.index.base, message, known_head=self._known_head)
+        done = _Published(
+            gone=sorted(gone),
+            removed_dirs=sorted(removed_dirs),
+            dirs_added=sorted(scan.dirs_added),
+            puts={rel: (record, Signature.of(st), racy(st)) for rel, (record, st) in puts.items()},
+        )
+        # Written (and synced) before publishing: a commit that dies after its entry
+        # landed but before the index records it is settled from this at the next lock
+        # (see _recover_commit); else its files would look changed and be published
+        # again, over whatever other writers committed meanwhile.
+        self._write_commit_journal(ops, index.base, self._known_head, done)
+        seq = self.repo.publish(ops, index.base, message, known_head=self._known_head)
         self._known_head = seq
+        self._record_published(seq, done)
+        self._save_index()
+        self._drop_journal(COMMIT_JOURNAL_FILE)
+        return CommitResult(
+            seq,
+            files=len(puts),
+            deleted=len(file_deletes) + len(rmdirs),
+            bytes=sum(r.size for r, _ in puts.values()),
+            sent_bytes=sum(u.sent_bytes for u in uploads.values()),
+            deferred=tuple(deferred),
+            skipped=tuple(skipped),
+        )
 
+    def _record_published(self, seq: int, done: _Published) -> None:
+        """Bring the index up to a commit of this copy that landed at ``seq``; applying
+        it twice changes nothing."""
         index = self.index
         if seq == index.base + 1:
             # Nobody published in between: the copy now matches the volume at seq, and
             # the next commit need not probe the log positions this one took.
             index.base = seq
-        for d in removed_dirs:
-            for p in [p for p in index.files if paths.is_under(p, d)]:
-                del index.files[p]
+        for p in done.gone:
+            index.files.pop(p, None)
+        for d in done.removed_dirs:
             index.dirs = {x for x in index.dirs if not paths.is_under(x, d)}
             index.explicit_dirs = {x for x in index.explicit_dirs if not paths.is_under(x, d)}
-        for p in file_deletes:
-            index.files.pop(p, None)
-        index.dirs |= scan.dirs_added
-        index.explicit_dirs |= scan.dirs_added
-        for rel, (record, st) in puts.items():
-            index.files[rel] = IndexEntry(record, Signature.of(st), racy(st))
+        index.dirs.update(done.dirs_added)
+        index.explicit_dirs.update(done.dirs_added)
+        for rel, (record, sig, racy) in done.puts.items():
+            index.files[rel] = IndexEntry(record, sig, racy)
             index.dirs.update(paths.ancestors(rel))
-        self._save_index()
-        return CommitResult(
-            seq,
-            files=len(puts),
-            deleted=len(removed_dirs) + len(file_deletes),
-            bytes=sum(r.size for r, _ in puts.values()),
-            sent_bytes=sum(u.sent_bytes for u in uploads.values()),
-            deferred=tuple(deferred),
+
+    def _write_commit_journal(
+        self, ops: list[Op], base: int, known_head: int, done: _Published
+    ) -> None:
+        journal = {
+            "format": 1,
+            "base": base,
+            "known_head": known_head,
+            "ops": _ops_payload(ops),
+            "gone": done.gone,
+            "removed_dirs": done.removed_dirs,
+            "dirs_added": done.dirs_added,
+            "puts": {
+                rel: [record.to_list(), sig.to_list(), racy]
+                for rel, (record, sig, racy) in done.puts.items()
+            },
+        }
+        fsops.write_atomically(
+            self.meta_dir / COMMIT_JOURNAL_FILE,
+            json.dumps(journal, separators=(",", ":")).encode(),
         )
+
+    def _recover_commit(self) -> None:
+        """Settle a commit that stopped after writing its journal (killed, or failed).
+
+        If its entry is in the log (the same operations, after the base it was made on),
+        the index records it as a finished commit would have; otherwise nothing was
+        published and the next commit publishes the same changes.
+        """
+        path = self.meta_dir / COMMIT_JOURNAL_FILE
+        try:
+            journal = json.loads(path.read_bytes())
+            base = int(journal["base"])
+            start = max(base, int(journal["known_head"]))
+            ops = journal["ops"]
+            if not isinstance(ops, list):
+                raise TypeError("ops is not a list")
+            done = _Published(
+                gone=[paths.check(str(p)) for p in journal["gone"]],
+                removed_dirs=[paths.check(str(p)) for p in journal["removed_dirs"]],
+                dirs_added=[paths.check(str(p)) for p in journal["dirs_added"]],
+                puts={
+                    paths.check(str(rel)): (
+                        FileRecord.from_list(record),
+                        Signature(*(int(v) for v in sig)),
+                        bool(racy),
+                    )
+                    for rel, (record, sig, racy) in journal["puts"].items()
+                },
+            )
+        except FileNotFoundError:
+            return
+        except (ValueError, KeyError, TypeError, AttributeError, KvolError) as exc:
+            raise CorruptData(f"commit journal {path} is unreadable: {exc}") from exc
+        landed = None
+        for seq, entry in self.repo.entries_after(start):
+            if _ops_payload(entry.ops) == ops:
+                landed = seq
+                break
+        self.index = Index.load(self.meta_dir / INDEX_FILE)
+        self._index_sig = _file_sig(self.meta_dir / INDEX_FILE)
+        if landed is not None:
+            self._known_head = max(self._known_head, landed)
+            self._record_published(landed, done)
+            self._save_index()
+        self._drop_journal(COMMIT_JOURNAL_FILE)
 
     def _upload(
         self, candidates: dict[str, os.stat_result]
-    ) -> tuple[dict[str, Uploaded], dict[str, os.stat_result]]:
+    ) -> tuple[dict[str, Uploaded], dict[str, os.stat_result], set[str]]:
+        """Read and send the candidates. Returns what was sent, the stat each file had when
+        opened, and the paths found not to be regular files (never read)."""
+        unreadable: set[str] = set()
         if not candidates:
-            return {}, {}
+            return {}, {}, unreadable
         root_fd = fsops.open_root(str(self.root))
         stats: dict[str, os.stat_result] = {}
 
@@ -471,14 +690,17 @@ class WorkingCopy:
                     failures[rel] = future.exception()
                     if failures[rel] is None:
                         results[rel] = future.result()
-                for exc in failures.values():
+                for rel, exc in failures.items():
+                    if isinstance(exc, fsops.NotRegularFile):
+                        unreadable.add(rel)  # replaced by a FIFO, socket or device
+                        continue
                     if isinstance(exc, FileNotFoundError | IsADirectoryError | NotADirectoryError):
                         continue  # removed or replaced since the scan: the next commit sees it
                     if exc is not None:
                         raise exc
         finally:
             os.close(root_fd)
-        return results, stats
+        return results, stats, unreadable
 
     @staticmethod
     def _read_small(
@@ -493,15 +715,12 @@ class WorkingCopy:
                     dir_fd = dirs.get(head)
                     if dir_fd is None:
                         dir_fd = dirs[head] = fsops.open_dir(root_fd, head)
-                    fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=dir_fd)
+                    fd = fsops.open_regular_at(dir_fd, name, rel)
                 except OSError as exc:
                     yield rel, exc, False
                     continue
                 try:
                     before = os.fstat(fd)
-                    if not stat.S_ISREG(before.st_mode):
-                        yield rel, IsADirectoryError(errno.EISDIR, "not a regular file", rel), False
-                        continue
                     data = _read_up_to(fd, PACK_THRESHOLD + 1)
                     after = os.fstat(fd)
                 finally:
@@ -601,23 +820,166 @@ class WorkingCopy:
         view.apply(first, base + 1, touched)
         for seq, entry in self.repo.entries_after(base + 1):
             view.apply(entry, seq, touched)
+        # Written (and synced) before the tree is touched: a reload that dies midway is
+        # settled from it at the next lock (see _recover), so files it wrote never look
+        # like local changes that a commit would publish over newer commits.
+        self._write_journal(base, view, touched)
         try:
             kept, written = self._apply(view, touched)
         except BaseException:
-            # Keep what was applied on record, at the old base: the next reload does the rest.
-            self._save_index()
+            # Settle from what is on disk, at the old base: the next reload does the rest.
+            self._recover()
             raise
         self.index.base = view.seq
         self._save_index()
+        self._drop_journal()
         return ReloadResult(base, view.seq, written, tuple(sorted(kept)))
 
+    # -- the reload journal -----------------------------------------------------------------
+
+    def _write_journal(self, base: int, view: State, touched: set[str]) -> None:
+        all_dirs = view.all_dirs()
+        journal = {
+            "format": 1,
+            "base": base,
+            "target": view.seq,
+            "files": {p: view.files[p].to_list() for p in sorted(touched) if p in view.files},
+            "dirs": sorted(p for p in touched if p in all_dirs),
+            "explicit_dirs": sorted(p for p in touched if p in view.dirs),
+            "gone": sorted(p for p in touched if p not in view.files and p not in all_dirs),
+        }
+        fsops.write_atomically(
+            self.meta_dir / JOURNAL_FILE, json.dumps(journal, separators=(",", ":")).encode()
+        )
+
+    def _drop_journal(self, name: str = JOURNAL_FILE) -> None:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(self.meta_dir / name)
+
+    def _recover(self) -> None:
+        """Settle a reload that stopped midway (killed, or failed), from its journal.
+
+        The index is the one from before the reload. Each path the reload was to touch is
+        looked at: a file that holds the content the reload was writing landed (it is
+        recorded clean, with its new record), a path the reload was deleting that is gone
+        is forgotten, and directories are recorded as they stand. Everything else keeps
+        its old entry: an untouched file is still clean at the old base, and a local change
+        is still a local change. The base stays where it was; the next reload finishes.
+        """
+        path = self.meta_dir / JOURNAL_FILE
+        try:
+            journal = json.loads(path.read_bytes())
+            files = {str(p): FileRecord.from_list(r) for p, r in journal["files"].items()}
+            dirs = [str(p) for p in journal["dirs"]]
+            explicit = {str(p) for p in journal["explicit_dirs"]}
+            gone = [str(p) for p in journal["gone"]]
+            journal_base = int(journal["base"])
+        except FileNotFoundError:
+            return
+        except (ValueError, KeyError, TypeError, AttributeError, CorruptData) as exc:
+            raise CorruptData(f"reload journal {path} is unreadable: {exc}") from exc
+        # The index as saved (the reload changed the one in memory, not the file).
+        index = self.index = Index.load(self.meta_dir / INDEX_FILE)
+        self._index_sig = _file_sig(self.meta_dir / INDEX_FILE)
+        if index.base != journal_base:
+            self._drop_journal()  # the reload finished: its index was saved
+            return
+        for rel in [*files, *dirs, *gone]:
+            paths.check(rel)
+        root_fd = fsops.open_root(str(self.root))
+        try:
+            for rel in gone:
+                st = fsops.lstat(root_fd, rel)
+                if st is None:
+                    index.files.pop(rel, None)
+                if st is None or not stat.S_ISDIR(st.st_mode):
+                    index.dirs.discard(rel)
+                    index.explicit_dirs.discard(rel)
+            for rel in dirs:
+                st = fsops.lstat(root_fd, rel)
+                if st is not None and stat.S_ISDIR(st.st_mode):
+                    index.files.pop(rel, None)
+                    index.dirs.add(rel)
+                    if rel in explicit:
+                        index.explicit_dirs.add(rel)
+            for rel, record in files.items():
+                st = fsops.lstat(root_fd, rel)
+                if st is None or not stat.S_ISREG(st.st_mode):
+                    continue
+                index.dirs.discard(rel)
+                index.explicit_dirs.discard(rel)
+                entry = index.files.get(rel)
+                if entry is not None and self._is_clean(root_fd, rel, entry, st):
+                    if entry.record is not None and entry.record.hash == record.hash:
+                        entry.record = record
+                    continue  # the old file, untouched: the next reload replaces it
+                landed = self._holds(root_fd, rel, record)
+                if landed is not None:
+                    index.files[rel] = IndexEntry(record, Signature.of(landed))
+            self._remove_temporaries(root_fd, {paths.parent(p) for p in files})
+            _Staging.remove_stale(root_fd)
+        finally:
+            os.close(root_fd)
+        self._save_index()
+        self._drop_journal()
+
+    def _holds(self, root_fd: int, rel: str, record: FileRecord) -> os.stat_result | None:
+        """The stat of the file at ``rel`` if it holds exactly ``record``'s content and mode,
+        unchanged while it was read; else None."""
+        try:
+            fd = fsops.open_file(root_fd, rel)
+        except OSError:
+            return None
+        try:
+            before = os.fstat(fd)
+            if before.st_size != record.size or fsops.safe_mode(before.st_mode) != fsops.safe_mode(
+                record.mode
+            ):
+                return None
+            digest = hash_file(fd, before.st_size, self.repo.meta.chunk_size)
+            after = os.fstat(fd)
+        finally:
+            os.close(fd)
+        return before if digest == record.hash and same_stat(before, after) else None
+
+    @staticmethod
+    def _remove_temporaries(root_fd: int, dirs: set[str]) -> None:
+        """Remove the temporary files a stopped download left in ``dirs``."""
+        for rel_dir in dirs:
+            try:
+                dfd = fsops.open_dir(root_fd, rel_dir)
+            except (OSError, KvolError):
+                continue
+            try:
+                for name in os.listdir(dfd):
+                    if name.startswith(fsops.TEMP_PREFIX):
+                        with contextlib.suppress(OSError):
+                            os.unlink(name, dir_fd=dfd)
+            finally:
+                os.close(dfd)
+
+    # -- applying a view --------------------------------------------------------------------
+
     def _apply(self, view: State, touched: set[str]) -> tuple[list[str], int]:
-        """Make the tree match ``view`` at ``touched`` paths, keeping local changes."""
+        """Make the tree match ``view`` at ``touched`` paths, keeping local changes.
+
+        Nothing that is not clean is ever removed or overwritten. A local file (or other
+        non-directory) that is not clean where the view has a directory stays, and the
+        view's files under it are not written: they are recorded as in the volume and
+        missing here, so status shows them as deleted, and this copy's next commit, the
+        later write, publishes its file there (which replaces them in the volume).
+        """
         index = self.index
         all_dirs = view.all_dirs()
         kept: list[str] = []
+        #: Paths where a kept local non-directory stands in the way of the view's directory.
+        blocked: set[str] = set()
         root_fd = fsops.open_root(str(self.root))
+        staging: _Staging | None = None
         try:
+            # All content first, into a staging directory: content that fails to download
+            # or to verify stops the reload before anything in the tree has changed.
+            staging = self._stage(root_fd, view, self._may_need_content(view, touched))
             # Deletions, deepest first, so directories are empty when their turn comes.
             for rel in sorted(touched, reverse=True):
                 if rel in view.files or rel in all_dirs:
@@ -627,22 +989,39 @@ class WorkingCopy:
                     if st is not None and stat.S_ISDIR(st.st_mode):
                         fsops.remove_empty_dir(root_fd, rel)  # local new files keep it
                     continue
-                entry = index.files.pop(rel, None)
+                entry = index.files.get(rel)
                 if entry is None or st is None:
+                    index.files.pop(rel, None)
                     continue
                 if self._is_clean(root_fd, rel, entry, st):
-                    fsops.remove(root_fd, rel)
+                    fsops.remove_file(root_fd, rel)
+                    del index.files[rel]
                 else:
-                    kept.append(rel)  # changed here and not committed: it will be the last write
+                    # Changed here and not committed: it will be the last write.
+                    del index.files[rel]
+                    kept.append(rel)
             for rel in sorted(d for d in touched if d in all_dirs):
+                if _under_any(rel, blocked):
+                    continue
                 st = fsops.lstat(root_fd, rel)
                 if st is not None and not stat.S_ISDIR(st.st_mode):
                     entry = index.files.get(rel)
-                    if entry is None or not self._is_clean(root_fd, rel, entry, st):
-                        kept.append(rel)
+                    if entry is not None and self._is_clean(root_fd, rel, entry, st):
+                        fsops.remove_file(root_fd, rel)
+                        del index.files[rel]
+                    elif stat.S_ISLNK(st.st_mode):
+                        kept.append(rel)  # never replaced; writing under it fails below
                         continue
-                    index.files.pop(rel, None)
-                fsops.make_dirs(root_fd, rel)
+                    else:
+                        kept.append(rel)
+                        blocked.add(rel)
+                        # The volume has no file here now; the local one is a new file.
+                        index.files[rel] = IndexEntry(None, entry.sig if entry else None, True)
+                        continue
+                try:
+                    fsops.make_dirs(root_fd, rel)
+                except NotADirectoryError:
+                    blocked.add(rel)  # a kept local file above it
             known_dirs = index.dirs
             index.dirs = all_dirs
             index.explicit_dirs = set(view.dirs)
@@ -651,6 +1030,9 @@ class WorkingCopy:
             for rel in sorted(p for p in touched if p in view.files):
                 record = view.files[rel]
                 entry = index.files.get(rel)
+                if _under_any(rel, blocked):
+                    self._not_materialized(rel, record)
+                    continue
                 st = fsops.lstat(root_fd, rel)
                 if (
                     st is not None
@@ -677,15 +1059,108 @@ class WorkingCopy:
                 if (
                     entry.record is not None
                     and entry.record.hash == record.hash
-                    and entry.record.mode == record.mode
+                    and fsops.safe_mode(entry.record.mode) == fsops.safe_mode(record.mode)
                 ):
                     entry.record = record
                     continue
                 to_write.append(rel)
-            self._download(root_fd, view, to_write)
+            stopped = self._install(root_fd, view, to_write, staging)
+            for rel in stopped:
+                # An ancestor is a local file that is kept (not a path this reload touched).
+                self._not_materialized(rel, view.files[rel])
+                for ancestor in paths.ancestors(rel):
+                    st = fsops.lstat(root_fd, ancestor)
+                    if st is not None and not stat.S_ISDIR(st.st_mode):
+                        if ancestor not in kept:
+                            kept.append(ancestor)
+                        break
         finally:
+            if staging is not None:
+                staging.remove(root_fd)
             os.close(root_fd)
-        return kept, len(to_write)
+        return kept, len(to_write) - len(stopped)
+
+    def _may_need_content(self, view: State, touched: set[str]) -> list[str]:
+        """The touched files of ``view`` whose content the tree may not have: all but those
+        this copy has on record with the same content and mode (clean ones need nothing,
+        and changed or deleted ones are kept)."""
+        wanted = []
+        for rel in sorted(p for p in touched if p in view.files):
+            entry = self.index.files.get(rel)
+            known = None if entry is None or entry.sig is None else entry.record
+            record = view.files[rel]
+            if (
+                known is None
+                or known.hash != record.hash
+                or fsops.safe_mode(known.mode) != fsops.safe_mode(record.mode)
+            ):
+                wanted.append(rel)
+        return wanted
+
+    def _stage(self, root_fd: int, view: State, rels: list[str]) -> _Staging | None:
+        if not rels:
+            return None
+        staging = _Staging.make(root_fd)
+        reader = self.repo.reader()
+        reader.prefetch(view.files[r] for r in rels)
+
+        def fetch(number: int, rel: str) -> None:
+            record = view.files[rel]
+            name = str(number)
+            st = fsops.stage_file(
+                staging.fd,
+                name,
+                lambda fd: reader.write_to(record, fd),
+                mode=record.mode,
+                mtime_ns=record.mtime_ns,
+            )
+            staging.files[rel] = (name, st)
+
+        try:
+            with ThreadPoolExecutor(self.concurrency, thread_name_prefix="kvol-down") as pool:
+                futures = [pool.submit(fetch, n, rel) for n, rel in enumerate(rels)]
+            for future in futures:
+                future.result()
+        except BaseException:
+            staging.remove(root_fd)
+            raise
+        finally:
+            reader.release()
+        return staging
+
+    def _install(
+        self, root_fd: int, view: State, rels: list[str], staging: _Staging | None
+    ) -> list[str]:
+        """Put ``rels`` in place from the staging directory (downloading any not staged).
+        Returns those that could not be written because a local non-directory stands
+        where a directory above them must be."""
+        stopped: list[str] = []
+        missing: list[str] = []
+        for rel in rels:
+            staged = None if staging is None else staging.files.get(rel)
+            if staging is None or staged is None:
+                missing.append(rel)
+                continue
+            name, staged_st = staged
+            try:
+                st, same = fsops.install_file(root_fd, rel, staging.fd, name, staged_st)
+            except NotADirectoryError:
+                stopped.append(rel)
+                continue
+            # Recorded as soon as it is in place, so that if another file fails the index
+            # still matches the tree. A write in the instant after the move is caught by
+            # hashing the file at the next scan.
+            self.index.files[rel] = IndexEntry(view.files[rel], Signature.of(st), racy=not same)
+        return sorted(stopped + self._download(root_fd, view, missing))
+
+    def _not_materialized(self, rel: str, record: FileRecord) -> None:
+        """``rel`` is in the volume as ``record`` but not written here: a kept local file
+        stands where its directory should be."""
+        entry = self.index.files.get(rel)
+        if entry is not None:
+            entry.record = record
+        else:
+            self.index.files[rel] = IndexEntry(record, None)
 
     def _is_clean(self, root_fd: int, rel: str, entry: IndexEntry, st: os.stat_result) -> bool:
         """Does the local file still hold what the index says? Racy files are hashed."""
@@ -704,21 +1179,28 @@ class WorkingCopy:
             entry.racy = False
         return same
 
-    def _download(self, root_fd: int, view: State, rels: list[str]) -> None:
+    def _download(self, root_fd: int, view: State, rels: list[str]) -> list[str]:
+        """Write ``rels`` as ``view`` has them. Returns those that could not be written
+        because a local non-directory stands where a directory above them must be."""
+        stopped: list[str] = []
         if not rels:
-            return
+            return stopped
         reader = self.repo.reader()
         reader.prefetch(view.files[r] for r in rels)
 
         def fetch(rel: str) -> None:
             record = view.files[rel]
-            st = fsops.write_file(
-                root_fd,
-                rel,
-                lambda fd: reader.write_to(record, fd),
-                mode=record.mode,
-                mtime_ns=record.mtime_ns,
-            )
+            try:
+                st = fsops.write_file(
+                    root_fd,
+                    rel,
+                    lambda fd: reader.write_to(record, fd),
+                    mode=record.mode,
+                    mtime_ns=record.mtime_ns,
+                )
+            except NotADirectoryError:
+                stopped.append(rel)
+                return
             # Recorded as soon as it is written, so that if another file fails the index
             # still matches the tree (nothing written here looks like a local change).
             self.index.files[rel] = IndexEntry(record, Signature.of(st))
@@ -730,11 +1212,12 @@ class WorkingCopy:
                 future.result()
         finally:
             reader.release()
+        return sorted(stopped)
 
     # -- status -----------------------------------------------------------------------------
 
     def status(self) -> Status:
-        with self._locked():
+        with self._locked(settle=False):
             scan = self._scan()
         changed = []
         for rel, st in scan.candidates.items():
@@ -841,6 +1324,79 @@ def _read_up_to(fd: int, limit: int) -> bytes:
         pieces.append(piece)
         left -= len(piece)
     return pieces[0] if len(pieces) == 1 else b"".join(pieces)
+
+
+@dataclass
+class _Published:
+    """How a commit changes the index once its entry has landed."""
+
+    gone: list[str]
+    removed_dirs: list[str]
+    dirs_added: list[str]
+    #: Path -> (its record, the stat it had when read, hash it again at the next scan).
+    puts: dict[str, tuple[FileRecord, Signature, bool]]
+
+
+@dataclass
+class _Staging:
+    """A directory at the top of the copy holding a reload's downloads until they are
+    moved into place (its name starts with the temporary prefix: scans skip it)."""
+
+    name: str
+    fd: int
+    #: Path in the volume -> (name in the staging directory, the file as written).
+    files: dict[str, tuple[str, fsops.Staged]] = field(default_factory=dict)
+
+    PREFIX = fsops.TEMP_PREFIX + "reload-"
+
+    @classmethod
+    def make(cls, root_fd: int) -> _Staging:
+        name = cls.PREFIX + secrets.token_hex(6)
+        os.mkdir(name, 0o700, dir_fd=root_fd)
+        return cls(name, os.open(name, _SCAN_DIR_FLAGS, dir_fd=root_fd))
+
+    def remove(self, root_fd: int) -> None:
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
+        try:
+            fsops.remove_tree_at(root_fd, self.name)
+        except FileNotFoundError:
+            pass
+        except OSError as exc:  # replaced meanwhile (by a symlink, say): never followed
+            log.warning("could not remove the reload's staging directory %s: %s", self.name, exc)
+
+    @classmethod
+    def remove_stale(cls, root_fd: int) -> None:
+        """Remove staging directories a reload that died left behind."""
+        for name in os.listdir(root_fd):
+            if not name.startswith(cls.PREFIX):
+                continue
+            with contextlib.suppress(OSError):  # gone, or not ours (not a directory)
+                if stat.S_ISDIR(os.stat(name, dir_fd=root_fd, follow_symlinks=False).st_mode):
+                    fsops.remove_tree_at(root_fd, name)
+
+
+def _ops_payload(ops: list[Op] | tuple[Op, ...]) -> Any:
+    """Operations as an entry stores them, as JSON reads them back (lists, not tuples)."""
+    payload = Entry(tuple(ops), 0.0, Writer("", "", 0), 0).to_payload()["ops"]
+    return json.loads(json.dumps(payload))
+
+
+def _clear(root: Path, keep: Path | None) -> None:
+    """Remove everything in ``root`` except ``keep``, never following a symlink."""
+    root_fd = fsops.open_root(str(root))
+    try:
+        for name in os.listdir(root_fd):
+            if keep is not None and root / name == keep:
+                continue
+            st = os.stat(name, dir_fd=root_fd, follow_symlinks=False)
+            if stat.S_ISDIR(st.st_mode):
+                fsops.remove_tree_at(root_fd, name)
+            else:
+                os.unlink(name, dir_fd=root_fd)
+    finally:
+        os.close(root_fd)
 
 
 def _outermost(dirs: set[str]) -> set[str]:

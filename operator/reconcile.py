@@ -39,6 +39,8 @@ Obj = dict[str, Any]
 
 READY = "Ready"
 REACHABLE = "BackendReachable"
+#: Recorded in the catalog entries the operator writes: the only ones it adopts.
+CATALOG_OWNER = "kvol-operator"
 
 
 class ReconcileError(Exception):
@@ -309,25 +311,37 @@ class Reconciler:
 
     @staticmethod
     def _retained_id(store: Store, namespace: str, name: str) -> str | None:
-        """A volume of this name kept by a Retain policy is adopted, not replaced."""
+        """A volume of this name kept by a Retain policy is adopted, not replaced; a name
+        the operator did not write is never adopted (its volume is someone else's, which
+        a Delete policy would destroy)."""
         try:
-            return Catalog(store, scope=namespace).lookup(name).id
+            entry = Catalog.for_namespace(store, namespace).entry(name)
         except errors.NotFound:
             return None
         except errors.KvolError as exc:
             raise ReconcileError("BackendUnreachable", str(exc), retry=classify(exc)) from exc
+        if entry.owner != CATALOG_OWNER:
+            raise ReconcileError(
+                "NameTaken",
+                f"the backend's catalog already has a volume named {namespace}/{name} "
+                f"({entry.volume_id}) that the operator did not create; it is not adopted: "
+                "remove that name from the store or give this Volume another name",
+                retry=False,
+            )
+        return entry.volume_id
 
     @staticmethod
     def _create_in_store(
         store: Store, namespace: str, name: str, spec: VolumeSpec, volume_id: str
     ) -> None:
         try:
-            Catalog(store, scope=namespace).create(
+            Catalog.for_namespace(store, namespace).create(
                 name,
                 version=spec.version,
                 limits=spec.limits,
                 volume_id=volume_id,
                 allow_existing=True,
+                owner=CATALOG_OWNER,
             )
         except errors.AlreadyExists as exc:
             raise ReconcileError(
@@ -482,10 +496,10 @@ class Reconciler:
 
     @staticmethod
     def _destroy(store: Store, namespace: str, name: str, volume_id: str) -> None:
-        catalog = Catalog(store, scope=namespace)
+        catalog = Catalog.for_namespace(store, namespace)
         try:
             try:
-                named = catalog.lookup(name).id
+                named = catalog.entry(name).volume_id
             except errors.NotFound:
                 named = None
             if named == volume_id:

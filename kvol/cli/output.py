@@ -25,6 +25,11 @@ def say(text: str = "") -> None:
     print(text, file=sys.stdout)
 
 
+def warn(text: str) -> None:
+    """One line on stderr that does not stop the command."""
+    print(f"kvol: warning: {' '.join(text.split())}", file=sys.stderr)
+
+
 def table(headers: Sequence[str], rows: Sequence[Sequence[str]], right: Sequence[int] = ()) -> None:
     """Columns padded to their widest cell; ``right`` holds the indexes of numeric columns."""
     widths = [len(h) for h in headers]

@@ -11,10 +11,11 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from kvol import mounted, paths
+from kvol import fsck, mounted, paths
+from kvol.catalog import Catalog
 from kvol.cli import output
-from kvol.cli.output import emit_json, plural, say, size, when
-from kvol.errors import InvalidArgument, KvolError, NotFound
+from kvol.cli.output import emit_json, plural, say, size, warn, when
+from kvol.errors import CorruptData, InvalidArgument, KvolError, NotFound
 from kvol.model import Limits
 from kvol.progress import bar
 from kvol.store import Store, open_store
@@ -195,6 +196,43 @@ def register(commands: Any, common: argparse.ArgumentParser) -> None:
     p.add_argument("--dry-run", action="store_true", help="report, delete nothing")
     p.add_argument("--json", action="store_true", help="print JSON")
 
+    p = add(
+        "fsck",
+        cmd_fsck,
+        "check every commit, checkpoint and content object of a volume",
+        "kvol volume fsck data --repair --from ./work",
+    )
+    p.epilog = (p.epilog or "") + FSCK_EPILOG
+    p.add_argument("name")
+    p.add_argument(
+        "--no-content",
+        action="store_true",
+        help="check that content objects exist with the right size, without hashing them",
+    )
+    p.add_argument(
+        "--repair",
+        action="store_true",
+        help="re-publish damaged content that a --from copy still holds (verified by hash)",
+    )
+    p.add_argument(
+        "--from",
+        dest="sources",
+        action="append",
+        default=[],
+        metavar="DIR",
+        help="a working copy or a node's content cache to repair from (repeatable)",
+    )
+    p.add_argument("--json", action="store_true", help="print JSON")
+
+
+FSCK_EPILOG = """
+
+Reports what is damaged (missing, truncated or altered content objects, log entries and
+checkpoints) and which commits and files it affects. Exit status: 0 when nothing is
+damaged (or everything damaged was repaired), 8 when damage is found (or left after
+--repair), 3 when the volume does not exist, 9 when the store fails.
+"""
+
 
 # -- helpers ----------------------------------------------------------------------------------
 
@@ -229,6 +267,12 @@ def _entry_json(entry: FileEntry) -> dict[str, Any]:
 
 
 def cmd_create(args: argparse.Namespace) -> int:
+    for option, value in (
+        ("--limit-files", args.limit_files),
+        ("--limit-files-per-directory", args.limit_files_per_directory),
+    ):
+        if value is not None and value < 0:
+            raise InvalidArgument(f"{option} must not be negative, not {value}")
     limits = Limits(
         max_files=args.limit_files,
         max_bytes=args.limit_bytes,
@@ -252,20 +296,38 @@ def cmd_create(args: argparse.Namespace) -> int:
 
 
 def cmd_list(args: argparse.Namespace) -> int:
-    metas = [(vol.name or "", vol.repo.meta) for vol in Volume.list(store=store_of(args))]
+    # A damaged volume is listed as such; it never keeps the others from being listed.
+    items = Catalog(store_of(args)).scan()
+    for item in items:
+        if item.problem is not None:
+            warn(
+                f"volume {item.name!r} is damaged ({item.problem}); 'kvol volume delete "
+                f"{item.name}' removes it"
+            )
     if args.json:
         emit_json(
             [
-                {"name": name, "id": m.id, "version": m.version, "created": m.created}
-                for name, m in metas
+                {
+                    "name": item.name,
+                    "id": item.volume_id,
+                    "version": item.meta.version if item.meta else None,
+                    "created": item.meta.created if item.meta else None,
+                    **({"damaged": item.problem} if item.problem is not None else {}),
+                }
+                for item in items
             ]
         )
-    elif not metas:
+    elif not items:
         say("No volumes. Create one with: kvol volume create NAME")
     else:
         output.table(
             ["NAME", "VERSION", "CREATED", "ID"],
-            [[name, str(m.version), when(m.created), m.id] for name, m in metas],
+            [
+                [item.name, str(item.meta.version), when(item.meta.created), item.meta.id]
+                if item.meta is not None
+                else [item.name, "damaged", "-", item.volume_id or "-"]
+                for item in items
+            ],
         )
     return 0
 
@@ -303,12 +365,15 @@ def cmd_rename(args: argparse.Namespace) -> int:
 def cmd_delete(args: argparse.Namespace) -> int:
     store = store_of(args)
     try:
-        Volume.from_name(args.name, store=store).hydrate()
+        # Only the name must be readable: a volume with damaged metadata can go too.
+        Catalog(store).entry(args.name)
     except NotFound:
         if args.allow_missing:
             say(f"Volume {args.name!r} does not exist: nothing to delete.")
             return 0
         raise
+    except CorruptData:
+        pass  # an unreadable name can still be removed
     output.confirm(f"Delete volume {args.name!r} and all its data, irreversibly?", args.yes)
     Volume.delete(args.name, allow_missing=args.allow_missing, store=store)
     say(f"Deleted volume {args.name!r}.")
@@ -495,6 +560,62 @@ def cmd_gc(args: argparse.Namespace) -> int:
         f"{args.grace:g}s."
     )
     return 0
+
+
+def cmd_fsck(args: argparse.Namespace) -> int:
+    if args.repair and not args.sources:
+        raise InvalidArgument("--repair needs a copy to repair from: --from DIR")
+    if args.sources and not args.repair:
+        raise InvalidArgument("--from is only used with --repair")
+    vol = Volume.from_name(args.name, store=store_of(args))
+    with contextlib.ExitStack() as stack:
+        advance: Callable[[int], None] | None = None
+        shown = 0
+
+        def progress(done: int, total: int) -> None:
+            nonlocal advance, shown
+            if advance is None:
+                advance = stack.enter_context(bar(total, "fsck"))
+            advance(done - shown)
+            shown = done
+
+        report = vol.fsck(
+            verify_content=not args.no_content,
+            repair_from=args.sources if args.repair else None,
+            progress=progress,
+        )
+    if args.json:
+        emit_json({"name": args.name, **report.to_dict()})
+    else:
+        _say_fsck(args.name, report)
+    if not report.ok:
+        left = " left after repair" if report.repair is not None else ""
+        raise CorruptData(
+            f"volume {args.name!r} is damaged: {plural(len(report.damage), 'problem')}{left}"
+        )
+    return 0
+
+
+def _say_fsck(name: str, report: fsck.FsckReport) -> None:
+    say(
+        f"Checked volume {name!r} (id {report.volume_id}): {plural(report.head, 'commit')}, "
+        f"{plural(report.checkpoints_checked, 'checkpoint')}, "
+        f"{plural(report.objects_checked, 'content object')} ({size(report.bytes_checked)} hashed)."
+    )
+    if report.repair is not None:
+        for done in report.repair.repaired:
+            say(f"REPAIRED {done.key}: {done.detail}")
+        for failed in report.repair.not_repaired:
+            say(f"NOT REPAIRED {failed.key}: {failed.detail}")
+    for d in report.damage:
+        say(f"DAMAGED {d.kind} {d.key}: {d.detail}")
+        if d.commits:
+            say(f"  commits: {fsck.describe_commits(d.commits)}")
+        if d.files:
+            more = f" and {len(d.files) - 10:,} more" if len(d.files) > 10 else ""
+            say(f"  files: {', '.join(d.files[:10])}{more}")
+    if report.ok:
+        say("No damage found.")
 
 
 # -- working copies ---------------------------------------------------------------------------

@@ -9,6 +9,7 @@ as ``__cause__``).
 
 from __future__ import annotations
 
+import threading
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator
@@ -18,6 +19,18 @@ from typing import TypeVar
 from kvol import errors, metrics
 
 T = TypeVar("T")
+
+_CLOCK_LOCK = threading.Lock()
+_BOOTTIME = getattr(time, "CLOCK_BOOTTIME", None)
+
+
+def elapsed_clock() -> float:
+    """Seconds on a clock that only moves forward and keeps counting while the machine is
+    suspended (Linux CLOCK_BOOTTIME; the monotonic clock elsewhere): durations measured on
+    it are right whatever the wall clock does."""
+    if _BOOTTIME is not None:
+        return time.clock_gettime(_BOOTTIME)
+    return time.monotonic()
 
 
 @dataclass(frozen=True)
@@ -51,6 +64,8 @@ class Store(ABC):
 
     #: Short name used as a metric label ("fs", "s3").
     kind: str = "store"
+    #: The store's clock as last measured: (its time, :func:`elapsed_clock` then).
+    _clock: tuple[float, float] | None = None
 
     # -- public API -------------------------------------------------------------------
 
@@ -105,6 +120,44 @@ class Store(ABC):
         """Remove an object; removing a missing object is not an error."""
         self._call("delete", self._delete, check_key(key))
 
+    def now(self, max_age: float = 60.0) -> float:
+        """The store's clock: seconds since the epoch, as the store dates what it writes.
+
+        Object ages (garbage collection's grace, renewal) are decided by this clock, never
+        the local one, so a machine whose clock is off cannot misjudge them. Measured by
+        writing a probe (its modification time is the store's "now") at most every
+        ``max_age`` seconds, and advanced meanwhile by the local :func:`elapsed_clock`, which
+        measures durations right even when the wall clock is off.
+        """
+        with _CLOCK_LOCK:
+            measured = self._clock
+            if measured is None or elapsed_clock() - measured[1] > max_age:
+                before = elapsed_clock()
+                stamp = self._call("now", self._now)
+                # The probe was dated somewhere between the two readings: pairing it with
+                # the earlier one keeps this clock from running ahead of the store's.
+                measured = self._clock = (stamp, before)
+            return measured[0] + (elapsed_clock() - measured[1])
+
+    def renew(self, key: str) -> None:
+        """Date an existing object "now" (the store's clock), keeping its bytes.
+
+        Raises :class:`errors.NotFound` when it is gone. Garbage collection keeps objects
+        younger than its grace; a commit about to publish an object it did not just write
+        renews it first (see :mod:`kvol.repo`).
+        """
+        self._call("renew", self._renew, check_key(key))
+
+    def delete_if_older(self, key: str, cutoff: float) -> ObjectInfo | None:
+        """Delete an object only if it is still dated before ``cutoff`` (store clock),
+        checked right before deleting it; returns what was deleted, None if kept or gone."""
+        return self._call("delete_if_older", self._delete_if_older, check_key(key), cutoff)
+
+    def remove_temporaries(self, cutoff: float) -> tuple[int, int]:
+        """Remove the store's own leftovers of interrupted writes dated before ``cutoff``;
+        returns how many and their bytes."""
+        return self._call("remove_temporaries", self._remove_temporaries, cutoff)
+
     def sync(self) -> None:
         """Make every object written so far durable before anything that refers to them.
 
@@ -147,6 +200,31 @@ class Store(ABC):
 
     @abstractmethod
     def _delete(self, key: str) -> None: ...
+
+    @abstractmethod
+    def _now(self) -> float:
+        """The store's clock right now, read from something the store dates itself."""
+
+    def _renew(self, key: str) -> None:
+        # Rewriting the same bytes dates the object anew; stores do better where they can.
+        self._put(key, self._get(key))
+
+    def _delete_if_older(self, key: str, cutoff: float) -> ObjectInfo | None:
+        try:
+            info = self._head(key)
+        except Exception as exc:
+            if isinstance(exc, errors.NotFound) or isinstance(
+                self._translate(exc), errors.NotFound
+            ):
+                return None
+            raise
+        if info.mtime >= cutoff:
+            return None
+        self._delete(key)
+        return info
+
+    def _remove_temporaries(self, cutoff: float) -> tuple[int, int]:
+        return 0, 0
 
     @abstractmethod
     def _translate(self, exc: Exception) -> errors.KvolError:

@@ -16,12 +16,21 @@ import os
 import secrets
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from urllib.parse import parse_qs, urlparse
+from urllib.parse import parse_qs, quote, unquote, urlparse
 
 from kvol import errors
 from kvol.store.base import ObjectInfo, Store, check_key
 
 _TMP = ".tmp"
+#: Prefix of objects a collection moved aside to look at before deleting them.
+_ASIDE = "gc-"
+
+
+def _aside_key(name: str) -> str | None:
+    """The key of an object moved aside (None for another temporary)."""
+    if not name.startswith(_ASIDE) or name.count("-") < 2:
+        return None
+    return unquote(name.split("-", 2)[2])
 
 
 def _copy_range(src: int, dst: int, offset: int, length: int) -> int:
@@ -282,6 +291,94 @@ class FilesystemStore(Store):
             path.unlink()
         except FileNotFoundError:
             return
+        self._prune_dirs(path)
+
+    # -- the store's clock and garbage ---------------------------------------------------
+
+    def _now(self) -> float:
+        # The filesystem dates a new file by its own clock (the server's, over NFS).
+        tmp = self.root / _TMP / f"clock-{secrets.token_hex(8)}"
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
+        try:
+            return os.fstat(fd).st_mtime
+        finally:
+            os.close(fd)
+            tmp.unlink(missing_ok=True)
+
+    def _renew(self, key: str) -> None:
+        # utime(NULL) dates it by the filesystem's clock (over NFS: "set to server time").
+        path = self._path(key)
+        if not path.is_file():
+            raise FileNotFoundError(errno.ENOENT, "not an object", key)
+        os.utime(path)
+
+    def _delete_if_older(self, key: str, cutoff: float) -> ObjectInfo | None:
+        """Move the object aside, then look at it there: a renewal that landed before the
+        move shows in the moved file, which goes back; one after it finds no object and
+        fails (its commit publishes nothing). So nothing renewed is ever deleted."""
+        path = self._path(key)
+        try:
+            if os.stat(path).st_mtime >= cutoff:
+                return None
+        except FileNotFoundError:
+            return None
+        # The name says where it goes back, should this process die before deciding.
+        aside = self.root / _TMP / f"{_ASIDE}{secrets.token_hex(8)}-{quote(key, safe='')}"
+        try:
+            os.rename(path, aside)
+        except FileNotFoundError:
+            return None
+        st = os.stat(aside)
+        if st.st_mtime >= cutoff:
+            self._put_back(aside, path)
+            return None
+        aside.unlink(missing_ok=True)
+        self._prune_dirs(path)
+        return ObjectInfo(key, st.st_size, st.st_mtime)
+
+    @staticmethod
+    def _put_back(aside: Path, path: Path) -> None:
+        for _ in range(100):
+            try:
+                path.parent.mkdir(parents=True, exist_ok=True)
+                os.link(aside, path)
+            except FileExistsError:
+                pass  # written again meanwhile: that copy stands (same key, same bytes)
+            except FileNotFoundError:
+                if not aside.exists():
+                    return  # another collector finished with it
+                continue  # its directory was pruned between mkdir and link: again
+            aside.unlink(missing_ok=True)
+            return
+        raise errors.StoreError(f"could not put {path} back; it is kept as {aside}")
+
+    def _remove_temporaries(self, cutoff: float) -> tuple[int, int]:
+        """Temporary files of writes killed halfway (a write renames its temporary within
+        the same call, and it is dated as it is written: an old one is abandoned), and
+        objects a collection killed halfway had moved aside: back if renewed meanwhile."""
+        count = size = 0
+        try:
+            entries = list(os.scandir(self.root / _TMP))
+        except FileNotFoundError:
+            return 0, 0
+        for entry in entries:
+            try:
+                st = entry.stat(follow_symlinks=False)
+                if not entry.is_file(follow_symlinks=False):
+                    continue
+                if st.st_mtime >= cutoff:
+                    key = _aside_key(entry.name)
+                    if key is not None:
+                        self._put_back(Path(entry.path), self._path(check_key(key)))
+                    continue
+                os.unlink(entry.path)
+            except (FileNotFoundError, errors.InvalidArgument):
+                continue
+            count += 1
+            size += st.st_size
+        return count, size
+
+    def _prune_dirs(self, path: Path) -> None:
         # Leave no empty directories behind, up to the root.
         parent = path.parent
         while parent != self.root:

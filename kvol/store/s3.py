@@ -303,6 +303,45 @@ class S3Store(Store):
     def _delete(self, key: str) -> None:
         self._throttled(lambda: obstore.delete(self._store, key))
 
+    # -- the store's clock and renewals -------------------------------------------------
+
+    def _now(self) -> float:
+        # LastModified of a probe is the server's clock (to the second; a reading up to a
+        # second behind only makes ages look younger, which keeps more).
+        key = f"{PROBE_PREFIX}clock-{secrets.token_hex(16)}"
+        self._throttled(lambda: obstore.put(self._store, key, b"", use_multipart=False))
+        try:
+            return self._head(key).mtime
+        finally:
+            with contextlib.suppress(oe.BaseError):
+                obstore.delete(self._store, key)
+
+    def _remove_temporaries(self, cutoff: float) -> tuple[int, int]:
+        """Probes and renewal copies left by killed processes. (Parts of multipart uploads
+        a killed process left are invisible through obstore, which can neither list nor
+        abort them: a bucket lifecycle rule "abort incomplete multipart uploads" reclaims
+        them.)"""
+        count = size = 0
+        for chunk in obstore.list(self._store, prefix=PROBE_PREFIX.rstrip("/"), chunk_size=1000):
+            for meta in chunk:
+                if meta["last_modified"].timestamp() >= cutoff:
+                    continue
+                self._delete(meta["path"])
+                count += 1
+                size += meta["size"]
+        return count, size
+
+    def _renew(self, key: str) -> None:
+        # A server-side copy dates the object anew without moving its bytes through here;
+        # S3 refuses to copy an object onto itself unchanged, hence the detour.
+        aside = f"{PROBE_PREFIX}renew-{secrets.token_hex(16)}"
+        self._throttled(lambda: obstore.copy(self._store, key, aside))
+        try:
+            self._throttled(lambda: obstore.copy(self._store, aside, key))
+        finally:
+            with contextlib.suppress(oe.BaseError):
+                obstore.delete(self._store, aside)
+
     # -- conditional writes -------------------------------------------------------------
 
     def _require_conditional_writes(self) -> None:

@@ -254,10 +254,10 @@ def test_history_restore_gc(cli: Cli, tmp_path: Path) -> None:
     assert "as commit 3" in cli.ok("volume", "restore", "data", "1", "-y")
     assert [e["path"] for e in cli.json("volume", "ls", "data")] == ["v1"]
 
-    report = cli.json("volume", "gc", "data", "--grace", "0", "--dry-run")
+    report = cli.json("volume", "gc", "data", "--grace", "3600", "--dry-run")
     assert report["objects_deleted"] == 0  # everything is referenced by some commit
     assert report["objects_seen"] >= 1
-    assert "Deleted 0 objects" in cli.ok("volume", "gc", "data", "--grace", "0")
+    assert "Deleted 0 objects" in cli.ok("volume", "gc", "data", "--grace", "3600")
 
 
 # -- working copies ---------------------------------------------------------------------------

@@ -36,7 +36,7 @@ def store_dir(workdir: Path) -> Path:
 @pytest.fixture
 def catalog(store_dir: Path) -> Catalog:
     store = FilesystemStore(store_dir)
-    cat = Catalog(store, scope=NAMESPACE)
+    cat = Catalog.for_namespace(store, NAMESPACE)
     cat.create("data")
     return cat
 

@@ -252,7 +252,7 @@ def test_store_down_during_unpublish_keeps_the_data(
 ) -> None:
     url = minio.url(s3_bucket, "vols", retries="1", retry_timeout="2", connect_timeout="1")
     store = minio.store(s3_bucket, "vols/")
-    Catalog(store, scope=NAMESPACE).create("data")
+    Catalog.for_namespace(store, NAMESPACE).create("data")
     plugin = Plugin(workdir, url, env=minio.env)
     plugin.start()
     try:
@@ -270,7 +270,7 @@ def test_store_down_during_unpublish_keeps_the_data(
             minio.start()
         kubelet.unpublish(pod)
         assert not pod.target.exists()
-        repo = Catalog(store, scope=NAMESPACE).repo("data")
+        repo = Catalog.for_namespace(store, NAMESPACE).repo("data")
         assert volume_files(repo) == {"precious": b"do not lose me"}
     finally:
         plugin.stop()
@@ -321,7 +321,9 @@ def test_plain_layout_works_too(workdir: Path, store_dir: Path, catalog: Catalog
         kubelet.unpublish(two)
     finally:
         plugin.stop()
-    assert volume_files(Catalog(FilesystemStore(store_dir), scope=NAMESPACE).repo("data")) == {
+    assert volume_files(
+        Catalog.for_namespace(FilesystemStore(store_dir), NAMESPACE).repo("data")
+    ) == {
         "a": b"a",
         "b": b"b",
     }

@@ -42,7 +42,7 @@ SKIPPED = {
 def test_csi_sanity_passes(tmp_path: Path) -> None:
     binary = tool("csi-sanity", "install-csi-sanity.sh")
     store_dir = tmp_path / "store"
-    Catalog(FilesystemStore(store_dir), scope="default").create("data")
+    Catalog.for_namespace(FilesystemStore(store_dir), "default").create("data")
     plugin = Plugin(tmp_path, f"file://{store_dir}")
     plugin.start()
     mountdir = tmp_path / "sanity"

@@ -81,7 +81,7 @@ def events(cluster: Cluster, namespace: str, name: str) -> list[tuple[str, str]]
 def assert_status_matches_store(volume: dict[str, Any], store: Store) -> None:
     """The status of a Ready Volume says what the store holds."""
     meta, status = volume["metadata"], volume["status"]
-    entry = Catalog(store, scope=meta["namespace"]).lookup(meta["name"])
+    entry = Catalog.for_namespace(store, meta["namespace"]).lookup(meta["name"])
     assert status["volumeId"] == entry.id
     assert entry.version == volume["spec"]["version"]
     stats = Repo(store, entry.id).stats()

@@ -205,7 +205,7 @@ def test_retain_keeps_the_data_and_a_new_volume_adopts_it(
     write_files(store, volume_id, tmp_path / "wc", {"kept.txt": b"still here"})
     cluster.kubectl("delete", "volume", "-n", namespace, "keep", "--timeout=30s")
     assert get_volume(cluster, namespace, "keep") is None
-    assert Catalog(store, scope=namespace).lookup("keep").id == volume_id
+    assert Catalog.for_namespace(store, namespace).lookup("keep").id == volume_id
     assert Repo(store, volume_id).stats().files == 1
     # The claim and PV the operator made are released (a controller-manager would finish
     # the claim's deletion; here it keeps its protection finalizer).
@@ -264,7 +264,7 @@ def test_delete_removes_data_only_after_no_pod_mounts_it(
     assert not Repo(store, volume_id).exists()
     assert not list(store.list(f"volumes/{volume_id}/"))
     with pytest.raises(NotFound):
-        Catalog(store, scope=namespace).lookup("gone")
+        Catalog.for_namespace(store, namespace).lookup("gone")
     assert cluster.get_json("pv", f"kvol-{volume_id}") is None or cluster.get_json(
         "pv", f"kvol-{volume_id}"
     )["metadata"].get("deletionTimestamp")
@@ -440,7 +440,7 @@ def test_operator_killed_mid_reconcile_converges(
             volume = wait_ready(cluster, namespace, f"v{i}", timeout=60)
             assert_status_matches_store(volume, store)
         # Exactly one volume each: a retry reused the id it had persisted.
-        names = {name for name, _ in Catalog(store, scope=namespace).list()}
+        names = {name for name, _ in Catalog.for_namespace(store, namespace).list()}
         assert names == {f"v{i}" for i in range(count)}
         ids = {
             v["status"]["volumeId"] for v in cluster.get_json("volumes", "-n", namespace)["items"]

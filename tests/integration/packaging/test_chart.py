@@ -166,11 +166,8 @@ def test_csidriver(default_objects: list[Obj]) -> None:
 def test_node_plugin_daemonset(default_objects: list[Obj]) -> None:
     ds = one(default_objects, "DaemonSet")
     spec = ds["spec"]["template"]["spec"]
-    assert [c["name"] for c in spec["containers"]] == [
-        "driver",
-        "node-driver-registrar",
-        "liveness-probe",
-    ]
+    # kvol-csi registers itself and answers the liveness probe: one container.
+    assert [c["name"] for c in spec["containers"]] == ["driver"]
     driver = container(spec, "driver")
     assert driver["securityContext"]["privileged"] is True
     mounts = {m["name"]: m for m in driver["volumeMounts"]}
@@ -192,6 +189,29 @@ def test_node_plugin_daemonset(default_objects: list[Obj]) -> None:
     assert "--log-level=INFO" in driver["args"]
     env = {e["name"]: e for e in driver["env"]}
     assert env["NODE_NAME"]["valueFrom"]["fieldRef"]["fieldPath"] == "spec.nodeName"
+    # Registration: the kubelet's registry mounted in the driver, the socket's host path sent.
+    assert mounts["registration-dir"]["mountPath"] == "/registration"
+    assert "--registration-dir=/registration" in driver["args"]
+    assert "--kubelet-endpoint=/var/lib/kubelet/plugins/csi.kvol.dev/csi.sock" in driver["args"]
+    assert "--health-port=9808" in driver["args"]
+    assert driver["resources"]["requests"]["cpu"] and driver["resources"]["requests"]["memory"]
+    assert driver["resources"]["limits"]["memory"]
+    assert driver["livenessProbe"]["httpGet"]["port"] == "healthz"
+    assert {"name": "healthz", "containerPort": 9808, "protocol": "TCP"} in driver["ports"]
+    assert spec["hostPID"] is True
+    assert {"operator": "Exists"} in spec["tolerations"]
+
+
+def test_sidecar_registration_mode() -> None:
+    spec = one(render("node.registration=sidecar"), "DaemonSet")["spec"]["template"]["spec"]
+    assert [c["name"] for c in spec["containers"]] == [
+        "driver",
+        "node-driver-registrar",
+        "liveness-probe",
+    ]
+    driver = container(spec, "driver")
+    assert not [a for a in driver["args"] if a.startswith(("--registration-dir", "--health-port"))]
+    assert "registration-dir" not in {m["name"] for m in driver["volumeMounts"]}
     registrar = container(spec, "node-driver-registrar")
     assert (
         "--kubelet-registration-path=/var/lib/kubelet/plugins/csi.kvol.dev/csi.sock"
@@ -202,12 +222,9 @@ def test_node_plugin_daemonset(default_objects: list[Obj]) -> None:
         assert c["resources"]["requests"]["cpu"] and c["resources"]["requests"]["memory"]
         assert c["resources"]["limits"]["memory"]
     # The driver's liveness check is served by the sidecar on the pod's network.
-    probe_port = container(spec, "liveness-probe")["args"]
-    assert "--http-endpoint=:9808" in probe_port
+    assert "--http-endpoint=:9808" in container(spec, "liveness-probe")["args"]
     assert driver["livenessProbe"]["httpGet"]["port"] == "healthz"
     assert {"name": "healthz", "containerPort": 9808, "protocol": "TCP"} in driver["ports"]
-    assert spec["hostPID"] is True
-    assert {"operator": "Exists"} in spec["tolerations"]
 
 
 def test_kubelet_dir_is_configurable() -> None:
@@ -220,6 +237,10 @@ def test_kubelet_dir_is_configurable() -> None:
     driver = container(spec, "driver")
     pods = next(m for m in driver["volumeMounts"] if m["name"] == "pods-dir")
     assert pods["mountPath"] == "/var/data/kubelet/pods"
+    assert "--kubelet-endpoint=/var/data/kubelet/plugins/csi.kvol.dev/csi.sock" in driver["args"]
+    assert not any("/var/lib/kubelet" in json.dumps(o) for o in objects)
+    objects = render("node.kubeletDir=/var/data/kubelet/", "node.registration=sidecar")
+    spec = one(objects, "DaemonSet")["spec"]["template"]["spec"]
     registrar = container(spec, "node-driver-registrar")
     assert (
         "--kubelet-registration-path=/var/data/kubelet/plugins/csi.kvol.dev/csi.sock"
@@ -274,6 +295,12 @@ def test_filesystem_backend(default_objects: list[Obj]) -> None:
         "default": True,
         "filesystem": {"path": "/var/lib/kvol-store"},
     }
+    # The store is a root-owned host directory the plugin writes as root: so does the operator.
+    spec = one(default_objects, "Deployment", "controller")["spec"]["template"]["spec"]
+    assert spec["securityContext"]["runAsUser"] == 0
+    assert spec["securityContext"]["runAsGroup"] == 0
+    assert spec["securityContext"]["runAsNonRoot"] is False
+    assert "fsGroup" not in spec["securityContext"]
 
 
 def test_s3_backend_and_credentials() -> None:
@@ -323,6 +350,7 @@ def test_s3_backend_and_credentials() -> None:
         (("metrics.serviceMonitor.enabled=true",), "needs metrics.service.enabled"),
         (("serviceAccount.create=false",), "serviceAccount.controller.name is required"),
         (("backend.create=false",), "node.storeURL is required when backend.create is false"),
+        (("node.registration=both",), "node.registration must be builtin or sidecar"),
     ],
 )
 def test_bad_values_are_refused_with_a_message(sets: tuple[str, ...], message: str) -> None:

@@ -141,7 +141,7 @@ def test_invalid_names_are_refused(catalog: Catalog, name: str) -> None:
 
 def test_scopes_are_separate(store: CountingStore) -> None:
     main = Catalog(store, scope="main")
-    team = Catalog(store, scope="team-a")
+    team = Catalog.for_namespace(store, "team-a")
     m = main.create("vol")
     t = team.create("vol")
     assert m.id != t.id

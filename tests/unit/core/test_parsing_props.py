@@ -24,7 +24,9 @@ from kvol.model import (
     MkdirOp,
     Part,
     PutOp,
+    RmdirOp,
     State,
+    UnlinkOp,
     Writer,
 )
 from tests.unit.core.helpers import props
@@ -53,6 +55,8 @@ OPS = st.one_of(
     st.builds(PutOp, PATH, records()),
     st.builds(DeleteOp, PATH),
     st.builds(MkdirOp, PATH),
+    st.builds(UnlinkOp, PATH),
+    st.builds(RmdirOp, PATH),
 )
 ENTRIES = st.builds(
     Entry,
@@ -128,7 +132,8 @@ def mutated(draw: st.DrawFn, payload: Any) -> Any:
 def assert_safe_record(record: FileRecord) -> None:
     assert record.size >= 0 and 0 <= record.mode <= 0o7777
     assert HASH_RE.match(record.hash)
-    assert sum(p.length for p in record.parts) == record.size
+    # Parts that do not add up to the size are accepted in the log: reading that one
+    # file fails (kvol.content.ContentReader), the rest of the volume stays readable.
     for part in record.parts:
         assert part.kind in ("b", "p") and HASH_RE.match(part.obj)
         assert part.offset >= 0 and part.length >= 0

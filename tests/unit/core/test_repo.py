@@ -110,8 +110,11 @@ def test_same_path_is_last_write_wins_by_log_order(repo: Repo) -> None:
 def test_head_ignores_stray_files_in_the_log(repo: Repo, store: CountingStore) -> None:
     repo.publish([], 0)
     (store.root / repo.keys.log_prefix / "README").write_text("not an entry")
-    (store.root / repo.keys.log_prefix / "000000000003").write_bytes(b"a gap before me")
     assert repo.head() == 1
+    # A later entry past a missing one is a gap: corruption, not the end of the log.
+    (store.root / repo.keys.log_prefix / "000000000003").write_bytes(b"a gap before me")
+    with pytest.raises(CorruptData, match="gap"):
+        repo.head()
 
 
 # -- content objects ----------------------------------------------------------------------------
@@ -452,7 +455,7 @@ def test_gc_never_touches_referenced_objects_or_other_volumes(
         if path.is_file():
             backdate(path, 7200)
 
-    repo.gc(grace_seconds=0)
+    repo.gc(grace_seconds=3600)
     assert volume_tree(repo) == tree(wc.root)
     assert volume_tree(other) == tree(other_wc.root)
     wc.close(final_commit=False)

@@ -85,7 +85,8 @@ def test_commit_publishes_deletions_of_files_and_directories(
     (wc.root / "d").rmdir()
     result = wc.commit()
 
-    assert result.deleted == 2  # the directory "d" as a whole, and "gone"
+    # What the copy saw: the files d/sub/f0..f4 and "gone", then the directories d/sub and d.
+    assert result.deleted == 8
     assert set(repo.state().files) == {"keep"}
     assert not repo.state().is_dir("d")
     other.reload()
