@@ -26,7 +26,28 @@ examples:
   kvol --store s3://bucket/prefix volume list --json
 
 Run 'kvol volume --help' for every volume command.
+
+exit codes:
+{exit_codes}
 """
+
+#: Every exit code of the CLI: the ``exit_code`` of each error in kvol.errors, plus 0, 1
+#: and 130. The README lists the same codes with the same words.
+EXIT_CODES: tuple[tuple[int, str], ...] = (
+    (0, "success"),
+    (1, "any other failure: a local file error, a cancelled prompt, an unexpected error"),
+    (2, "bad input: an option, a name, a path, a grace or limit out of range"),
+    (3, "not found: a volume, a file, a commit or a working copy"),
+    (4, "already exists"),
+    (5, "conflict: another writer took what this one tried to take (retry)"),
+    (6, "volume busy: processes hold files in the working copy (close them, retry)"),
+    (7, "over a limit of the volume: nothing was published"),
+    (8, "corrupt data, a gap in the log, or damage found by fsck"),
+    (9, "store failure: unreachable, credentials refused, or unsupported"),
+    (10, "read-only: a write through a read-only copy"),
+    (11, "store behind: the store lacks commits this copy has seen (nothing was published)"),
+    (130, "interrupted"),
+)
 
 
 def _common() -> argparse.ArgumentParser:
@@ -62,7 +83,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="kvol",
         description=DESCRIPTION,
-        epilog=EPILOG,
+        epilog=EPILOG.format(
+            exit_codes="\n".join(f"  {code:<4} {text}" for code, text in EXIT_CODES)
+        ),
         formatter_class=argparse.RawDescriptionHelpFormatter,
         parents=[common],
     )

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import logging
 import shutil
+import stat
 import sys
 import tempfile
 from collections.abc import Callable
@@ -15,9 +17,11 @@ from kvol import fsck, mounted, paths
 from kvol.catalog import Catalog
 from kvol.cli import output
 from kvol.cli.output import emit_json, plural, say, size, warn, when
+from kvol.content import REFRESH_AFTER_SECONDS, min_gc_grace
 from kvol.errors import CorruptData, InvalidArgument, KvolError, NotFound
 from kvol.model import Limits
 from kvol.progress import bar
+from kvol.repo import DEFAULT_GC_GRACE_SECONDS
 from kvol.store import Store, open_store
 from kvol.volume import FileEntry, FileEntryType, Volume
 
@@ -185,13 +189,17 @@ def register(commands: Any, common: argparse.ArgumentParser) -> None:
         "delete stored content no commit refers to",
         "kvol volume gc data --dry-run",
     )
+    p.epilog = (p.epilog or "") + GC_EPILOG.format(
+        minimum=min_gc_grace(), renew=REFRESH_AFTER_SECONDS
+    )
     p.add_argument("name")
     p.add_argument(
         "--grace",
         type=float,
-        default=3600.0,
+        default=DEFAULT_GC_GRACE_SECONDS,
         metavar="SECONDS",
-        help="keep unreferenced content younger than this (default: 3600)",
+        help=f"keep unreferenced content younger than this, by the store's clock "
+        f"(default: {DEFAULT_GC_GRACE_SECONDS:g}; at least {min_gc_grace():g}, see below)",
     )
     p.add_argument("--dry-run", action="store_true", help="report, delete nothing")
     p.add_argument("--json", action="store_true", help="print JSON")
@@ -233,6 +241,20 @@ damaged (or everything damaged was repaired), 8 when damage is found (or left af
 --repair), 3 when the volume does not exist, 9 when the store fails.
 """
 
+GC_EPILOG = """
+
+Deletes content objects that no commit refers to and that are older than the grace,
+ages taken by the store's clock (never this machine's), each looked at again right
+before it is deleted; then removes leftovers of writes killed halfway (temporaries)
+older than the grace. A dry run reports what it would delete and removes nothing.
+
+The grace is at least {minimum:g} seconds: a commit renews content it reuses once that
+content is {renew:g}s old and may take as long again to publish, so content a running
+commit is about to publish is always younger than {minimum:g}s. Shorter values (and
+values that are not finite numbers) are refused with exit code 2. gc refuses to run
+(exit 8) on a log with a gap. On S3, run it while no commit of the volume runs: S3 has
+no conditional delete (see docs/data-safety.md).
+"""
 
 # -- helpers ----------------------------------------------------------------------------------
 
@@ -537,19 +559,22 @@ def cmd_restore(args: argparse.Namespace) -> int:
 
 
 def cmd_gc(args: argparse.Namespace) -> int:
-    if args.grace < 0:
-        raise InvalidArgument("--grace must not be negative")
+    # The grace is checked by the core (a minimum, finite): one rule, one message.
     repo = volume_of(args, args.name).repo
     report = repo.gc(grace_seconds=args.grace, dry_run=args.dry_run)
     if args.json:
         emit_json(
             {
                 "dry_run": args.dry_run,
+                "grace_seconds": args.grace,
                 "objects_seen": report.objects_seen,
                 "objects_referenced": report.objects_referenced,
                 "objects_deleted": report.objects_deleted,
                 "bytes_deleted": report.bytes_deleted,
                 "objects_kept_young": report.objects_kept_young,
+                "deleted": list(report.deleted),
+                "temporaries_deleted": report.temporaries_deleted,
+                "temporary_bytes_deleted": report.temporary_bytes_deleted,
             }
         )
         return 0
@@ -559,6 +584,13 @@ def cmd_gc(args: argparse.Namespace) -> int:
         f"{report.objects_seen:,}; kept {report.objects_kept_young:,} younger than "
         f"{args.grace:g}s."
     )
+    if args.dry_run:
+        say("Leftovers of interrupted writes are removed only by a run without --dry-run.")
+    else:
+        say(
+            f"Removed {plural(report.temporaries_deleted, 'leftover temporary file')} of "
+            f"interrupted writes ({size(report.temporary_bytes_deleted)})."
+        )
     return 0
 
 
@@ -637,14 +669,57 @@ def cmd_mount(args: argparse.Namespace) -> int:
     return 0
 
 
+#: Skipped paths named one a line by commit; the rest are counted.
+SHOWN_SKIPPED = 10
+
+
+class _CoreSkipLine(logging.Filter):
+    """Drops the core's one-line summary of skipped paths while the CLI commits: the
+    CLI names them itself, one a line."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith("not committed from ")
+
+
+def _warn_skipped(root: Path, skipped: list[str]) -> None:
+    for rel in skipped[:SHOWN_SKIPPED]:
+        kind = _kind(root / rel)
+        warn(f"not committed: {rel} is {kind + ', ' if kind else ''}not a regular file")
+    if len(skipped) > SHOWN_SKIPPED:
+        warn(f"and {len(skipped) - SHOWN_SKIPPED:,} more not committed (not regular files)")
+
+
+def _kind(path: Path) -> str | None:
+    """What a skipped path is, when it is still there to look at."""
+    try:
+        mode = path.lstat().st_mode
+    except OSError:
+        return None
+    for test, name in (
+        (stat.S_ISLNK, "a symbolic link"),
+        (stat.S_ISFIFO, "a FIFO"),
+        (stat.S_ISSOCK, "a socket"),
+        (stat.S_ISBLK, "a block device"),
+        (stat.S_ISCHR, "a character device"),
+    ):
+        if test(mode):
+            return name
+    return None
+
+
 def cmd_commit(args: argparse.Namespace) -> int:
     mount = mount_of(args.dir)
+    quiet = _CoreSkipLine()
+    core_log = logging.getLogger("kvol.workcopy")
+    core_log.addFilter(quiet)
     try:
         result = mount.commit(args.message)
     except KvolError as exc:
         raise type(exc)(
             f"{exc} (nothing was lost: your changes are still in {mount.root})"
         ) from exc
+    finally:
+        core_log.removeFilter(quiet)
     if args.json:
         emit_json(result)
     elif result.get("seq") is None:
@@ -663,6 +738,7 @@ def cmd_commit(args: argparse.Namespace) -> int:
             f"next commit: {', '.join(deferred[:5])}",
             file=sys.stderr,
         )
+    _warn_skipped(mount.root, [str(p) for p in result.get("skipped") or []])
     return 0
 
 
@@ -680,7 +756,8 @@ def cmd_reload(args: argparse.Namespace) -> int:
         )
     kept = result.get("kept_local") or []
     if kept:
-        say(f"Kept your uncommitted changes to: {', '.join(kept[:10])}")
+        more = f" and {len(kept) - 10:,} more" if len(kept) > 10 else ""
+        say(f"Kept your uncommitted changes to: {', '.join(kept[:10])}{more}")
     return 0
 
 
