@@ -191,21 +191,53 @@ def stage_file(
         os.close(fd)
 
 
+class ChangedMeanwhile(Exception):
+    """What stands at a path is no longer what the caller found clean there."""
+
+
 def install_file(
-    root_fd: int, rel_path: str, src_dir_fd: int, src_name: str, staged: Staged
+    root_fd: int,
+    rel_path: str,
+    src_dir_fd: int,
+    src_name: str,
+    staged: Staged,
+    *,
+    replaces: os.stat_result | None,
 ) -> tuple[os.stat_result, bool]:
     """Move a staged file to ``rel_path`` atomically (an empty directory there gives way,
     as in :func:`write_file`). Returns its stat after the move, and whether it is still
-    the staged file, unchanged (a write in between makes it a local change)."""
+    the staged file, unchanged (a write in between makes it a local change).
+
+    ``replaces``: the stat of the file the caller found clean there (None: nothing was
+    there). Anything else standing there now, a write since or a new file, may be an
+    uncommitted change: :class:`ChangedMeanwhile` is raised and nothing is moved."""
     head, name = _split(rel_path)
     dfd = open_dir(root_fd, head, create=True)
     try:
-        _make_way(dfd, name)
+        # Looked at again right before the move: the caller's look may be long past.
+        now = _lstat_at(dfd, name)
+        if replaces is None:
+            if now is not None and not stat.S_ISDIR(now.st_mode):
+                raise ChangedMeanwhile(rel_path)
+        elif now is None or _sig(now) != _sig(replaces):
+            raise ChangedMeanwhile(rel_path)
+        try:
+            _make_way(dfd, name)
+        except OSError as exc:
+            if exc.errno not in (errno.ENOTEMPTY, errno.EEXIST):
+                raise
+            raise ChangedMeanwhile(rel_path) from exc  # a directory with files in it
         os.rename(src_name, name, src_dir_fd=src_dir_fd, dst_dir_fd=dfd)
         st = os.stat(name, dir_fd=dfd, follow_symlinks=False)
     finally:
         os.close(dfd)
     return st, _identity(st) == staged
+
+
+def _sig(st: os.stat_result) -> tuple[int, ...]:
+    # What a write or a replacement changes. Not the ctime: a file of an overlay's lower
+    # layer shares its inode with other snapshots, whose links move it.
+    return (st.st_mode, st.st_ino, st.st_size, st.st_mtime_ns)
 
 
 def _identity(st: os.stat_result) -> Staged:

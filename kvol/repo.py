@@ -72,6 +72,17 @@ def _check_grace(grace: object) -> float:
     return float(grace)
 
 
+class Unreferenced:
+    """Content keys of one volume that no entry refers to (as of a reading of the log)."""
+
+    def __init__(self, keys: VolumeKeys, refs: set[str]) -> None:
+        self._prefixes = (keys.blob_prefix, keys.pack_prefix)
+        self._refs = refs
+
+    def __contains__(self, key: object) -> bool:
+        return isinstance(key, str) and key.startswith(self._prefixes) and key not in self._refs
+
+
 def _deepest_first(path: str) -> tuple[int, str]:
     return (-path.count("/"), path)
 
@@ -231,6 +242,18 @@ class Repo:
                 return True
         return False
 
+    def check_not_behind(self, seq: int) -> None:
+        """Raise StoreBehind if commit ``seq``, which the caller has seen, is not in the
+        store, and CorruptData if the log has a gap right after it."""
+        if seq > 0 and not self.store.exists(self.keys.log(seq)):
+            raise StoreBehind(
+                f"volume {self.volume_id} in {self.store.url} has no commit {seq}, which "
+                "this working copy has seen: the store is behind it (restored from an older "
+                "backup?); a new working copy starts from what the store holds"
+            )
+        if self._gap_at(seq + 1) and not self.store.exists(self.keys.log(seq + 1)):
+            raise self._gap_error(seq + 1)
+
     def _gap_error(self, missing: int) -> CorruptData:
         return CorruptData(
             f"the log of volume {self.volume_id} has a gap: entry {missing} is missing but "
@@ -260,9 +283,16 @@ class Repo:
                 raise self._gap_error(last + 1)
 
     def publish(
-        self, ops: list[Op], base: int, message: str | None = None, *, known_head: int = 0
+        self,
+        ops: list[Op],
+        base: int,
+        message: str | None = None,
+        *,
+        known_head: int = 0,
+        writer: Writer | None = None,
     ) -> int:
-        """Publish one entry after ``base``; returns the seq it landed at.
+        """Publish one entry after ``base``; returns the seq it landed at. ``writer``:
+        who the entry names (by default this process).
 
         ``known_head``: a seq the caller knows is taken (the log has no gaps, so every
         position up to it is): probing starts after it instead of after ``base``.
@@ -270,7 +300,7 @@ class Repo:
         Raises StoreBehind if that position is not in the store: the caller has seen
         commits the store lost, and an entry after them would be invisible behind a gap.
         """
-        entry = Entry(tuple(ops), time.time(), this_writer(), base, message)
+        entry = Entry(tuple(ops), time.time(), writer or this_writer(), base, message)
         start = max(base, known_head)
         if start > 0 and not self.store.exists(self.keys.log(start)):
             raise StoreBehind(
@@ -291,8 +321,16 @@ class Repo:
         # anew, so collection cannot take it before the entry lands (kvol.content).
         content.renew_before_publish(self.store, objects)
         seq = start + 1
-        # Each position gets its own bytes: the entry names the seq it was written for.
-        while not self.store.put_if_absent(self.keys.log(seq), self.entry_bytes(entry, seq)):
+        while True:
+            # Writers take positions in order, so an entry after a free position means the
+            # position was lost, not free: filling it would hide the lost commit for good.
+            if self.store.exists(self.keys.log(seq + 1)) and not self.store.exists(
+                self.keys.log(seq)
+            ):
+                raise self._gap_error(seq)
+            # Each position gets its own bytes: the entry names the seq it was written for.
+            if self.store.put_if_absent(self.keys.log(seq), self.entry_bytes(entry, seq)):
+                break
             metrics.COMMIT_CONFLICTS.inc()
             seq += 1
         content.published(self.store, objects)
@@ -494,7 +532,11 @@ class Repo:
                 continue
             deleted.append(info.key)
             bytes_deleted += gone.size
-        temporaries = (0, 0) if dry_run else self.store.remove_temporaries(cutoff)
+        temporaries = (
+            (0, 0)
+            if dry_run
+            else self.store.remove_temporaries(cutoff, Unreferenced(self.keys, refs))
+        )
         return GcReport(
             len(objects),
             len(refs),

@@ -12,7 +12,9 @@ Rules that keep every change:
 
 - A deletion names what this copy saw: removing a directory tree publishes an unlink of
   each file under it that the copy had at its base and an rmdir of each explicit
-  directory, deepest first, so files other writers added there meanwhile survive.
+  directory, deepest first, so files other writers added there meanwhile survive. A
+  file of the volume this copy never had (kept out by a local file in its way) is never
+  deleted by it: only replaced, when this copy publishes something at that path.
 - A reload never removes or overwrites a path that is not clean. Where this copy has an
   uncommitted file (or other non-directory) and a newer commit has a directory, commit
   order decides and no uncommitted change is discarded: the local file stays, the files
@@ -42,7 +44,7 @@ import threading
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import IO, Any, cast
 
@@ -78,7 +80,7 @@ from kvol.model import (
     UnlinkOp,
     Writer,
 )
-from kvol.repo import Repo
+from kvol.repo import Repo, this_writer
 from kvol.store import Store, open_store
 
 log = logging.getLogger(__name__)
@@ -173,6 +175,9 @@ class WorkingCopy:
         #: Highest seq this process knows is taken; later commits probe after it.
         self._known_head = 0
         self._index_sig = _file_sig(meta_dir / INDEX_FILE)
+        #: Who this copy's entries name: its own id, so that a commit settled from its
+        #: journal is told from another copy's identical one (even in this process).
+        self.writer = replace(this_writer(), id=secrets.token_hex(8))
         #: The last error of the background autocommit, cleared by the next success.
         self.autocommit_error: KvolError | None = None
         if not read_only:
@@ -473,7 +478,14 @@ class WorkingCopy:
             gone_dirs = {
                 d for d in index.explicit_dirs if d in removed_dirs or _under_any(d, removed_dirs)
             }
-        file_deletes = sorted(p for p in gone if index.files[p].has_record)
+        # Files of the volume this copy never had (kept out by a local file in the way of
+        # their directory, or by something not regular at their path): not this copy's
+        # to delete. A file or directory this commit publishes in their place replaces
+        # them; the others stay on record, to be written here by a later reload.
+        never_had = {
+            p for p in gone if index.files[p].stat_key is None and index.files[p].has_record
+        }
+        file_deletes = sorted(p for p in gone - never_had if index.files[p].has_record)
         rmdirs = sorted(gone_dirs, reverse=True)  # a directory after everything under it
         ops: list[Op] = [UnlinkOp(p) for p in file_deletes]
         ops += [RmdirOp(d) for d in rmdirs]
@@ -516,6 +528,11 @@ class WorkingCopy:
         for rel, st in refreshed.items():
             entry = index.files[rel]
             entry.sig, entry.racy = Signature.of(st), racy(st)
+        gone -= {
+            p
+            for p in never_had
+            if p not in scan.dirs_added and not any(a in puts for a in paths.ancestors(p))
+        }
         if not ops:
             # Entries of files never published that are gone locally need no deletion.
             forgotten = gone.difference(file_deletes)
@@ -537,7 +554,9 @@ class WorkingCopy:
         # (see _recover_commit); else its files would look changed and be published
         # again, over whatever other writers committed meanwhile.
         self._write_commit_journal(ops, index.base, self._known_head, done)
-        seq = self.repo.publish(ops, index.base, message, known_head=self._known_head)
+        seq = self.repo.publish(
+            ops, index.base, message, known_head=self._known_head, writer=self.writer
+        )
         self._known_head = seq
         self._record_published(seq, done)
         self._save_index()
@@ -578,6 +597,9 @@ class WorkingCopy:
             "format": 1,
             "base": base,
             "known_head": known_head,
+            # Another writer may publish the very same operations (the same files
+            # extracted in two copies): only an entry of this writer is this commit.
+            "writer": self.writer.id,
             "ops": _ops_payload(ops),
             "gone": done.gone,
             "removed_dirs": done.removed_dirs,
@@ -607,6 +629,7 @@ class WorkingCopy:
             ops = journal["ops"]
             if not isinstance(ops, list):
                 raise TypeError("ops is not a list")
+            writer = journal.get("writer")  # absent in journals of older versions
             done = _Published(
                 gone=[paths.check(str(p)) for p in journal["gone"]],
                 removed_dirs=[paths.check(str(p)) for p in journal["removed_dirs"]],
@@ -626,7 +649,7 @@ class WorkingCopy:
             raise CorruptData(f"commit journal {path} is unreadable: {exc}") from exc
         landed = None
         for seq, entry in self.repo.entries_after(start):
-            if _ops_payload(entry.ops) == ops:
+            if (writer is None or entry.writer.id == writer) and _ops_payload(entry.ops) == ops:
                 landed = seq
                 break
         self.index = Index.load(self.meta_dir / INDEX_FILE)
@@ -806,6 +829,8 @@ class WorkingCopy:
         base = self.index.base
         first = self.repo.read_entry(base + 1)
         if first is None:
+            # "Already up to date" only if the store still holds what this copy has seen.
+            self.repo.check_not_behind(base)
             return ReloadResult(base, base)
         holders = find_holders(str(self.root), self.busy_device)
         if holders:
@@ -816,7 +841,12 @@ class WorkingCopy:
                 [(h.pid, h.command, h.path) for h in holders],
             )
         view = self.index.committed_state()
-        touched: set[str] = set()
+        # Files of the volume a local file kept out before: written now if they can be.
+        touched = {
+            p
+            for p, e in self.index.files.items()
+            if e.stat_key is None and e.has_record and not os.path.lexists(self.root / p)
+        }
         view.apply(first, base + 1, touched)
         for seq, entry in self.repo.entries_after(base + 1):
             view.apply(entry, seq, touched)
@@ -869,7 +899,12 @@ class WorkingCopy:
         path = self.meta_dir / JOURNAL_FILE
         try:
             journal = json.loads(path.read_bytes())
-            files = {str(p): FileRecord.from_list(r) for p, r in journal["files"].items()}
+            # As the log has them: a record whose parts do not add up (older versions
+            # wrote some) is one unreadable file, never a copy no command can open.
+            files = {
+                str(p): FileRecord.from_list(r, check_size=False)
+                for p, r in journal["files"].items()
+            }
             dirs = [str(p) for p in journal["dirs"]]
             explicit = {str(p) for p in journal["explicit_dirs"]}
             gone = [str(p) for p in journal["gone"]]
@@ -910,7 +945,11 @@ class WorkingCopy:
                 index.explicit_dirs.discard(rel)
                 entry = index.files.get(rel)
                 if entry is not None and self._is_clean(root_fd, rel, entry, st):
-                    if entry.record is not None and entry.record.hash == record.hash:
+                    if (
+                        entry.record is not None
+                        and entry.record.hash == record.hash
+                        and fsops.safe_mode(entry.record.mode) == fsops.safe_mode(record.mode)
+                    ):
                         entry.record = record
                     continue  # the old file, untouched: the next reload replaces it
                 landed = self._holds(root_fd, rel, record)
@@ -1027,6 +1066,8 @@ class WorkingCopy:
             index.explicit_dirs = set(view.dirs)
 
             to_write: list[str] = []
+            #: What each path to write held when found clean (None: nothing).
+            found: dict[str, os.stat_result | None] = {}
             for rel in sorted(p for p in touched if p in view.files):
                 record = view.files[rel]
                 entry = index.files.get(rel)
@@ -1049,6 +1090,7 @@ class WorkingCopy:
                         kept.append(rel)
                         continue
                     to_write.append(rel)
+                    found[rel] = None
                     continue
                 if entry is None or not self._is_clean(root_fd, rel, entry, st):
                     kept.append(rel)
@@ -1064,7 +1106,10 @@ class WorkingCopy:
                     entry.record = record
                     continue
                 to_write.append(rel)
-            stopped = self._install(root_fd, view, to_write, staging)
+                found[rel] = st
+            kept_before = len(kept)
+            stopped = self._install(root_fd, view, to_write, staging, found, kept)
+            changed_meanwhile = len(kept) - kept_before
             for rel in stopped:
                 # An ancestor is a local file that is kept (not a path this reload touched).
                 self._not_materialized(rel, view.files[rel])
@@ -1078,7 +1123,7 @@ class WorkingCopy:
             if staging is not None:
                 staging.remove(root_fd)
             os.close(root_fd)
-        return kept, len(to_write) - len(stopped)
+        return kept, len(to_write) - len(stopped) - changed_meanwhile
 
     def _may_need_content(self, view: State, touched: set[str]) -> list[str]:
         """The touched files of ``view`` whose content the tree may not have: all but those
@@ -1129,11 +1174,18 @@ class WorkingCopy:
         return staging
 
     def _install(
-        self, root_fd: int, view: State, rels: list[str], staging: _Staging | None
+        self,
+        root_fd: int,
+        view: State,
+        rels: list[str],
+        staging: _Staging | None,
+        found: dict[str, os.stat_result | None],
+        kept: list[str],
     ) -> list[str]:
         """Put ``rels`` in place from the staging directory (downloading any not staged).
         Returns those that could not be written because a local non-directory stands
-        where a directory above them must be."""
+        where a directory above them must be. A path written since it was ``found``
+        clean (or created, where nothing was) is a local change: kept, added to ``kept``."""
         stopped: list[str] = []
         missing: list[str] = []
         for rel in rels:
@@ -1143,9 +1195,19 @@ class WorkingCopy:
                 continue
             name, staged_st = staged
             try:
-                st, same = fsops.install_file(root_fd, rel, staging.fd, name, staged_st)
+                st, same = fsops.install_file(
+                    root_fd, rel, staging.fd, name, staged_st, replaces=found.get(rel)
+                )
             except NotADirectoryError:
                 stopped.append(rel)
+                continue
+            except fsops.ChangedMeanwhile:
+                kept.append(rel)
+                entry = self.index.files.get(rel)
+                # As any kept change: the volume's record, hashed again at the next scan.
+                self.index.files[rel] = IndexEntry(
+                    view.files[rel], entry.sig if entry else None, racy=True
+                )
                 continue
             # Recorded as soon as it is in place, so that if another file fails the index
             # still matches the tree. A write in the instant after the move is caught by

@@ -12,7 +12,7 @@ from __future__ import annotations
 import threading
 import time
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Container, Iterator
 from dataclasses import dataclass
 from typing import TypeVar
 
@@ -153,10 +153,14 @@ class Store(ABC):
         checked right before deleting it; returns what was deleted, None if kept or gone."""
         return self._call("delete_if_older", self._delete_if_older, check_key(key), cutoff)
 
-    def remove_temporaries(self, cutoff: float) -> tuple[int, int]:
+    def remove_temporaries(
+        self, cutoff: float, garbage: Container[str] = frozenset()
+    ) -> tuple[int, int]:
         """Remove the store's own leftovers of interrupted writes dated before ``cutoff``;
-        returns how many and their bytes."""
-        return self._call("remove_temporaries", self._remove_temporaries, cutoff)
+        returns how many and their bytes. An object an interrupted collection had set
+        aside is deleted only if it is among ``garbage`` (keys the caller knows nothing
+        refers to); else it goes back."""
+        return self._call("remove_temporaries", self._remove_temporaries, cutoff, garbage)
 
     def sync(self) -> None:
         """Make every object written so far durable before anything that refers to them.
@@ -223,7 +227,7 @@ class Store(ABC):
         self._delete(key)
         return info
 
-    def _remove_temporaries(self, cutoff: float) -> tuple[int, int]:
+    def _remove_temporaries(self, cutoff: float, garbage: Container[str]) -> tuple[int, int]:
         return 0, 0
 
     @abstractmethod

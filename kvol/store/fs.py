@@ -13,9 +13,11 @@ import ctypes.util
 import errno
 import mmap
 import os
+import re
 import secrets
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Container, Iterator
 from pathlib import Path
+from typing import BinaryIO
 from urllib.parse import parse_qs, quote, unquote, urlparse
 
 from kvol import errors
@@ -24,6 +26,10 @@ from kvol.store.base import ObjectInfo, Store, check_key
 _TMP = ".tmp"
 #: Prefix of objects a collection moved aside to look at before deleting them.
 _ASIDE = "gc-"
+
+
+#: Keys of the objects a collection may move aside: content (see kvol.layout).
+_COLLECTED = re.compile(r"/(blobs|packs)/")
 
 
 def _aside_key(name: str) -> str | None:
@@ -127,15 +133,45 @@ class FilesystemStore(Store):
         return self.root / key
 
     def _get(self, key: str) -> bytes:
-        with open(self._path(key), "rb") as f:
+        with self._open_object(key) as f:
             return f.read()
 
     def _get_range(self, key: str, start: int, length: int) -> bytes:
-        with open(self._path(key), "rb") as f:
+        with self._open_object(key) as f:
             return os.pread(f.fileno(), length, start)
 
+    def _open_object(self, key: str) -> BinaryIO:
+        try:
+            return open(self._path(key), "rb")
+        except FileNotFoundError:
+            # A collection may have it aside right now, or may have died with it there:
+            # whoever wants an object puts it back (keeping garbage is always safe).
+            # Collections move only content; other keys are looked for in vain often.
+            if not _COLLECTED.search(key) or not self._put_back_aside(key):
+                raise
+        return open(self._path(key), "rb")
+
+    def _put_back_aside(self, key: str) -> bool:
+        """Put back every copy of ``key`` a collection moved aside; whether there was one."""
+        suffix = "-" + quote(key, safe="")
+        found = False
+        try:
+            names = os.listdir(self.root / _TMP)
+        except FileNotFoundError:
+            return False
+        for name in names:
+            if name.startswith(_ASIDE) and name.endswith(suffix) and _aside_key(name) == key:
+                self._put_back(self.root / _TMP / name, self._path(key))
+                found = True
+        return found
+
     def _head(self, key: str) -> ObjectInfo:
-        st = os.stat(self._path(key))
+        try:
+            st = os.stat(self._path(key))
+        except FileNotFoundError:
+            if not _COLLECTED.search(key) or not self._put_back_aside(key):
+                raise
+            st = os.stat(self._path(key))
         if not os.path.isfile(self._path(key)):
             raise FileNotFoundError(errno.ENOENT, "not an object", key)
         return ObjectInfo(key, st.st_size, st.st_mtime)
@@ -328,7 +364,10 @@ class FilesystemStore(Store):
             os.rename(path, aside)
         except FileNotFoundError:
             return None
-        st = os.stat(aside)
+        try:
+            st = os.stat(aside)
+        except FileNotFoundError:
+            return None  # another collection, or a reader, dealt with it meanwhile
         if st.st_mtime >= cutoff:
             self._put_back(aside, path)
             return None
@@ -352,10 +391,12 @@ class FilesystemStore(Store):
             return
         raise errors.StoreError(f"could not put {path} back; it is kept as {aside}")
 
-    def _remove_temporaries(self, cutoff: float) -> tuple[int, int]:
+    def _remove_temporaries(self, cutoff: float, garbage: Container[str]) -> tuple[int, int]:
         """Temporary files of writes killed halfway (a write renames its temporary within
         the same call, and it is dated as it is written: an old one is abandoned), and
-        objects a collection killed halfway had moved aside: back if renewed meanwhile."""
+        objects a collection killed halfway had moved aside: back unless old and known to
+        be ``garbage`` (a renewed object may have been published since, whatever its age
+        by the time this runs)."""
         count = size = 0
         try:
             entries = list(os.scandir(self.root / _TMP))
@@ -366,10 +407,11 @@ class FilesystemStore(Store):
                 st = entry.stat(follow_symlinks=False)
                 if not entry.is_file(follow_symlinks=False):
                     continue
+                key = _aside_key(entry.name)
+                if key is not None and (st.st_mtime >= cutoff or key not in garbage):
+                    self._put_back(Path(entry.path), self._path(check_key(key)))
+                    continue
                 if st.st_mtime >= cutoff:
-                    key = _aside_key(entry.name)
-                    if key is not None:
-                        self._put_back(Path(entry.path), self._path(check_key(key)))
                     continue
                 os.unlink(entry.path)
             except (FileNotFoundError, errors.InvalidArgument):

@@ -25,7 +25,7 @@ import re
 import secrets
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Container, Iterator
 from datetime import timedelta
 from typing import TYPE_CHECKING, TypeVar
 
@@ -316,7 +316,7 @@ class S3Store(Store):
             with contextlib.suppress(oe.BaseError):
                 obstore.delete(self._store, key)
 
-    def _remove_temporaries(self, cutoff: float) -> tuple[int, int]:
+    def _remove_temporaries(self, cutoff: float, garbage: Container[str]) -> tuple[int, int]:
         """Probes and renewal copies left by killed processes. (Parts of multipart uploads
         a killed process left are invisible through obstore, which can neither list nor
         abort them: a bucket lifecycle rule "abort incomplete multipart uploads" reclaims
