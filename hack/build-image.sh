@@ -239,6 +239,16 @@ import_image() {
   fi
   "${ctr[@]}" images import "$tar" >/dev/null
   say "$ref: imported into the cluster's containerd"
+  # The CRI adds an id reference (sha256:...) for each image it sees; once no name points to
+  # that image any more (a rebuild moved the name), drop it, so its content and snapshots
+  # are garbage-collected: a rebuild on every source change must not fill the node's disk.
+  local stale
+  for stale in $("${ctr[@]}" images ls 2>/dev/null | awk '
+      NR > 1 && $1 !~ /^sha256:/ { named[$3] = 1 }
+      NR > 1 && $1 ~ /^sha256:/ { ids[$1] = $3 }
+      END { for (id in ids) if (!(ids[id] in named)) print id }'); do
+    "${ctr[@]}" images rm "$stale" >/dev/null 2>&1 || true
+  done
 }
 
 for target in "${targets[@]}"; do

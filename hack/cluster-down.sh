@@ -119,6 +119,10 @@ fi
 if [ -e "/var/run/netns/$NETNS" ]; then
   ip netns delete "$NETNS"
 fi
+# `ip netns add` mounts /run/netns onto itself; once no namespace is left there, neither is it.
+if [ -d /run/netns ] && [ -z "$(ls -A /run/netns)" ] && findmnt -rn /run/netns >/dev/null; then
+  umount /run/netns 2>/dev/null || true
+fi
 if [ "$ours" = 1 ]; then
   # The kubelet's cgroups, deepest first (empty now).
   for controller in /sys/fs/cgroup/*/; do
@@ -146,4 +150,5 @@ if [ -d "$CLUSTER_DIR" ]; then
 fi
 rm -rf "$CLUSTER_RUN"
 rm -rf /var/lib/cni/results/kvol-e2e-* 2>/dev/null || true
+rmdir /var/lib/cni/results /var/lib/cni 2>/dev/null || true
 say "cluster down"

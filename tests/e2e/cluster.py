@@ -1,0 +1,226 @@
+"""The e2e cluster as the tests reach it: kubectl and helm only, the way users work.
+
+``hack/cluster-up.sh`` makes the cluster and writes ``kubectl`` and ``helm`` wrappers that
+reach its network; ``hack/build-image.sh`` puts kvol's image into its containerd; the chart
+is installed from ``charts/kvol``. Plain Python, so a benchmark can drive it the same way.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import subprocess
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TypeVar
+
+REPO = Path(__file__).resolve().parents[2]
+CLUSTER_DIR = Path(os.environ.get("KVOL_CLUSTER_DIR", "/var/lib/kvol-cluster"))
+RELEASE = "kvol"
+RELEASE_NAMESPACE = "kvol-system"
+DRIVER = "csi.kvol.dev"
+#: Built by hack/build-image.sh and imported into the node: nothing is ever pulled.
+BUSYBOX = "kvol.test/busybox:1"
+KVOL_IMAGE_TAG = "dev"
+KVOL_IMAGE = f"docker.io/library/kvol:{KVOL_IMAGE_TAG}"
+T = TypeVar("T")
+
+
+class SetupFailed(RuntimeError):
+    """A part of the e2e cluster is missing or broken; the message says what to run."""
+
+
+def run_script(name: str, *args: str, timeout: float = 900) -> str:
+    """Run ``hack/<name>``; its stderr on failure, naming the script."""
+    script = REPO / "hack" / name
+    started = time.monotonic()
+    result = subprocess.run([str(script), *args], capture_output=True, text=True, timeout=timeout)
+    if result.returncode != 0:
+        raise SetupFailed(
+            f"hack/{name} {' '.join(args)} failed ({result.returncode}); "
+            f"its output ends with:\n{result.stderr[-4000:]}"
+        )
+    return f"hack/{name} {' '.join(args)}: {time.monotonic() - started:.1f}s"
+
+
+def wait_for(check: Callable[[], T | None], timeout: float, what: str, interval: float = 0.5) -> T:
+    """Poll ``check`` until it returns something truthy; fail naming ``what``."""
+    deadline = time.monotonic() + timeout
+    while True:
+        last = check()
+        if last:
+            return last
+        if time.monotonic() > deadline:
+            raise AssertionError(
+                f"timed out after {timeout:.0f}s waiting for {what}; last: {last!r}"
+            )
+        time.sleep(interval)
+
+
+@dataclass
+class Cluster:
+    kubectl_binary: Path = CLUSTER_DIR / "bin" / "kubectl"
+    helm_binary: Path = CLUSTER_DIR / "bin" / "helm"
+
+    def kubectl(
+        self, *args: str, input: str | None = None, check: bool = True, timeout: float = 120
+    ) -> subprocess.CompletedProcess[str]:
+        result = subprocess.run(
+            [str(self.kubectl_binary), *args],
+            input=input,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+        )
+        if check and result.returncode != 0:
+            raise AssertionError(
+                f"kubectl {' '.join(args)} failed ({result.returncode}):\n{result.stderr}"
+            )
+        return result
+
+    def helm(self, *args: str, timeout: float = 600) -> subprocess.CompletedProcess[str]:
+        result = subprocess.run(
+            [str(self.helm_binary), *args], capture_output=True, text=True, timeout=timeout
+        )
+        if result.returncode != 0:
+            raise SetupFailed(f"helm {' '.join(args)} failed:\n{result.stderr[-4000:]}")
+        return result
+
+    def apply(self, *objects: dict[str, Any], namespace: str | None = None) -> None:
+        args = ["apply", "-f", "-"]
+        if namespace:
+            args += ["-n", namespace]
+        body = json.dumps({"apiVersion": "v1", "kind": "List", "items": list(objects)})
+        self.kubectl(*args, input=body)
+
+    def get(self, kind: str, name: str, namespace: str | None = None) -> Any:
+        """The object as JSON, or None when it does not exist."""
+        args = ["get", kind, name, "-o", "json"]
+        if namespace:
+            args += ["-n", namespace]
+        result = self.kubectl(*args, check=False)
+        if result.returncode != 0:
+            if "NotFound" in result.stderr:
+                return None
+            raise AssertionError(f"kubectl get {kind} {name}: {result.stderr}")
+        return json.loads(result.stdout)
+
+    def events(self, namespace: str, name: str) -> list[str]:
+        out = self.kubectl(
+            "get",
+            "events",
+            "-n",
+            namespace,
+            "--field-selector",
+            f"involvedObject.name={name}",
+            "-o",
+            "jsonpath={range .items[*]}{.reason}: {.message}{'\\n'}{end}",
+        ).stdout
+        return [line for line in out.splitlines() if line]
+
+    def logs(self, namespace: str, pod: str) -> str:
+        return self.kubectl("logs", "-n", namespace, pod).stdout
+
+    def pod_phase(self, namespace: str, pod: str) -> str | None:
+        obj = self.get("pod", pod, namespace)
+        return None if obj is None else str(obj["status"].get("phase"))
+
+    def wait_pod_phase(
+        self, namespace: str, pod: str, phases: tuple[str, ...], timeout: float = 120
+    ) -> str:
+        def check() -> str | None:
+            phase = self.pod_phase(namespace, pod)
+            if phase == "Failed" and "Failed" not in phases:
+                raise AssertionError(
+                    f"pod {namespace}/{pod} failed:\n{self.logs(namespace, pod)}\n"
+                    + "\n".join(self.events(namespace, pod))
+                )
+            return phase if phase in phases else None
+
+        try:
+            return wait_for(check, timeout, f"pod {namespace}/{pod} to be {'/'.join(phases)}")
+        except AssertionError as exc:
+            raise AssertionError(f"{exc}\nevents: {self.events(namespace, pod)}") from None
+
+    def delete_pod(self, namespace: str, pod: str, timeout: float = 180) -> None:
+        """Delete and wait until the kubelet has torn it down (its volumes unpublished)."""
+        self.kubectl(
+            "delete",
+            "pod",
+            pod,
+            "-n",
+            namespace,
+            "--wait=true",
+            f"--timeout={timeout:.0f}s",
+            timeout=timeout + 30,
+        )
+
+    def volume_phase(self, namespace: str, name: str) -> str | None:
+        obj = self.get("volumes.kvol.dev", name, namespace)
+        return None if obj is None else obj.get("status", {}).get("phase")
+
+
+def unique(prefix: str) -> str:
+    return f"{prefix}-{secrets.token_hex(3)}"
+
+
+def volume(name: str, **spec: Any) -> dict[str, Any]:
+    return {
+        "apiVersion": "kvol.dev/v1alpha1",
+        "kind": "Volume",
+        "metadata": {"name": name},
+        "spec": spec,
+    }
+
+
+def pod(
+    name: str,
+    script: str,
+    *,
+    inline: str | None = None,
+    claim: str | None = None,
+    mount: str = "/data",
+    read_only: bool = False,
+    restart: str = "Never",
+    grace: int = 30,
+    attributes: dict[str, str] | None = None,
+    image: str = BUSYBOX,
+    command: list[str] | None = None,
+) -> dict[str, Any]:
+    """A pod running ``script`` (busybox sh, unless ``command``) with one kvol volume,
+    inline or through a claim."""
+    source: dict[str, Any]
+    if inline is not None:
+        source = {
+            "csi": {
+                "driver": DRIVER,
+                "readOnly": read_only,
+                "volumeAttributes": {"volume": inline, **(attributes or {})},
+            }
+        }
+    elif claim is not None:
+        source = {"persistentVolumeClaim": {"claimName": claim, "readOnly": read_only}}
+    else:
+        raise ValueError("a pod needs inline= or claim=")
+    return {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": name},
+        "spec": {
+            "restartPolicy": restart,
+            "terminationGracePeriodSeconds": grace,
+            "containers": [
+                {
+                    "name": "main",
+                    "image": image,
+                    "imagePullPolicy": "Never",
+                    "command": [*(command or ["sh", "-c"]), script],
+                    "volumeMounts": [{"name": "vol", "mountPath": mount, "readOnly": read_only}],
+                }
+            ],
+            "volumes": [{"name": "vol", **source}],
+        },
+    }

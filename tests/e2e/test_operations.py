@@ -1,0 +1,159 @@
+"""What an operator of the cluster sees and does: metrics scraped from the pods, and a
+kubelet restarted under a running pod."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.e2e.cluster import (
+    CLUSTER_DIR,
+    RELEASE_NAMESPACE,
+    Cluster,
+    pod,
+    run_script,
+    unique,
+    volume,
+    wait_for,
+)
+
+pytestmark = [pytest.mark.e2e, pytest.mark.timeout(900)]
+
+RUN_DIR = Path(os.environ.get("KVOL_CLUSTER_RUN", "/run/kvol-cluster"))
+#: The chart's filesystem store on the node (see conftest.VALUES).
+STORE = CLUSTER_DIR / "store"
+
+
+def _pod_of(cluster: Cluster, component: str) -> str:
+    return cluster.kubectl(
+        "get",
+        "pods",
+        "-n",
+        RELEASE_NAMESPACE,
+        "-l",
+        f"app.kubernetes.io/component={component}",
+        "--field-selector=status.phase=Running",
+        "-o",
+        "jsonpath={.items[0].metadata.name}",
+    ).stdout.strip()
+
+
+def scrape(cluster: Cluster, component: str, port: int) -> dict[str, float]:
+    """The pod's /metrics through the apiserver's pod proxy: sample line -> value."""
+    name = _pod_of(cluster, component)
+    text = cluster.kubectl(
+        "get", "--raw", f"/api/v1/namespaces/{RELEASE_NAMESPACE}/pods/{name}:{port}/proxy/metrics"
+    ).stdout
+    samples = {}
+    for line in text.splitlines():
+        match = re.match(r"^([a-zA-Z_:][^ ]*) ([0-9.eE+-]+|NaN)$", line)
+        if match:
+            samples[match.group(1)] = float(match.group(2))
+    return samples
+
+
+def total(samples: dict[str, float], metric: str) -> float:
+    return sum(v for k, v in samples.items() if k == metric or k.startswith(metric + "{"))
+
+
+def test_metrics_scraped_from_the_pods_show_commits_and_writers(
+    cluster: Cluster, namespace: str
+) -> None:
+    vol = unique("vol")
+    cluster.apply(volume(vol), namespace=namespace)
+    wait_for(lambda: cluster.volume_phase(namespace, vol) == "Ready", 120, f"Volume {vol} Ready")
+    commits_before = total(scrape(cluster, "node", 9810), "kvol_commits_total")
+    cluster.apply(
+        pod("writer", "trap 'exit 0' TERM; echo x > /data/x; sleep 3600 & wait", inline=vol),
+        namespace=namespace,
+    )
+    cluster.wait_pod_phase(namespace, "writer", ("Running",))
+    wait_for(
+        lambda: total(scrape(cluster, "node", 9810), "kvol_writers") >= 1,
+        60,
+        "the plugin's kvol_writers to count the running pod",
+    )
+    cluster.delete_pod(namespace, "writer")
+    samples = scrape(cluster, "node", 9810)
+    assert total(samples, "kvol_commits_total") > commits_before
+    assert total(samples, "csi_plugin_operations_seconds_count") > 0
+    operator = scrape(cluster, "controller", 8080)
+    assert total(operator, "kvol_operator_reconciles_total") > 0
+
+
+def test_kubelet_restarted_mid_pod_loses_nothing(cluster: Cluster, namespace: str) -> None:
+    vol = unique("vol")
+    cluster.apply(volume(vol), namespace=namespace)
+    wait_for(lambda: cluster.volume_phase(namespace, vol) == "Ready", 120, f"Volume {vol} Ready")
+    writer = (
+        "i=0; while [ $i -lt 60 ]; do echo content-$i > /data/f$i; i=$((i+1)); sleep 0.25; done"
+    )
+    cluster.apply(pod("writer", writer, inline=vol), namespace=namespace)
+    cluster.wait_pod_phase(namespace, "writer", ("Running",))
+    time.sleep(3)
+    pid = int((RUN_DIR / "pids" / "kubelet.pid").read_text())
+    os.kill(pid, signal.SIGKILL)
+    time.sleep(2)
+    run_script("cluster-up.sh")  # starts only what is missing: the kubelet
+    cluster.wait_pod_phase(namespace, "writer", ("Succeeded",), timeout=180)
+    cluster.delete_pod(namespace, "writer")
+    check = (
+        "n=0; i=0; while [ $i -lt 60 ]; do "
+        '[ "$(cat /data/f$i 2>/dev/null)" = content-$i ] && n=$((n+1)); i=$((i+1)); done; echo $n'
+    )
+    cluster.apply(pod("reader", check, inline=vol), namespace=namespace)
+    cluster.wait_pod_phase(namespace, "reader", ("Succeeded",))
+    assert cluster.logs(namespace, "reader").strip() == "60"
+
+
+def _store_writable(writable: bool) -> None:
+    """The filesystem store refuses every write (even root's) while its directories are
+    immutable: for the plugin, a store that is down."""
+    flag = "-i" if writable else "+i"
+    subprocess.run(["chattr", "-R", flag, str(STORE)], check=True, capture_output=True)
+
+
+def test_store_down_while_a_pod_ends_keeps_it_terminating_until_it_commits(
+    cluster: Cluster, namespace: str
+) -> None:
+    vol = unique("vol")
+    cluster.apply(volume(vol), namespace=namespace)
+    wait_for(lambda: cluster.volume_phase(namespace, vol) == "Ready", 120, f"Volume {vol} Ready")
+    cluster.apply(
+        pod(
+            "writer",
+            # Written only once the store is down, so no background commit can carry it.
+            "trap 'exit 0' TERM; sleep 5; echo precious > /data/precious.txt; echo written; "
+            "sleep 3600 & wait",
+            inline=vol,
+        ),
+        namespace=namespace,
+    )
+    cluster.wait_pod_phase(namespace, "writer", ("Running",))
+    _store_writable(False)
+    try:
+        wait_for(
+            lambda: "written" in cluster.logs(namespace, "writer"), 60, "the pod to write its file"
+        )
+        cluster.kubectl("delete", "pod", "writer", "-n", namespace, "--wait=false")
+        # The final commit cannot land: the kubelet keeps retrying the unpublish and the pod
+        # stays, Terminating, instead of vanishing with its data.
+        time.sleep(20)
+        obj = cluster.get("pod", "writer", namespace)
+        assert obj is not None and obj["metadata"].get("deletionTimestamp")
+    finally:
+        _store_writable(True)
+    wait_for(
+        lambda: cluster.get("pod", "writer", namespace) is None,
+        180,
+        "the pod to finish once the store is back",
+    )
+    cluster.apply(pod("reader", "cat /data/precious.txt", inline=vol), namespace=namespace)
+    cluster.wait_pod_phase(namespace, "reader", ("Succeeded",))
+    assert cluster.logs(namespace, "reader").strip() == "precious"
