@@ -16,7 +16,8 @@ Failures answer with an HTTP status from one table (:data:`HTTP_STATUS`) and a b
 ``"holders": [{"pid", "command", "path"}]``.
 
 One pod must not be able to starve the plugin that serves every pod of the node: each
-socket holds at most :data:`MAX_CONNECTIONS` connections and the process
+pod holds at most :data:`MAX_CONNECTIONS` connections over all its mounts' sockets (the
+node plugin gives the sockets of one pod one bound) and the process
 :data:`MAX_CONNECTIONS_TOTAL`; a connection past either bound is answered ``503``
 (``"error": "Overloaded"``, retryable) and closed. A request (line, headers and body) must
 arrive whole within :data:`REQUEST_TIMEOUT` seconds of connecting, or the connection is
@@ -51,7 +52,7 @@ log = logging.getLogger(__name__)
 SOCKET_NAME = "control.sock"
 #: Largest request body accepted (a commit message).
 MAX_BODY = 64 * 1024
-#: Connections one control socket (one publication, so one pod) may hold at once.
+#: Connections one pod may hold at once, over the control sockets of all its mounts.
 MAX_CONNECTIONS = 8
 #: Connections all control sockets of this process may hold at once.
 MAX_CONNECTIONS_TOTAL = 128
@@ -308,14 +309,14 @@ class _UnixHTTPServer(socketserver.ThreadingMixIn, socketserver.UnixStreamServer
         target: ControlTarget,
         label: str,
         *,
-        max_connections: int,
+        own: ConnectionBudget,
         budget: ConnectionBudget,
         request_timeout: float,
     ) -> None:
         self.path = path
         self.target = target
         self.label = label
-        self.own = ConnectionBudget(max_connections)
+        self.own = own
         self.budget = budget
         self.request_timeout = request_timeout
         self._actions = threading.Condition()
@@ -396,11 +397,15 @@ class ControlServer:
         max_connections: int = MAX_CONNECTIONS,
         budget: ConnectionBudget = PROCESS_BUDGET,
         request_timeout: float | None = None,
+        client_budget: ConnectionBudget | None = None,
     ) -> None:
         self.path = Path(socket_path)
         self.target = target
         self.label = label or str(self.path)
-        self.max_connections = max_connections
+        #: The bound of the client behind this socket: its own (``max_connections``), or
+        #: one shared by every socket of one pod, so that a pod with many mounts holds no
+        #: more than a pod with one.
+        self.client_budget = client_budget or ConnectionBudget(max_connections)
         self.budget = budget
         self.request_timeout = request_timeout
         self._server: _UnixHTTPServer | None = None
@@ -418,7 +423,7 @@ class ControlServer:
             self.path,
             self.target,
             self.label,
-            max_connections=self.max_connections,
+            own=self.client_budget,
             budget=self.budget,
             request_timeout=REQUEST_TIMEOUT
             if self.request_timeout is None

@@ -21,15 +21,17 @@ import errno
 import hashlib
 import logging
 import os
+import re
 import threading
 import time
+import weakref
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 from kvol import fsops, paths
 from kvol.csi import mounts
-from kvol.csi.control import SOCKET_NAME, ControlServer
+from kvol.csi.control import MAX_CONNECTIONS, SOCKET_NAME, ConnectionBudget, ControlServer
 from kvol.csi.errors import Forbidden, MissingField, NotPublished, PublishedElsewhere
 from kvol.csi.locks import VolumeLocks
 from kvol.csi.mounts import LiveMount, MountError
@@ -46,6 +48,7 @@ log = logging.getLogger(__name__)
 #: Keys the kubelet adds to volume_context when the CSIDriver sets podInfoOnMount.
 POD_NAMESPACE = "csi.storage.k8s.io/pod.namespace"
 POD_NAME = "csi.storage.k8s.io/pod.name"
+POD_UID = "csi.storage.k8s.io/pod.uid"
 EPHEMERAL = "csi.storage.k8s.io/ephemeral"
 #: volumeAttributes understood by the plugin.
 ATTR_VOLUME = "volume"
@@ -78,13 +81,14 @@ class NodeConfig:
 class Live:
     """A publication this process serves: its working copy and its control socket."""
 
-    def __init__(self, pub: Publication, wc: WorkingCopy) -> None:
+    def __init__(self, pub: Publication, wc: WorkingCopy, pod_budget: ConnectionBudget) -> None:
         self.pub = pub
         self.wc = wc
         self.control = ControlServer(
             Path(pub.workdir) / "control" / SOCKET_NAME,
             target=self,
             label=f"{pub.namespace}/{pub.name}@{_key(pub.target_path)}",
+            client_budget=pod_budget,
         )
 
     # -- the control socket's target ---------------------------------------------------
@@ -139,6 +143,11 @@ class NodeService:
         self.locks = VolumeLocks()
         self._live: dict[str, Live] = {}
         self._live_lock = threading.Lock()
+        # One connection bound per pod, shared by the control sockets of all its mounts
+        # (held by them: it goes with the pod's last one).
+        self._pod_budgets: weakref.WeakValueDictionary[str, ConnectionBudget] = (
+            weakref.WeakValueDictionary()
+        )
         # One lock for choosing and dropping snapshots, so a snapshot is never dropped
         # between a publish choosing it and recording it.
         self._lowers_lock = threading.Lock()
@@ -283,6 +292,7 @@ class NodeService:
                 if autocommit is None
                 else autocommit,
                 published_at=time.time(),
+                extra={"pod": context[POD_UID]} if context.get(POD_UID) else {},
             )
             # Recorded before anything is mounted: a crash from here on leaves a record the
             # next call (or the restarted plugin) completes or cleans up.
@@ -395,9 +405,15 @@ class NodeService:
         live = self._live.get(pub.target_path)
         if live is None:
             wc, pub = self._working_copy(pub, repo)
-            live = Live(pub, wc)
+            live = Live(pub, wc, self._pod_budget(pub))
             with self._live_lock:
                 self._live[pub.target_path] = live
+        if pub.layout == "plain":
+            # The plugin's own way into a plain copy is nosuid,nodev too (an overlay is
+            # mounted so): a device node a pod made there (pods may mknod) is never
+            # opened by the plugin's reads, which run as root, even if it is swapped in
+            # for a file between a commit's scan and its read.
+            mounts.bind(live.wc.root, live.wc.root)
         source = live.wc.root / pub.sub_path if pub.sub_path else live.wc.root
         root_fd = fsops.open_root(str(live.wc.root))
         try:
@@ -411,12 +427,21 @@ class NodeService:
         target.mkdir(parents=True, exist_ok=True)
         live.start()
         mounts.bind(source, target, readonly=pub.readonly)
-        mounts.bind(live.control.path.parent, target / paths.RESERVED, noexec=True)
+        _bind_control(live, target)
         if pub.phase != "published":
             pub = pub.with_phase("published")
             self.state.put(pub)
             live.pub = pub
         return live
+
+    def _pod_budget(self, pub: Publication) -> ConnectionBudget:
+        pod = _pod_of(pub)
+        with self._live_lock:
+            budget = self._pod_budgets.get(pod)
+            if budget is None:
+                budget = ConnectionBudget(MAX_CONNECTIONS)
+                self._pod_budgets[pod] = budget
+            return budget
 
     def _working_copy(self, pub: Publication, repo: Repo) -> tuple[WorkingCopy, Publication]:
         workdir = Path(pub.workdir)
@@ -478,7 +503,7 @@ class NodeService:
         live.start()
         target = Path(live.pub.target_path)
         if mounts.is_mountpoint(target):
-            mounts.bind(live.control.path.parent, target / paths.RESERVED, noexec=True)
+            _bind_control(live, target)
 
     def _unmount_target(self, pub: Publication) -> None:
         """Take the pod's view away: its control socket, then its mount of the copy."""
@@ -552,6 +577,25 @@ def _target(path: str) -> str:
 
 def _key(target: str) -> str:
     return hashlib.sha256(target.encode()).hexdigest()[:20]
+
+
+def _bind_control(live: Live, target: Path) -> None:
+    """The control socket's directory at ``<target>/.kvol``, read-only: a pod connects
+    to a socket on a read-only mount, but can never swap the socket for a symlink that
+    the plugin (root) would follow when it sets the socket's mode."""
+    mounts.bind(live.control.path.parent, target / paths.RESERVED, readonly=True, noexec=True)
+
+
+_POD_DIR = re.compile(r"/pods/([^/]+)/volumes/")
+
+
+def _pod_of(pub: Publication) -> str:
+    """Which pod a publication serves: its uid, as the kubelet gave it or as its target
+    path (``.../pods/<uid>/volumes/...``) names it; else the target path alone."""
+    if pub.extra.get("pod"):
+        return pub.extra["pod"]
+    found = _POD_DIR.search(pub.target_path)
+    return found.group(1) if found else pub.target_path
 
 
 def _control_rel(sub_path: str) -> str:

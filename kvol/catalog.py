@@ -204,7 +204,7 @@ class Catalog:
 
     def delete(self, name: str, *, allow_missing: bool = False) -> None:
         """Remove the name first (nobody can open it any more), then the data, unless
-        another name still refers to it (see :meth:`_other_names`). Works on a volume whose metadata is
+        another name, in any scope, still refers to it (see :meth:`names_of`). Works on a volume whose metadata is
         damaged, and on a name whose entry is unreadable (then only the name goes)."""
         try:
             entry = self._read(name)
@@ -224,22 +224,32 @@ class Catalog:
             Repo(self.store, entry.volume_id).destroy()
 
     def _other_names(self, volume_id: str, name: str) -> builtins.list[str]:
-        """Keys of other names for ``volume_id``: in this scope, and for the CLI's scope in
-        the namespaces' too (an older operator kept a namespace ``main``'s names here)."""
-        prefixes = [f"{CATALOG_PREFIX}{self.scope}/"]
-        if self.scope == DEFAULT_SCOPE:
-            prefixes.append(CATALOG_PREFIX + NAMESPACE_SCOPE_PREFIX)
+        """Keys of the names for ``volume_id`` other than ``name``."""
         own = self._key(name)
+        return [key for key in self.names_of(volume_id) if key != own]
+
+    def names_of(self, volume_id: str) -> builtins.list[str]:
+        """Keys of every name for ``volume_id``, in the CLI's scope and every namespace's:
+        an older operator kept a namespace ``main``'s names in the CLI's scope, so one
+        volume can be named from both. An entry gone meanwhile names nothing; a damaged
+        one names the volume if its id is still in it (when in doubt the data stays); a
+        store that does not answer stops the caller rather than answer "nobody"."""
         found = []
-        for prefix in prefixes:
+        for prefix in (
+            f"{CATALOG_PREFIX}{DEFAULT_SCOPE}/",
+            CATALOG_PREFIX + NAMESPACE_SCOPE_PREFIX,
+        ):
             for info in self.store.list(prefix):
-                if info.key == own:
-                    continue
                 try:
-                    if json.loads(self.store.get(info.key)).get("id") == volume_id:
-                        found.append(info.key)
-                except (KvolError, ValueError, AttributeError):
-                    continue  # gone meanwhile, or unreadable: it names nothing
+                    raw = self.store.get(info.key)
+                except NotFound:
+                    continue  # deleted meanwhile
+                try:
+                    named = json.loads(raw).get("id") == volume_id
+                except (ValueError, AttributeError):
+                    named = volume_id.encode() in raw
+                if named:
+                    found.append(info.key)
         return found
 
 

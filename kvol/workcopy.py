@@ -485,6 +485,9 @@ class WorkingCopy:
         never_had = {
             p for p in gone if index.files[p].stat_key is None and index.files[p].has_record
         }
+        # Nor is a directory of theirs that only looked removed here (a local file stood
+        # where it goes): it holds files this copy never had.
+        gone_dirs -= {a for p in never_had for a in paths.ancestors(p)}
         file_deletes = sorted(p for p in gone - never_had if index.files[p].has_record)
         rmdirs = sorted(gone_dirs, reverse=True)  # a directory after everything under it
         ops: list[Op] = [UnlinkOp(p) for p in file_deletes]
@@ -522,6 +525,11 @@ class WorkingCopy:
             puts[rel] = (record, st)
             ops.append(PutOp(rel, record))
 
+        # A directory only its files implied, kept here while this commit removes its last
+        # file, is published as a directory: else it would leave the volume with the file.
+        kept_dirs = self._dirs_left_empty(scan, file_deletes, gone_dirs, puts)
+        ops += [MkdirOp(d) for d in kept_dirs]
+
         def racy(st: os.stat_result) -> bool:
             return st.st_mtime_ns >= scan_started_ns - RACY_NS
 
@@ -546,7 +554,7 @@ class WorkingCopy:
         done = _Published(
             gone=sorted(gone),
             removed_dirs=sorted(removed_dirs),
-            dirs_added=sorted(scan.dirs_added),
+            dirs_added=sorted(scan.dirs_added.union(kept_dirs)),
             puts={rel: (record, Signature.of(st), racy(st)) for rel, (record, st) in puts.items()},
         )
         # Written (and synced) before publishing: a commit that dies after its entry
@@ -570,6 +578,32 @@ class WorkingCopy:
             deferred=tuple(deferred),
             skipped=tuple(skipped),
         )
+
+    def _dirs_left_empty(
+        self,
+        scan: ScanResult,
+        file_deletes: list[str],
+        gone_dirs: set[str],
+        puts: dict[str, tuple[FileRecord, os.stat_result]],
+    ) -> list[str]:
+        """Directories still here that only files implied in the volume, and that no file
+        or explicit directory of the volume keeps once this commit's deletions apply."""
+        index = self.index
+        here = (index.dirs - scan.dirs_removed) | scan.dirs_added
+        candidates = {
+            a
+            for p in file_deletes
+            for a in paths.ancestors(p)
+            if a in here and a not in index.explicit_dirs and a not in scan.dirs_added
+        }
+        if not candidates:
+            return []
+        deleted = set(file_deletes)
+        kept = [p for p, e in index.files.items() if e.has_record and p not in deleted]
+        kept += list(puts)
+        kept += [d for d in index.explicit_dirs | scan.dirs_added if d not in gone_dirs]
+        filled = {a for p in kept for a in paths.ancestors(p)}
+        return sorted(candidates - filled)
 
     def _record_published(self, seq: int, done: _Published) -> None:
         """Bring the index up to a commit of this copy that landed at ``seq``; applying
@@ -828,10 +862,17 @@ class WorkingCopy:
     def _reload_locked(self) -> ReloadResult:
         base = self.index.base
         first = self.repo.read_entry(base + 1)
+        # Files of the volume a local file kept out before: written now if they can be.
+        touched = {
+            p
+            for p, e in self.index.files.items()
+            if e.stat_key is None and e.has_record and not os.path.lexists(self.root / p)
+        }
         if first is None:
             # "Already up to date" only if the store still holds what this copy has seen.
             self.repo.check_not_behind(base)
-            return ReloadResult(base, base)
+            if not touched:
+                return ReloadResult(base, base)
         holders = find_holders(str(self.root), self.busy_device)
         if holders:
             shown = ", ".join(str(h) for h in holders[:5])
@@ -841,15 +882,10 @@ class WorkingCopy:
                 [(h.pid, h.command, h.path) for h in holders],
             )
         view = self.index.committed_state()
-        # Files of the volume a local file kept out before: written now if they can be.
-        touched = {
-            p
-            for p, e in self.index.files.items()
-            if e.stat_key is None and e.has_record and not os.path.lexists(self.root / p)
-        }
-        view.apply(first, base + 1, touched)
-        for seq, entry in self.repo.entries_after(base + 1):
-            view.apply(entry, seq, touched)
+        if first is not None:
+            view.apply(first, base + 1, touched)
+            for seq, entry in self.repo.entries_after(base + 1):
+                view.apply(entry, seq, touched)
         # Written (and synced) before the tree is touched: a reload that dies midway is
         # settled from it at the next lock (see _recover), so files it wrote never look
         # like local changes that a commit would publish over newer commits.
@@ -1039,6 +1075,18 @@ class WorkingCopy:
                     # Changed here and not committed: it will be the last write.
                     del index.files[rel]
                     kept.append(rel)
+            # A directory only its files implied goes from the volume with its last file,
+            # so here too once empty (a local new file keeps it: a change to commit).
+            vanished = {
+                a
+                for rel in touched
+                for a in paths.ancestors(rel)
+                if a in index.dirs and a not in all_dirs
+            }
+            for rel in sorted(vanished, reverse=True):
+                st = fsops.lstat(root_fd, rel)
+                if st is not None and stat.S_ISDIR(st.st_mode):
+                    fsops.remove_empty_dir(root_fd, rel)
             for rel in sorted(d for d in touched if d in all_dirs):
                 if _under_any(rel, blocked):
                     continue

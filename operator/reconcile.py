@@ -504,7 +504,10 @@ class Reconciler:
                 named = None
             if named == volume_id:
                 catalog.delete(name, allow_missing=True)
-            else:  # the name was never written, or points elsewhere: remove only our data
+            elif not catalog.names_of(volume_id):
+                # The name was never written, or points elsewhere: remove our data, unless
+                # another name still refers to it (a name an older operator wrote in the
+                # CLI's scope for namespace main: its user still reads the volume there).
                 Repo(store, volume_id).destroy()
         except errors.KvolError as exc:
             raise ReconcileError(

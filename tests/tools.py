@@ -31,6 +31,21 @@ def tool(name: str, script: str) -> str:
     )
 
 
+def run_kubectl(
+    command: list[str], args: tuple[str, ...], *, input: str | None, check: bool, timeout: float
+) -> subprocess.CompletedProcess[str]:
+    """Run kubectl (``command``: the binary and its global flags) with ``args``; with
+    ``check``, a failure fails the test with kubectl's error."""
+    result = subprocess.run(
+        [*command, *args], input=input, capture_output=True, text=True, timeout=timeout
+    )
+    if check and result.returncode != 0:
+        raise AssertionError(
+            f"kubectl {' '.join(args)} failed ({result.returncode}):\n{result.stderr}"
+        )
+    return result
+
+
 def stop_process(
     process: subprocess.Popen[bytes] | subprocess.Popen[str], sig: signal.Signals
 ) -> None:

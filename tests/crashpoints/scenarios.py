@@ -387,14 +387,9 @@ class Commit(Scenario):
         open_copy(ctx, prepared, "w").commit("the change")
 
     def oracle(self, ctx: Ctx, check: Checker) -> None:
-        store = ctx.open_store()
-        repo = Repo(store, ctx.load()["volume"])
         old = base_tree(ctx.long)
         new = commit_changes(old, ctx.long)
-        with check.step("read the volume"):
-            check.old_or_new(volume_tree(repo, ctx.dir), old, new)
-        with check.step("fsck"):
-            check.fsck(repo, "after the crash")
+        store, repo = _check_crashed(check, ctx, old, new)
         with check.step("reopen the copy"):
             wc = open_copy(ctx, store, "w")
             check.equal(read_tree(wc.root), new, "uncommitted changes lost from the copy")
@@ -451,6 +446,37 @@ def _check_restore(check: Checker, repo: Repo, ctx: Ctx, seq: int, want: Tree, w
         check.fsck(repo, "after restore")
 
 
+def _check_crashed(check: Checker, ctx: Ctx, old: Tree, new: Tree) -> tuple[Store, Repo]:
+    """What every oracle checks first, on the volume opened afresh: it holds exactly the
+    state before the operation or the one after it, and fsck finds no damage."""
+    store = ctx.open_store()
+    repo = Repo(store, ctx.load()["volume"])
+    with check.step("read the volume"):
+        check.old_or_new(volume_tree(repo, ctx.dir), old, new)
+    with check.step("fsck"):
+        check.fsck(repo, "after the crash")
+    return store, repo
+
+
+def _seeded_volume(ctx: Ctx) -> tuple[Store, Repo]:
+    """A new volume whose one commit is the base tree."""
+    store = ctx.open_store()
+    repo = new_volume(store)
+    commit_tree(repo, ctx.dir / "seed", base_tree(ctx.long), 0).close(final_commit=False)
+    return store, repo
+
+
+def _two_commits(ctx: Ctx) -> tuple[Store, Repo]:
+    """A new volume with history: the base tree, then the commit's changes over it."""
+    store = ctx.open_store()
+    repo = new_volume(store)
+    old = base_tree(ctx.long)
+    wc = commit_tree(repo, ctx.dir / "w", old, 0)
+    commit_tree(repo, ctx.dir / "w", commit_changes(old, ctx.long), 1)
+    wc.close(final_commit=False)
+    return store, repo
+
+
 class Reload(Scenario):
     """A second copy with its own uncommitted changes reloads another writer's commit."""
 
@@ -474,17 +500,12 @@ class Reload(Scenario):
         open_copy(ctx, prepared, "b").reload()
 
     def oracle(self, ctx: Ctx, check: Checker) -> None:
-        store = ctx.open_store()
-        repo = Repo(store, ctx.load()["volume"])
         old = base_tree(ctx.long)
         published = commit_changes(old, ctx.long)
         local = other_writer_changes(old)
         mine = {p: local.files[p] for p in ("b-new.txt", "keep/k1.txt")}
         want = merge(published, Tree(mine))
-        with check.step("read the volume"):
-            check.old_or_new(volume_tree(repo, ctx.dir), published, published)
-        with check.step("fsck"):
-            check.fsck(repo, "after the crash")
+        store, repo = _check_crashed(check, ctx, published, published)
         with check.step("reopen the copy"):
             wc = open_copy(ctx, store, "b")
             got = read_tree(wc.root)
@@ -515,9 +536,7 @@ class SdkPut(Scenario):
     name = "put"
 
     def setup(self, ctx: Ctx) -> Any:
-        store = ctx.open_store()
-        repo = new_volume(store)
-        commit_tree(repo, ctx.dir / "seed", base_tree(ctx.long), 0).close(final_commit=False)
+        store, repo = _seeded_volume(ctx)
         write_tree(ctx.dir / "upload", upload_tree(ctx.long), stamp=3)
         ctx.save(volume=repo.volume_id)
         return store, repo.volume_id
@@ -533,14 +552,9 @@ class SdkPut(Scenario):
             batch.put_directory(ctx.dir / "upload", "/up")
 
     def oracle(self, ctx: Ctx, check: Checker) -> None:
-        store = ctx.open_store()
-        repo = Repo(store, ctx.load()["volume"])
         old = base_tree(ctx.long)
         new = merge(old, under("up", upload_tree(ctx.long)))
-        with check.step("read the volume"):
-            check.old_or_new(volume_tree(repo, ctx.dir), old, new)
-        with check.step("fsck"):
-            check.fsck(repo, "after the crash")
+        store, repo = _check_crashed(check, ctx, old, new)
         with check.step("put again"):
             self.put(ctx, store, repo.volume_id, force=True)
             check.equal(volume_tree(repo, ctx.dir), new, "the volume after putting again")
@@ -553,9 +567,7 @@ class SdkRemove(Scenario):
     name = "rm-r"
 
     def setup(self, ctx: Ctx) -> Any:
-        store = ctx.open_store()
-        repo = new_volume(store)
-        commit_tree(repo, ctx.dir / "seed", base_tree(ctx.long), 0).close(final_commit=False)
+        store, repo = _seeded_volume(ctx)
         ctx.save(volume=repo.volume_id)
         return store, repo.volume_id
 
@@ -569,15 +581,10 @@ class SdkRemove(Scenario):
         from kvol.errors import NotFound
         from kvol.volume import Volume
 
-        store = ctx.open_store()
-        repo = Repo(store, ctx.load()["volume"])
         old = base_tree(ctx.long)
         new = old.copy()
         new.remove_tree("docs")
-        with check.step("read the volume"):
-            check.old_or_new(volume_tree(repo, ctx.dir), old, new)
-        with check.step("fsck"):
-            check.fsck(repo, "after the crash")
+        store, repo = _check_crashed(check, ctx, old, new)
         with check.step("rm -r again"):
             with contextlib.suppress(NotFound):  # NotFound: the first one landed
                 Volume.from_id(repo.volume_id, store=store).remove_file("docs", recursive=True)
@@ -591,12 +598,7 @@ class Restore(Scenario):
     name = "restore"
 
     def setup(self, ctx: Ctx) -> Any:
-        store = ctx.open_store()
-        repo = new_volume(store)
-        old = base_tree(ctx.long)
-        wc = commit_tree(repo, ctx.dir / "w", old, 0)
-        commit_tree(repo, ctx.dir / "w", commit_changes(old, ctx.long), 1)
-        wc.close(final_commit=False)
+        _, repo = _two_commits(ctx)
         ctx.save(volume=repo.volume_id)
         return repo
 
@@ -604,15 +606,10 @@ class Restore(Scenario):
         prepared.restore(1)
 
     def oracle(self, ctx: Ctx, check: Checker) -> None:
-        store = ctx.open_store()
-        repo = Repo(store, ctx.load()["volume"])
         first = base_tree(ctx.long)
         second = commit_changes(first, ctx.long)
-        with check.step("read the volume"):
-            # Before the restore the head is the second commit; after it, the first's files.
-            check.old_or_new(volume_tree(repo, ctx.dir), second, first)
-        with check.step("fsck"):
-            check.fsck(repo, "after the crash")
+        # Before the restore the head is the second commit; after it, the first's files.
+        _, repo = _check_crashed(check, ctx, second, first)
         _check_restore(check, repo, ctx, 1, first, "fsck after restoring again")
         _check_restore(check, repo, ctx, 2, second, "fsck after restoring the second commit")
 
@@ -626,12 +623,7 @@ class Gc(Scenario):
     def setup(self, ctx: Ctx) -> Any:
         from kvol.content import ContentWriter
 
-        store = ctx.open_store()
-        repo = new_volume(store)
-        old = base_tree(ctx.long)
-        wc = commit_tree(repo, ctx.dir / "w", old, 0)
-        commit_tree(repo, ctx.dir / "w", commit_changes(old, ctx.long), 1)
-        wc.close(final_commit=False)
+        store, repo = _two_commits(ctx)
         # Content of commits that never published (killed before their entry).
         with ContentWriter(store, repo.keys, CHUNK) as writer:
             for i in range(3 if not ctx.long else 12):
@@ -651,17 +643,12 @@ class Gc(Scenario):
         prepared.gc()
 
     def oracle(self, ctx: Ctx, check: Checker) -> None:
-        store = ctx.open_store()
-        repo = Repo(store, ctx.load()["volume"])
         first = base_tree(ctx.long)
         second = commit_changes(first, ctx.long)
-        with check.step("read the volume"):
-            check.old_or_new(volume_tree(repo, ctx.dir), second, second)
+        _, repo = _check_crashed(check, ctx, second, second)
         with check.step("read the history"):
             got = state_tree(repo, 1)
             check.expect(got.files == first.files, f"commit 1 after gc: {diff(got, first)}")
-        with check.step("fsck"):
-            check.fsck(repo, "after the crash")
         with check.step("gc again"):
             repo.gc()
             check.fsck(repo, "after gc again")
@@ -719,6 +706,34 @@ def _named_volume(ctx: Ctx, store: Store) -> Repo:
     return Repo(store, meta.id, meta)
 
 
+def _seed_named_volume(ctx: Ctx) -> Tree:
+    """The namespace's named volume, its one commit the base tree (returned), and the
+    directory the kubelet makes for the pod's target."""
+    store = ctx.open_store()
+    repo = _named_volume(ctx, store)
+    old = base_tree(ctx.long)
+    commit_tree(repo, ctx.dir / "seed", old, 0).close(final_commit=False)
+    _target(ctx).parent.mkdir(parents=True)
+    ctx.save(volume=repo.volume_id)
+    return old
+
+
+def _restart_node(check: Checker, ctx: Ctx) -> Any:
+    """The plugin started again after the crash, readopting what it had published; None
+    where that failed (the step records why)."""
+    with check.step("restart the plugin"):
+        node = _node(ctx)
+        node.readopt()
+        return node
+    return None
+
+
+def _check_end(check: Checker, repo: Repo, ctx: Ctx, old: Tree) -> None:
+    with check.step("fsck at the end"):
+        check.fsck(repo, "at the end")
+    _check_restore(check, repo, ctx, 1, old, "fsck after restore")
+
+
 def _pod_changes(t: Tree) -> Tree:
     """What the pod writes through its mount before it ends."""
     n = t.copy()
@@ -742,28 +757,17 @@ class NodePublish(Scenario):
     mounts = True
 
     def setup(self, ctx: Ctx) -> Any:
-        store = ctx.open_store()
-        repo = _named_volume(ctx, store)
-        commit_tree(repo, ctx.dir / "seed", base_tree(ctx.long), 0).close(final_commit=False)
-        _target(ctx).parent.mkdir(parents=True)
-        ctx.save(volume=repo.volume_id)
+        _seed_named_volume(ctx)
         return _node(ctx)
 
     def op(self, ctx: Ctx, prepared: Any) -> None:
         prepared.NodePublishVolume(_publish_request(ctx))
 
     def oracle(self, ctx: Ctx, check: Checker) -> None:
-        store = ctx.open_store()
-        repo = Repo(store, ctx.load()["volume"])
         old = base_tree(ctx.long)
         new = _pod_changes(old)
-        with check.step("read the volume"):
-            check.old_or_new(volume_tree(repo, ctx.dir), old, old)
-        with check.step("fsck"):
-            check.fsck(repo, "after the crash")
-        with check.step("restart the plugin"):
-            node = _node(ctx)
-            node.readopt()
+        _, repo = _check_crashed(check, ctx, old, old)
+        node = _restart_node(check, ctx)
         if check.failed_step:
             return
         with check.step("publish again"):
@@ -776,9 +780,7 @@ class NodePublish(Scenario):
             node.NodeUnpublishVolume(_unpublish_request(ctx))
             check.equal(volume_tree(repo, ctx.dir), new, "the volume after the pod ended")
             _no_mounts_left(check, ctx)
-        with check.step("fsck at the end"):
-            check.fsck(repo, "at the end")
-        _check_restore(check, repo, ctx, 1, old, "fsck after restore")
+        _check_end(check, repo, ctx, old)
 
 
 class NodeUnpublish(Scenario):
@@ -786,12 +788,7 @@ class NodeUnpublish(Scenario):
     mounts = True
 
     def setup(self, ctx: Ctx) -> Any:
-        store = ctx.open_store()
-        repo = _named_volume(ctx, store)
-        old = base_tree(ctx.long)
-        commit_tree(repo, ctx.dir / "seed", old, 0).close(final_commit=False)
-        _target(ctx).parent.mkdir(parents=True)
-        ctx.save(volume=repo.volume_id)
+        old = _seed_named_volume(ctx)
         node = _node(ctx)
         node.NodePublishVolume(_publish_request(ctx))
         write_tree(_target(ctx), _pod_changes(old), stamp=5)
@@ -801,17 +798,10 @@ class NodeUnpublish(Scenario):
         prepared.NodeUnpublishVolume(_unpublish_request(ctx))
 
     def oracle(self, ctx: Ctx, check: Checker) -> None:
-        store = ctx.open_store()
-        repo = Repo(store, ctx.load()["volume"])
         old = base_tree(ctx.long)
         new = _pod_changes(old)
-        with check.step("read the volume"):
-            check.old_or_new(volume_tree(repo, ctx.dir), old, new)
-        with check.step("fsck"):
-            check.fsck(repo, "after the crash")
-        with check.step("restart the plugin"):
-            node = _node(ctx)
-            node.readopt()
+        _, repo = _check_crashed(check, ctx, old, new)
+        node = _restart_node(check, ctx)
         if check.failed_step:
             return
         with check.step("unpublish again (the kubelet retries)"):
@@ -820,9 +810,7 @@ class NodeUnpublish(Scenario):
             check.equal(volume_tree(repo, ctx.dir), new, "the volume after the pod ended")
             _no_mounts_left(check, ctx)
             check.expect(not _target(ctx).exists(), "the target path is left behind")
-        with check.step("fsck at the end"):
-            check.fsck(repo, "at the end")
-        _check_restore(check, repo, ctx, 1, old, "fsck after restore")
+        _check_end(check, repo, ctx, old)
 
 
 class SplitPublish(Scenario):

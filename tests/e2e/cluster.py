@@ -17,6 +17,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
+from tests.tools import run_kubectl
+
 REPO = Path(__file__).resolve().parents[2]
 CLUSTER_DIR = Path(os.environ.get("KVOL_CLUSTER_DIR", "/var/lib/kvol-cluster"))
 RELEASE = "kvol"
@@ -68,18 +70,9 @@ class Cluster:
     def kubectl(
         self, *args: str, input: str | None = None, check: bool = True, timeout: float = 120
     ) -> subprocess.CompletedProcess[str]:
-        result = subprocess.run(
-            [str(self.kubectl_binary), *args],
-            input=input,
-            capture_output=True,
-            text=True,
-            timeout=timeout,
+        return run_kubectl(
+            [str(self.kubectl_binary)], args, input=input, check=check, timeout=timeout
         )
-        if check and result.returncode != 0:
-            raise AssertionError(
-                f"kubectl {' '.join(args)} failed ({result.returncode}):\n{result.stderr}"
-            )
-        return result
 
     def helm(self, *args: str, timeout: float = 600) -> subprocess.CompletedProcess[str]:
         result = subprocess.run(
@@ -161,6 +154,15 @@ class Cluster:
     def volume_phase(self, namespace: str, name: str) -> str | None:
         obj = self.get("volumes.kvol.dev", name, namespace)
         return None if obj is None else obj.get("status", {}).get("phase")
+
+    def create_volume(self, namespace: str, name: str, **spec: Any) -> None:
+        """Apply a Volume and wait until the operator has made it Ready."""
+        self.apply(volume(name, **spec), namespace=namespace)
+        wait_for(
+            lambda: self.volume_phase(namespace, name) == "Ready",
+            120,
+            f"Volume {namespace}/{name} to be Ready",
+        )
 
 
 def unique(prefix: str) -> str:

@@ -19,7 +19,6 @@ from tests.e2e.cluster import (
     pod,
     run_script,
     unique,
-    volume,
     wait_for,
 )
 
@@ -66,8 +65,7 @@ def test_metrics_scraped_from_the_pods_show_commits_and_writers(
     cluster: Cluster, namespace: str
 ) -> None:
     vol = unique("vol")
-    cluster.apply(volume(vol), namespace=namespace)
-    wait_for(lambda: cluster.volume_phase(namespace, vol) == "Ready", 120, f"Volume {vol} Ready")
+    cluster.create_volume(namespace, vol)
     commits_before = total(scrape(cluster, "node", 9810), "kvol_commits_total")
     cluster.apply(
         pod("writer", "trap 'exit 0' TERM; echo x > /data/x; sleep 3600 & wait", inline=vol),
@@ -89,8 +87,7 @@ def test_metrics_scraped_from_the_pods_show_commits_and_writers(
 
 def test_kubelet_restarted_mid_pod_loses_nothing(cluster: Cluster, namespace: str) -> None:
     vol = unique("vol")
-    cluster.apply(volume(vol), namespace=namespace)
-    wait_for(lambda: cluster.volume_phase(namespace, vol) == "Ready", 120, f"Volume {vol} Ready")
+    cluster.create_volume(namespace, vol)
     writer = (
         "i=0; while [ $i -lt 60 ]; do echo content-$i > /data/f$i; i=$((i+1)); sleep 0.25; done"
     )
@@ -123,8 +120,7 @@ def test_store_down_while_a_pod_ends_keeps_it_terminating_until_it_commits(
     cluster: Cluster, namespace: str
 ) -> None:
     vol = unique("vol")
-    cluster.apply(volume(vol), namespace=namespace)
-    wait_for(lambda: cluster.volume_phase(namespace, vol) == "Ready", 120, f"Volume {vol} Ready")
+    cluster.create_volume(namespace, vol)
     cluster.apply(
         pod(
             "writer",

@@ -4,14 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from tests.e2e.cluster import Cluster, pod, unique, volume, wait_for
+from tests.e2e.cluster import Cluster, pod, unique, wait_for
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(900)]
-
-
-def _ready(cluster: Cluster, namespace: str, name: str, **spec: object) -> None:
-    cluster.apply(volume(name, **spec), namespace=namespace)
-    wait_for(lambda: cluster.volume_phase(namespace, name) == "Ready", 120, f"Volume {name} Ready")
 
 
 def _write(cluster: Cluster, namespace: str, vol: str) -> None:
@@ -40,12 +35,12 @@ def test_retain_keeps_the_data_for_a_volume_of_the_same_name(
     cluster: Cluster, namespace: str
 ) -> None:
     vol = unique("kept")
-    _ready(cluster, namespace, vol, reclaimPolicy="Retain")
+    cluster.create_volume(namespace, vol, reclaimPolicy="Retain")
     _write(cluster, namespace, vol)
     cluster.kubectl("delete", "volumes.kvol.dev", vol, "-n", namespace, "--wait=true")
     _gone(cluster, namespace, vol)
     assert any(e.startswith("Retained") for e in cluster.events(namespace, vol))
-    _ready(cluster, namespace, vol, reclaimPolicy="Retain")
+    cluster.create_volume(namespace, vol, reclaimPolicy="Retain")
     assert _listing(cluster, namespace, vol) == ["kept.txt"]
 
 
@@ -53,7 +48,7 @@ def test_delete_waits_for_the_last_pod_then_removes_the_data(
     cluster: Cluster, namespace: str
 ) -> None:
     vol = unique("scratch")
-    _ready(cluster, namespace, vol, reclaimPolicy="Delete")
+    cluster.create_volume(namespace, vol, reclaimPolicy="Delete")
     _write(cluster, namespace, vol)
     cluster.apply(
         pod("user", "trap 'exit 0' TERM; sleep 3600 & wait", inline=vol), namespace=namespace
@@ -79,5 +74,5 @@ def test_delete_waits_for_the_last_pod_then_removes_the_data(
     cluster.delete_pod(namespace, "user")
     _gone(cluster, namespace, vol)
     assert any(e.startswith("Deleted") for e in cluster.events(namespace, vol))
-    _ready(cluster, namespace, vol, reclaimPolicy="Delete")
+    cluster.create_volume(namespace, vol, reclaimPolicy="Delete")
     assert _listing(cluster, namespace, vol) == []

@@ -8,7 +8,7 @@ from collections.abc import Callable
 
 import pytest
 
-from tests.e2e.cluster import RELEASE_NAMESPACE, Cluster, pod, unique, volume, wait_for
+from tests.e2e.cluster import RELEASE_NAMESPACE, Cluster, pod, unique, wait_for
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(900)]
 
@@ -66,8 +66,7 @@ def plugin_ready(cluster: Cluster) -> dict[str, object] | None:
 
 def write_through(cluster: Cluster, namespace: str, disrupt: Callable[[], None]) -> None:
     vol = unique("vol")
-    cluster.apply(volume(vol), namespace=namespace)
-    wait_for(lambda: cluster.volume_phase(namespace, vol) == "Ready", 120, f"Volume {vol} Ready")
+    cluster.create_volume(namespace, vol)
     cluster.apply(pod("writer", WRITER, inline=vol), namespace=namespace)
     cluster.wait_pod_phase(namespace, "writer", ("Running",))
     time.sleep(3)

@@ -47,8 +47,7 @@ while True:
 
 def _ready_shared_volume(cluster: Cluster, namespace: str) -> str:
     name = unique("shared")
-    cluster.apply(volume(name, autocommitIntervalSeconds=INTERVAL), namespace=namespace)
-    wait_for(lambda: cluster.volume_phase(namespace, name) == "Ready", 120, f"Volume {name} Ready")
+    cluster.create_volume(namespace, name, autocommitIntervalSeconds=INTERVAL)
     return name
 
 

@@ -5,19 +5,14 @@ from __future__ import annotations
 
 import pytest
 
-from tests.e2e.cluster import Cluster, pod, unique, volume, wait_for
+from tests.e2e.cluster import Cluster, pod, unique, wait_for
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(900)]
 
 
 def ready_volume(cluster: Cluster, namespace: str, **spec: object) -> str:
     name = unique("vol")
-    cluster.apply(volume(name, **spec), namespace=namespace)
-    wait_for(
-        lambda: cluster.volume_phase(namespace, name) == "Ready",
-        120,
-        f"Volume {namespace}/{name} to be Ready",
-    )
+    cluster.create_volume(namespace, name, **spec)
     return name
 
 

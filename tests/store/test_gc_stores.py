@@ -10,10 +10,9 @@ import time
 import pytest
 
 from kvol import content
-from kvol.content import ContentWriter
-from kvol.model import FileRecord, PutOp
 from kvol.repo import Repo
 from kvol.store import Store
+from tests.unit.core.helpers import upload
 
 CHUNK = 64 * 1024
 GRACE = 2.0
@@ -22,14 +21,6 @@ GRACE = 2.0
 @pytest.fixture(autouse=True)
 def fast_protocol(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(content, "REFRESH_AFTER_SECONDS", GRACE / 2)
-
-
-def upload(repo: Repo, path: str, data: bytes) -> PutOp:
-    with ContentWriter(repo.store, repo.keys, repo.meta.chunk_size) as writer:
-        future = writer.add_bytes(data)
-        writer.finish()
-        up = future.result()
-    return PutOp(path, FileRecord(up.size, 0, 0o644, up.hash, up.parts))
 
 
 def blobs(repo: Repo) -> set[str]:

@@ -2,49 +2,15 @@
 
 from __future__ import annotations
 
-import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from kvol.errors import VolumeBusy
-from kvol.repo import Repo
 from kvol.workcopy import WorkingCopy
+from tests.integration.core.holders import HOLD_OPEN, reload_refused_for, start, stop
 from tests.unit.core.helpers import CountingStore, tree, write
-
-HOLD_OPEN = """
-import sys, time
-handle = open(sys.argv[1], sys.argv[2])
-print("ready", flush=True)
-time.sleep(120)
-"""
-
-
-@pytest.fixture
-def copies(repo: Repo, tmp_path: Path) -> Iterator[tuple[WorkingCopy, WorkingCopy]]:
-    writer = WorkingCopy.create(repo, tmp_path / "writer")
-    write(writer.root, "a.txt", "first")
-    write(writer.root, "sub/b.txt", "first")
-    writer.commit()
-    reader = WorkingCopy.create(repo, tmp_path / "reader")
-    # A newer commit, so the reader's reload has work to do.
-    write(writer.root, "a.txt", "second")
-    writer.commit()
-    yield writer, reader
-    writer.close(final_commit=False)
-    reader.close(final_commit=False)
-
-
-def start(args: list[str], **kwargs: object) -> subprocess.Popen[str]:
-    child = subprocess.Popen(args, stdout=subprocess.PIPE, text=True, **kwargs)  # type: ignore[call-overload]
-    return child  # type: ignore[no-any-return]
-
-
-def stop(child: subprocess.Popen[str]) -> None:
-    child.kill()
-    child.wait(timeout=10)
 
 
 @pytest.mark.parametrize("mode", ["r", "a"])
@@ -56,13 +22,10 @@ def test_a_file_held_open_by_another_process_blocks_reload(
     try:
         assert child.stdout is not None and child.stdout.readline().strip() == "ready"
         before = tree(reader.root)
-        with pytest.raises(VolumeBusy) as info:
-            reader.reload()
-        holders = info.value.holders
-        assert child.pid in [pid for pid, _, _ in holders]
-        assert f"[{child.pid}]" in str(info.value)
-        assert str(reader.root / "sub" / "b.txt") in str(info.value)
-        assert info.value.retryable
+        busy = reload_refused_for(reader, child)
+        assert f"[{child.pid}]" in str(busy)
+        assert str(reader.root / "sub" / "b.txt") in str(busy)
+        assert busy.retryable
         assert tree(reader.root) == before
         assert reader.status().base_seq == 1
     finally:

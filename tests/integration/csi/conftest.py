@@ -50,5 +50,14 @@ def plugin(workdir: Path, store_dir: Path, catalog: Catalog) -> Iterator[Plugin]
 
 
 @pytest.fixture
+def plain_plugin(workdir: Path, store_dir: Path, catalog: Catalog) -> Iterator[Plugin]:
+    """A plugin that makes plain copies (no overlay), for tests that drive it themselves."""
+    p = Plugin(workdir, f"file://{store_dir}", extra_args=["--layout=plain"])
+    p.start()
+    yield p
+    p.stop()
+
+
+@pytest.fixture
 def kubelet(plugin: Plugin, workdir: Path) -> Kubelet:
     return Kubelet(plugin, workdir / "kubelet")

@@ -4,6 +4,7 @@ and a client that publishes volumes for pods the way the kubelet does."""
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import secrets
 import signal
@@ -17,6 +18,7 @@ import grpc
 
 from kvol.csi.proto import csi_pb2, csi_pb2_grpc
 from kvol.overlay import mounts_under, umount
+from kvol.repo import Repo
 from tests.tools import stop_process
 
 REPO = Path(__file__).resolve().parents[3]
@@ -188,3 +190,18 @@ def unmount_all(path: Path) -> None:
     for point in mounts_under(path):
         with contextlib.suppress(OSError):
             umount(point, 2)  # MNT_DETACH
+
+
+def volume_files(repo: Repo) -> dict[str, bytes]:
+    """The head of a volume, read from its store: path -> content."""
+    reader = repo.reader()
+    return {p: reader.read(r) for p, r in repo.state().files.items()}
+
+
+def publications(plugin: Plugin) -> list[dict[str, object]]:
+    """The publications the plugin has recorded in its state file."""
+    path = plugin.state_dir / "state.json"
+    if not path.exists():
+        return []
+    pubs: list[dict[str, object]] = json.loads(path.read_text())["publications"]
+    return pubs

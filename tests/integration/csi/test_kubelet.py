@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import errno
-import json
 import os
 import subprocess
 import sys
@@ -17,26 +16,12 @@ from kvol import errors
 from kvol.catalog import Catalog
 from kvol.mounted import ControlMount
 from kvol.overlay import is_mountpoint, mounts_under
-from kvol.repo import Repo
 from kvol.store import FilesystemStore
 from tests.integration.csi.conftest import NAMESPACE
-from tests.integration.csi.plugin import Kubelet, Plugin
+from tests.integration.csi.plugin import Kubelet, Plugin, publications, volume_files
 from tests.minio import MinioServer, free_port
 
 pytestmark = pytest.mark.root
-
-
-def volume_files(repo: Repo) -> dict[str, bytes]:
-    reader = repo.reader()
-    return {p: reader.read(r) for p, r in repo.state().files.items()}
-
-
-def publications(plugin: Plugin) -> list[dict[str, object]]:
-    path = plugin.state_dir / "state.json"
-    if not path.exists():
-        return []
-    pubs: list[dict[str, object]] = json.loads(path.read_text())["publications"]
-    return pubs
 
 
 def code_of(call: object) -> grpc.StatusCode:
@@ -307,20 +292,17 @@ def test_metrics_port_exports_csi_and_kvol_metrics(
     assert "NodePublishVolume" in log and "do-not-log-me" not in log
 
 
-def test_plain_layout_works_too(workdir: Path, store_dir: Path, catalog: Catalog) -> None:
-    plugin = Plugin(workdir, f"file://{store_dir}", extra_args=["--layout=plain"])
-    plugin.start()
-    try:
-        kubelet = Kubelet(plugin, workdir / "kubelet")
-        one, two = kubelet.pod(NAMESPACE), kubelet.pod(NAMESPACE)
-        kubelet.publish(one)
-        kubelet.publish(two)
-        (one.target / "a").write_text("a")
-        (two.target / "b").write_text("b")
-        kubelet.unpublish(one)
-        kubelet.unpublish(two)
-    finally:
-        plugin.stop()
+def test_plain_layout_works_too(
+    workdir: Path, store_dir: Path, catalog: Catalog, plain_plugin: Plugin
+) -> None:
+    kubelet = Kubelet(plain_plugin, workdir / "kubelet")
+    one, two = kubelet.pod(NAMESPACE), kubelet.pod(NAMESPACE)
+    kubelet.publish(one)
+    kubelet.publish(two)
+    (one.target / "a").write_text("a")
+    (two.target / "b").write_text("b")
+    kubelet.unpublish(one)
+    kubelet.unpublish(two)
     assert volume_files(
         Catalog.for_namespace(FilesystemStore(store_dir), NAMESPACE).repo("data")
     ) == {

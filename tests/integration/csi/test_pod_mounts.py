@@ -89,45 +89,40 @@ def test_setuid_root_programs_of_a_volume_are_not_setuid_in_a_pod(
 
 
 def test_plain_copy_reload_is_refused_while_a_pod_holds_a_file_open(
-    workdir: Path, store_dir: Path, catalog: Catalog
+    workdir: Path, catalog: Catalog, plain_plugin: Plugin
 ) -> None:
-    plugin = Plugin(workdir, f"file://{store_dir}", extra_args=["--layout=plain"])
-    plugin.start()
+    kubelet = Kubelet(plain_plugin, workdir / "kubelet")
+    writer, reader = kubelet.pod(NAMESPACE), kubelet.pod(NAMESPACE)
+    for pod in (writer, reader):
+        kubelet.publish(pod, attributes={"autocommitIntervalSeconds": "0"})
+    w, r = ControlMount(writer.target), ControlMount(reader.target)
+    (writer.target / "log.txt").write_text("one\n")
+    w.commit()
+    r.reload()
+    # A process of the reading pod holds the file open through the pod's mount (the
+    # kubelet's target path), not through the copy's own directory.
+    holder = subprocess.Popen(
+        [
+            "python3",
+            "-c",
+            "import sys, time\n"
+            "f = open(sys.argv[1], 'a'); print('ready', flush=True); time.sleep(600)",
+            str(reader.target / "log.txt"),
+        ],
+        stdout=subprocess.PIPE,
+    )
     try:
-        kubelet = Kubelet(plugin, workdir / "kubelet")
-        writer, reader = kubelet.pod(NAMESPACE), kubelet.pod(NAMESPACE)
-        for pod in (writer, reader):
-            kubelet.publish(pod, attributes={"autocommitIntervalSeconds": "0"})
-        w, r = ControlMount(writer.target), ControlMount(reader.target)
-        (writer.target / "log.txt").write_text("one\n")
+        assert holder.stdout is not None and holder.stdout.readline() == b"ready\n"
+        (writer.target / "log.txt").write_text("two\n")
         w.commit()
-        r.reload()
-        # A process of the reading pod holds the file open through the pod's mount (the
-        # kubelet's target path), not through the copy's own directory.
-        holder = subprocess.Popen(
-            [
-                "python3",
-                "-c",
-                "import sys, time\n"
-                "f = open(sys.argv[1], 'a'); print('ready', flush=True); time.sleep(600)",
-                str(reader.target / "log.txt"),
-            ],
-            stdout=subprocess.PIPE,
-        )
-        try:
-            assert holder.stdout is not None and holder.stdout.readline() == b"ready\n"
-            (writer.target / "log.txt").write_text("two\n")
-            w.commit()
-            with pytest.raises(errors.VolumeBusy) as busy:
-                r.reload()
-            assert any(pid == holder.pid for pid, _, _ in busy.value.holders)
-            assert (reader.target / "log.txt").read_text() == "one\n"
-        finally:
-            holder.kill()
-            holder.wait()
-        assert r.reload()["to_seq"] == 2
-        assert (reader.target / "log.txt").read_text() == "two\n"
-        for pod in (writer, reader):
-            kubelet.unpublish(pod)
+        with pytest.raises(errors.VolumeBusy) as busy:
+            r.reload()
+        assert any(pid == holder.pid for pid, _, _ in busy.value.holders)
+        assert (reader.target / "log.txt").read_text() == "one\n"
     finally:
-        plugin.stop()
+        holder.kill()
+        holder.wait()
+    assert r.reload()["to_seq"] == 2
+    assert (reader.target / "log.txt").read_text() == "two\n"
+    for pod in (writer, reader):
+        kubelet.unpublish(pod)

@@ -23,6 +23,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
+from tests.tools import run_kubectl
+
 REPO = Path(__file__).resolve().parents[3]
 T = TypeVar("T")
 
@@ -163,18 +165,13 @@ class Cluster:
     def kubectl(
         self, *args: str, input: str | None = None, check: bool = True, timeout: float = 60
     ) -> subprocess.CompletedProcess[str]:
-        result = subprocess.run(
-            [self.kubectl_binary, f"--kubeconfig={self.kubeconfig}", *args],
+        return run_kubectl(
+            [self.kubectl_binary, f"--kubeconfig={self.kubeconfig}"],
+            args,
             input=input,
-            capture_output=True,
-            text=True,
+            check=check,
             timeout=timeout,
         )
-        if check and result.returncode != 0:
-            raise AssertionError(
-                f"kubectl {' '.join(args)} failed ({result.returncode}):\n{result.stderr}"
-            )
-        return result
 
     def get_json(self, *args: str) -> Any:
         """``kubectl get ARGS -o json`` decoded; None when the object does not exist."""

@@ -3,42 +3,19 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from kvol.catalog import Catalog
 from kvol.overlay import (
-    ContentCache,
     Lowers,
     OverlayWorkingCopy,
     is_mountpoint,
-    overlay_supported,
 )
 from kvol.repo import Repo
-from kvol.store import FilesystemStore
 from kvol.workcopy import WorkingCopy
 
 pytestmark = pytest.mark.root
-
-
-@pytest.fixture(autouse=True)
-def _needs_overlay() -> None:
-    if not overlay_supported():
-        pytest.fail("these tests need root and overlayfs (run them as root)", pytrace=False)
-
-
-@pytest.fixture
-def repo(tmp_path: Path) -> Repo:
-    store = FilesystemStore(tmp_path / "store")
-    Catalog(store).create("vol")
-    return Catalog(store).repo("vol")
-
-
-@pytest.fixture
-def lowers(tmp_path: Path) -> Lowers:
-    return Lowers(tmp_path / "lowers", ContentCache(tmp_path / "cache"))
 
 
 def seed(repo: Repo, tmp_path: Path, files: dict[str, bytes]) -> int:
@@ -51,15 +28,6 @@ def seed(repo: Repo, tmp_path: Path, files: dict[str, bytes]) -> int:
     wc.close(final_commit=False)
     assert seq is not None
     return seq
-
-
-@pytest.fixture
-def mounted() -> Iterator[list[OverlayWorkingCopy]]:
-    copies: list[OverlayWorkingCopy] = []
-    yield copies
-    for wc in copies:
-        wc.close(final_commit=False)
-        wc.unmount()
 
 
 def state_files(repo: Repo) -> dict[str, bytes]:

@@ -6,53 +6,21 @@ from __future__ import annotations
 import os
 import shutil
 import stat
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from kvol.catalog import Catalog
 from kvol.model import FileRecord, PutOp
 from kvol.overlay import (
-    ContentCache,
     Lowers,
     MountError,
     OverlayWorkingCopy,
-    overlay_supported,
 )
 from kvol.repo import Repo
-from kvol.store import FilesystemStore
 from kvol.upload import publish
 from kvol.workcopy import WorkingCopy
 
 pytestmark = pytest.mark.root
-
-
-@pytest.fixture(autouse=True)
-def _needs_overlay() -> None:
-    if not overlay_supported():
-        pytest.fail("these tests need root and overlayfs (run them as root)", pytrace=False)
-
-
-@pytest.fixture
-def repo(tmp_path: Path) -> Repo:
-    store = FilesystemStore(tmp_path / "store")
-    Catalog(store).create("vol")
-    return Catalog(store).repo("vol")
-
-
-@pytest.fixture
-def lowers(tmp_path: Path) -> Lowers:
-    return Lowers(tmp_path / "lowers", ContentCache(tmp_path / "cache"))
-
-
-@pytest.fixture
-def mounted() -> Iterator[list[OverlayWorkingCopy]]:
-    copies: list[OverlayWorkingCopy] = []
-    yield copies
-    for wc in copies:
-        wc.close(final_commit=False)
-        wc.unmount()
 
 
 def write(wc: WorkingCopy, files: dict[str, bytes]) -> None:

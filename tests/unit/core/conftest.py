@@ -10,7 +10,7 @@ import pytest
 from kvol.catalog import Catalog
 from kvol.repo import Repo
 from kvol.workcopy import WorkingCopy
-from tests.unit.core.helpers import CountingStore
+from tests.unit.core.helpers import CHUNK, CountingStore
 
 
 @pytest.fixture
@@ -27,6 +27,12 @@ def catalog(store: CountingStore) -> Catalog:
 def repo(catalog: Catalog) -> Repo:
     catalog.create("vol")
     return catalog.repo("vol")
+
+
+@pytest.fixture
+def chunked(store: CountingStore) -> Repo:
+    """A volume with small chunks, so large files are many objects."""
+    return Repo.create(store, chunk_size=CHUNK)
 
 
 @pytest.fixture

@@ -4,17 +4,23 @@ from __future__ import annotations
 
 import os
 import threading
+import time
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 from hypothesis import HealthCheck, settings
 
 from kvol import codec
+from kvol.content import ContentWriter
 from kvol.layout import VolumeKeys, parse_seq
-from kvol.model import Entry, FileRecord, State
+from kvol.model import Entry, FileRecord, PutOp, State
 from kvol.repo import Repo
 from kvol.store import FilesystemStore, ObjectInfo
+
+#: Small chunks, so large files are many objects.
+CHUNK = 100_000
+HOUR = 3600.0
 
 
 class CountingStore(FilesystemStore):
@@ -150,3 +156,29 @@ def props(examples: int = 100) -> settings:
         deadline=None,
         suppress_health_check=[HealthCheck.too_slow],
     )
+
+
+def upload(repo: Repo, path: str, data: bytes) -> PutOp:
+    """A put whose content really is in the store (a commit's upload, in packs or blobs of
+    its own); publishing it is the caller's move."""
+    with ContentWriter(repo.store, repo.keys, repo.meta.chunk_size) as writer:
+        future = writer.add_bytes(data)
+        writer.finish()
+        up = future.result()
+    return PutOp(path, FileRecord(up.size, 0, 0o644, up.hash, up.parts))
+
+
+def backdate(paths: Path | Iterable[Path], seconds: float) -> None:
+    """Make store objects look ``seconds`` old to the store's clock (their mtime)."""
+    past = time.time() - seconds
+    for path in [paths] if isinstance(paths, Path) else paths:
+        os.utime(path, (past, past))
+
+
+def aged_orphans(store: FilesystemStore, repo: Repo, data: bytes, seconds: float) -> list[Path]:
+    """Upload ``data`` as ``f`` and never publish it (a commit that failed or is still in
+    flight); its blobs, returned, are made ``seconds`` old."""
+    upload(repo, "f", data)
+    orphans = object_files(store, repo.volume_id, "blobs")
+    backdate(orphans, seconds)
+    return orphans

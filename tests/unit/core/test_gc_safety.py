@@ -20,29 +20,18 @@ from urllib.parse import quote
 import pytest
 
 from kvol import content
-from kvol.content import ContentWriter
 from kvol.errors import InvalidArgument
-from kvol.model import FileRecord, PutOp
 from kvol.repo import Repo
-from tests.unit.core.helpers import CountingStore, object_files, volume_tree
-
-CHUNK = 100_000
-HOUR = 3600.0
-
-
-def upload(repo: Repo, path: str, data: bytes) -> PutOp:
-    """Send a file's content (a commit's upload); publishing it is the caller's move."""
-    with ContentWriter(repo.store, repo.keys, repo.meta.chunk_size) as writer:
-        future = writer.add_bytes(data)
-        writer.finish()
-        up = future.result()
-    return PutOp(path, FileRecord(up.size, 0, 0o644, up.hash, up.parts))
-
-
-def backdate(paths: list[Path], seconds: float) -> None:
-    past = time.time() - seconds
-    for path in paths:
-        os.utime(path, (past, past))
+from tests.unit.core.helpers import (
+    CHUNK,
+    HOUR,
+    CountingStore,
+    aged_orphans,
+    backdate,
+    object_files,
+    upload,
+    volume_tree,
+)
 
 
 def local_clock_off_by(monkeypatch: pytest.MonkeyPatch, seconds: float) -> None:
@@ -74,9 +63,8 @@ def test_gc_keeps_an_object_a_commit_renews_and_publishes_during_its_scan(
     store = CommitDuringScanStore(tmp_path / "store")
     repo = Repo.create(store, chunk_size=CHUNK)
     data = os.urandom(3 * CHUNK)
-    upload(repo, "f", data)  # a failed commit's upload, long ago
-    orphans = object_files(store, repo.volume_id, "blobs")
-    backdate(orphans, 2 * HOUR)
+    # A failed commit's upload, long ago.
+    orphans = aged_orphans(store, repo, data, 2 * HOUR)
 
     def commit() -> None:
         # Reuses the old objects (renewing them) and publishes, unseen by the scan.
@@ -109,9 +97,8 @@ def test_a_commit_with_a_slow_local_clock_renews_what_it_reuses(
 ) -> None:
     repo = Repo.create(store, chunk_size=CHUNK)
     data = os.urandom(3 * CHUNK)
-    upload(repo, "f", data)
-    orphans = object_files(store, repo.volume_id, "blobs")
-    backdate(orphans, 1.5 * HOUR)  # older than the renewal threshold, by the store's clock
+    # Older than the renewal threshold, by the store's clock.
+    aged_orphans(store, repo, data, 1.5 * HOUR)
     local_clock_off_by(monkeypatch, -2 * HOUR)
     put = upload(repo, "f", data)  # the commit's upload reuses them
     monkeypatch.undo()
@@ -127,9 +114,8 @@ def test_gc_refuses_a_grace_the_renewal_protocol_does_not_cover(
     store: CountingStore, grace: float
 ) -> None:
     repo = Repo.create(store, chunk_size=CHUNK)
-    upload(repo, "f", os.urandom(3 * CHUNK))
-    orphans = object_files(store, repo.volume_id, "blobs")
-    backdate(orphans, 600)  # an in-flight commit's upload, reused by name
+    # An in-flight commit's upload, reused by name.
+    orphans = aged_orphans(store, repo, os.urandom(3 * CHUNK), 600)
     with pytest.raises(InvalidArgument, match="grace"):
         repo.gc(grace_seconds=grace)
     assert all(p.exists() for p in orphans)
@@ -204,9 +190,7 @@ def test_gc_removes_temporaries_of_killed_writes_older_than_the_grace(
 
 def test_gc_reports_what_it_removed(store: CountingStore) -> None:
     repo = Repo.create(store, chunk_size=CHUNK)
-    upload(repo, "f", os.urandom(3 * CHUNK))
-    orphans = object_files(store, repo.volume_id, "blobs")
-    backdate(orphans, 2 * HOUR)
+    orphans = aged_orphans(store, repo, os.urandom(3 * CHUNK), 2 * HOUR)
     leftover = store.root / ".tmp" / "left-by-a-killed-write"
     leftover.write_bytes(b"x" * 10)
     backdate([leftover], 2 * HOUR)

@@ -13,13 +13,12 @@ from kvol.content import PACK_THRESHOLD
 from kvol.errors import CorruptData
 from kvol.repo import Repo
 from kvol.workcopy import WorkingCopy
-from tests.unit.core.helpers import CountingStore
-from tests.unit.core.test_log_safety import small_put
+from tests.unit.core.helpers import CountingStore, upload
 
 
 def commits(repo: Repo, n: int) -> None:
     for i in range(n):
-        repo.publish([small_put(repo, f"f{i}", os.urandom(PACK_THRESHOLD + 1 + i))], i)
+        repo.publish([upload(repo, f"f{i}", os.urandom(PACK_THRESHOLD + 1 + i))], i)
 
 
 def test_a_commit_never_fills_a_gap_in_the_log(repo: Repo, store: CountingStore) -> None:
@@ -29,7 +28,7 @@ def test_a_commit_never_fills_a_gap_in_the_log(repo: Repo, store: CountingStore)
     # A writer whose base is before the lost entry would take its position, and the
     # commit it held would vanish with no trace for readers or fsck.
     with pytest.raises(CorruptData, match="gap: entry 2 is missing"):
-        repo.publish([small_put(repo, "late", b"late")], base=1)
+        repo.publish([upload(repo, "late", b"late")], base=1)
     assert not lost.exists()
 
 
@@ -53,7 +52,7 @@ def test_a_reload_that_finds_nothing_new_still_reports_a_gap_after_its_base(
 ) -> None:
     commits(repo, 1)
     wc = WorkingCopy.create(repo, tmp_path / "copy")
-    commits_after = [small_put(repo, f"g{i}", b"x" * (i + 1)) for i in range(2)]
+    commits_after = [upload(repo, f"g{i}", b"x" * (i + 1)) for i in range(2)]
     repo.publish([commits_after[0]], 1)
     repo.publish([commits_after[1]], 2)
     (store.root / repo.keys.log(2)).unlink()

@@ -4,32 +4,21 @@
 from __future__ import annotations
 
 from kvol import codec
-from kvol.content import ContentWriter
 from kvol.model import (
     DeleteOp,
     Entry,
     FileRecord,
     MkdirOp,
     Op,
-    PutOp,
     RmdirOp,
     State,
     UnlinkOp,
     Writer,
 )
 from kvol.repo import Repo
-from tests.unit.core.helpers import volume_tree
+from tests.unit.core.helpers import upload, volume_tree
 
 WRITER = Writer("w", "host", 1)
-
-
-def small_put(repo: Repo, path: str, data: bytes) -> PutOp:
-    """A put whose content really is in the store."""
-    with ContentWriter(repo.store, repo.keys, repo.meta.chunk_size) as writer:
-        future = writer.add_bytes(data)
-        writer.finish()
-        up = future.result()
-    return PutOp(path, FileRecord(up.size, 0, 0o644, up.hash, up.parts))
 
 
 def applied(state: State, *ops: Op) -> set[str]:
@@ -72,9 +61,9 @@ def test_rmdir_removes_only_an_empty_explicit_directory() -> None:
 
 
 def test_rm_r_of_a_directory_keeps_a_file_another_writer_added_under_it(repo: Repo) -> None:
-    base = repo.publish([MkdirOp("d"), small_put(repo, "d/seen", b"seen")], 0)
+    base = repo.publish([MkdirOp("d"), upload(repo, "d/seen", b"seen")], 0)
     # Another writer adds a file under d after the deleting writer's base...
-    repo.publish([small_put(repo, "d/new", b"theirs")], base)
+    repo.publish([upload(repo, "d/new", b"theirs")], base)
     # ...and the deleting writer names what it saw: d/seen, then d.
     repo.publish([UnlinkOp("d/seen"), RmdirOp("d")], base)
     state = repo.state()
@@ -83,8 +72,8 @@ def test_rm_r_of_a_directory_keeps_a_file_another_writer_added_under_it(repo: Re
 
 
 def test_restore_keeps_files_added_meanwhile_under_a_directory_it_removes(repo: Repo) -> None:
-    target = repo.publish([small_put(repo, "keep", b"k")], 0)
-    repo.publish([MkdirOp("d"), MkdirOp("d/sub"), small_put(repo, "d/sub/f", b"f")], target)
+    target = repo.publish([upload(repo, "keep", b"k")], 0)
+    repo.publish([MkdirOp("d"), MkdirOp("d/sub"), upload(repo, "d/sub/f", b"f")], target)
     restore_seq = repo.restore(target)
     restored = repo.read_entry(restore_seq)
     assert restored is not None
@@ -96,6 +85,6 @@ def test_restore_keeps_files_added_meanwhile_under_a_directory_it_removes(repo: 
 
 
 def test_history_counts_unlinks_and_rmdirs_as_deletions(repo: Repo) -> None:
-    repo.publish([MkdirOp("d"), small_put(repo, "d/f", b"f")], 0)
+    repo.publish([MkdirOp("d"), upload(repo, "d/f", b"f")], 0)
     repo.publish([UnlinkOp("d/f"), RmdirOp("d")], 1)
     assert repo.history(1)[0].paths_deleted == 2

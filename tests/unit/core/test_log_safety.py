@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import os
-import time
 from pathlib import Path
 
 import pytest
@@ -21,28 +20,16 @@ from kvol.model import FileRecord, Limits, MkdirOp, Op, PutOp
 from kvol.repo import Repo
 from kvol.workcopy import WorkingCopy
 from tests.unit.core.helpers import (
+    CHUNK,
     CountingStore,
+    backdate,
     read_payload,
     rewrite_entry,
     tree,
+    upload,
     volume_tree,
     write,
 )
-
-
-def backdate(path: Path, seconds: float) -> None:
-    past = time.time() - seconds
-    os.utime(path, (past, past))
-
-
-def small_put(repo: Repo, path: str, data: bytes) -> PutOp:
-    """A put whose content really is in the store."""
-    with ContentWriter(repo.store, repo.keys, repo.meta.chunk_size) as writer:
-        future = writer.add_bytes(data)
-        writer.finish()
-        up = future.result()
-    return PutOp(path, FileRecord(up.size, 0, 0o644, up.hash, up.parts))
-
 
 # -- a deletion names what the writer saw -----------------------------------------------------
 
@@ -50,9 +37,9 @@ def small_put(repo: Repo, path: str, data: bytes) -> PutOp:
 def test_restore_keeps_a_file_a_writer_adds_while_it_runs(
     repo: Repo, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    target = repo.publish([small_put(repo, "keep", b"k")], 0)
-    repo.publish([MkdirOp("d"), small_put(repo, "d/old", b"o")], target)
-    other = small_put(repo, "d/new", b"theirs")
+    target = repo.publish([upload(repo, "keep", b"k")], 0)
+    repo.publish([MkdirOp("d"), upload(repo, "d/old", b"o")], target)
+    other = upload(repo, "d/new", b"theirs")
     publish = repo.publish
 
     def writer_lands_first(ops: list[Op], base: int, message: str | None = None) -> int:
@@ -66,13 +53,6 @@ def test_restore_keeps_a_file_a_writer_adds_while_it_runs(
 
 
 # -- content ids: one file's bytes never pass for another file's part list ----------------------
-
-CHUNK = 100_000
-
-
-@pytest.fixture
-def chunked(store: CountingStore) -> Repo:
-    return Repo.create(store, chunk_size=CHUNK)
 
 
 def test_a_small_file_equal_to_a_large_files_part_list_keeps_the_volume_readable(
@@ -95,7 +75,7 @@ def test_a_small_file_equal_to_a_large_files_part_list_keeps_the_volume_readable
 
 def test_multi_part_ids_are_in_their_own_domain(chunked: Repo) -> None:
     data = os.urandom(3 * CHUNK)
-    put = small_put(chunked, "f", data)
+    put = upload(chunked, "f", data)
     assert len(put.record.parts) == 3
     part_list = b"".join(bytes.fromhex(p.obj) for p in put.record.parts)
     assert put.record.hash != blake3(part_list).hexdigest()
@@ -105,7 +85,7 @@ def test_multi_part_ids_are_in_their_own_domain(chunked: Repo) -> None:
 
 def test_files_published_with_the_older_multi_part_ids_still_read(chunked: Repo) -> None:
     data = os.urandom(3 * CHUNK)
-    put = small_put(chunked, "f", data)
+    put = upload(chunked, "f", data)
     legacy = blake3(b"".join(bytes.fromhex(p.obj) for p in put.record.parts)).hexdigest()
     record = FileRecord(put.record.size, 0, 0o644, legacy, put.record.parts)
     chunked.publish([PutOp("old", record)], 0)
@@ -115,8 +95,8 @@ def test_files_published_with_the_older_multi_part_ids_still_read(chunked: Repo)
 def test_one_unreadable_file_leaves_the_rest_of_the_volume_readable_and_restorable(
     chunked: Repo,
 ) -> None:
-    large = small_put(chunked, "large", os.urandom(3 * CHUNK))
-    other = small_put(chunked, "other", b"other file")
+    large = upload(chunked, "large", os.urandom(3 * CHUNK))
+    other = upload(chunked, "other", b"other file")
     good = chunked.publish([large, other], 0)
     # What an older version published for the 96-byte file: the large file's parts.
     bad = FileRecord(96, 0, 0o644, large.record.hash, large.record.parts)
@@ -138,7 +118,7 @@ def test_one_unreadable_file_leaves_the_rest_of_the_volume_readable_and_restorab
 
 def three_commits(repo: Repo) -> None:
     for i in range(3):
-        repo.publish([small_put(repo, f"f{i}", os.urandom(PACK_THRESHOLD + 1 + i))], i)
+        repo.publish([upload(repo, f"f{i}", os.urandom(PACK_THRESHOLD + 1 + i))], i)
 
 
 def test_a_missing_entry_with_later_ones_is_a_gap_not_the_end_of_history(
@@ -172,11 +152,11 @@ def test_a_writer_ahead_of_the_store_refuses_to_publish(repo: Repo, store: Count
     for seq in (2, 3):
         (store.root / repo.keys.log(seq)).unlink()
     with pytest.raises(errors.KvolError) as raised:
-        repo.publish([small_put(repo, "late", b"late")], base=3)
+        repo.publish([upload(repo, "late", b"late")], base=3)
     assert type(raised.value).__name__ == "StoreBehind"
     assert "behind" in str(raised.value)
     with pytest.raises(errors.KvolError):
-        repo.publish([small_put(repo, "late", b"late")], base=1, known_head=3)
+        repo.publish([upload(repo, "late", b"late")], base=1, known_head=3)
     assert repo.head() == 1
 
 
@@ -280,7 +260,7 @@ def test_a_malformed_limit_is_refused_before_anything_is_written(value: object) 
 
 
 def test_known_content_is_reused_only_for_the_same_bytes_and_size(chunked: Repo) -> None:
-    large = small_put(chunked, "large", os.urandom(3 * CHUNK))
+    large = upload(chunked, "large", os.urandom(3 * CHUNK))
     small = b"".join(bytes.fromhex(p.obj) for p in large.record.parts)
     # An index of a volume written with the older ids: the large file is known by the
     # digest of its part list, which is also the digest of the small file's bytes.

@@ -11,44 +11,24 @@ import pytest
 from blake3 import blake3
 
 from kvol import codec
-from kvol.content import PACK_THRESHOLD, ContentWriter
+from kvol.content import PACK_THRESHOLD
 from kvol.errors import CorruptData, LimitExceeded, NotFound
-from kvol.model import DeleteOp, Entry, FileRecord, Limits, Part, PutOp, State
+from kvol.model import DeleteOp, Entry, Limits, Part, PutOp, State
 from kvol.repo import CHECKPOINT_EVERY, Repo
 from kvol.store import ObjectInfo
 from kvol.workcopy import WorkingCopy
 from tests.unit.core.helpers import (
+    CHUNK,
     CountingStore,
+    backdate,
     entry,
     log_seqs,
     object_files,
     tree,
+    upload,
     volume_tree,
     write,
 )
-
-CHUNK = 100_000
-
-
-@pytest.fixture
-def chunked(store: CountingStore) -> Repo:
-    """A volume with small chunks, so large files are many objects."""
-    return Repo.create(store, chunk_size=CHUNK)
-
-
-def backdate(path: Path, seconds: float) -> None:
-    past = time.time() - seconds
-    os.utime(path, (past, past))
-
-
-def small_put(repo: Repo, path: str, data: bytes) -> PutOp:
-    """A put whose content really is in the store (one small pack of its own)."""
-    with ContentWriter(repo.store, repo.keys, repo.meta.chunk_size) as writer:
-        future = writer.add_bytes(data)
-        writer.finish()
-        up = future.result()
-    return PutOp(path, FileRecord(up.size, 0, 0o644, up.hash, up.parts))
-
 
 # -- publishing ---------------------------------------------------------------------------------
 
@@ -56,12 +36,12 @@ def small_put(repo: Repo, path: str, data: bytes) -> PutOp:
 def test_entries_are_published_with_put_if_absent_and_retried_on_conflict(
     repo: Repo, store: CountingStore
 ) -> None:
-    first = repo.publish([small_put(repo, "a", b"first")], base=0, message="one")
+    first = repo.publish([upload(repo, "a", b"first")], base=0, message="one")
     raw_first = (store.root / repo.keys.log(1)).read_bytes()
 
     # A second writer that has not seen commit 1 publishes from the same base.
     store.reset()
-    second = repo.publish([small_put(repo, "b", b"second")], base=0, message="two")
+    second = repo.publish([upload(repo, "b", b"second")], base=0, message="two")
 
     assert (first, second) == (1, 2)
     assert [k for op, k in store.keys if op == "put_if_absent"] == [
@@ -75,7 +55,7 @@ def test_entries_are_published_with_put_if_absent_and_retried_on_conflict(
 
 
 def test_concurrent_publishers_in_threads_all_land(repo: Repo) -> None:
-    puts = {f"t{i}": small_put(repo, f"t{i}", f"thread {i}".encode()) for i in range(16)}
+    puts = {f"t{i}": upload(repo, f"t{i}", f"thread {i}".encode()) for i in range(16)}
     seqs: list[int] = []
     lock = threading.Lock()
     barrier = threading.Barrier(len(puts))
@@ -98,10 +78,10 @@ def test_concurrent_publishers_in_threads_all_land(repo: Repo) -> None:
 
 
 def test_same_path_is_last_write_wins_by_log_order(repo: Repo) -> None:
-    repo.publish([small_put(repo, "f", b"v1")], 0)
-    repo.publish([small_put(repo, "f", b"v2")], 0)
-    repo.publish([DeleteOp("f"), small_put(repo, "g", b"g")], 0)
-    repo.publish([small_put(repo, "f", b"v4")], 0)
+    repo.publish([upload(repo, "f", b"v1")], 0)
+    repo.publish([upload(repo, "f", b"v2")], 0)
+    repo.publish([DeleteOp("f"), upload(repo, "g", b"g")], 0)
+    repo.publish([upload(repo, "f", b"v4")], 0)
     assert volume_tree(repo, 2) == {"f": b"v2"}
     assert volume_tree(repo, 3) == {"g": b"g"}
     assert volume_tree(repo) == {"f": b"v4", "g": b"g"}
@@ -242,7 +222,7 @@ def fill_log(repo: Repo, commits: int) -> dict[str, bytes]:
     expected: dict[str, bytes] = {}
     for i in range(commits):
         data = f"commit {i}".encode()
-        ops: list[PutOp | DeleteOp] = [small_put(repo, f"f{i % 10}", data)]
+        ops: list[PutOp | DeleteOp] = [upload(repo, f"f{i % 10}", data)]
         expected[f"f{i % 10}"] = data
         if i % 7 == 3:
             ops.append(DeleteOp(f"f{(i + 1) % 10}"))
@@ -507,7 +487,7 @@ def test_listing_is_in_key_order(store: CountingStore) -> None:
 
 
 def test_entry_round_trip(repo: Repo) -> None:
-    op = small_put(repo, "x/y", b"content")
+    op = upload(repo, "x/y", b"content")
     seq = repo.publish([op, DeleteOp("z")], 0, "msg")
     got = entry(repo, seq)
     assert isinstance(got, Entry)

@@ -4,7 +4,6 @@ garbage collection's moving aside: each test fails on the code before its fix.""
 from __future__ import annotations
 
 import os
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -13,31 +12,23 @@ from urllib.parse import quote
 import pytest
 
 from kvol import fsops
-from kvol.content import ContentWriter
 from kvol.errors import CorruptData, StoreUnavailable
 from kvol.model import FileRecord, PutOp
 from kvol.repo import Repo
-from kvol.workcopy import WorkingCopy
-from tests.unit.core.helpers import CountingStore, object_files, volume_tree, write
+from kvol.workcopy import ReloadResult, WorkingCopy
+from tests.unit.core.helpers import (
+    CHUNK,
+    HOUR,
+    CountingStore,
+    aged_orphans,
+    backdate,
+    object_files,
+    upload,
+    volume_tree,
+    write,
+)
 
 MakeWc = Callable[[str], WorkingCopy]
-
-CHUNK = 100_000
-HOUR = 3600.0
-
-
-def upload(repo: Repo, path: str, data: bytes) -> PutOp:
-    with ContentWriter(repo.store, repo.keys, repo.meta.chunk_size) as writer:
-        future = writer.add_bytes(data)
-        writer.finish()
-        up = future.result()
-    return PutOp(path, FileRecord(up.size, 0, 0o644, up.hash, up.parts))
-
-
-def backdate(paths: list[Path], seconds: float) -> None:
-    past = time.time() - seconds
-    for path in paths:
-        os.utime(path, (past, past))
 
 
 def set_aside(store: CountingStore, blob: Path, tag: str = "0123456789abcdef") -> Path:
@@ -104,9 +95,8 @@ def test_a_collection_survives_another_one_finishing_with_an_object_it_moved_asi
     store: CountingStore, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     repo = Repo.create(store, chunk_size=CHUNK)
-    upload(repo, "f", os.urandom(3 * CHUNK))  # a failed commit's orphans, long ago
-    orphans = object_files(store, repo.volume_id, "blobs")
-    backdate(orphans, 2 * HOUR)
+    # A failed commit's orphans, long ago.
+    orphans = aged_orphans(store, repo, os.urandom(3 * CHUNK), 2 * HOUR)
     real_rename = os.rename
 
     def rename(src: str, dst: str) -> None:
@@ -126,11 +116,11 @@ def test_a_collection_survives_another_one_finishing_with_an_object_it_moved_asi
 # -- a reload installing staged downloads ----------------------------------------------------
 
 
-def user_writes_during_install(
-    monkeypatch: pytest.MonkeyPatch, when: str, path: Path, data: bytes
-) -> None:
-    """The copy's user writes ``path`` while the reload moves ``when`` into place: after
-    the reload looked at every path, before it reached ``path``."""
+def reload_while_the_user_writes(
+    monkeypatch: pytest.MonkeyPatch, wc: WorkingCopy, when: str, path: Path, data: bytes
+) -> ReloadResult:
+    """Reload ``wc`` while its user writes ``path`` as the reload moves ``when`` into place:
+    after the reload looked at every path, before it reached ``path``."""
     real = fsops.install_file
 
     def install(root_fd: int, rel: str, *args: Any, **kwargs: Any) -> Any:
@@ -139,6 +129,10 @@ def user_writes_during_install(
         return real(root_fd, rel, *args, **kwargs)
 
     monkeypatch.setattr(fsops, "install_file", install)
+    try:
+        return wc.reload()
+    finally:
+        monkeypatch.undo()
 
 
 def test_reload_keeps_a_file_the_user_changes_while_it_installs_others(
@@ -151,13 +145,12 @@ def test_reload_keeps_a_file_the_user_changes_while_it_installs_others(
     write(other.root, "a", "a2")
     write(other.root, "b", "b2")
     other.commit()
-    user_writes_during_install(monkeypatch, "a", wc.root / "b", b"my uncommitted edit")
-
-    result = wc.reload()
+    result = reload_while_the_user_writes(
+        monkeypatch, wc, "a", wc.root / "b", b"my uncommitted edit"
+    )
 
     assert (wc.root / "b").read_bytes() == b"my uncommitted edit"
     assert "b" in result.kept_local
-    monkeypatch.undo()
     wc.commit()
     assert volume_tree(repo) == {"a": b"a2", "b": b"my uncommitted edit"}
 
@@ -169,13 +162,10 @@ def test_reload_keeps_a_file_the_user_creates_while_it_installs_others(
     write(other.root, "a", "theirs")
     write(other.root, "n", "theirs too")
     other.commit()
-    user_writes_during_install(monkeypatch, "a", wc.root / "n", b"my new file")
-
-    result = wc.reload()
+    result = reload_while_the_user_writes(monkeypatch, wc, "a", wc.root / "n", b"my new file")
 
     assert (wc.root / "n").read_bytes() == b"my new file"
     assert "n" in result.kept_local
-    monkeypatch.undo()
     wc.commit()
     assert volume_tree(repo) == {"a": b"theirs", "n": b"my new file"}
 
@@ -236,18 +226,26 @@ def test_a_commit_that_failed_to_publish_is_not_taken_for_another_writers_identi
 # -- files of the volume this copy never had ----------------------------------------------------
 
 
-def test_a_commit_never_deletes_files_kept_out_by_a_local_fifo(
-    repo: Repo, wc: WorkingCopy, make_wc: MakeWc
+def assert_a_local_fifo_at_p_keeps_nothing_out(
+    repo: Repo, wc: WorkingCopy, make_wc: MakeWc, theirs: str
 ) -> None:
-    os.mkfifo(wc.root / "p")  # never committed (not a regular file)
+    """Another writer commits ``theirs`` at or under ``p``, where this copy has a FIFO
+    (never committed: not a regular file); this copy's reload and commit delete nothing."""
+    os.mkfifo(wc.root / "p")
     other = make_wc("other")
-    write(other.root, "p/x", "theirs")
+    write(other.root, theirs, "theirs")
     other.commit()
-    wc.reload()  # the FIFO stays; p/x cannot be written here
+    wc.reload()  # the FIFO stays; what is at or under p cannot be written here
 
     wc.commit()
 
-    assert volume_tree(repo) == {"p/x": b"theirs"}
+    assert volume_tree(repo) == {theirs: b"theirs"}
+
+
+def test_a_commit_never_deletes_files_kept_out_by_a_local_fifo(
+    repo: Repo, wc: WorkingCopy, make_wc: MakeWc
+) -> None:
+    assert_a_local_fifo_at_p_keeps_nothing_out(repo, wc, make_wc, "p/x")
 
 
 def test_a_commit_never_deletes_files_this_copy_never_had_once_its_own_file_in_the_way_goes(
@@ -292,15 +290,7 @@ def test_a_reload_stopped_by_a_record_whose_parts_do_not_add_up_leaves_a_usable_
 def test_a_commit_never_deletes_a_file_kept_out_by_a_local_fifo_at_its_path(
     repo: Repo, wc: WorkingCopy, make_wc: MakeWc
 ) -> None:
-    os.mkfifo(wc.root / "p")  # never committed (not a regular file)
-    other = make_wc("other")
-    write(other.root, "p", "theirs")
-    other.commit()
-    wc.reload()  # the FIFO stays
-
-    wc.commit()
-
-    assert volume_tree(repo) == {"p": b"theirs"}
+    assert_a_local_fifo_at_p_keeps_nothing_out(repo, wc, make_wc, "p")
 
 
 def test_a_local_directory_where_the_volume_has_a_file_this_copy_never_had_replaces_it(

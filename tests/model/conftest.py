@@ -1,0 +1,37 @@
+"""Stores for the model-based tests: a directory, and a real MinIO on loopback.
+
+The bounded runs are part of every test run; ``KVOL_MODEL_LONG=1`` makes them long runs
+(many more examples and steps, random rather than fixed).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from kvol.store import FilesystemStore, Store
+from tests.minio import MinioServer, minio, s3_bucket  # noqa: F401 (fixtures)
+from tests.model.machine import Env
+
+
+@pytest.fixture
+def fs_env(tmp_path: Path) -> Env:
+    def new_store(directory: Path) -> tuple[Store, dict[str, Any]]:
+        root = directory / "store"
+        return FilesystemStore(root, durable=False), {"kind": "fs", "root": str(root)}
+
+    return Env("fs", tmp_path, new_store, can_age=True)
+
+
+@pytest.fixture
+def s3_env(tmp_path: Path, minio: MinioServer, s3_bucket: str) -> Env:  # noqa: F811
+    def new_store(directory: Path) -> tuple[Store, dict[str, Any]]:
+        prefix = f"{directory.name}/"
+        return (
+            minio.store(s3_bucket, prefix),
+            {"kind": "s3", "url": minio.url(s3_bucket, prefix)},
+        )
+
+    return Env("s3", tmp_path, new_store, child_env=minio.env)

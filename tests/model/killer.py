@@ -1,0 +1,130 @@
+"""Run one working-copy operation in this process and SIGKILL it at a chosen point.
+
+The points are every store call and every filesystem mutation of the copy (file written,
+path removed, directory made or removed, index saved), counted in the order they happen
+(the copy runs with one worker so the order is the same on every run). At point ``k`` the
+process kills itself, just before that call or just after it returns: what is on disk and
+in the store then is exactly what a crash there leaves. Every performed point is appended
+to a record file first, so the test knows, for instance, whether the log entry landed.
+
+    python tests/model/killer.py '{"store": {...}, "root": ..., "op": "commit", ...}'
+
+Exit status 0: the operation finished before point ``k`` (its result is on stdout).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+from kvol import fsops, index
+from kvol.store import FilesystemStore, Store, open_store
+from kvol.store.base import Store as BaseStore
+from kvol.workcopy import WorkingCopy
+
+T = TypeVar("T")
+
+#: The filesystem mutations of kvol.fsops (those this version has).
+MUTATIONS = (
+    "write_file",
+    "remove",
+    "remove_file",
+    "make_dirs",
+    "remove_empty_dir",
+    "remove_tree_at",
+    "write_atomically",
+)
+
+
+class Points:
+    def __init__(self, k: int, when: str, record: Path) -> None:
+        self.k = k
+        self.when = when
+        self.n = 0
+        self.record = record.open("a", buffering=1)
+
+    def _note(self, line: str) -> None:
+        self.record.write(line + "\n")
+        self.record.flush()
+
+    def hit(self, kind: str, detail: str, call: Callable[[], T]) -> T:
+        self.n += 1
+        n = self.n
+        if n == self.k and self.when == "before":
+            self._note(json.dumps({"kill": n, "kind": kind, "detail": detail, "when": "before"}))
+            os.kill(os.getpid(), signal.SIGKILL)
+        try:
+            result = call()
+        except BaseException as exc:
+            self._done(n, kind, detail, type(exc).__name__)
+            raise
+        self._done(n, kind, detail, _show(result))
+        return result
+
+    def _done(self, n: int, kind: str, detail: str, result: Any) -> None:
+        self._note(json.dumps({"done": n, "kind": kind, "detail": detail, "result": result}))
+        if n == self.k:
+            self._note(json.dumps({"kill": n, "kind": kind, "detail": detail, "when": "after"}))
+            os.kill(os.getpid(), signal.SIGKILL)
+
+
+def _show(value: Any) -> Any:
+    return value if isinstance(value, bool | int | str | type(None)) else type(value).__name__
+
+
+def install(points: Points) -> None:
+    original_call = BaseStore._call
+
+    def store_call(self: Store, operation: str, fn: Callable[..., T], *args: object) -> T:
+        key = args[0] if args and isinstance(args[0], str) else ""
+        return points.hit(
+            f"store.{operation}", key, lambda: original_call(self, operation, fn, *args)
+        )
+
+    BaseStore._call = store_call  # type: ignore[method-assign]
+
+    def wrap(module: Any, name: str) -> None:
+        original = getattr(module, name)
+
+        def wrapped(*args: Any, **kwargs: Any) -> Any:
+            detail = next((a for a in args if isinstance(a, str | Path)), "")
+            return points.hit(f"fs.{name}", str(detail), lambda: original(*args, **kwargs))
+
+        setattr(module, name, wrapped)
+
+    for name in MUTATIONS:
+        if hasattr(fsops, name):
+            wrap(fsops, name)
+    if hasattr(index, "write_atomically"):
+        wrap(index, "write_atomically")
+
+
+def open_spec(spec: dict[str, Any]) -> Store:
+    if spec["kind"] == "fs":
+        return FilesystemStore(spec["root"], durable=False)
+    return open_store(spec["url"])
+
+
+def main() -> int:
+    args = json.loads(sys.argv[1])
+    store = open_spec(args["store"])
+    install(Points(int(args["k"]), str(args["when"]), Path(args["record"])))
+    copy = WorkingCopy.open(args["root"], store=store, concurrency=1)
+    if args["op"] == "commit":
+        result: Any = copy.commit()
+        print(json.dumps({"seq": result.seq, "deferred": list(result.deferred)}))
+    elif args["op"] == "reload":
+        done = copy.reload()
+        print(json.dumps({"to": done.to_seq, "kept": list(done.kept_local)}))
+    else:
+        raise SystemExit(f"unknown operation {args['op']!r}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,611 @@
+"""A hypothesis state machine: several working copies of one volume against the model.
+
+Each step changes one copy's files (write, delete, ``rm -r``, rename, file <-> directory),
+or commits, reloads, reopens or crashes it (the object dropped unclosed, or the process
+SIGKILLed at a chosen store call or filesystem mutation of a commit or reload), or runs
+the SDK's ``rm -r`` or a garbage collection. After every step the real trees, the head as
+a fresh reader sees it, and the store's integrity are checked against
+:mod:`tests.model.reference`; any difference fails the run.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import io
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from hypothesis import HealthCheck, settings
+from hypothesis import strategies as st
+from hypothesis.stateful import RuleBasedStateMachine, invariant, rule
+
+from kvol import fsck, fsops
+from kvol import repo as repo_module
+from kvol.content import min_gc_grace
+from kvol.repo import Repo
+from kvol.store import Store
+from kvol.volume import Volume
+from kvol.workcopy import WorkingCopy
+from tests.model.reference import CopyModel, LogModel, Tree, VolumeState, ancestors, short, under
+
+#: Chunks of large files: small, so that a multi-part file stays cheap.
+CHUNK_SIZE = 64 * 1024
+#: Just over the size up to which files are packed together (kvol.content.PACK_THRESHOLD).
+LARGE_SIZE = 256 * 1024 + 3 * CHUNK_SIZE + 123
+COPIES = 3
+#: Paths are drawn from a small universe so that copies collide on them often.
+PATHS = ("a", "b", "a/a", "a/b", "b/a", "b/b", "a/a/a", "b/a/b")
+CONCURRENCY = 4
+
+COPY = st.integers(0, COPIES - 1)
+TAG = st.integers(0, 5)
+LARGE = st.sampled_from([False, False, False, True])
+#: Kill points: most operations have a few dozen; the first ones are the interesting ones.
+POINT = st.integers(1, 12) | st.integers(1, 60)
+WHEN = st.sampled_from(["before", "after"])
+REPO_ROOT = Path(__file__).resolve().parents[2]
+
+
+#: KVOL_MODEL_LONG=1: the long run (many more examples and steps).
+LONG = os.environ.get("KVOL_MODEL_LONG") == "1"
+
+
+def model_settings(examples: int, steps: int) -> settings:
+    """A bounded run is derandomized (the same examples, and time, on every run); a long
+    run explores, and keeps what it finds in the example database."""
+    return settings(
+        max_examples=examples * 20 if LONG else examples,
+        stateful_step_count=steps * 2 if LONG else steps,
+        deadline=None,
+        derandomize=not LONG,
+        suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+    )
+
+
+@functools.cache
+def content(tag: int, large: bool) -> bytes:
+    """Distinct, recognisable contents; large ones span several chunks, each different."""
+    head = f"<{tag}>".encode()
+    if not large:
+        return head * (tag % 3 + 1)
+    blocks = (
+        hashlib.blake2b(head + i.to_bytes(4, "big")).digest() for i in range(LARGE_SIZE // 64 + 1)
+    )
+    return head + b"".join(blocks)[: LARGE_SIZE - len(head)]
+
+
+@dataclass
+class Env:
+    """Where an example's store lives and how a child process reaches it."""
+
+    kind: str
+    base: Path
+    #: A new, empty store for one example (a directory, or a fresh prefix of a bucket).
+    new_store: Callable[[Path], tuple[Store, dict[str, Any]]]
+    child_env: dict[str, str] = field(default_factory=dict)
+    #: Stores can be aged (the filesystem's object times) to make GC collect with the
+    #: default grace; otherwise GC runs with the shortest grace it accepts.
+    can_age: bool = False
+
+
+def read_tree(root: Path) -> Tree:
+    """Every file (with its content) and directory under a copy's root."""
+    files: dict[str, bytes] = {}
+    dirs: set[str] = set()
+    for dirpath, dirnames, filenames in os.walk(root):
+        rel_dir = os.path.relpath(dirpath, root)
+        rel_dir = "" if rel_dir == "." else rel_dir
+        # Interrupted downloads' leftovers are never part of the copy (commits skip them).
+        dirnames[:] = [
+            d for d in dirnames if not d.startswith(fsops.TEMP_PREFIX) and (rel_dir or d != ".kvol")
+        ]
+        for d in dirnames:
+            dirs.add(f"{rel_dir}/{d}" if rel_dir else d)
+        for name in filenames:
+            if name.startswith(fsops.TEMP_PREFIX):
+                continue
+            rel = f"{rel_dir}/{name}" if rel_dir else name
+            with open(os.path.join(dirpath, name), "rb") as f:
+                files[rel] = f.read()
+    return Tree(files, frozenset(dirs))
+
+
+def read_head(repo: Repo, seq: int | None = None) -> tuple[int, Tree]:
+    """The volume at ``seq`` (the head) as a fresh reader sees it."""
+    state = Repo(repo.store, repo.volume_id).state(seq)
+    reader = repo.reader()
+    try:
+        files = {p: reader.read(r) for p, r in state.files.items()}
+    finally:
+        reader.release()
+    return state.seq, Tree(files, frozenset(state.all_dirs()))
+
+
+def check_store(repo: Repo) -> None:
+    """The store is whole: kvol's fsck finds no damage."""
+    report = fsck.check(Repo(repo.store, repo.volume_id))
+    assert report.ok, f"fsck found damage: {report.damage}"
+
+
+class Divergence(AssertionError):
+    """A copy, the head or a past commit is not what the model says it must be."""
+
+
+def expect_same(what: str, expected: Tree, actual: Tree, steps: list[str]) -> None:
+    if expected == actual:
+        return
+    want, got = expected.describe(), actual.describe()
+    diff = {
+        p: (want.get(p, "-"), got.get(p, "-"))
+        for p in sorted(set(want) | set(got))
+        if want.get(p) != got.get(p)
+    }
+    raise Divergence(
+        f"{what} diverges from the model (path: expected, actual): {diff}\n"
+        f"steps so far:\n  " + "\n  ".join(steps)
+    )
+
+
+class VolumeMachine(RuleBasedStateMachine):
+    env: Env  # set by machine_for()
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.dir = Path(tempfile.mkdtemp(prefix="model-", dir=self.env.base))
+        self.store, self.child_spec = self.env.new_store(self.dir)
+        self.repo = Repo.create(self.store, chunk_size=CHUNK_SIZE)
+        self.log = LogModel()
+        self.steps: list[str] = []
+        self.models: list[CopyModel] = []
+        self.copies: list[WorkingCopy] = []
+        for i in range(COPIES):
+            self.copies.append(WorkingCopy.create(self.repo, self.root(i), concurrency=CONCURRENCY))
+            self.models.append(self.log.new_copy())
+
+    def root(self, i: int) -> Path:
+        return self.dir / f"copy{i}"
+
+    def note(self, step: str) -> None:
+        self.steps.append(step)
+
+    def teardown(self) -> None:
+        try:
+            if self.steps:
+                self.check_history()
+        finally:
+            for copy in self.copies:
+                copy.close(final_commit=False)
+            self.store.close()
+            shutil.rmtree(self.dir, ignore_errors=True)
+
+    # -- changes to a copy's files -----------------------------------------------------------
+
+    def _clear_way(self, i: int, path: str) -> None:
+        """Make ``path``'s parent a directory, removing files that stand where it goes."""
+        root = self.root(i)
+        for a in ancestors(path):
+            target = root / a
+            if target.is_file():
+                target.unlink()
+        (root / path).parent.mkdir(parents=True, exist_ok=True)
+
+    def _local(self, i: int, change: Callable[[dict[str, bytes], set[str]], None]) -> None:
+        tree = self.models[i].tree
+        files, dirs = dict(tree.files), set(tree.dirs)
+        change(files, dirs)
+        self.models[i].tree = Tree(files, frozenset(dirs))
+
+    @rule(i=COPY, path=st.sampled_from(PATHS), tag=TAG, large=LARGE)
+    def write(self, i: int, path: str, tag: int, large: bool) -> None:
+        """Write a file; a file in the way of its directories, or a directory at its path,
+        is removed first (file <-> directory replacement)."""
+        self._write(i, path, tag, large)
+
+    @rule(i=COPY, data=st.data(), tag=TAG, large=LARGE)
+    def edit(self, i: int, data: st.DataObject, tag: int, large: bool) -> None:
+        """Change a file the copy has."""
+        existing = sorted(self.models[i].tree.files)
+        if existing:
+            self._write(i, data.draw(st.sampled_from(existing), label="path"), tag, large)
+
+    def _write(self, i: int, path: str, tag: int, large: bool) -> None:
+        data = content(tag, large)
+        if self.models[i].tree.files.get(path) == data:
+            # Rewriting the same bytes is its own case (test_regressions); here a write
+            # always changes the file.
+            data = content((tag + 1) % 6, large)
+        self.note(f"write(copy={i}, {path!r}, tag={tag}, large={large})")
+        target = self.root(i) / path
+        if target.is_dir():
+            shutil.rmtree(target)
+        self._clear_way(i, path)
+        with open(target, "wb") as f:  # in place when it exists: same inode, new content
+            f.write(data)
+
+        def change(files: dict[str, bytes], dirs: set[str]) -> None:
+            for p in [p for p in files if p == path or under(p, path) or p in ancestors(path)]:
+                del files[p]
+            for d in [d for d in dirs if d == path or under(d, path)]:
+                dirs.discard(d)
+            dirs.update(ancestors(path))
+            files[path] = data
+
+        self._local(i, change)
+
+    def rewrite_same(self, i: int, data: Any) -> None:
+        """Write a file's own bytes over it (not a rule: see test_regressions)."""
+        path = data.draw(st.sampled_from(sorted(self.models[i].tree.files)), label="path")
+        self.note(f"rewrite_same(copy={i}, {path!r})")
+        target = self.root(i) / path
+        target.write_bytes(target.read_bytes())
+
+    @rule(i=COPY, path=st.sampled_from(PATHS))
+    def mkdir(self, i: int, path: str) -> None:
+        """Make a directory (and its parents); a file at its path or in its way goes."""
+        self.note(f"mkdir(copy={i}, {path!r})")
+        target = self.root(i) / path
+        if target.is_dir():
+            return
+        if target.is_file():
+            target.unlink()
+        self._clear_way(i, path)
+        target.mkdir()
+
+        def change(files: dict[str, bytes], dirs: set[str]) -> None:
+            for p in [p for p in files if p == path or p in ancestors(path)]:
+                del files[p]
+            dirs.update([*ancestors(path), path])
+
+        self._local(i, change)
+
+    def _existing(self, i: int) -> list[str]:
+        tree = self.models[i].tree
+        return sorted([*tree.files, *tree.dirs])
+
+    @rule(i=COPY, data=st.data())
+    def delete(self, i: int, data: st.DataObject) -> None:
+        """Delete a file, or ``rm -r`` a directory."""
+        existing = self._existing(i)
+        if not existing:
+            return
+        path = data.draw(st.sampled_from(existing), label="path")
+        self.note(f"delete(copy={i}, {path!r})")
+        target = self.root(i) / path
+        if target.is_dir():
+            shutil.rmtree(target)
+        else:
+            target.unlink()
+
+        def change(files: dict[str, bytes], dirs: set[str]) -> None:
+            for p in [p for p in files if p == path or under(p, path)]:
+                del files[p]
+            for d in [d for d in dirs if d == path or under(d, path)]:
+                dirs.discard(d)
+
+        self._local(i, change)
+
+    @rule(i=COPY, data=st.data(), dst=st.sampled_from(PATHS))
+    def rename(self, i: int, data: st.DataObject, dst: str) -> None:
+        """Rename a file or a directory; whatever stands at the destination goes first."""
+        existing = self._existing(i)
+        if not existing:
+            return
+        src = data.draw(st.sampled_from(existing), label="src")
+        if dst == src or under(dst, src) or under(src, dst):
+            return
+        self.note(f"rename(copy={i}, {src!r} -> {dst!r})")
+        root = self.root(i)
+        target = root / dst
+        if target.is_dir():
+            shutil.rmtree(target)
+        elif target.exists():
+            target.unlink()
+        self._clear_way(i, dst)
+        os.rename(root / src, target)
+
+        def change(files: dict[str, bytes], dirs: set[str]) -> None:
+            moved_files = {p: d for p, d in files.items() if p == src or under(p, src)}
+            moved_dirs = {d for d in dirs if d == src or under(d, src)}
+            for p in [p for p in files if p == dst or under(p, dst) or p in ancestors(dst)]:
+                del files[p]
+            for d in [d for d in dirs if d == dst or under(d, dst)]:
+                dirs.discard(d)
+            for p in moved_files:
+                files.pop(p, None)
+            dirs.difference_update(moved_dirs)
+            for p, body in moved_files.items():
+                files[dst + p[len(src) :]] = body
+            dirs.update(dst + d[len(src) :] for d in moved_dirs)
+            dirs.update(ancestors(dst))
+
+        self._local(i, change)
+
+    # -- commit, reload, reopen, crash --------------------------------------------------------
+
+    # Commits and reloads are what make copies meet, so each has two rules: twice as likely.
+    @rule(i=COPY)
+    def commit(self, i: int) -> None:
+        self._commit(i)
+
+    @rule(i=COPY)
+    def commit_another(self, i: int) -> None:
+        self._commit(i)
+
+    @rule(i=COPY)
+    def reload(self, i: int) -> None:
+        self._reload(i)
+
+    @rule(i=COPY)
+    def reload_another(self, i: int) -> None:
+        self._reload(i)
+
+    def _commit(self, i: int) -> None:
+        self.note(f"commit(copy={i})")
+        result = self.copies[i].commit()
+        published = self.log.commit(self.models[i])
+        assert not result.deferred, f"commit deferred files nobody was writing: {result.deferred}"
+        assert (result.seq is not None) == published, (
+            f"commit published {result.seq}, the model expected "
+            f"{'an entry' if published else 'nothing'}:\n  " + "\n  ".join(self.steps)
+        )
+
+    def _reload(self, i: int) -> None:
+        self.note(f"reload(copy={i})")
+        self.copies[i].reload()
+        self.log.reload(self.models[i])
+
+    @rule(i=COPY, crash=st.booleans())
+    def reopen(self, i: int, crash: bool) -> None:
+        """Reopen from disk: after a clean close, or after dropping the object unclosed."""
+        self.note(f"reopen(copy={i}, crash={crash})")
+        if not crash:
+            self.copies[i].close(final_commit=False)
+        self.copies[i] = WorkingCopy.open(self.root(i), store=self.store, concurrency=CONCURRENCY)
+
+    def _killed(self, i: int, op: str, k: int, when: str) -> tuple[bool, list[dict[str, Any]]]:
+        """Run ``op`` on copy ``i`` in a child killed at point ``k``; True if it finished."""
+        self.copies[i].close(final_commit=False)
+        record = self.dir / "points.jsonl"
+        record.unlink(missing_ok=True)
+        args = {
+            "store": self.child_spec,
+            "root": str(self.root(i)),
+            "op": op,
+            "k": k,
+            "when": when,
+            "record": str(record),
+        }
+        env = {**os.environ, **self.env.child_env, "PYTHONSAFEPATH": "1"}
+        done = subprocess.run(
+            [sys.executable, str(Path(__file__).with_name("killer.py")), json.dumps(args)],
+            cwd=REPO_ROOT,
+            env=env,
+            capture_output=True,
+            timeout=120,
+        )
+        points = (
+            [json.loads(line) for line in record.read_text().splitlines()]
+            if record.exists()
+            else []
+        )
+        self.copies[i] = WorkingCopy.open(self.root(i), store=self.store, concurrency=CONCURRENCY)
+        if done.returncode == 0:
+            return True, points
+        assert done.returncode == -9, (
+            f"{op} in a child failed (exit {done.returncode}): {done.stderr.decode()[-2000:]}"
+        )
+        return False, points
+
+    @rule(i=COPY, op=st.sampled_from(["commit", "reload"]), k=POINT, when=WHEN)
+    def kill(self, i: int, op: str, k: int, when: str) -> None:
+        """SIGKILL a commit or a reload in a child process at one of its points."""
+        if op == "commit":
+            self._kill_commit(i, k, when)
+        else:
+            self._kill_reload(i, k, when)
+
+    def _kill_commit(self, i: int, k: int, when: str) -> None:
+        """SIGKILL a commit at its k-th store call or filesystem mutation, then reopen."""
+        self.note(f"kill_commit(copy={i}, k={k}, {when})")
+        finished, points = self._killed(i, "commit", k, when)
+        landed_at = next(
+            (
+                n
+                for n, p in enumerate(points)
+                if p.get("kind") == "store.put_if_absent"
+                and "/log/" in p.get("detail", "")
+                and p.get("result") is True
+            ),
+            None,
+        )
+        # A commit whose entry landed is a commit, even if the copy was killed before it
+        # recorded it: the copy must recognise its own entry (its commit journal) rather
+        # than publish the same changes again over what others wrote since.
+        if finished or landed_at is not None:
+            self.log.commit(self.models[i])
+        outcome = "finished" if finished else "killed"
+        if landed_at is not None:
+            outcome += ", entry landed"
+        self.note(f"  -> {outcome}")
+
+    def _kill_reload(self, i: int, k: int, when: str) -> None:
+        """SIGKILL a reload at its k-th store call or filesystem mutation, then reopen.
+
+        A reload cut short may leave each path as it was or as the reload makes it; a
+        path it brought up to date must count as clean, one it did not reach keeps the
+        copy's view of it. Anything else (a path in neither state) is a divergence.
+        """
+        self.note(f"kill_reload(copy={i}, k={k}, {when})")
+        model = self.models[i]
+        before = CopyModel(model.view.copy(), model.tree)
+        after = CopyModel(model.view.copy(), model.tree)
+        self.log.reload(after)
+        finished, _ = self._killed(i, "reload", k, when)
+        if finished:
+            self.models[i] = after
+            self.note("  -> finished")
+            return
+        actual = read_tree(self.root(i))
+        self.models[i] = mixed(before, after, actual, self.steps)
+        self.note("  -> killed")
+
+    # -- writers without a working copy, and garbage collection -------------------------------
+
+    @rule(data=st.data())
+    def sdk_rm(self, data: st.DataObject) -> None:
+        """``Volume.remove_file(path, recursive=True)`` on the head (the SDK's and CLI's rm -r)."""
+        head = self.log.state()
+        existing = sorted([*head.files, *head.all_dirs()])
+        if not existing:
+            return
+        path = data.draw(st.sampled_from(existing), label="path")
+        self.note(f"sdk_rm({path!r})")
+        Volume.from_id(self.repo.volume_id, store=self.store).remove_file(path, recursive=True)
+        self.log.rm_from_head(path)
+
+    @rule(paths=st.sets(st.sampled_from(PATHS), min_size=1, max_size=4), tag=TAG, large=LARGE)
+    def sdk_put(self, paths: set[str], tag: int, large: bool) -> None:
+        """``batch_upload(force=True)`` of files (the SDK's and CLI's put): puts only, so
+        their new directories are implied, not recorded."""
+        head = self.log.state()
+        targets = sorted(p for p in paths if p not in head.all_dirs())
+        targets = [p for p in targets if not any(a in targets for a in ancestors(p))]
+        if not targets:
+            return
+        files = {p: content((tag + n) % 6, large) for n, p in enumerate(targets)}
+        self.note(f"sdk_put({sorted(files)}, tag={tag}, large={large})")
+        volume = Volume.from_id(self.repo.volume_id, store=self.store)
+        with volume.batch_upload(force=True) as batch:
+            for path, data in files.items():
+                batch.put_file(io.BytesIO(data), path)
+        self.log.publish([("put", p, d) for p, d in files.items()])
+
+    @rule()
+    def gc(self) -> None:
+        """Collect garbage with a short grace: nothing any commit refers to may go."""
+        self.note("gc()")
+        if self.env.can_age:
+            # Time passes for the store: every object is two grace periods old.
+            grace = max(min_gc_grace(), repo_module.DEFAULT_GC_GRACE_SECONDS)
+            old = time.time() - 2 * grace
+            volume = Path(self.child_spec["root"]) / "volumes" / self.repo.volume_id
+            for sub in ("blobs", "packs"):
+                for dirpath, _, names in os.walk(volume / sub):
+                    for name in names:
+                        os.utime(os.path.join(dirpath, name), (old, old))
+            Repo(self.store, self.repo.volume_id).gc(grace)
+        else:
+            Repo(self.store, self.repo.volume_id).gc(min_gc_grace())
+
+    # -- invariants ---------------------------------------------------------------------------
+
+    @invariant()
+    def copies_match(self) -> None:
+        for i in range(COPIES):
+            expect_same(f"copy {i}", self.models[i].tree, read_tree(self.root(i)), self.steps)
+
+    @invariant()
+    def head_matches(self) -> None:
+        seq, tree = read_head(self.repo)
+        assert seq == self.log.head_seq, (
+            f"head is {seq}, the model's is {self.log.head_seq}:\n  " + "\n  ".join(self.steps)
+        )
+        expect_same("the head", self.log.state().tree(), tree, self.steps)
+
+    @invariant()
+    def store_whole(self) -> None:
+        check_store(self.repo)
+
+    def check_all(self) -> None:
+        self.copies_match()
+        self.head_matches()
+        self.store_whole()
+
+    def check_history(self) -> None:
+        """Nothing committed is ever lost: every past commit still reads as the model's."""
+        for seq in range(1, self.log.head_seq + 1):
+            _, tree = read_head(self.repo, seq)
+            expect_same(f"commit {seq}", self.log.state(seq).tree(), tree, self.steps)
+
+
+def mixed(before: CopyModel, after: CopyModel, actual: Tree, steps: list[str]) -> CopyModel:
+    """The copy after a reload cut short: each path as before or as after the reload.
+
+    Where the disk already shows the reload's result, the view takes the head's record of
+    that path (the download counts as clean); elsewhere it keeps what the copy saw.
+    """
+
+    def at(tree: Tree, path: str) -> Any:
+        if path in tree.files:
+            return ("file", short(tree.files[path]))
+        return ("dir",) if path in tree.dirs else None
+
+    view = VolumeState()
+    paths = set(before.tree.files) | before.tree.dirs | set(after.tree.files) | after.tree.dirs
+    paths |= set(actual.files) | actual.dirs
+    paths |= set(before.view.files) | before.view.all_dirs()
+    paths |= set(after.view.files) | after.view.all_dirs()
+    bad = {}
+    for path in sorted(paths):
+        got = at(actual, path)
+        if got == at(after.tree, path):
+            source = after.view
+        elif got == at(before.tree, path):
+            source = before.view
+        else:
+            bad[path] = (at(before.tree, path), at(after.tree, path), got)
+            continue
+        if path in source.files:
+            view.files[path] = source.files[path]
+        if path in source.dirs:
+            view.dirs.add(path)
+    if bad:
+        raise Divergence(
+            f"a killed reload left paths in neither the old nor the new state "
+            f"(path: before, after, actual): {bad}\nsteps so far:\n  " + "\n  ".join(steps)
+        )
+    return CopyModel(view, actual)
+
+
+def machine_for(env: Env) -> type[VolumeMachine]:
+    return type(f"VolumeMachine_{env.kind}", (VolumeMachine,), {"env": env})
+
+
+class _Chosen:
+    """Stands for hypothesis's ``data`` when a recorded example is replayed."""
+
+    def __init__(self, value: str) -> None:
+        self.value = value
+
+    def draw(self, strategy: Any, label: str | None = None) -> str:
+        return self.value
+
+
+def replay(env: Env, steps: list[tuple[str, dict[str, Any]]]) -> list[str]:
+    """Run recorded steps, with every invariant after each, as hypothesis would; returns
+    the machine's notes of what happened (a kill's "-> finished" or "-> killed").
+
+    A step is ``(rule, arguments)``; a rule that draws a path takes it as ``chosen``.
+    """
+    machine = machine_for(env)()
+    try:
+        machine.check_all()
+        for name, kwargs in steps:
+            args = dict(kwargs)
+            if "chosen" in args:
+                args["data"] = _Chosen(args.pop("chosen"))
+            getattr(machine, name)(**args)
+            machine.check_all()
+    finally:
+        machine.teardown()
+    return machine.steps

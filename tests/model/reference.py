@@ -1,0 +1,225 @@
+"""A reference model of a volume's log and of working copies over it.
+
+Written to be obviously right rather than fast; it shares no code with kvol. The
+semantics are the ones DESIGN.md gives:
+
+- A volume is a log of entries; its state at a commit is the entries up to it applied in
+  order. An entry is a list of operations: ``put`` a file, ``mkdir``, ``unlink`` a file
+  (a directory at that path is left alone) and ``rmdir`` an explicit directory (only if
+  nothing is left under it). Last write wins per path, and a file put where a directory
+  is removes that directory's tree, and a directory made where a file is removes the file.
+- A working copy holds a tree (files and every directory) and a *view*: the volume as the
+  copy last saw it (its base plus its own commits). Its local changes are exactly the
+  difference between the two. A commit publishes that difference and nothing else: puts
+  of changed files and new directories, and for deletions only the files and explicit
+  directories the copy saw (so a file another writer added under a deleted directory
+  survives). A reload makes the view the head and the tree the head with the local
+  changes applied on top: no uncommitted change is lost, and a local file beats a remote
+  directory at its path until it is committed (then commit order decides). What a local
+  change hides of the head stays out of the view: the copy never had it, so its commits
+  never delete it, and its next reload brings it if the local change is gone.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+#: ("put", path, data) | ("mkdir", path) | ("unlink", path) | ("rmdir", path)
+Op = tuple[str, ...] | tuple[str, str, bytes]
+
+
+def ancestors(path: str) -> list[str]:
+    """Proper ancestors, outermost first: "a/b/c" -> ["a", "a/b"]."""
+    parts = path.split("/")
+    return ["/".join(parts[:i]) for i in range(1, len(parts))]
+
+
+def under(path: str, directory: str) -> bool:
+    """Is ``path`` strictly inside ``directory``?"""
+    return path.startswith(directory + "/")
+
+
+def _deepest_first(path: str) -> tuple[int, str]:
+    return (-path.count("/"), path)
+
+
+@dataclass(frozen=True)
+class Tree:
+    """A directory tree as a working copy holds it on disk: files and every directory."""
+
+    files: dict[str, bytes]
+    dirs: frozenset[str]
+
+    def is_dir(self, path: str) -> bool:
+        return path in self.dirs
+
+    def describe(self) -> dict[str, str]:
+        shown = {p: f"file:{short(d)}" for p, d in self.files.items()}
+        shown.update({d: "dir" for d in self.dirs})
+        return dict(sorted(shown.items()))
+
+
+def short(data: bytes) -> str:
+    """A content as a person reads it: its tag, and its size when it is a large one."""
+    head = data[: data.index(b">") + 1] if b">" in data[:8] else data[:8]
+    return f"{head.decode('latin-1')}({len(data)}B)"
+
+
+@dataclass
+class VolumeState:
+    """Files and explicit directories of a volume (others are implied by their files)."""
+
+    files: dict[str, bytes] = field(default_factory=dict)
+    dirs: set[str] = field(default_factory=set)
+
+    def copy(self) -> VolumeState:
+        return VolumeState(dict(self.files), set(self.dirs))
+
+    def all_dirs(self) -> set[str]:
+        found = set(self.dirs)
+        for path in [*self.files, *self.dirs]:
+            found.update(ancestors(path))
+        return found
+
+    def tree(self) -> Tree:
+        return Tree(dict(self.files), frozenset(self.all_dirs()))
+
+    def _remove_tree(self, path: str) -> None:
+        self.files.pop(path, None)
+        self.dirs.discard(path)
+        for p in [p for p in self.files if under(p, path)]:
+            del self.files[p]
+        self.dirs = {d for d in self.dirs if not under(d, path)}
+
+    def apply(self, op: Op) -> None:
+        kind, path = op[0], op[1]
+        if kind == "unlink":
+            self.files.pop(path, None)
+            return
+        if kind == "rmdir":
+            busy = any(under(p, path) for p in [*self.files, *self.dirs])
+            if path in self.dirs and not busy:
+                self.dirs.discard(path)
+            return
+        # put and mkdir: a file at an ancestor, or anything at the path itself, gives way.
+        for a in ancestors(path):
+            if a in self.files:
+                del self.files[a]
+        if kind == "put":
+            data = op[2]
+            assert isinstance(data, bytes)
+            if path in self.all_dirs():
+                self._remove_tree(path)
+            self.files[path] = data
+        elif kind == "mkdir":
+            self.files.pop(path, None)
+            self.dirs.add(path)
+        else:
+            raise AssertionError(f"unknown op {op!r}")
+
+    def applied(self, ops: list[Op]) -> VolumeState:
+        state = self.copy()
+        for op in ops:
+            state.apply(op)
+        return state
+
+
+def changes(view: VolumeState, tree: Tree) -> list[Op]:
+    """What a copy whose volume is ``view`` and whose disk holds ``tree`` publishes.
+
+    Deletions name what the copy saw; every directory the copy made is published, and so
+    is one only its files implied that the copy emptied and kept, so that the volume ends
+    up exactly as the copy is.
+    """
+    ops: list[Op] = [("unlink", p) for p in sorted(view.files) if p not in tree.files]
+    ops += [("rmdir", d) for d in sorted(view.dirs - set(tree.dirs), key=_deepest_first)]
+    puts: list[Op] = [
+        ("put", p, d) for p, d in sorted(tree.files.items()) if view.files.get(p) != d
+    ]
+    kept = view.applied(ops + puts).all_dirs() & view.all_dirs()
+    ops += [("mkdir", d) for d in sorted(set(tree.dirs) - kept, key=lambda d: (d.count("/"), d))]
+    return ops + puts
+
+
+def delete_seen(state: VolumeState, path: str) -> list[Op]:
+    """What a writer publishes to remove ``path`` (a file or a tree) as it sees ``state``."""
+    ops: list[Op] = [("unlink", p) for p in sorted(state.files) if p == path or under(p, path)]
+    ops += [
+        ("rmdir", d) for d in sorted(state.dirs, key=_deepest_first) if d == path or under(d, path)
+    ]
+    return ops
+
+
+@dataclass
+class CopyModel:
+    """What one working copy must hold: its view of the volume and its tree on disk."""
+
+    view: VolumeState
+    tree: Tree
+
+    def local_changes(self) -> list[Op]:
+        return changes(self.view, self.tree)
+
+
+@dataclass
+class LogModel:
+    """The volume: every published entry, in order (entry ``i`` is commit ``i + 1``)."""
+
+    entries: list[list[Op]] = field(default_factory=list)
+
+    @property
+    def head_seq(self) -> int:
+        return len(self.entries)
+
+    def state(self, seq: int | None = None) -> VolumeState:
+        state = VolumeState()
+        for ops in self.entries[: self.head_seq if seq is None else seq]:
+            for op in ops:
+                state.apply(op)
+        return state
+
+    def publish(self, ops: list[Op]) -> None:
+        assert ops
+        self.entries.append(list(ops))
+
+    # -- working copies ---------------------------------------------------------------
+
+    def new_copy(self) -> CopyModel:
+        head = self.state()
+        return CopyModel(head, head.tree())
+
+    def commit(self, copy: CopyModel) -> bool:
+        """Publish the copy's local changes; False when there is nothing to publish."""
+        ops = copy.local_changes()
+        if not ops:
+            return False
+        self.publish(ops)
+        copy.view = copy.view.applied(ops)
+        # The model's own check: applying what a copy publishes to what it saw gives
+        # exactly what it holds.
+        assert copy.view.tree() == copy.tree, "model: a commit's ops do not rebuild the tree"
+        return True
+
+    def reload(self, copy: CopyModel) -> None:
+        local = copy.local_changes()
+        head = self.state()
+        copy.tree = head.applied(local).tree()
+        # What a local file or directory hides of the head (another writer's tree under
+        # the copy's file, or file where the copy made a directory) the copy never had:
+        # it stays out of the view, so no commit of the copy names it as deleted.
+        deletions = [op for op in local if op[0] in ("unlink", "rmdir")]
+        shown = head.applied(deletions)
+        kept = head.applied(local)
+        view = head.copy()
+        for path in set(shown.files) - set(kept.files):
+            del view.files[path]
+        view.dirs -= shown.dirs - kept.dirs
+        copy.view = view
+
+    def rm_from_head(self, path: str) -> bool:
+        """The SDK's ``remove_file(path, recursive=True)``: deletes what the head holds."""
+        ops = delete_seen(self.state(), path)
+        if not ops:
+            return False
+        self.publish(ops)
+        return True

@@ -1,0 +1,25 @@
+"""Several working copies of one volume against the reference model, on both stores."""
+
+from __future__ import annotations
+
+import pytest
+from hypothesis.stateful import run_state_machine_as_test
+
+from tests.model.machine import LONG, Env, machine_for, model_settings
+
+pytestmark = pytest.mark.model
+
+# Bounded runs: about a minute on the filesystem store, twenty seconds on MinIO (shrinking
+# a failure takes minutes more). KVOL_MODEL_LONG=1 runs twenty times the examples, each
+# twice as long.
+
+
+@pytest.mark.timeout(0 if LONG else 1800)
+def test_working_copies_follow_the_model_on_a_filesystem_store(fs_env: Env) -> None:
+    run_state_machine_as_test(machine_for(fs_env), settings=model_settings(100, 40))
+
+
+@pytest.mark.s3
+@pytest.mark.timeout(0 if LONG else 1800)
+def test_working_copies_follow_the_model_on_minio(s3_env: Env) -> None:
+    run_state_machine_as_test(machine_for(s3_env), settings=model_settings(30, 30))

@@ -1,0 +1,177 @@
+"""Minimal examples the model-based test found, kept as plain tests (each replays the
+steps hypothesis reported, with every invariant checked after each step)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from tests.model.machine import Env, replay
+
+Step = tuple[str, dict[str, Any]]
+
+pytestmark = pytest.mark.model
+
+
+def test_reload_keeps_a_local_file_where_another_writer_made_a_directory(fs_env: Env) -> None:
+    # Copy 1's uncommitted file "b" must survive copy 0's directory "b" arriving.
+    replay(
+        fs_env,
+        [
+            ("write", {"i": 0, "path": "b/a", "tag": 0, "large": False}),
+            ("commit", {"i": 0}),
+            ("write", {"i": 1, "path": "b", "tag": 1, "large": False}),
+            ("reload", {"i": 1}),
+            ("commit", {"i": 1}),
+            ("reload", {"i": 0}),
+        ],
+    )
+
+
+def test_rm_r_keeps_files_another_writer_added_under_the_directory(fs_env: Env) -> None:
+    # Copy 1 removes "a" as it saw it ("a/a"); copy 2's "a/b", committed meanwhile, stays.
+    replay(
+        fs_env,
+        [
+            ("write", {"i": 0, "path": "a/a", "tag": 1, "large": False}),
+            ("commit", {"i": 0}),
+            ("reload", {"i": 1}),
+            ("write", {"i": 2, "path": "a/b", "tag": 2, "large": False}),
+            ("commit", {"i": 2}),
+            ("delete", {"i": 1, "chosen": "a"}),
+            ("commit", {"i": 1}),
+            ("reload", {"i": 1}),
+        ],
+    )
+
+
+def test_an_empty_directory_another_writer_made_survives_rm_r_of_its_parent(
+    fs_env: Env,
+) -> None:
+    replay(
+        fs_env,
+        [
+            ("mkdir", {"i": 0, "path": "b"}),
+            ("commit", {"i": 0}),
+            ("reload", {"i": 2}),
+            ("mkdir", {"i": 2, "path": "b/a/b"}),
+            ("commit", {"i": 2}),
+            ("delete", {"i": 0, "chosen": "b"}),
+            ("commit", {"i": 0}),
+        ],
+    )
+
+
+def _killed_at_every_point(env: Env, before: list[Step], op: Step, after: list[Step]) -> int:
+    """Replay with the kill of ``op`` at each of its points in turn, until it finishes."""
+    for k in range(1, 200):
+        for when in ("before", "after"):
+            name, args = op
+            notes = replay(env, [*before, (name, {**args, "k": k, "when": when}), *after])
+            if any("-> finished" in note for note in notes):
+                return k
+    raise AssertionError("the operation never finished")
+
+
+def test_a_killed_reload_never_makes_the_next_commit_revert_other_writers(fs_env: Env) -> None:
+    # Whatever point kills copy 1's reload, its next commit must not send back the old
+    # "a" over copy 0's newer one (the files it downloaded are not its changes).
+    points = _killed_at_every_point(
+        fs_env,
+        [
+            ("write", {"i": 0, "path": "a", "tag": 1, "large": False}),
+            ("write", {"i": 0, "path": "b/a", "tag": 2, "large": False}),
+            ("write", {"i": 0, "path": "b/b", "tag": 4, "large": True}),
+            ("commit", {"i": 0}),
+        ],
+        ("kill", {"i": 1, "op": "reload"}),
+        [
+            ("write", {"i": 0, "path": "a", "tag": 3, "large": False}),
+            ("commit", {"i": 0}),
+            ("commit", {"i": 1}),
+            ("reload", {"i": 1}),
+            ("reload", {"i": 0}),
+        ],
+    )
+    assert points > 3
+
+
+def test_reload_brings_many_new_files_of_new_directories(fs_env: Env) -> None:
+    # An upload records no directories; the parallel downloads of a reload create them,
+    # several at once, and none may fail for it.
+    upload = {f"c/d{n % 3}/f{n}" for n in range(24)}
+    for _ in range(4):
+        replay(
+            fs_env,
+            [
+                ("sdk_put", {"paths": upload, "tag": 0, "large": False}),
+                ("reload", {"i": 1}),
+                ("reload", {"i": 2}),
+            ],
+        )
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="reload takes a file rewritten with its own bytes for a local change, so the "
+    "copy's next commit brings back a file another writer deleted",
+)
+def test_a_file_rewritten_with_the_same_bytes_is_not_a_local_change(fs_env: Env) -> None:
+    # A commit right after the rewrite publishes nothing ("touched, not changed"); a
+    # reload must agree, and let the other writer's deletion through.
+    replay(
+        fs_env,
+        [
+            ("write", {"i": 0, "path": "a", "tag": 0, "large": False}),
+            ("commit", {"i": 0}),
+            ("rewrite_same", {"i": 0, "chosen": "a"}),
+            ("sdk_rm", {"chosen": "a"}),
+            ("reload", {"i": 0}),
+            ("commit", {"i": 0}),
+        ],
+    )
+
+
+def test_reload_removes_a_directory_another_writer_removed(fs_env: Env) -> None:
+    replay(
+        fs_env,
+        [
+            ("sdk_put", {"paths": {"a/a"}, "tag": 0, "large": False}),
+            ("reload", {"i": 0}),
+            ("sdk_rm", {"chosen": "a"}),
+            ("reload", {"i": 0}),
+            ("commit", {"i": 0}),
+        ],
+    )
+
+
+def test_a_commit_keeps_the_directory_whose_last_file_it_removed(fs_env: Env) -> None:
+    replay(
+        fs_env,
+        [
+            ("sdk_put", {"paths": {"a/a"}, "tag": 0, "large": False}),
+            ("reload", {"i": 2}),
+            ("delete", {"i": 2, "chosen": "a/a"}),
+            ("commit", {"i": 2}),
+        ],
+    )
+
+
+def test_deleting_a_local_file_that_hid_a_remote_directory_brings_the_directory_back(
+    fs_env: Env,
+) -> None:
+    # Copy 0 never had "a/a" (its own file "a" hid it), so its commit must not delete it
+    # and its next reload must bring it.
+    replay(
+        fs_env,
+        [
+            ("write", {"i": 1, "path": "a/a", "tag": 0, "large": False}),
+            ("commit", {"i": 1}),
+            ("write", {"i": 0, "path": "a", "tag": 1, "large": False}),
+            ("reload", {"i": 0}),
+            ("delete", {"i": 0, "chosen": "a"}),
+            ("commit", {"i": 0}),
+            ("reload", {"i": 0}),
+        ],
+    )
