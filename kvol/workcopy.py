@@ -93,6 +93,10 @@ INDEX_FILE = "index"
 LOCK_FILE = "lock"
 #: What a reload in progress is doing (see WorkingCopy._recover).
 JOURNAL_FILE = "reload-journal"
+#: Each file a reload is about to move into place, with its staged name: a file that was
+#: moved (its staged copy is gone) and then deleted before the reload was settled is a
+#: local deletion, not a file the reload never wrote.
+LANDING_FILE = "reload-landing"
 #: What a commit in progress is publishing (see WorkingCopy._recover_commit).
 COMMIT_JOURNAL_FILE = "commit-journal"
 #: Present while a create is filling the copy (removed when the copy is complete).
@@ -921,6 +925,31 @@ class WorkingCopy:
     def _drop_journal(self, name: str = JOURNAL_FILE) -> None:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(self.meta_dir / name)
+        if name == JOURNAL_FILE:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(self.meta_dir / LANDING_FILE)
+
+    def _landed_then_removed(self, root_fd: int) -> set[str]:
+        """Files a stopped reload moved into place that are gone again: their staged copy
+        was moved, so only a local deletion can have removed them."""
+        try:
+            lines = (self.meta_dir / LANDING_FILE).read_text().splitlines()
+        except FileNotFoundError:
+            return set()
+        removed: set[str] = set()
+        for line in lines:
+            try:
+                rel, staging_dir, name = json.loads(line)
+                staged = f"{staging_dir}/{name}"
+                paths.check(rel)
+                paths.check(staged)
+            except (ValueError, TypeError, KvolError):
+                continue  # the last line of a reload killed while appending it
+            if not staging_dir.startswith(_Staging.PREFIX):
+                continue
+            if fsops.lstat(root_fd, rel) is None and fsops.lstat(root_fd, staged) is None:
+                removed.add(rel)
+        return removed
 
     def _recover(self) -> None:
         """Settle a reload that stopped midway (killed, or failed), from its journal.
@@ -959,6 +988,7 @@ class WorkingCopy:
             paths.check(rel)
         root_fd = fsops.open_root(str(self.root))
         try:
+            removed_since = self._landed_then_removed(root_fd)
             for rel in gone:
                 st = fsops.lstat(root_fd, rel)
                 if st is None:
@@ -975,6 +1005,10 @@ class WorkingCopy:
                         index.explicit_dirs.add(rel)
             for rel, record in files.items():
                 st = fsops.lstat(root_fd, rel)
+                if st is None and rel in removed_since:
+                    # Landed, then deleted here: a deletion to commit, not a file to write.
+                    index.files[rel] = IndexEntry(record, _DELETED_HERE)
+                    continue
                 if st is None or not stat.S_ISREG(st.st_mode):
                     continue
                 index.dirs.discard(rel)
@@ -1236,31 +1270,37 @@ class WorkingCopy:
         clean (or created, where nothing was) is a local change: kept, added to ``kept``."""
         stopped: list[str] = []
         missing: list[str] = []
-        for rel in rels:
-            staged = None if staging is None else staging.files.get(rel)
-            if staging is None or staged is None:
-                missing.append(rel)
-                continue
-            name, staged_st = staged
-            try:
-                st, same = fsops.install_file(
-                    root_fd, rel, staging.fd, name, staged_st, replaces=found.get(rel)
-                )
-            except NotADirectoryError:
-                stopped.append(rel)
-                continue
-            except fsops.ChangedMeanwhile:
-                kept.append(rel)
-                entry = self.index.files.get(rel)
-                # As any kept change: the volume's record, hashed again at the next scan.
-                self.index.files[rel] = IndexEntry(
-                    view.files[rel], entry.sig if entry else None, racy=True
-                )
-                continue
-            # Recorded as soon as it is in place, so that if another file fails the index
-            # still matches the tree. A write in the instant after the move is caught by
-            # hashing the file at the next scan.
-            self.index.files[rel] = IndexEntry(view.files[rel], Signature.of(st), racy=not same)
+        landing = open(self.meta_dir / LANDING_FILE, "a", buffering=1)  # noqa: SIM115
+        try:
+            for rel in rels:
+                staged = None if staging is None else staging.files.get(rel)
+                if staging is None or staged is None:
+                    missing.append(rel)
+                    continue
+                name, staged_st = staged
+                # Before the move (see LANDING_FILE); a process kill keeps what was written.
+                landing.write(json.dumps([rel, staging.name, name]) + "\n")
+                try:
+                    st, same = fsops.install_file(
+                        root_fd, rel, staging.fd, name, staged_st, replaces=found.get(rel)
+                    )
+                except NotADirectoryError:
+                    stopped.append(rel)
+                    continue
+                except fsops.ChangedMeanwhile:
+                    kept.append(rel)
+                    entry = self.index.files.get(rel)
+                    # As any kept change: the volume's record, hashed again at the next scan.
+                    self.index.files[rel] = IndexEntry(
+                        view.files[rel], entry.sig if entry else None, racy=True
+                    )
+                    continue
+                # Recorded as soon as it is in place, so that if another file fails the index
+                # still matches the tree. A write in the instant after the move is caught by
+                # hashing the file at the next scan.
+                self.index.files[rel] = IndexEntry(view.files[rel], Signature.of(st), racy=not same)
+        finally:
+            landing.close()
         return sorted(stopped + self._download(root_fd, view, missing))
 
     def _not_materialized(self, rel: str, record: FileRecord) -> None:
@@ -1445,6 +1485,11 @@ class _Published:
     dirs_added: list[str]
     #: Path -> (its record, the stat it had when read, hash it again at the next scan).
     puts: dict[str, tuple[FileRecord, Signature, bool]]
+
+
+#: The signature of a file recorded as deleted here: no file has inode 0, so it never
+#: matches, and a commit publishes the deletion.
+_DELETED_HERE = Signature(0, 0, 0, 0, 0)
 
 
 @dataclass

@@ -175,3 +175,55 @@ def test_deleting_a_local_file_that_hid_a_remote_directory_brings_the_directory_
             ("reload", {"i": 0}),
         ],
     )
+
+
+def test_a_file_a_killed_reload_wrote_and_the_user_then_deleted_stays_deleted(
+    fs_env: Env,
+) -> None:
+    # Copy 1's reload is killed after moving "a/b" into place; the user deletes it before
+    # anything settles the reload, and the next reload must keep that deletion.
+    replay(
+        fs_env,
+        [
+            ("reload", {"i": 0}),
+            ("mkdir", {"i": 2, "path": "a/a/a"}),
+            ("kill", {"i": 0, "op": "commit", "k": 10, "when": "before"}),
+            ("write", {"i": 2, "path": "b/a", "tag": 2, "large": False}),
+            ("write", {"i": 2, "path": "a/a/a", "tag": 3, "large": True}),
+            ("kill", {"i": 0, "op": "commit", "k": 32, "when": "after"}),
+            ("commit", {"i": 2}),
+            ("sdk_put", {"paths": {"a/b"}, "tag": 3, "large": False}),
+            ("sdk_rm", {"chosen": "a/a/a"}),
+            ("kill", {"i": 1, "op": "reload", "k": 12, "when": "before"}),
+            ("mkdir", {"i": 1, "path": "b/b"}),
+            ("reload", {"i": 2}),
+            ("reload", {"i": 0}),
+            ("mkdir", {"i": 1, "path": "a/a"}),
+            ("commit", {"i": 2}),
+            ("delete", {"i": 1, "chosen": "a/b"}),
+            ("gc", {}),
+            ("reload", {"i": 0}),
+            ("reload", {"i": 1}),
+            ("commit", {"i": 1}),
+        ],
+    )
+
+
+def test_a_reload_killed_while_a_file_replaces_a_directory_recovers(fs_env: Env) -> None:
+    # Killed between removing directory "a" and moving file "a" in: the copy settles with
+    # neither, and its next reload writes the file.
+    replay(
+        fs_env,
+        [
+            ("mkdir", {"i": 2, "path": "a/a/a"}),
+            ("commit", {"i": 2}),
+            ("mkdir", {"i": 0, "path": "b/b"}),
+            ("commit", {"i": 0}),
+            ("sdk_rm", {"chosen": "a"}),
+            ("sdk_put", {"paths": {"a"}, "tag": 0, "large": False}),
+            ("kill", {"i": 2, "op": "reload", "k": 10, "when": "before"}),
+            ("reload", {"i": 2}),
+            ("commit", {"i": 2}),
+            ("reload", {"i": 1}),
+        ],
+    )
