@@ -245,14 +245,19 @@ class Repo:
     def check_not_behind(self, seq: int) -> None:
         """Raise StoreBehind if commit ``seq``, which the caller has seen, is not in the
         store, and CorruptData if the log has a gap right after it."""
+        self._require_seen(seq)
+        if self._gap_at(seq + 1) and not self.store.exists(self.keys.log(seq + 1)):
+            raise self._gap_error(seq + 1)
+
+    def _require_seen(self, seq: int) -> None:
+        """Raise StoreBehind if commit ``seq``, which the caller has seen, is not in the store."""
         if seq > 0 and not self.store.exists(self.keys.log(seq)):
             raise StoreBehind(
                 f"volume {self.volume_id} in {self.store.url} has no commit {seq}, which "
-                "this working copy has seen: the store is behind it (restored from an older "
-                "backup?); a new working copy starts from what the store holds"
+                "this writer has seen: the store is behind it (restored from an older "
+                "backup?). Nothing was published; a new working copy starts from what the "
+                "store holds"
             )
-        if self._gap_at(seq + 1) and not self.store.exists(self.keys.log(seq + 1)):
-            raise self._gap_error(seq + 1)
 
     def _gap_error(self, missing: int) -> CorruptData:
         return CorruptData(
@@ -302,13 +307,7 @@ class Repo:
         """
         entry = Entry(tuple(ops), time.time(), writer or this_writer(), base, message)
         start = max(base, known_head)
-        if start > 0 and not self.store.exists(self.keys.log(start)):
-            raise StoreBehind(
-                f"volume {self.volume_id} in {self.store.url} has no commit {start}, which "
-                "this writer has seen: the store is behind it (restored from an older "
-                "backup?). Nothing was published; a new working copy starts from what the "
-                "store holds"
-            )
+        self._require_seen(start)
         objects = {
             self.keys.content(part.kind, part.obj)
             for op in ops
