@@ -320,6 +320,19 @@ def remove_empty_dir(root_fd: int, rel_dir: str) -> bool:
         os.close(dfd)
 
 
+def is_empty_dir(root_fd: int, rel_dir: str) -> bool:
+    """Is ``rel_dir`` a directory (not a symlink to one) with nothing in it?"""
+    try:
+        dfd = open_dir(root_fd, rel_dir)
+    except (FileNotFoundError, NotADirectoryError, InvalidPath):
+        return False
+    try:
+        with os.scandir(dfd) as entries:
+            return next(entries, None) is None
+    finally:
+        os.close(dfd)
+
+
 def remove_tree_at(dir_fd: int, name: str) -> None:
     # shutil.rmtree with dir_fd walks by descriptors and never follows symlinks.
     shutil.rmtree(name, dir_fd=dir_fd)

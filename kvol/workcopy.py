@@ -469,6 +469,9 @@ class WorkingCopy:
     def _commit_locked(self, message: str | None) -> CommitResult:
         scan_started_ns = time.time_ns()
         scan = self._scan()
+        # What this commit is about to publish is uncommitted until it lands: a failing
+        # commit leaves it counted, so data piling up in the copy shows.
+        self._set_uncommitted(sum(st.st_size for st in scan.candidates.values()))
         index = self.index
         removed_dirs = _outermost(scan.dirs_removed)
         # A deletion names what this copy saw at its base: every file of a removed tree the
@@ -520,6 +523,7 @@ class WorkingCopy:
             if (
                 entry is not None
                 and entry.record is not None
+                and entry.sig is not None  # a file this copy never had is a new write
                 and entry.record.hash == up.hash
                 and fsops.safe_mode(entry.record.mode) == mode
             ):
@@ -596,7 +600,7 @@ class WorkingCopy:
         here = (index.dirs - scan.dirs_removed) | scan.dirs_added
         candidates = {
             a
-            for p in file_deletes
+            for p in [*file_deletes, *gone_dirs]
             for a in paths.ancestors(p)
             if a in here and a not in index.explicit_dirs and a not in scan.dirs_added
         }
@@ -909,13 +913,16 @@ class WorkingCopy:
 
     def _write_journal(self, base: int, view: State, touched: set[str]) -> None:
         all_dirs = view.all_dirs()
+        # The directories the reload may make: those it touches, and those that hold what
+        # it writes (a directory only files imply is named by no operation).
+        near = touched | {a for p in touched for a in paths.ancestors(p)}
         journal = {
             "format": 1,
             "base": base,
             "target": view.seq,
             "files": {p: view.files[p].to_list() for p in sorted(touched) if p in view.files},
-            "dirs": sorted(p for p in touched if p in all_dirs),
-            "explicit_dirs": sorted(p for p in touched if p in view.dirs),
+            "dirs": sorted(p for p in near if p in all_dirs),
+            "explicit_dirs": sorted(p for p in near if p in view.dirs),
             "gone": sorted(p for p in touched if p not in view.files and p not in all_dirs),
         }
         fsops.write_atomically(
@@ -1089,6 +1096,20 @@ class WorkingCopy:
             # All content first, into a staging directory: content that fails to download
             # or to verify stops the reload before anything in the tree has changed.
             staging = self._stage(root_fd, view, self._may_need_content(view, touched))
+            # A directory the volume held only by its files goes with its last file; one
+            # this copy had already emptied itself (and kept) stays: that is its own change,
+            # which its next commit publishes as a directory (see _dirs_left_empty).
+            vanished = {
+                a
+                for rel in touched
+                for a in paths.ancestors(rel)
+                if a in index.dirs and a not in all_dirs
+            }
+            vanished -= {
+                d
+                for d in vanished
+                if d not in index.explicit_dirs and fsops.is_empty_dir(root_fd, d)
+            }
             # Deletions, deepest first, so directories are empty when their turn comes.
             for rel in sorted(touched, reverse=True):
                 if rel in view.files or rel in all_dirs:
@@ -1109,14 +1130,7 @@ class WorkingCopy:
                     # Changed here and not committed: it will be the last write.
                     del index.files[rel]
                     kept.append(rel)
-            # A directory only its files implied goes from the volume with its last file,
-            # so here too once empty (a local new file keeps it: a change to commit).
-            vanished = {
-                a
-                for rel in touched
-                for a in paths.ancestors(rel)
-                if a in index.dirs and a not in all_dirs
-            }
+            # ... so here too once empty (a local new file keeps it: a change to commit).
             for rel in sorted(vanished, reverse=True):
                 st = fsops.lstat(root_fd, rel)
                 if st is not None and stat.S_ISDIR(st.st_mode):
@@ -1313,20 +1327,29 @@ class WorkingCopy:
             self.index.files[rel] = IndexEntry(record, None)
 
     def _is_clean(self, root_fd: int, rel: str, entry: IndexEntry, st: os.stat_result) -> bool:
-        """Does the local file still hold what the index says? Racy files are hashed."""
-        if not stat.S_ISREG(st.st_mode) or entry.record is None or entry.sig is None:
+        """Does the local file still hold what the index says?
+
+        The stat decides when it matches and is not racy. Otherwise a file of the recorded
+        size and mode is hashed: one rewritten with its own bytes is unchanged, as a commit
+        sees it ("touched, not changed"), so a reload must not keep it as a local change
+        over another writer's newer commit. Only files this copy had count (``sig``): one
+        it never had is a new write even if its bytes happen to match.
+        """
+        record = entry.record
+        if not stat.S_ISREG(st.st_mode) or record is None or entry.sig is None:
             return False
         if entry.is_clean(st):
             return True
-        if not entry.racy or Signature.of(st) != entry.sig:
+        if st.st_size != record.size or fsops.safe_mode(st.st_mode) != fsops.safe_mode(record.mode):
             return False
         fd = fsops.open_file(root_fd, rel)
         try:
-            same = hash_file(fd, st.st_size, self.repo.meta.chunk_size) == entry.record.hash
+            same = hash_file(fd, st.st_size, self.repo.meta.chunk_size) == record.hash
         finally:
             os.close(fd)
         if same:
-            entry.racy = False
+            # A file changed again within the clock's granularity would keep this stat.
+            entry.sig, entry.racy = Signature.of(st), st.st_mtime_ns >= time.time_ns() - RACY_NS
         return same
 
     def _download(self, root_fd: int, view: State, rels: list[str]) -> list[str]:
@@ -1390,6 +1413,11 @@ class WorkingCopy:
             tuple(deleted),
             uncommitted,
         )
+
+    @property
+    def uncommitted_bytes(self) -> int:
+        """Changed bytes not yet committed, as of the last status or commit."""
+        return self._uncommitted
 
     def _set_uncommitted(self, value: int) -> None:
         metrics.UNCOMMITTED_BYTES.inc(value - self._uncommitted)

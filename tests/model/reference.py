@@ -43,6 +43,10 @@ def _deepest_first(path: str) -> tuple[int, str]:
     return (-path.count("/"), path)
 
 
+def _outermost_first(path: str) -> tuple[int, str]:
+    return (path.count("/"), path)
+
+
 @dataclass(frozen=True)
 class Tree:
     """A directory tree as a working copy holds it on disk: files and every directory."""
@@ -127,18 +131,22 @@ class VolumeState:
 def changes(view: VolumeState, tree: Tree) -> list[Op]:
     """What a copy whose volume is ``view`` and whose disk holds ``tree`` publishes.
 
-    Deletions name what the copy saw; every directory the copy made is published, and so
-    is one only its files implied that the copy emptied and kept, so that the volume ends
-    up exactly as the copy is.
+    Deletions name what the copy saw; every directory the copy made is published. A
+    directory of the view that the copy kept is published only when nothing else the
+    commit leaves in the volume keeps it (its files were all deleted here): so the volume
+    ends up exactly as the copy is, with no directory recorded that something else implies.
     """
     ops: list[Op] = [("unlink", p) for p in sorted(view.files) if p not in tree.files]
     ops += [("rmdir", d) for d in sorted(view.dirs - set(tree.dirs), key=_deepest_first)]
     puts: list[Op] = [
         ("put", p, d) for p, d in sorted(tree.files.items()) if view.files.get(p) != d
     ]
-    kept = view.applied(ops + puts).all_dirs() & view.all_dirs()
-    ops += [("mkdir", d) for d in sorted(set(tree.dirs) - kept, key=lambda d: (d.count("/"), d))]
-    return ops + puts
+    made: list[Op] = [
+        ("mkdir", d) for d in sorted(tree.dirs - view.all_dirs(), key=_outermost_first)
+    ]
+    kept = view.applied(ops + made + puts).all_dirs()
+    emptied: list[Op] = [("mkdir", d) for d in sorted(tree.dirs - kept, key=_outermost_first)]
+    return ops + sorted(made + emptied, key=lambda op: _outermost_first(op[1])) + puts
 
 
 def delete_seen(state: VolumeState, path: str) -> list[Op]:

@@ -112,11 +112,6 @@ def test_reload_brings_many_new_files_of_new_directories(fs_env: Env) -> None:
         )
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="reload takes a file rewritten with its own bytes for a local change, so the "
-    "copy's next commit brings back a file another writer deleted",
-)
 def test_a_file_rewritten_with_the_same_bytes_is_not_a_local_change(fs_env: Env) -> None:
     # A commit right after the rewrite publishes nothing ("touched, not changed"); a
     # reload must agree, and let the other writer's deletion through.
@@ -227,3 +222,68 @@ def test_a_reload_killed_while_a_file_replaces_a_directory_recovers(fs_env: Env)
             ("reload", {"i": 1}),
         ],
     )
+
+
+def test_reload_keeps_a_directory_the_copy_emptied_itself(fs_env: Env) -> None:
+    # Copy 1 deletes "a/a" and keeps "a"; another writer deletes "a/a" too. The empty "a"
+    # is copy 1's own change (its commit would publish it), so its reload keeps it.
+    replay(
+        fs_env,
+        [
+            ("sdk_put", {"paths": {"a/a", "b"}, "tag": 0, "large": False}),
+            ("reload", {"i": 1}),
+            ("sdk_rm", {"chosen": "a"}),
+            ("delete", {"i": 1, "chosen": "a/a"}),
+            ("reload", {"i": 1}),
+            ("commit", {"i": 1}),
+        ],
+    )
+
+
+def test_a_directory_kept_after_removing_the_one_below_it_is_published(fs_env: Env) -> None:
+    # "a" is in the volume only because of "a/b"; copy 1 removes "a/b" and keeps "a", so
+    # its commit must publish "a" as a directory, or the volume would lose it.
+    replay(
+        fs_env,
+        [
+            ("sdk_put", {"paths": {"a/a"}, "tag": 0, "large": False}),
+            ("reload", {"i": 0}),
+            ("mkdir", {"i": 0, "path": "a/b"}),
+            ("commit", {"i": 0}),
+            ("sdk_rm", {"chosen": "a/a"}),
+            ("reload", {"i": 1}),
+            ("delete", {"i": 1, "chosen": "a/b"}),
+            ("commit", {"i": 1}),
+            ("reload", {"i": 0}),
+        ],
+    )
+
+
+def test_a_file_the_copy_never_had_written_with_its_bytes_is_published(fs_env: Env) -> None:
+    # Copy 2's local file "b" keeps the volume's "b/a" out; the user replaces "b" by "b/a"
+    # with the very bytes the volume has. The copy never had that file, so this is a new
+    # write, published, and not mistaken for an untouched file.
+    replay(
+        fs_env,
+        [
+            ("write", {"i": 2, "path": "b", "tag": 2, "large": False}),
+            ("sdk_put", {"paths": {"b/a"}, "tag": 4, "large": False}),
+            ("reload", {"i": 2}),
+            ("write", {"i": 2, "path": "b/a", "tag": 4, "large": False}),
+            ("commit", {"i": 2}),
+            ("reload", {"i": 0}),
+        ],
+    )
+
+
+def test_a_killed_reload_records_the_directories_it_made_for_its_files(fs_env: Env) -> None:
+    # "b/a" is in the volume only because of "b/a/b". Wherever copy 2's reload is killed,
+    # the directories it made for the files it wrote are the volume's, not new local ones
+    # for the next commit to publish.
+    points = _killed_at_every_point(
+        fs_env,
+        [("sdk_put", {"paths": {"b/a/b", "a"}, "tag": 4, "large": False})],
+        ("kill", {"i": 2, "op": "reload"}),
+        [("commit", {"i": 2}), ("reload", {"i": 0})],
+    )
+    assert points > 3
