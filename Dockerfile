@@ -12,8 +12,10 @@ FROM ${PYTHON_IMAGE} AS build
 ENV PIP_NO_CACHE_DIR=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1
 # The build hook (setup.py) generates the CSI gRPC modules with grpcio-tools; installing
-# the build requirements first lets the wheel build without an isolated environment.
-RUN pip install "setuptools>=77" wheel "grpcio-tools>=1.60"
+# the build requirements first lets the wheel build without an isolated environment. The
+# same grpcio-tools as pyproject.toml's build-system: the modules it writes need a grpcio
+# and protobuf at least as new as itself.
+RUN pip install "setuptools>=77" wheel "grpcio-tools==1.67.1"
 WORKDIR /src
 COPY pyproject.toml setup.py README.md ./
 COPY kvol/ kvol/

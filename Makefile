@@ -2,7 +2,7 @@
 # "operator": keep the current directory off sys.path for every Python we start.
 export PYTHONSAFEPATH := 1
 
-.PHONY: demo test test-deps lint unit integration bench clean
+.PHONY: demo test test-deps lint unit unit-min integration bench clean
 
 # Run kvol's main job on the embedded filesystem store: no cluster, no server.
 demo:
@@ -24,6 +24,12 @@ unit:
 	hack/setup-venv.sh test
 	.venv/bin/python -m pytest -ra tests/unit
 
+# The unit tests against the lowest dependency versions pyproject.toml declares, in a venv
+# of their own (.venv-min; hack/min_constraints.py pins them).
+unit-min:
+	hack/setup-venv-min.sh
+	.venv-min/bin/python -m pytest -ra -p no:cacheprovider tests/unit
+
 # Benchmarks (opt-in; JSON on stdout). `python -m bench` needs the repository root on
 # sys.path, which it gets only after start-up, when the standard library's operator
 # module is already loaded: so here, and only here, PYTHONSAFEPATH is dropped.
@@ -32,4 +38,4 @@ bench:
 	env -u PYTHONSAFEPATH .venv/bin/python -m bench $(BENCH_ARGS)
 
 clean:
-	rm -rf .venv build *.egg-info
+	rm -rf .venv .venv-min build *.egg-info

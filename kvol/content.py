@@ -323,7 +323,9 @@ class ContentWriter:
         # The fast path writes objects without _put: a store class that overrides _put
         # (to watch or change writes) keeps seeing every object through it.
         if isinstance(store, FilesystemStore) and type(store)._put is FilesystemStore._put:
-            return self._chunked_in_kernel(store, handle.fileno(), before)
+            # The kernel moves the bytes past the handle: one that counts them is told.
+            copied = getattr(handle, "copied", None)
+            return self._chunked_in_kernel(store, handle.fileno(), before, copied)
         parts: list[Part] = []
         sent = 0
         size = 0
@@ -340,7 +342,11 @@ class ContentWriter:
         return Uploaded(content_id(parts), tuple(parts), size, stable, sent)
 
     def _chunked_in_kernel(
-        self, store: FilesystemStore, fd: int, before: os.stat_result
+        self,
+        store: FilesystemStore,
+        fd: int,
+        before: os.stat_result,
+        copied_cb: Callable[[int], None] | None = None,
     ) -> Uploaded:
         """Chunks copied file to store by the kernel and hashed where they landed: the
         bytes never pass through Python, which halves the memory traffic of a commit."""
@@ -368,6 +374,8 @@ class ContentWriter:
                 metrics.UPLOADED_BYTES.inc(length)
             parts.append(Part("b", digests[-1], 0, length))
             size += length
+            if copied_cb is not None:
+                copied_cb(length)
         after = os.fstat(fd)
         stable = same_stat(before, after) and size == before.st_size
         return Uploaded(content_id(parts), tuple(parts), size, stable, sent)

@@ -47,8 +47,11 @@ class Conflict(KvolError):
     exit_code = 5
 
 
-class VolumeBusy(KvolError):
-    """Files or working directories inside the working copy are held by processes."""
+class VolumeBusy(KvolError, RuntimeError):
+    """Files or working directories inside the working copy are held by processes.
+
+    Also a RuntimeError: that is what Modal's ``reload()`` raises when the volume is busy,
+    so ``except RuntimeError`` written for Modal catches it."""
 
     retryable = True
     exit_code = 6
@@ -96,6 +99,10 @@ class StoreUnavailable(StoreError):
 
 class PermissionDenied(StoreError, PermissionError):
     """The store refused the credentials or the operation."""
+
+
+class CredentialsNotFound(StoreError):
+    """No credentials for the store in any place kvol looks: nothing was sent to it."""
 
 
 class Unsupported(StoreError):

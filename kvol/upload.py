@@ -57,6 +57,10 @@ class _CountingReader:
         self._advance(len(data))
         return data
 
+    def copied(self, n: int) -> None:
+        """Bytes moved without :meth:`read` (the store copied them in the kernel)."""
+        self._advance(n)
+
     def fileno(self) -> int:
         return self._handle.fileno()
 

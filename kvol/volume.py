@@ -23,8 +23,9 @@ import stat
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from pathlib import Path
-from typing import IO, Any, BinaryIO
+from datetime import datetime
+from pathlib import Path, PurePosixPath
+from typing import IO, Any, BinaryIO, ClassVar
 
 from kvol import fsck, mounted, paths, upload
 from kvol.catalog import DEFAULT_SCOPE, Catalog, check_limits, check_name
@@ -53,14 +54,50 @@ from kvol.progress import Advance, bar
 from kvol.repo import Repo
 from kvol.store import Store, open_store
 
-__all__ = ["BatchUpload", "FileEntry", "FileEntryType", "Volume", "VolumeInfo"]
+__all__ = ["BatchUpload", "FileEntry", "FileEntryType", "Volume", "VolumeInfo", "VolumeManager"]
 
 log = logging.getLogger(__name__)
 
 
-class FileEntryType(enum.StrEnum):
-    FILE = "file"
-    DIRECTORY = "directory"
+class FileEntryType(enum.IntEnum):
+    """What a :class:`FileEntry` is. The numbers are Modal's (``modal.FileEntryType``), so
+    the members compare equal to its members; they also compare equal to their lowercase
+    names (``"file"``, ``"directory"``), which is what ``str()`` gives. A volume holds
+    files and directories only: the other members exist for code written against Modal."""
+
+    UNSPECIFIED = 0
+    FILE = 1
+    DIRECTORY = 2
+    SYMLINK = 3
+    FIFO = 4
+    SOCKET = 5
+
+    def __str__(self) -> str:
+        return self.name.lower()
+
+    def __format__(self, spec: str) -> str:
+        return format(str(self), spec)
+
+    def __eq__(self, other: object) -> bool:
+        if isinstance(other, str):
+            return other == self.name.lower()
+        return int.__eq__(self, other)
+
+    def __ne__(self, other: object) -> bool:
+        equal = self.__eq__(other)
+        return equal if equal is NotImplemented else not equal
+
+    def __hash__(self) -> int:
+        return int.__hash__(self)
+
+    @classmethod
+    def _missing_(cls, value: object) -> FileEntryType | None:
+        # FileEntryType("file") as well as FileEntryType(1).
+        if isinstance(value, str):
+            for member in cls:
+                if member.name.lower() == value:
+                    return member
+        return None
 
 
 @dataclass(frozen=True)
@@ -90,6 +127,11 @@ class VolumeInfo:
     created: float
     #: When the newest commit was published; None for a volume with no commit.
     last_commit: float | None
+    #: ``created`` as an aware local datetime (Modal's ``VolumeInfo.created_at``).
+    created_at: datetime
+    #: Who created the volume, when its name records it (the operator marks the volumes
+    #: it creates); None otherwise: the store keeps no user identity.
+    created_by: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -101,12 +143,17 @@ class VolumeInfo:
             "bytes": self.bytes,
             "created": self.created,
             "last_commit": self.last_commit,
+            "created_at": self.created_at.isoformat(),
+            "created_by": self.created_by,
         }
 
 
 class Volume:
     """A named, persistent volume. Create handles with :meth:`from_name`, :meth:`from_id`,
     :meth:`create` or :meth:`ephemeral`, never with the constructor."""
+
+    #: Modal's form of create, list and delete: ``Volume.objects.create("data")``.
+    objects: ClassVar[VolumeManager]
 
     def __init__(
         self,
@@ -336,6 +383,10 @@ class Volume:
         repo = self._resolve()
         stats = repo.stats()
         meta = repo.meta
+        owner = None
+        if self._name is not None:
+            with contextlib.suppress(KvolError):  # renamed or deleted meanwhile: unknown
+                owner = Catalog(repo.store, DEFAULT_SCOPE).entry(self._name).owner
         return VolumeInfo(
             id=repo.volume_id,
             name=self._name,
@@ -345,6 +396,8 @@ class Volume:
             bytes=stats.bytes,
             created=meta.created,
             last_commit=stats.last_commit_time,
+            created_at=datetime.fromtimestamp(meta.created).astimezone(),
+            created_by=owner,
         )
 
     def listdir(self, path: str = "/", *, recursive: bool = False) -> builtins.list[FileEntry]:
@@ -477,7 +530,7 @@ class Volume:
 
     # -- writing --------------------------------------------------------------------------
 
-    def remove_file(self, path: str, *, recursive: bool = False) -> None:
+    def remove_file(self, path: str, recursive: bool = False) -> None:
         """Remove a file, or a directory and everything under it with ``recursive``.
 
         The commit names every file and directory this call saw: a file another writer
@@ -495,9 +548,7 @@ class Volume:
                 )
         upload.publish(repo, state, tree_removal(state, rel), f"remove {_show(rel)}")
 
-    def copy_files(
-        self, src_paths: Sequence[str], dst_path: str, *, recursive: bool = False
-    ) -> None:
+    def copy_files(self, src_paths: Sequence[str], dst_path: str, recursive: bool = False) -> None:
         """Copy files (directories with ``recursive``) inside the volume, like ``cp``:
         into ``dst_path`` if it is a directory, ends with ``/`` or there are several
         sources, else to ``dst_path`` itself. Content is shared, never uploaded again."""
@@ -542,7 +593,7 @@ class Volume:
                 ops.append(PutOp(target + p[len(src) :], record))
         upload.publish(repo, state, ops, f"copy to {_show(dst)}")
 
-    def batch_upload(self, *, force: bool = False) -> BatchUpload:
+    def batch_upload(self, force: bool = False) -> BatchUpload:
         """Upload many files as one commit::
 
             with vol.batch_upload() as batch:
@@ -607,6 +658,81 @@ class Volume:
         return self._resolve()
 
 
+class VolumeManager:
+    """``Volume.objects``: named volumes managed as Modal's ``modal.Volume.objects`` does.
+
+    Unlike :meth:`Volume.create` and :meth:`Volume.list`, ``create`` returns nothing and
+    ``list`` is newest first (both as in Modal).
+    """
+
+    def create(
+        self,
+        name: str,
+        *,
+        version: int | None = None,
+        allow_existing: bool = False,
+        limits: Limits | None = None,
+        store: Store | str | None = None,
+    ) -> None:
+        """Create a named volume (version ``version``, else 2). With ``allow_existing`` an
+        existing one is left as it is; it must then be of ``version`` if one is given."""
+        try:
+            Volume.create(
+                name,
+                version=version or 2,
+                allow_existing=allow_existing,
+                limits=limits,
+                store=store,
+            )
+        except VersionMismatch:
+            if version is not None:
+                raise
+
+    def list(
+        self,
+        *,
+        max_objects: int | None = None,
+        created_before: datetime | str | None = None,
+        store: Store | str | None = None,
+    ) -> builtins.list[Volume]:
+        """Named volumes, newest first: at most ``max_objects``, only those created before
+        ``created_before`` (a datetime or an ISO date; without a zone, local time).
+        Volumes whose metadata is damaged come last, whatever their age."""
+        if max_objects is not None and max_objects < 0:
+            raise InvalidArgument("max_objects cannot be negative")
+        before = _timestamp(created_before)
+        found = [
+            (v._repo.meta.created if v._repo is not None else None, v)
+            for v in Volume.list(store=store)
+        ]
+        kept = [(c, v) for c, v in found if before is None or c is None or c < before]
+        kept.sort(key=lambda item: -(item[0] or 0.0))
+        volumes = [v for _, v in kept]
+        return volumes if max_objects is None else volumes[:max_objects]
+
+    def delete(
+        self, name: str, *, allow_missing: bool = False, store: Store | str | None = None
+    ) -> None:
+        """Delete a named volume and all its data. Irreversible."""
+        Volume.delete(name, allow_missing=allow_missing, store=store)
+
+
+Volume.objects = VolumeManager()
+
+
+def _timestamp(when: datetime | str | None) -> float | None:
+    if when is None:
+        return None
+    if isinstance(when, str):
+        try:
+            when = datetime.fromisoformat(when)
+        except ValueError as exc:
+            raise InvalidArgument(f"created_before {when!r} is not an ISO date") from exc
+    if when.tzinfo is None:
+        when = when.astimezone()  # naive: local time
+    return when.timestamp()
+
+
 class BatchUpload:
     """Files gathered by :meth:`Volume.batch_upload`, published as one commit on exit."""
 
@@ -635,15 +761,23 @@ class BatchUpload:
     def put_file(
         self,
         local_file: str | os.PathLike[str] | BinaryIO,
-        remote_path: str,
+        remote_path: str | PurePosixPath,
         mode: int | None = None,
     ) -> None:
         """Add a local file (a path or a binary file object) at ``remote_path``.
 
         ``mode`` sets its permission bits: by default a path keeps its own, a file object
         gets 0o644. A file object is read now; a path is read when the batch ends.
+        A ``remote_path`` ending with ``/`` names a directory, not a file: ValueError.
         """
-        remote = paths.normalize(remote_path)
+        remote_text = str(remote_path)
+        if remote_text.endswith("/"):
+            # A file named after the directory would surprise; Modal refuses it too.
+            raise InvalidArgument(
+                f"remote_path {remote_text!r} ends with '/': put_file needs the file's own "
+                "path (put_directory uploads a directory)"
+            )
+        remote = paths.normalize(remote_text)
         if mode is not None and not 0 <= mode <= 0o7777:
             raise InvalidArgument(f"mode must be permission bits (0 to 0o7777), not {mode:#o}")
         if isinstance(local_file, str | os.PathLike):
@@ -671,7 +805,7 @@ class BatchUpload:
     def put_directory(
         self,
         local_path: str | os.PathLike[str],
-        remote_path: str,
+        remote_path: str | PurePosixPath,
         recursive: bool = True,
     ) -> None:
         """Add every file under a local directory below ``remote_path`` (subdirectories
@@ -679,7 +813,7 @@ class BatchUpload:
         root = Path(local_path)
         if not root.is_dir():
             raise NotFound(f"{root} is not a directory")
-        remote_root = paths.normalize(remote_path, allow_root=True)
+        remote_root = paths.normalize(str(remote_path), allow_root=True)
         # Links are never followed: one could lead anywhere (/etc/passwd), and a volume
         # holds no links. The tree's own root may be one: the caller named it.
         within = Path(os.path.realpath(root))

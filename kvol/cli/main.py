@@ -24,6 +24,7 @@ examples:
   kvol volume put data ./results /results
   kvol volume ls data /results
   kvol --store s3://bucket/prefix volume list --json
+  source <(kvol completion bash)         # tab completion (also zsh, fish)
 
 Run 'kvol volume --help' for every volume command.
 
@@ -43,7 +44,7 @@ EXIT_CODES: tuple[tuple[int, str], ...] = (
     (6, "volume busy: processes hold files in the working copy (close them, retry)"),
     (7, "over a limit of the volume: nothing was published"),
     (8, "corrupt data, a gap in the log, or damage found by fsck"),
-    (9, "store failure: unreachable, credentials refused, or unsupported"),
+    (9, "store failure: unreachable, credentials missing or refused, or unsupported"),
     (10, "read-only: a write through a read-only copy"),
     (11, "store behind: the store lacks commits this copy has seen (nothing was published)"),
     (130, "interrupted"),
@@ -77,7 +78,7 @@ def _common() -> argparse.ArgumentParser:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from kvol.cli import demo, volume
+    from kvol.cli import completion, demo, volume
 
     common = _common()
     parser = argparse.ArgumentParser(
@@ -93,6 +94,7 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     volume.register(commands, common)
     demo.register(commands, common)
+    completion.register(commands, common)
     return parser
 
 

@@ -11,6 +11,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from kvol.errors import InvalidArgument, KvolError
+from kvol.progress import format_bytes
 
 _UNITS = {"": 1, "k": 1000, "m": 1000**2, "g": 1000**3, "t": 1000**4, "p": 1000**5}
 _SIZE_RE = re.compile(r"^\s*(\d+)\s*([kmgtp]?)(i?)b?\s*$", re.IGNORECASE)
@@ -49,13 +50,8 @@ def table(headers: Sequence[str], rows: Sequence[Sequence[str]], right: Sequence
 
 
 def size(n: int) -> str:
-    """1536 -> '1.5 KiB'."""
-    value = float(n)
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if value < 1024 or unit == "TiB":
-            return f"{int(value)} B" if unit == "B" else f"{value:.1f} {unit}"
-        value /= 1024
-    raise AssertionError("unreachable")
+    """1536 -> '1.5 KiB' (binary units, as the progress bars use)."""
+    return format_bytes(n)
 
 
 def parse_size(text: str) -> int:

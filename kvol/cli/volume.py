@@ -8,8 +8,10 @@ import logging
 import shutil
 import stat
 import sys
+import tarfile
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +20,7 @@ from kvol.catalog import Catalog
 from kvol.cli import output
 from kvol.cli.output import emit_json, plural, say, size, warn, when
 from kvol.content import REFRESH_AFTER_SECONDS, min_gc_grace
-from kvol.errors import CorruptData, InvalidArgument, KvolError, NotFound
+from kvol.errors import AlreadyExists, CorruptData, InvalidArgument, KvolError, NotFound
 from kvol.model import Limits
 from kvol.progress import bar
 from kvol.repo import DEFAULT_GC_GRACE_SECONDS
@@ -108,12 +110,18 @@ def register(commands: Any, common: argparse.ArgumentParser) -> None:
         "get",
         cmd_get,
         "download a file or a directory",
-        "kvol volume get data /models ./models   # '-' writes a file to stdout",
+        "kvol volume get data /logs - --tar | tar -x   # '-' writes to stdout",
     )
     p.add_argument("name")
     p.add_argument("remote")
-    p.add_argument("local", nargs="?", default=".", help="local path, or '-' for stdout")
+    p.add_argument(
+        "local",
+        nargs="?",
+        default=".",
+        help="local path, or '-' for stdout (a directory's files one after the other)",
+    )
     p.add_argument("--force", action="store_true", help="overwrite existing local files")
+    p.add_argument("--tar", action="store_true", help="with '-': write a tar stream of the tree")
 
     p = add("rm", cmd_rm, "remove a file (a directory with -r)", "kvol volume rm data /tmp -r")
     p.add_argument("name")
@@ -282,7 +290,13 @@ def mount_of(directory: str) -> mounted.Mount:
 
 
 def _entry_json(entry: FileEntry) -> dict[str, Any]:
-    return entry.to_dict()
+    modified = None
+    if entry.mtime > 0:
+        modified = f"{datetime.fromtimestamp(entry.mtime).astimezone():%Y-%m-%d %H:%M %Z}"
+    # kvol's keys (exact numbers), then the twins `modal volume ls --json` names: the
+    # path as "filename" and the time as Modal writes it. "type" and "size" keep
+    # kvol's values ("directory", a byte count), see docs/migrating-from-modal.md.
+    return {**entry.to_dict(), "filename": entry.path, "created_modified": modified}
 
 
 # -- volumes ----------------------------------------------------------------------------------
@@ -301,16 +315,23 @@ def cmd_create(args: argparse.Namespace) -> int:
         max_files_per_directory=args.limit_files_per_directory,
         max_file_size=args.limit_file_size,
     )
-    vol = Volume.create(
-        args.name,
-        version=args.version,
-        allow_existing=args.allow_existing,
-        limits=limits,
-        store=store_of(args),
-    )
+    store = store_of(args)
+    existed = False
+    try:
+        vol = Volume.create(args.name, version=args.version, limits=limits, store=store)
+    except AlreadyExists:
+        if not args.allow_existing:
+            raise
+        # Only a volume of the version asked for will do (VersionMismatch otherwise).
+        vol = Volume.create(
+            args.name, version=args.version, allow_existing=True, limits=limits, store=store
+        )
+        existed = True
     meta = vol.repo.meta
     if args.json:
-        emit_json({"name": args.name, "id": meta.id, "version": meta.version})
+        emit_json({"name": args.name, "id": meta.id, "version": meta.version, "existed": existed})
+    elif existed:
+        say(f"Volume {args.name!r} already exists (version {meta.version}, id {meta.id}).")
     else:
         say(f"Created volume {args.name!r} (version {meta.version}, id {meta.id}).")
         say(f"Upload files with: kvol volume put {args.name} LOCAL_PATH [REMOTE_PATH]")
@@ -327,6 +348,7 @@ def cmd_list(args: argparse.Namespace) -> int:
                 f"{item.name}' removes it"
             )
     if args.json:
+        catalog = Catalog(store_of(args))
         emit_json(
             [
                 {
@@ -334,6 +356,9 @@ def cmd_list(args: argparse.Namespace) -> int:
                     "id": item.volume_id,
                     "version": item.meta.version if item.meta else None,
                     "created": item.meta.created if item.meta else None,
+                    # The keys of `modal volume list --json`, with its values.
+                    "created_at": modal_time(item.meta.created) if item.meta else None,
+                    "created_by": _owner(catalog, item.name),
                     **({"damaged": item.problem} if item.problem is not None else {}),
                 }
                 for item in items
@@ -352,6 +377,19 @@ def cmd_list(args: argparse.Namespace) -> int:
             ],
         )
     return 0
+
+
+def _owner(catalog: Catalog, name: str) -> str | None:
+    """Who created a volume, when its name records it (the operator marks its own)."""
+    try:
+        return catalog.entry(name).owner
+    except KvolError:
+        return None
+
+
+def modal_time(timestamp: float) -> str:
+    """A time as Modal's JSON output writes it: local, ISO, to the second."""
+    return datetime.fromtimestamp(timestamp).astimezone().isoformat(sep=" ", timespec="seconds")
 
 
 def cmd_info(args: argparse.Namespace) -> int:
@@ -409,7 +447,8 @@ def cmd_ls(args: argparse.Namespace) -> int:
     entries = volume_of(args, args.name).listdir(args.path, recursive=args.recursive)
     if args.json:
         emit_json([_entry_json(e) for e in entries])
-    elif args.long:
+    elif args.long or _is_terminal(sys.stdout):
+        # A table for people; one path a line for pipes and scripts (as Modal does).
         output.table(
             ["TYPE", "SIZE", "MODIFIED", "PATH"],
             [[str(e.type), size(e.size), when(e.mtime), _shown(e)] for e in entries],
@@ -419,6 +458,13 @@ def cmd_ls(args: argparse.Namespace) -> int:
         for e in entries:
             say(_shown(e))
     return 0
+
+
+def _is_terminal(stream: Any) -> bool:
+    try:
+        return bool(stream.isatty())
+    except (AttributeError, ValueError):
+        return False
 
 
 def _shown(entry: FileEntry) -> str:
@@ -438,24 +484,39 @@ def cmd_put(args: argparse.Namespace) -> int:
             shutil.copyfileobj(sys.stdin.buffer, spool, 1 << 20)
             spool.flush()
             batch.put_file(spool.name, target, mode=0o644)
-            count, described = 1, "stdin"
+            count, described = 1, f"stdin to /{target}"
         else:
             local = Path(args.local)
             if local.is_dir():
-                batch.put_directory(local, remote)
-                count, described = len(batch), f"{local}/"
+                target = paths.normalize(_directory_target(args.local, remote), allow_root=True)
+                batch.put_directory(local, target)
+                count, described = len(batch), f"{local}/ to /{target}"
             elif local.exists():
-                batch.put_file(local, _file_target(vol, local.name, remote))
-                count, described = 1, str(local)
+                target = _file_target(vol, local.name, remote)
+                batch.put_file(local, target)
+                count, described = 1, f"{local} to /{target}"
             else:
                 raise NotFound(f"{local} does not exist")
     if batch.seq is None:
         say(f"Nothing to upload from {described}.")
     else:
         say(
-            f"Uploaded {plural(count, 'file')} from {described} to {args.name!r} (commit {batch.seq})."
+            f"Uploaded {plural(count, 'file')} from {described} in {args.name!r} "
+            f"(commit {batch.seq})."
         )
     return 0
+
+
+def _directory_target(local: str, remote: str) -> str:
+    """Like Modal (and cp -r): a REMOTE ending with '/' (the default, '/') receives the
+    directory under its own name; a LOCAL ending with '/' (or '.') puts its contents
+    there instead, as rsync does."""
+    if not remote.endswith("/"):
+        return remote
+    name = local.rstrip("/").rsplit("/", 1)[-1] if not local.endswith("/") else ""
+    if name in ("", ".", ".."):
+        return remote
+    return remote + name
 
 
 def _file_target(vol: Volume, name: str, remote: str) -> str:
@@ -474,17 +535,72 @@ def _file_target(vol: Volume, name: str, remote: str) -> str:
 def cmd_get(args: argparse.Namespace) -> int:
     vol = volume_of(args, args.name)
     if args.local == "-":
-        entry = vol.stat(args.remote)
-        if entry.type != FileEntryType.FILE:
-            raise InvalidArgument(f"/{entry.path} is a directory: only a file can go to stdout")
-        out = sys.stdout.buffer
-        with bar(entry.size, "download") as advance:
-            vol.read_file_into_fileobj(args.remote, out, progress=advance)
-        out.flush()
+        _get_to_stdout(vol, args.remote, as_tar=args.tar)
         return 0
+    if args.tar:
+        raise InvalidArgument("--tar writes to stdout: use '-' as LOCAL")
     files, total = vol.download(args.remote, args.local, force=args.force)
     print(f"Downloaded {plural(files, 'file')} ({size(total)}) to {args.local}.", file=sys.stderr)
     return 0
+
+
+def _get_to_stdout(vol: Volume, remote: str, *, as_tar: bool) -> None:
+    """A file's bytes; for a directory, every file under it one after the other, in path
+    order (as Modal does), or with ``as_tar`` a tar stream of the tree. Everything comes
+    from one commit, whatever is published meanwhile."""
+    repo = vol.repo
+    state = repo.state()
+    rel = paths.normalize(remote, allow_root=True)
+    if rel in state.files:
+        files = [(rel.rsplit("/", 1)[-1], state.files[rel])]
+        dirs: list[str] = []
+    elif rel == "" or state.is_dir(rel):
+        cut = len(rel) + 1 if rel else 0
+        files = [(p[cut:], r) for p, r in sorted(state.iter_under(rel))]
+        dirs = sorted(d[cut:] for d in state.all_dirs() if d != rel and paths.is_under(d, rel))
+    else:
+        raise NotFound(f"/{rel} does not exist in the volume")
+    reader = repo.reader()
+    out = sys.stdout.buffer
+    with bar(sum(r.size for _, r in files), "download") as advance:
+        if not as_tar:
+            for _, record in files:
+                for chunk in reader.iter_parts(record):
+                    out.write(chunk)
+                    advance(len(chunk))
+        else:
+            with tarfile.open(fileobj=out, mode="w|", format=tarfile.PAX_FORMAT) as tar:
+                for d in dirs:
+                    info = tarfile.TarInfo(d)
+                    info.type, info.mode = tarfile.DIRTYPE, 0o755
+                    tar.addfile(info)
+                for name, record in files:
+                    info = tarfile.TarInfo(name)
+                    info.size, info.mode = record.size, record.mode & 0o777
+                    info.mtime = record.mtime_ns / 1e9
+                    tar.addfile(info, _ChunkReader(reader.iter_parts(record), advance))
+    out.flush()
+
+
+class _ChunkReader:
+    """A file object over verified chunks, for tarfile to read from."""
+
+    def __init__(self, chunks: Iterator[bytes], advance: Callable[[int], None]) -> None:
+        self._chunks = chunks
+        self._advance = advance
+        self._buffer = b""
+
+    def read(self, n: int = -1) -> bytes:
+        while n < 0 or len(self._buffer) < n:
+            chunk = next(self._chunks, None)
+            if chunk is None:
+                break
+            self._advance(len(chunk))
+            self._buffer += chunk
+        if n < 0:
+            n = len(self._buffer)
+        data, self._buffer = self._buffer[:n], self._buffer[n:]
+        return data
 
 
 def cmd_rm(args: argparse.Namespace) -> int:

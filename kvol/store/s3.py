@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import html
+import os
 import random
 import re
 import secrets
@@ -184,13 +185,20 @@ class S3Store(Store):
         }
         if settings.endpoint:
             config["endpoint"] = settings.endpoint
-        if settings.anonymous:
+        # Raises before anything is sent when no source has credentials: the client's own
+        # chain would end at the instance metadata address (see s3_config).
+        source = settings.credential_source(os.environ)
+        if source == "anonymous":
             config["skip_signature"] = True
         if settings.access_key_id and settings.secret_access_key:
             config["access_key_id"] = settings.access_key_id
             config["secret_access_key"] = settings.secret_access_key
             if settings.session_token:
                 config["session_token"] = settings.session_token
+        elif settings.web_identity_token_file and settings.role_arn:
+            config["web_identity_token_file"] = settings.web_identity_token_file
+            config["role_arn"] = settings.role_arn
+        # Otherwise the client reads the same ambient variables credential_source found.
         client: ClientConfig = {
             "allow_http": bool(settings.endpoint and settings.endpoint.startswith("http://")),
             "connect_timeout": timedelta(seconds=settings.connect_timeout),

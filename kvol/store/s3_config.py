@@ -3,11 +3,24 @@
 ``s3://BUCKET/PREFIX?endpoint=http://127.0.0.1:9000&region=us-east-1&path_style=true``
 
 Where the store is goes in the URL (safe to log, to print, to put in a resource); who may
-use it comes only from the environment (``AWS_ACCESS_KEY_ID``, ``AWS_SECRET_ACCESS_KEY``,
-``AWS_SESSION_TOKEN``), so a URL never carries a secret. Options missing from the URL fall
-back to ``AWS_ENDPOINT_URL_S3`` / ``AWS_ENDPOINT_URL`` and ``AWS_REGION`` /
-``AWS_DEFAULT_REGION``, the same variables the AWS tools read. The CLI, the SDK and the
+use it comes only from the environment, so a URL never carries a secret. Options missing
+from the URL fall back to ``AWS_ENDPOINT_URL_S3`` / ``AWS_ENDPOINT_URL`` and ``AWS_REGION``
+/ ``AWS_DEFAULT_REGION``, the same variables the AWS tools read. The CLI, the SDK and the
 Kubernetes backends all build the store from these two inputs.
+
+Credentials, first found wins (:meth:`S3Settings.credential_source`):
+
+1. static keys: ``AWS_ACCESS_KEY_ID`` and ``AWS_SECRET_ACCESS_KEY`` (``AWS_SESSION_TOKEN``
+   with temporary keys);
+2. web identity: ``AWS_WEB_IDENTITY_TOKEN_FILE`` and ``AWS_ROLE_ARN``, as Kubernetes
+   service-account roles (EKS IRSA) set them; the token is exchanged with STS;
+3. container credentials: ``AWS_CONTAINER_CREDENTIALS_FULL_URI`` or
+   ``AWS_CONTAINER_CREDENTIALS_RELATIVE_URI``, as EKS Pod Identity and ECS set them;
+4. the cloud's instance metadata service, only when the URL says ``instance_metadata=true``.
+
+With none of them (and no ``anonymous=true``), opening the store raises
+:class:`errors.CredentialsNotFound` before any request is made: a machine that merely lacks
+keys never asks the link-local metadata address for some instance's role.
 """
 
 from __future__ import annotations
@@ -80,9 +93,14 @@ class S3Settings:
     path_style: bool = True
     #: Send unsigned requests (public buckets); no credentials are looked up.
     anonymous: bool = False
+    #: Allow credentials from the instance metadata service when the environment has none.
+    instance_metadata: bool = False
     access_key_id: str | None = field(default=None, repr=False)
     secret_access_key: str | None = field(default=None, repr=False)
     session_token: str | None = field(default=None, repr=False)
+    #: A service account's role: the projected token file and the role to assume with it.
+    web_identity_token_file: str | None = None
+    role_arn: str | None = None
     #: Retries of one request for transient failures (5xx, dropped connections,
     #: throttling), with exponential backoff and jitter, within ``retry_timeout`` seconds.
     max_retries: int = 8
@@ -101,6 +119,45 @@ class S3Settings:
             raise errors.InvalidArgument(
                 "set both AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, or neither"
             )
+        if (self.web_identity_token_file is None) != (self.role_arn is None):
+            raise errors.InvalidArgument(
+                "set both AWS_WEB_IDENTITY_TOKEN_FILE and AWS_ROLE_ARN, or neither"
+            )
+        if self.anonymous and self.instance_metadata:
+            raise errors.InvalidArgument(
+                "S3 options anonymous and instance_metadata exclude each other"
+            )
+
+    def credential_source(self, environ: Mapping[str, str]) -> str:
+        """Where requests get their credentials: ``anonymous``, ``keys``, ``web-identity``,
+        ``container`` or ``instance-metadata`` (see the module's docstring).
+
+        ``environ`` is the process environment the S3 client also reads: settings built
+        without :meth:`from_url` (the operator's, for a backend without a Secret) take the
+        pod's ambient credentials from it. Raises :class:`errors.CredentialsNotFound`.
+        """
+        if self.anonymous:
+            return "anonymous"
+        if self.access_key_id or (
+            environ.get("AWS_ACCESS_KEY_ID") and environ.get("AWS_SECRET_ACCESS_KEY")
+        ):
+            return "keys"
+        if self.web_identity_token_file or (
+            environ.get("AWS_WEB_IDENTITY_TOKEN_FILE") and environ.get("AWS_ROLE_ARN")
+        ):
+            return "web-identity"
+        if environ.get("AWS_CONTAINER_CREDENTIALS_FULL_URI") or environ.get(
+            "AWS_CONTAINER_CREDENTIALS_RELATIVE_URI"
+        ):
+            return "container"
+        if self.instance_metadata:
+            return "instance-metadata"
+        raise errors.CredentialsNotFound(
+            f"no S3 credentials found for {self.location}: set AWS_ACCESS_KEY_ID and "
+            "AWS_SECRET_ACCESS_KEY, or AWS_WEB_IDENTITY_TOKEN_FILE and AWS_ROLE_ARN (a "
+            "service account's role); add instance_metadata=true to the store URL to use "
+            "the machine's instance role, or anonymous=true for a public bucket"
+        )
 
     @classmethod
     def from_url(cls, url: str, environ: Mapping[str, str] | None = None) -> S3Settings:
@@ -156,6 +213,16 @@ class S3Settings:
         key_id = env.get("AWS_ACCESS_KEY_ID") or None
         secret = env.get("AWS_SECRET_ACCESS_KEY") or None
         token = env.get("AWS_SESSION_TOKEN") or None
+        token_file = env.get("AWS_WEB_IDENTITY_TOKEN_FILE") or None
+        role_arn = env.get("AWS_ROLE_ARN") or None
+        # Both or neither: a role ARN alone (other AWS tools read it so) is no web identity.
+        if token_file is None or role_arn is None:
+            token_file = role_arn = None
+        instance_metadata = (
+            _flag("instance_metadata", options["instance_metadata"])
+            if "instance_metadata" in options
+            else False
+        )
         tuning: dict[str, float] = {}
         if "retries" in options:
             tuning["max_retries"] = int(_positive("retries", options["retries"], int))
@@ -172,6 +239,9 @@ class S3Settings:
             access_key_id=None if anonymous else key_id,
             secret_access_key=None if anonymous else secret,
             session_token=None if anonymous else token,
+            web_identity_token_file=None if anonymous else token_file,
+            role_arn=None if anonymous else role_arn,
+            instance_metadata=instance_metadata,
             **tuning,  # type: ignore[arg-type]
         )
 
@@ -186,6 +256,8 @@ class S3Settings:
             options["path_style"] = str(self.path_style).lower()
         if self.anonymous:
             options["anonymous"] = "true"
+        if self.instance_metadata:
+            options["instance_metadata"] = "true"
         defaults = S3Settings(bucket="b")
         if self.max_retries != defaults.max_retries:
             options["retries"] = str(self.max_retries)
@@ -208,6 +280,7 @@ _OPTIONS = (
     "region",
     "path_style",
     "anonymous",
+    "instance_metadata",
     "retries",
     "retry_timeout",
     "connect_timeout",

@@ -10,6 +10,7 @@ import subprocess
 import sys
 from pathlib import Path
 from typing import Any
+from unittest.mock import ANY
 
 import pytest
 
@@ -175,7 +176,7 @@ def test_put_single_files(cli: Cli, tmp_path: Path) -> None:
 def test_ls_formats(cli: Cli, tmp_path: Path) -> None:
     cli.ok("volume", "create", "data")
     make_tree(tmp_path / "src")
-    cli.ok("volume", "put", "data", str(tmp_path / "src"))
+    cli.ok("volume", "put", "data", f"{tmp_path / 'src'}/")  # its contents, at the root
     assert cli.ok("volume", "ls", "data").split() == ["empty/", "model.bin", "notes/", "zeros.bin"]
     long = cli.ok("volume", "ls", "data", "/notes", "--long").splitlines()
     assert long[0].split() == ["TYPE", "SIZE", "MODIFIED", "PATH"]
@@ -187,6 +188,8 @@ def test_ls_formats(cli: Cli, tmp_path: Path) -> None:
             "type": "file",
             "size": 6,
             "mtime": pytest.approx((tmp_path / "src/notes/readme.txt").stat().st_mtime, abs=1e-6),
+            "filename": "notes/readme.txt",
+            "created_modified": ANY,
         }
     ]
 
@@ -219,7 +222,7 @@ def test_bad_paths_and_missing_things(cli: Cli) -> None:
 def test_rm_and_cp(cli: Cli, tmp_path: Path) -> None:
     cli.ok("volume", "create", "data")
     make_tree(tmp_path / "src")
-    cli.ok("volume", "put", "data", str(tmp_path / "src"))
+    cli.ok("volume", "put", "data", f"{tmp_path / 'src'}/")
     cli.ok("volume", "cp", "data", "/model.bin", "/copy.bin")
     assert "-r" in cli.fails(2, "volume", "cp", "data", "/notes", "/notes2")
     cli.ok("volume", "cp", "data", "-r", "/notes", "/notes2")

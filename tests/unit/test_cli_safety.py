@@ -92,7 +92,7 @@ def test_put_skips_links_and_says_so(store: Path, tmp_path: Path) -> None:
     (tree / "mine.txt").write_text("mine")
     (tree / "passwd").symlink_to("/etc/passwd")
     ok(store, "volume", "create", "data")
-    done = ok(store, "volume", "put", "data", str(tree), "/")
+    done = ok(store, "volume", "put", "data", f"{tree}/", "/")
     assert "passwd" in done.stderr and "symbolic link" in done.stderr
     listed = ok(store, "volume", "ls", "data", "/", "-r").stdout.split()
     assert listed == ["/mine.txt"] or listed == ["mine.txt"]
@@ -103,7 +103,7 @@ def test_get_never_writes_through_a_linked_directory(store: Path, tmp_path: Path
     src.mkdir(parents=True)
     (src / "planted").write_text("x")
     ok(store, "volume", "create", "data")
-    ok(store, "volume", "put", "data", str(tmp_path / "src"), "/")
+    ok(store, "volume", "put", "data", f"{tmp_path / 'src'}/", "/")
     victim = tmp_path / "victim"
     victim.mkdir()
     dest = tmp_path / "dest"
@@ -120,7 +120,7 @@ def test_rm_r_publishes_no_recursive_delete(store: Path, tmp_path: Path) -> None
     (src / "dir" / "sub").mkdir(parents=True)
     (src / "dir" / "a").write_text("a")
     (src / "dir" / "sub" / "b").write_text("b")
-    ok(store, "volume", "put", "data", str(src), "/")
+    ok(store, "volume", "put", "data", f"{src}/", "/")
     ok(store, "volume", "rm", "data", "/dir", "-r")
     assert ok(store, "volume", "ls", "data", "/", "-r").stdout.split() == []
     repo = Catalog(FilesystemStore(store)).repo("data")
