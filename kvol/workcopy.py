@@ -1153,6 +1153,10 @@ class WorkingCopy:
                         # The volume has no file here now; the local one is a new file.
                         index.files[rel] = IndexEntry(None, entry.sig if entry else None, True)
                         continue
+                # The volume's file here is gone, and so is the copy's (it made a directory
+                # here itself, or deleted the file): a record of it left behind would read
+                # as a file above everything under this directory, and hide it all.
+                index.files.pop(rel, None)
                 try:
                     fsops.make_dirs(root_fd, rel)
                 except NotADirectoryError:

@@ -287,3 +287,21 @@ def test_a_killed_reload_records_the_directories_it_made_for_its_files(fs_env: E
         [("commit", {"i": 2}), ("reload", {"i": 0})],
     )
     assert points > 3
+
+
+def test_files_of_a_directory_the_copy_made_where_its_file_was_stay(fs_env: Env) -> None:
+    # Copy 0 replaces its file "a" by a directory; the volume then does too (files under
+    # "a"). A record of the old file "a" must not outlive the reload and later hide "a/a".
+    replay(
+        fs_env,
+        [
+            ("sdk_put", {"paths": {"a"}, "tag": 0, "large": False}),
+            ("reload", {"i": 0}),
+            ("mkdir", {"i": 0, "path": "a"}),
+            ("sdk_put", {"paths": {"a/a", "a/b", "b"}, "tag": 5, "large": False}),
+            ("reload", {"i": 0}),
+            ("sdk_put", {"paths": {"a/b"}, "tag": 4, "large": False}),
+            ("reload", {"i": 0}),
+            ("commit", {"i": 0}),
+        ],
+    )
