@@ -13,7 +13,9 @@ from pathlib import Path
 
 from prometheus_client import start_http_server
 
+from kvol import metrics
 from kvol.csi import registration
+from kvol.csi.events import EventReporter
 from kvol.csi.identity import DRIVER_NAME, IdentityService
 from kvol.csi.node import NodeConfig, NodeService
 from kvol.csi.resolver import DEFAULT_AUTOCOMMIT_SECONDS, StaticResolver
@@ -78,6 +80,22 @@ def parser() -> argparse.ArgumentParser:
         default=DEFAULT_AUTOCOMMIT_SECONDS,
         help="background commit interval when the volume does not set one (%(default)s)",
     )
+    p.add_argument(
+        "--keep-warm-seconds",
+        type=_seconds,
+        default=NodeConfig.keep_warm_seconds,
+        help="keep a volume's read-only snapshot on the node this long after its last pod "
+        "here ended, so the next pod of the volume publishes without rebuilding it "
+        "(0: drop it with the last pod; default: %(default)s)",
+    )
+    p.add_argument(
+        "--cache-max-bytes",
+        type=_size,
+        default=NodeConfig.cache_max_bytes,
+        help="trim the node's content cache to this size, least recently used first, "
+        "never evicting what a snapshot uses; bytes or with a Ki, Mi, Gi or Ti suffix "
+        "(0: no limit; default: %(default)s bytes)",
+    )
     p.add_argument("--log-level", default="INFO", choices=("DEBUG", "INFO", "WARNING", "ERROR"))
     registration.add_arguments(p)
     return p
@@ -97,8 +115,15 @@ def main(argv: list[str] | None = None) -> int:
         socket_path(args.endpoint)
         resolver = StaticResolver(args.store, args.autocommit_seconds)
         node = NodeService(
-            NodeConfig(node_id=args.node_id, state_dir=args.state_dir, layout=args.layout),
+            NodeConfig(
+                node_id=args.node_id,
+                state_dir=args.state_dir,
+                layout=args.layout,
+                keep_warm_seconds=args.keep_warm_seconds,
+                cache_max_bytes=args.cache_max_bytes,
+            ),
             resolver,
+            EventReporter.in_cluster(args.node_id),
         )
     except KvolError as exc:
         print(f"kvol-csi: {exc}", file=sys.stderr)
@@ -106,10 +131,12 @@ def main(argv: list[str] | None = None) -> int:
     ready = threading.Event()
     identity = IdentityService(args.driver_name, ready=ready.is_set)
     if args.metrics_port:
+        metrics.NODE.watch(args.state_dir, node.copy_samples)
         start_http_server(args.metrics_port, addr=args.metrics_address)
     failed = node.readopt()
     if failed:
         log.warning("%d publication(s) not re-adopted; kubelet retries will", len(failed))
+    node.start_janitor()
     server = build_server(
         args.endpoint, {"Identity": identity, "Node": node}, driver_name=args.driver_name
     )
@@ -133,6 +160,29 @@ def main(argv: list[str] | None = None) -> int:
     server.stop(grace=10).wait()
     node.shutdown()
     return 0
+
+
+_SIZE_UNITS = {"": 1, "Ki": 1 << 10, "Mi": 1 << 20, "Gi": 1 << 30, "Ti": 1 << 40}
+
+
+def _size(value: str) -> int:
+    """Bytes, as a number or with a binary suffix (``10Gi``), as Kubernetes writes them."""
+    text = value.strip()
+    unit = text[-2:] if text[-2:] in _SIZE_UNITS else ""
+    number = text[: len(text) - len(unit)]
+    if not number.isdigit():
+        raise argparse.ArgumentTypeError(f"not a size in bytes (e.g. 10Gi): {value!r}")
+    return int(number) * _SIZE_UNITS[unit]
+
+
+def _seconds(value: str) -> float:
+    try:
+        seconds = float(value)
+    except ValueError:
+        seconds = -1.0
+    if not 0 <= seconds < float("inf"):
+        raise argparse.ArgumentTypeError(f"not a number of seconds (0 or more): {value!r}")
+    return seconds
 
 
 if __name__ == "__main__":

@@ -4,7 +4,8 @@ A publication is a working copy in the plugin's state directory (an overlay over
 lower snapshot when the node allows it, else a plain copy), bind-mounted at the target
 path, with its control socket bind-mounted at ``<target>/.kvol`` and its autocommit
 running. Unpublishing makes the final commit first and tears down only after it
-succeeded: an unreachable store fails the call, the kubelet retries, nothing is dropped.
+succeeded: an unreachable store fails the call, the kubelet retries, nothing is dropped
+(and a Warning event on the pod, see events.py, says why it stays Terminating).
 
 Every step is idempotent and recorded in the host state before it is taken, so a call
 repeated after a failure, or after the plugin restarted, finishes what the first began.
@@ -29,17 +30,26 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from kvol import fsops, paths
+from kvol import fsops, metrics, paths
 from kvol.csi import mounts
 from kvol.csi.control import MAX_CONNECTIONS, SOCKET_NAME, ConnectionBudget, ControlServer
 from kvol.csi.errors import Forbidden, MissingField, NotPublished, PublishedElsewhere
+from kvol.csi.events import EventReporter, PodRef
 from kvol.csi.locks import VolumeLocks
 from kvol.csi.mounts import LiveMount, MountError
 from kvol.csi.proto import csi_pb2
 from kvol.csi.resolver import Resolver
 from kvol.csi.state import TEARING_DOWN, Publication, StateFile
 from kvol.errors import CorruptData, InvalidArgument, KvolError
-from kvol.overlay import ContentCache, Lower, Lowers, OverlayWorkingCopy, overlay_supported
+from kvol.overlay import (
+    GROUP_DIR_MODE,
+    ContentCache,
+    Lower,
+    Lowers,
+    OverlayWorkingCopy,
+    lower_family,
+    overlay_supported,
+)
 from kvol.repo import Repo
 from kvol.workcopy import WorkingCopy
 
@@ -57,6 +67,8 @@ ATTR_BACKEND = "backend"
 ATTR_SUB_PATH = "subPath"
 ATTR_READ_ONLY = "readOnly"
 ATTR_AUTOCOMMIT = "autocommitIntervalSeconds"
+#: Where a publication records its mount group (the pod's fsGroup, from the kubelet).
+EXTRA_MOUNT_GROUP = "mountGroup"
 
 _READ_ONLY_MODES = (
     csi_pb2.VolumeCapability.AccessMode.SINGLE_NODE_READER_ONLY,
@@ -65,6 +77,8 @@ _READ_ONLY_MODES = (
 #: A publish reuses this node's newest snapshot of the volume and reloads the commits
 #: after it, rather than building a new snapshot, when it is at most this far behind.
 REUSE_SNAPSHOT_WITHIN = 64
+#: Longest wait between two passes of the janitor (warm snapshots, the cache's limit).
+JANITOR_INTERVAL = 60.0
 #: Final commits retried this many times when files changed while they were read.
 FINAL_COMMIT_ATTEMPTS = 3
 
@@ -76,6 +90,11 @@ class NodeConfig:
     #: "auto" (overlay where possible), "overlay" or "plain".
     layout: str = "auto"
     max_volumes_per_node: int = 0
+    #: Seconds a volume's snapshot stays on the node after its last copy here went, for
+    #: the next pod of the volume (0: dropped with the last copy).
+    keep_warm_seconds: float = 600.0
+    #: Size the node's content cache is trimmed to, least recently used first (0: none).
+    cache_max_bytes: int = 10 << 30
 
 
 class Live:
@@ -132,14 +151,28 @@ class Live:
 class NodeService:
     """The CSI Node service. Servicer methods take a request and return a response."""
 
-    def __init__(self, config: NodeConfig, resolver: Resolver) -> None:
+    def __init__(
+        self, config: NodeConfig, resolver: Resolver, events: EventReporter | None = None
+    ) -> None:
         self.config = config
         self.resolver = resolver
+        # Warning events on pods whose final commit waits (off unless given one).
+        self.events = events or EventReporter(config.node_id, enabled=False)
         state_dir = config.state_dir
         state_dir.mkdir(parents=True, exist_ok=True)
         self.pubs_dir = state_dir / "pubs"
         self.state = StateFile(state_dir / "state.json")
-        self.lowers = Lowers(state_dir / "lowers", ContentCache(state_dir / "cache"))
+        if config.keep_warm_seconds < 0:
+            raise InvalidArgument(
+                f"keep-warm time must be 0 (off) or more seconds, not {config.keep_warm_seconds}"
+            )
+        self.lowers = Lowers(
+            state_dir / "lowers", ContentCache(state_dir / "cache", config.cache_max_bytes)
+        )
+        # The janitor drops expired warm snapshots and trims the content cache.
+        self._janitor: threading.Thread | None = None
+        self._janitor_wake = threading.Event()
+        self._janitor_stop = threading.Event()
         self.locks = VolumeLocks()
         self._live: dict[str, Live] = {}
         self._live_lock = threading.Lock()
@@ -201,23 +234,133 @@ class NodeService:
         return True
 
     def _drop_leftover_lowers(self) -> None:
-        """Snapshots no publication uses (their last one went while no plugin ran), and
-        half-built ones of an interrupted build."""
+        """Snapshots no publication uses and none keeps warm (their last one went while
+        no plugin ran, or their warm time ended), and half-built ones of an interrupted
+        build."""
         with self._lowers_lock:
             used = {p.lower for p in self.state.all()}
+            warm = self._revise_warm(time.time())
             for lower in self.lowers.all():
-                if lower.key not in used:
+                if lower.key not in used and lower.key not in warm:
                     self._drop_lower(lower)
             for partial in self.lowers.root.glob(f"*/{fsops.TEMP_PREFIX}*"):
                 mounts.remove_tree(partial)
 
+    # -- warm snapshots and the content cache ------------------------------------------
+
+    def start_janitor(self) -> None:
+        """Drop warm snapshots when their time ends and keep the content cache within its
+        limit, in the background (until :meth:`shutdown`)."""
+        if self._janitor is None:
+            self._janitor = threading.Thread(
+                target=self._janitor_loop, name="kvol-janitor", daemon=True
+            )
+            self._janitor.start()
+
+    def _janitor_loop(self) -> None:
+        while not self._janitor_stop.is_set():
+            try:
+                self.tidy()
+            except Exception as exc:  # the next pass retries; serving goes on
+                log.error("tidying snapshots and the content cache failed: %s", exc, exc_info=exc)
+            expiries = self.state.warm().values()
+            wait = min([*(t - time.time() for t in expiries), JANITOR_INTERVAL])
+            self._janitor_wake.wait(max(wait, 0.05))
+            self._janitor_wake.clear()
+
+    def tidy(self, now: float | None = None) -> None:
+        """Drop the warm snapshots whose time ended or that a newer snapshot of the same
+        volume supersedes (a publish never picks them again), then trim the content cache.
+        If entries only warm snapshots link keep the cache over its limit, those
+        snapshots go too, the soonest to expire first: the limit is the node's disk,
+        keeping warm only saves time."""
+        now = time.time() if now is None else now
+        doomed: list[Path] = []
+        with self._lowers_lock:
+            used = {p.lower for p in self.state.all()}
+            for key in self._revise_warm(now):
+                lower = self._lower_of(key)
+                if lower is not None and key not in used and self._superseded(lower):
+                    doomed += self._detach(lower)
+        for path in doomed:
+            self.lowers.discard(path)
+        while self.lowers.cache.trim() > 0:
+            with self._lowers_lock:
+                used = {p.lower for p in self.state.all()}
+                idle = sorted(
+                    (until, key) for key, until in self.state.warm().items() if key not in used
+                )
+                lower = next(filter(None, (self._lower_of(k) for _, k in idle)), None)
+                if lower is None:
+                    return  # what is left is in use
+                log.info("dropped warm snapshot %s: the content cache is full", lower.key)
+                doomed = self._detach(lower)
+            for path in doomed:
+                self.lowers.discard(path)
+
+    def _revise_warm(self, now: float) -> dict[str, float]:
+        """The warm snapshots still warm at ``now``; the others are forgotten (under the
+        lowers lock; the caller drops their snapshots). A deadline further away than the
+        keep-warm time (the setting was lowered, or the clock went back) is brought in."""
+        keep = self.config.keep_warm_seconds
+        changes: dict[str, tuple[float, float | None]] = {}
+        warm: dict[str, float] = {}
+        for key, until in self.state.warm().items():
+            if until <= now or keep == 0 or self._lower_of(key) is None:
+                changes[key] = (until, None)
+                continue
+            if until > now + keep:
+                changes[key] = (until, now + keep)
+            warm[key] = min(until, now + keep)
+        self.state.revise_warm(changes)
+        used = {p.lower for p in self.state.all()}
+        for key, (_, new) in changes.items():
+            lower = self._lower_of(key)
+            if new is None and lower is not None and key not in used:
+                for path in self._detach(lower):
+                    self.lowers.discard(path)
+        return warm
+
+    def _lower_of(self, key: str) -> Lower | None:
+        family, _, seq = key.partition("/")
+        try:
+            return self.lowers.get(family, int(seq))
+        except ValueError:
+            return None
+
+    def _superseded(self, lower: Lower) -> bool:
+        newest = self.lowers.newest(lower.volume_id)
+        return newest is not None and newest.seq > lower.seq
+
     def shutdown(self) -> None:
-        """Stop serving (the plugin is exiting). Mounts stay; the next process re-adopts."""
+        """Stop serving (the plugin is exiting). Mounts stay; the next process re-adopts,
+        and keeps the warm snapshots until their time ends."""
+        self._janitor_stop.set()
+        self._janitor_wake.set()
+        if self._janitor is not None:
+            self._janitor.join()
+            self._janitor = None
         with self._live_lock:
             lives = list(self._live.values())
             self._live.clear()
         for live in lives:
             live.pause()
+
+    def copy_samples(self) -> list[metrics.CopySample]:
+        """The copies this process serves, for the per-volume metrics."""
+        with self._live_lock:
+            lives = list(self._live.values())
+        return [
+            metrics.CopySample(
+                namespace=live.pub.namespace,
+                volume=live.pub.name,
+                read_only=live.pub.readonly,
+                uncommitted_bytes=live.wc.uncommitted_bytes,
+                commit_failing=live.wc.autocommit_error is not None,
+                base_seq=live.wc.index.base,
+            )
+            for live in lives
+        ]
 
     def resolver_repo(self, pub: Publication) -> Repo:
         return Repo(self.resolver.store(pub.backend), pub.kvol_id)
@@ -230,9 +373,10 @@ class NodeService:
         rpc = csi_pb2.NodeServiceCapability.RPC
         return csi_pb2.NodeGetCapabilitiesResponse(
             capabilities=[
-                csi_pb2.NodeServiceCapability(
-                    rpc=csi_pb2.NodeServiceCapability.RPC(type=rpc.GET_VOLUME_STATS)
-                )
+                csi_pb2.NodeServiceCapability(rpc=csi_pb2.NodeServiceCapability.RPC(type=t))
+                # VOLUME_MOUNT_GROUP: the kubelet hands the pod's fsGroup to
+                # NodePublishVolume instead of changing the owner of every file itself.
+                for t in (rpc.GET_VOLUME_STATS, rpc.VOLUME_MOUNT_GROUP)
             ]
         )
 
@@ -292,7 +436,7 @@ class NodeService:
                 if autocommit is None
                 else autocommit,
                 published_at=time.time(),
-                extra={"pod": context[POD_UID]} if context.get(POD_UID) else {},
+                extra=_pod_extra(context) | _mount_group_extra(capability),
             )
             # Recorded before anything is mounted: a crash from here on leaves a record the
             # next call (or the restarted plugin) completes or cleans up.
@@ -341,14 +485,15 @@ class NodeService:
             live = self._live.get(target) or self._activate(pub, self.resolver_repo(pub))
             live.pause()
             try:
-                result = self._final_commit(live)
+                result = self._final_commit_or_report(live)
                 self._unmount_target(pub)
                 # Once the pod's view is gone nothing can write to the copy: what was
                 # written between the final commit and the unmount is committed now.
-                later = self._final_commit(live)
+                later = self._final_commit_or_report(live)
             except Exception:
                 self._resume(live)  # still published: keep serving and committing
                 raise
+            self.events.resolved(_pod_ref(pub))
             result = later if later is not None else result
             # Durable before anything is removed: a copy from here on may be half gone,
             # and a restarted plugin or a retried call must only finish removing it.
@@ -405,6 +550,10 @@ class NodeService:
         live = self._live.get(pub.target_path)
         if live is None:
             wc, pub = self._working_copy(pub, repo)
+            # Its commits name the pod: a Volume's status counts pods, not copies.
+            pod = pub.extra.get("podName") or pub.extra.get("pod")
+            if pod:
+                wc.writer = replace(wc.writer, pod=f"{pub.namespace}/{pod}")
             live = Live(pub, wc, self._pod_budget(pub))
             with self._live_lock:
                 self._live[pub.target_path] = live
@@ -419,6 +568,7 @@ class NodeService:
         try:
             if pub.sub_path:
                 fsops.make_dirs(root_fd, pub.sub_path)
+                _open_to_group(root_fd, pub.sub_path, _mount_group(pub))
             # The mount point of the control socket inside the copy (never committed).
             fsops.make_dirs(root_fd, _control_rel(pub.sub_path))
         finally:
@@ -452,7 +602,13 @@ class NodeService:
                 pub = replace(pub, lower=lower.key)
             fresh = not (workdir / "meta").exists()
             wc: WorkingCopy = OverlayWorkingCopy.mount(
-                repo, self.lowers, lower, workdir, read_only=pub.readonly, excluded=excluded
+                repo,
+                self.lowers,
+                lower,
+                workdir,
+                read_only=pub.readonly,
+                excluded=excluded,
+                group=_mount_group(pub),
             )
             if fresh and lower.seq < repo.head():
                 wc.reload()  # a recent snapshot plus the commits after it
@@ -475,13 +631,15 @@ class NodeService:
                 raise CorruptData(f"snapshot {pub.lower} of {pub.target_path} is missing")
             return found
         head = repo.head()
+        group = _mount_group(pub)
+        family = lower_family(repo.volume_id, group)
         for _ in range(3):
             with self._lowers_lock:
-                newest = self.lowers.newest(repo.volume_id, at_most=head)
+                newest = self.lowers.newest(family, at_most=head)
                 if newest is not None and head - newest.seq <= REUSE_SNAPSHOT_WITHIN:
                     self.state.put(replace(pub, lower=newest.key))
                     return newest
-            self.lowers.build(repo, head)
+            self.lowers.build(repo, head, group=group)
         raise KvolError(f"snapshot of {repo.volume_id} at {head} kept disappearing; will retry")
 
     def _final_commit(self, live: Live) -> int | None:
@@ -497,6 +655,15 @@ class NodeService:
             f"files kept changing during the final commit of {live.pub.target_path}: "
             f"{', '.join(result.deferred[:5])}; will retry"
         )
+
+    def _final_commit_or_report(self, live: Live) -> int | None:
+        """The final commit; when it fails, a Warning event on the pod (best effort, never
+        blocking) says why it stays Terminating, before the error goes to the kubelet."""
+        try:
+            return self._final_commit(live)
+        except Exception as exc:
+            self.events.final_commit_retrying(_pod_ref(live.pub), live.pub.name, exc)
+            raise
 
     def _resume(self, live: Live) -> None:
         """Serve a publication again after its unpublish failed, with its socket in place."""
@@ -542,25 +709,45 @@ class NodeService:
         mounts.remove_tree(workdir)
         with self._live_lock:
             self._live.pop(pub.target_path, None)
-        self.state.remove(pub.target_path)
+        # Only the read-only snapshot is kept warm, never a copy (its layers are gone).
+        keep = self.config.keep_warm_seconds
+        warm = (pub.lower, time.time() + keep) if pub.lower is not None and keep > 0 else None
+        self.state.remove(pub.target_path, warm=warm)
         if pub.lower is not None:
-            self._drop_unused_lower(pub.lower)
+            self._release_lower(pub.lower)
 
-    def _drop_unused_lower(self, key: str) -> None:
+    def _release_lower(self, key: str) -> None:
+        """A copy on snapshot ``key`` is gone: drop the snapshot unless a copy still uses
+        it or it stays warm (a newer snapshot of the volume makes keeping it pointless)."""
         with self._lowers_lock:
             if any(p.lower == key for p in self.state.all()):
                 return
-            volume_id, _, seq = key.partition("/")
-            lower = self.lowers.get(volume_id, int(seq))
-            if lower is not None:
-                self._drop_lower(lower)
+            lower = self._lower_of(key)
+            until = self.state.warm().get(key)
+            if lower is not None and until is not None and not self._superseded(lower):
+                self._janitor_wake.set()  # a new deadline to wait for
+                return
+            if until is not None:
+                self.state.revise_warm({key: (until, None)})
+            doomed = self._detach(lower) if lower is not None else []
+        for path in doomed:
+            self.lowers.discard(path)
+        self.lowers.cache.trim()
 
-    def _drop_lower(self, lower: Lower) -> None:
+    def _detach(self, lower: Lower) -> list[Path]:
+        """Take a snapshot out of use (under the lowers lock); returns what
+        :meth:`Lowers.discard` removes, outside the lock (it is O(files))."""
         try:
-            self.lowers.drop(lower)
+            doomed = self.lowers.detach(lower)
         except MountError as exc:
             # Something this plugin has no record of still sits on it: keep it.
             log.warning("kept snapshot %s: %s", lower.key, exc)
+            return []
+        return [doomed] if doomed is not None else []
+
+    def _drop_lower(self, lower: Lower) -> None:
+        for path in self._detach(lower):
+            self.lowers.discard(path)
 
 
 def _required(value: str, field: str) -> str:
@@ -596,6 +783,50 @@ def _pod_of(pub: Publication) -> str:
         return pub.extra["pod"]
     found = _POD_DIR.search(pub.target_path)
     return found.group(1) if found else pub.target_path
+
+
+def _pod_extra(context: dict[str, str]) -> dict[str, str]:
+    """What a publication records of its pod: the uid (its connection budget) and the
+    name (events posted on it when its final commit waits)."""
+    keys = {"pod": POD_UID, "podName": POD_NAME}
+    return {key: context[field] for key, field in keys.items() if context.get(field)}
+
+
+def _pod_ref(pub: Publication) -> PodRef:
+    """The pod a publication serves, as far as its record knows it (no name: recorded
+    by an older version, and then no event can name the pod)."""
+    return PodRef(pub.namespace, pub.extra.get("podName", ""), pub.extra.get("pod", ""))
+
+
+def _mount_group_extra(capability: csi_pb2.VolumeCapability) -> dict[str, str]:
+    """The mount group the kubelet asks for (the pod's fsGroup), checked."""
+    group = capability.mount.volume_mount_group if capability.HasField("mount") else ""
+    if not group:
+        return {}
+    if not group.isascii() or not group.isdigit() or int(group) > 0xFFFFFFFE:
+        raise InvalidArgument(f"volume_mount_group must be a numeric group id, not {group!r}")
+    return {EXTRA_MOUNT_GROUP: str(int(group))}
+
+
+def _mount_group(pub: Publication) -> int | None:
+    """The group whose members may write a publication's view (overlay layout only: a
+    plain copy keeps the committed modes, owned by root)."""
+    group = pub.extra.get(EXTRA_MOUNT_GROUP)
+    return int(group) if group and pub.layout == "overlay" else None
+
+
+def _open_to_group(root_fd: int, rel_dir: str, group: int | None) -> None:
+    """A subPath directory the plugin made (root's, of the group by the setgid parent)
+    made writable by the mount group too; one a pod made keeps the modes it gave it."""
+    if group is None:
+        return
+    fd = fsops.open_dir(root_fd, rel_dir)  # never follows a symlink
+    try:
+        st = os.fstat(fd)
+        if st.st_uid == 0 and st.st_gid == group:
+            os.fchmod(fd, GROUP_DIR_MODE)
+    finally:
+        os.close(fd)
 
 
 def _control_rel(sub_path: str) -> str:

@@ -4,6 +4,12 @@ One JSON file lists every publication (a working copy at a target path). It is w
 whole to a temporary file, fsynced and renamed over the old one, then the directory is
 fsynced: a crash leaves the old list or the new one, never half of either. A restarted
 plugin reads it back and re-adopts every working copy.
+
+The same file lists the warm snapshots: read-only lower snapshots no publication uses
+any more, kept until a deadline (wall-clock seconds, so that a restarted plugin keeps
+them as long as the first one would have) for the next pod of the volume. Forgetting a
+publication and keeping its snapshot warm is one write, so a crash between the two
+neither leaks the snapshot nor drops it early.
 """
 
 from __future__ import annotations
@@ -80,13 +86,13 @@ class StateFile:
     def __init__(self, path: Path | str) -> None:
         self.path = Path(path)
         self._lock = threading.Lock()
-        self._pubs: dict[str, Publication] = self._load()
+        self._pubs, self._warm = self._load()
 
-    def _load(self) -> dict[str, Publication]:
+    def _load(self) -> tuple[dict[str, Publication], dict[str, float]]:
         try:
             raw = self.path.read_bytes()
         except FileNotFoundError:
-            return {}
+            return {}, {}
         try:
             data = json.loads(raw)
         except ValueError as exc:
@@ -94,7 +100,12 @@ class StateFile:
         if not isinstance(data, dict) or data.get("format") != FORMAT:
             raise CorruptData(f"plugin state {self.path} has an unknown format")
         pubs = [Publication.from_dict(p) for p in data.get("publications", [])]
-        return {p.target_path: p for p in pubs}
+        warm = data.get("warm", {})
+        if not isinstance(warm, dict) or not all(
+            isinstance(k, str) and isinstance(v, int | float) for k, v in warm.items()
+        ):
+            raise CorruptData(f"plugin state {self.path} has malformed warm snapshots")
+        return {p.target_path: p for p in pubs}, {k: float(v) for k, v in warm.items()}
 
     def get(self, target_path: str) -> Publication | None:
         with self._lock:
@@ -104,27 +115,56 @@ class StateFile:
         with self._lock:
             return list(self._pubs.values())
 
+    def warm(self) -> dict[str, float]:
+        """Warm snapshots ("<family>/<seq>") and the time (``time.time()``) they expire."""
+        with self._lock:
+            return dict(self._warm)
+
     def put(self, pub: Publication) -> None:
         with self._lock:
             updated = dict(self._pubs)
             updated[pub.target_path] = pub
-            self._save(updated)
+            self._save(updated, self._warm)
             self._pubs = updated
 
-    def remove(self, target_path: str) -> None:
+    def remove(self, target_path: str, warm: tuple[str, float] | None = None) -> None:
+        """Forget a publication; with ``warm`` (snapshot, expiry), keep that snapshot
+        warm until then, in the same write."""
         with self._lock:
-            if target_path not in self._pubs:
+            if target_path not in self._pubs and warm is None:
                 return
             updated = dict(self._pubs)
-            del updated[target_path]
-            self._save(updated)
-            self._pubs = updated
+            updated.pop(target_path, None)
+            kept = dict(self._warm)
+            if warm is not None:
+                kept[warm[0]] = warm[1]
+            self._save(updated, kept)
+            self._pubs, self._warm = updated, kept
 
-    def _save(self, pubs: dict[str, Publication]) -> None:
+    def revise_warm(self, changes: dict[str, tuple[float, float | None]]) -> None:
+        """Per snapshot, ``(seen, new)``: its expiry becomes ``new`` (None: no longer
+        warm) if it is still ``seen``; one a publication released meanwhile keeps its
+        new expiry."""
+        with self._lock:
+            kept = dict(self._warm)
+            for key, (seen, new) in changes.items():
+                if kept.get(key) != seen:
+                    continue
+                if new is None:
+                    del kept[key]
+                else:
+                    kept[key] = new
+            if kept == self._warm:
+                return
+            self._save(self._pubs, kept)
+            self._warm = kept
+
+    def _save(self, pubs: dict[str, Publication], warm: dict[str, float]) -> None:
         body = json.dumps(
             {
                 "format": FORMAT,
                 "publications": [pubs[k].to_dict() for k in sorted(pubs)],
+                "warm": warm,
             },
             indent=1,
             sort_keys=True,

@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # Stop the test cluster of hack/cluster-up.sh and leave nothing behind: workload pods are
 # deleted first while the kvol plugin still runs (their volumes get their final commits),
-# then the plugin's pods, then every daemon by pid; every mount it made is unmounted and
-# the namespaces are removed. The cluster's state (etcd, the kubelet's directory, the store)
-# is wiped; containerd's image store is kept so the next bring-up imports nothing again.
+# then the plugin's pods, then every daemon by pid (MinIO last); every mount it made is
+# unmounted and the namespaces are removed. The cluster's state (etcd, the kubelet's
+# directory, the store, MinIO's data) is wiped; containerd's image store is kept so the next
+# bring-up imports nothing again.
 #
 # Idempotent: safe to run on a cluster that is half up, or already down.
 # Usage: hack/cluster-down.sh [--purge]   (--purge also drops the image store)

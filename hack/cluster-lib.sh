@@ -29,8 +29,16 @@ PKI="$CLUSTER_DIR/pki"
 KUBELET_DIR="$CLUSTER_DIR/kubelet"
 CONTAINERD_SOCKET="$CLUSTER_RUN/containerd/containerd.sock"
 ADMIN_KUBECONFIG="$CLUSTER_DIR/admin.kubeconfig"
-# Components in start order; cluster-down stops them in reverse.
-DAEMONS=(etcd kube-apiserver containerd kube-controller-manager kube-scheduler kubelet)
+# An S3 store for the cluster (hack/cluster-up.sh --minio): MinIO on the node's address,
+# reachable from pods and from nothing outside the namespace. Its credentials are made on
+# first start and kept in $MINIO_ENV.
+MINIO_PORT=9000
+MINIO_BUCKET=kvol-e2e
+MINIO_REGION=us-east-1
+MINIO_ENV="$CLUSTER_DIR/minio.env"
+# Components in start order; cluster-down stops them in reverse. MinIO (started last, and
+# only on request) comes first so it stops last: pods' final commits may still need it.
+DAEMONS=(minio etcd kube-apiserver containerd kube-controller-manager kube-scheduler kubelet)
 
 say() { printf '[%s] %s\n' "$SCRIPT" "$*" >&2; }
 die() { say "error: $*"; exit 1; }
@@ -44,6 +52,18 @@ pid_of() {
 }
 
 holder_pid() { pid_of holder; }
+
+# close_inherited_fds: close every descriptor above stderr in this (sub)shell. Daemons must
+# not keep what the caller had open: `flock LOCK hack/cluster-up.sh` would otherwise hold
+# the lock for as long as the cluster runs.
+close_inherited_fds() {
+  local fd
+  for fd in /proc/"$BASHPID"/fd/*; do
+    fd=${fd##*/}
+    [ "$fd" -gt 2 ] 2>/dev/null || continue
+    eval "exec $fd>&-" 2>/dev/null || true
+  done
+}
 
 # in_cluster CMD...: run CMD in the cluster's network and mount namespaces.
 in_cluster() {

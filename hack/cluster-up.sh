@@ -12,8 +12,21 @@
 # kube-controller-manager kube-scheduler). Needs root (mounts, namespaces, cgroups).
 #
 # Afterwards: $KVOL_CLUSTER_DIR/bin/kubectl and .../bin/helm run in the cluster's network.
+#
+# Usage: hack/cluster-up.sh [--minio]
+#   --minio   also run MinIO (hack/install-minio.sh) at http://10.88.0.1:9000 inside the
+#             cluster's network, with the bucket kvol-e2e; its credentials are in
+#             $KVOL_CLUSTER_DIR/minio.env (MINIO_ROOT_USER, MINIO_ROOT_PASSWORD).
 SCRIPT=cluster-up
 source "$(dirname "$0")/cluster-lib.sh"
+
+with_minio=0
+for arg in "$@"; do
+  case "$arg" in
+    --minio) with_minio=1 ;;
+    *) die "unknown argument $arg (usage: hack/cluster-up.sh [--minio])" ;;
+  esac
+done
 
 started=$SECONDS
 [ "$(id -u)" = 0 ] || die "needs root (it creates namespaces and mounts)"
@@ -33,6 +46,7 @@ for b in kube-apiserver kubectl kubelet kube-controller-manager kube-scheduler; 
   [ -x "$KVOL_BIN/$b" ] ||
     die "$b is missing: run hack/install-kube.sh kube-apiserver kubectl kubelet kube-controller-manager kube-scheduler"
 done
+[ "$with_minio" = 0 ] || [ -x "$KVOL_BIN/minio" ] || die "minio is missing: run hack/install-minio.sh"
 
 mkdir -p "$CLUSTER_DIR" "$CLUSTER_RUN" "$PIDS" "$LOGS"
 
@@ -49,8 +63,11 @@ if [ -z "$(holder_pid)" ]; then
   ip -n "$NETNS" link set "$BRIDGE" up
   # The holder keeps both namespaces alive; unshare makes every mount in it private, so
   # nothing mounted inside propagates out.
-  setsid nsenter --net="/var/run/netns/$NETNS" unshare --mount --propagation private \
-    sleep infinity </dev/null >/dev/null 2>&1 &
+  (
+    close_inherited_fds
+    exec setsid nsenter --net="/var/run/netns/$NETNS" unshare --mount --propagation private \
+      sleep infinity </dev/null >/dev/null 2>&1
+  ) &
   echo $! >"$PIDS/holder.pid"
   for _ in $(seq 50); do
     [ "$(readlink "/proc/$(cat "$PIDS/holder.pid")/ns/mnt")" != "$(readlink /proc/self/ns/mnt)" ] && break
@@ -211,9 +228,12 @@ start() {
   if [ -n "$(pid_of "$name")" ]; then return 1; fi
   local holder; holder=$(holder_pid)
   echo "--- $(date -u +%FT%TZ) started by $SCRIPT" >>"$LOGS/$name.log"
-  setsid nsenter --target "$holder" --mount --net -- \
-    env -i PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin HOME=/root "$@" \
-    </dev/null >>"$LOGS/$name.log" 2>&1 &
+  (
+    close_inherited_fds
+    exec setsid nsenter --target "$holder" --mount --net -- \
+      env -i PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin HOME=/root "$@" \
+      </dev/null >>"$LOGS/$name.log" 2>&1
+  ) &
   echo $! >"$PIDS/$name.pid"
   say "$name: started (pid $!, log $LOGS/$name.log)"
 }
@@ -286,6 +306,40 @@ node_ready() {
 wait_for "node $NODE_NAME to be Ready" 120 kubelet node_ready
 sa_ready() { kubectl_cluster -n default get serviceaccount default; }
 wait_for "the default service account" 60 kube-controller-manager sa_ready
+
+# --- MinIO (on request) --------------------------------------------------------------------------
+if [ "$with_minio" = 1 ]; then
+  if [ ! -f "$MINIO_ENV" ]; then
+    printf 'MINIO_ROOT_USER=kvol-%s\nMINIO_ROOT_PASSWORD=%s\n' \
+      "$(openssl rand -hex 4)" "$(openssl rand -hex 16)" >"$MINIO_ENV.new"
+    chmod 600 "$MINIO_ENV.new"
+    mv "$MINIO_ENV.new" "$MINIO_ENV"
+  fi
+  # shellcheck disable=SC1090
+  source "$MINIO_ENV"
+  mkdir -p "$CLUSTER_DIR/minio"
+  # s3 SIGNATURE: a request signed with the root credentials (curl signs SigV4 itself).
+  s3() {
+    in_cluster curl -s -o /dev/null -w '%{http_code}' --max-time 5 \
+      --aws-sigv4 "aws:amz:$MINIO_REGION:s3" --user "$MINIO_ROOT_USER:$MINIO_ROOT_PASSWORD" \
+      -H "x-amz-content-sha256: UNSIGNED-PAYLOAD" "$@" "http://$NODE_IP:$MINIO_PORT/$MINIO_BUCKET"
+  }
+  # Ready once signed requests are answered (health answers a moment before the server
+  # has loaded its users): a HEAD of the bucket says 200 or 404.
+  minio_ready() { case "$(s3 -I)" in 200 | 404) return 0 ;; *) return 1 ;; esac; }
+  # The console listens on loopback (of the namespace) only; the S3 API on the node address.
+  if start minio env MINIO_ROOT_USER="$MINIO_ROOT_USER" MINIO_ROOT_PASSWORD="$MINIO_ROOT_PASSWORD" \
+    MINIO_BROWSER=off MINIO_UPDATE=off "$KVOL_BIN/minio" server --quiet \
+    --address "$NODE_IP:$MINIO_PORT" --console-address 127.0.0.1:9001 "$CLUSTER_DIR/minio"; then
+    wait_for "MinIO to answer signed requests" 60 minio minio_ready
+  fi
+  code=$(s3 -X PUT)
+  case "$code" in
+    200 | 409) ;;  # made now, or already there
+    *) die "could not create bucket $MINIO_BUCKET on MinIO (HTTP $code; log: $LOGS/minio.log)" ;;
+  esac
+  say "minio: http://$NODE_IP:$MINIO_PORT, bucket $MINIO_BUCKET, credentials in $MINIO_ENV"
+fi
 
 # --- clients that reach the cluster's network ---------------------------------------------------
 mkdir -p "$CLUSTER_DIR/bin"

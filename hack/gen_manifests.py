@@ -1,8 +1,10 @@
 """Derive every packaged copy from its one source, or check that they are up to date.
 
-- ``charts/kvol/crds/*.yaml`` are links to ``manifests/crds/`` (``kvol-operator crds``), and
-  ``charts/kvol/dashboards/kvol.json`` to ``dashboards/kvol.json``: Helm reads through links,
-  and ``helm package`` stores their content, so the chart never holds a stale copy;
+- ``charts/kvol/crds/*.yaml`` are copies of ``manifests/crds/`` (written by
+  ``kvol-operator crds --write manifests/crds`` from operator/crds.py): the chart holds no
+  links out of its directory, which Helm warns about and GitOps tools refuse (the dashboard
+  and the alert rules live in the chart itself);
+- ``manifests/alerts/kvol-rules.yaml`` is a copy of the chart's ``alerts/kvol-rules.yaml``;
 - ``manifests/{rbac,operator,node,default}/`` are the chart rendered with its default values,
   less the labels only Helm sets, split kubebuilder-style and tied together by kustomizations.
 
@@ -86,13 +88,6 @@ def generated_crds() -> list[Path]:
     return crds
 
 
-def desired_links() -> dict[Path, str]:
-    """Every link in the chart and the relative target it must point to."""
-    links = {CHART / "crds" / p.name: f"../../../manifests/crds/{p.name}" for p in generated_crds()}
-    links[CHART / "dashboards" / "kvol.json"] = "../../../dashboards/kvol.json"
-    return links
-
-
 def desired_files() -> dict[Path, str]:
     """Every derived file and the content it must have."""
     files: dict[Path, str] = {}
@@ -112,6 +107,8 @@ def desired_files() -> dict[Path, str]:
             target = "node/csidriver.yaml"
         elif kind == "VolumeBackend":
             target = "default/backend.yaml"
+        elif kind == "StorageClass":
+            target = "default/storageclass.yaml"
         else:
             sys.exit(f"hack/gen_manifests.py does not know where {kind} goes")
         groups.setdefault(target, []).append(obj)
@@ -136,18 +133,30 @@ def desired_files() -> dict[Path, str]:
     }
     files[MANIFESTS / "default" / "namespace.yaml"] = dump([namespace])
     files[MANIFESTS / "default" / "kustomization.yaml"] = kustomization(
-        ["namespace.yaml", "../crds", "../rbac", "../operator", "../node", "backend.yaml"],
+        [
+            "namespace.yaml",
+            "../crds",
+            "../rbac",
+            "../operator",
+            "../node",
+            "backend.yaml",
+            "storageclass.yaml",
+        ],
         namespace=NAMESPACE,
     )
     files[MANIFESTS / "crds" / "kustomization.yaml"] = kustomization([p.name for p in crds])
+    for crd in crds:
+        files[CHART / "crds" / crd.name] = crd.read_text()
+    # The alert rules as a plain Prometheus rules file, for installs without the chart.
+    files[MANIFESTS / "alerts" / "kvol-rules.yaml"] = (
+        CHART / "alerts" / "kvol-rules.yaml"
+    ).read_text()
     return files
 
 
 def stale_files(desired: Iterable[Path]) -> list[Path]:
     """Derived files left over from an older layout (in folders this script owns)."""
-    owned = [CHART / "crds", CHART / "dashboards"] + [
-        MANIFESTS / d for d in ("rbac", "operator", "node", "default")
-    ]
+    owned = [CHART / "crds"] + [MANIFESTS / d for d in ("rbac", "operator", "node", "default")]
     return [p for d in owned if d.is_dir() for p in d.iterdir() if p not in desired]
 
 
@@ -156,14 +165,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--check", action="store_true", help="report drift, change nothing")
     args = parser.parse_args(argv)
     desired = desired_files()
-    links = desired_links()
     outdated = [
         p
         for p, text in desired.items()
         if p.is_symlink() or not p.exists() or p.read_text() != text
     ]
-    outdated += [p for p, target in links.items() if not p.is_symlink() or os.readlink(p) != target]
-    stale = stale_files([*desired, *links])
+    stale = stale_files(desired)
     if args.check:
         for path in outdated:
             print(f"out of date: {path.relative_to(ROOT)}")
@@ -177,10 +184,7 @@ def main(argv: list[str] | None = None) -> int:
         path.parent.mkdir(parents=True, exist_ok=True)
         if path.is_symlink() or path.exists():
             path.unlink()
-        if path in links:
-            path.symlink_to(links[path])
-        else:
-            path.write_text(desired[path])
+        path.write_text(desired[path])
         print(f"wrote {path.relative_to(ROOT)}")
     for path in stale:
         if path.is_dir():

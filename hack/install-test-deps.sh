@@ -4,7 +4,7 @@ set -euo pipefail
 cd "$(dirname "$0")"
 started=$SECONDS
 for script in install-debian-deps.sh install-minio.sh install-etcd.sh install-kube.sh \
-              install-csi-sanity.sh install-helm.sh install-kind.sh; do
+              install-csi-sanity.sh install-helm.sh install-kind.sh install-prometheus.sh; do
   if [ -x "$script" ]; then
     echo "[test-deps] $script" >&2
     "./$script"

@@ -85,6 +85,16 @@ class StoreBehind(KvolError):
     exit_code = 11
 
 
+class HistoryPruned(NotFound):
+    """A commit older than where the volume's retained history begins: its retention
+    policy pruned it."""
+
+
+class StaleBase(StoreBehind):
+    """A working copy's base is older than where the volume's retained history begins:
+    it must reload (which keeps its local changes) before it commits."""
+
+
 class StoreError(KvolError):
     """The store failed in a way that is not the caller's fault."""
 

@@ -262,8 +262,13 @@ def _load_checkpoint(repo: Repo, seq: int) -> State:
 
 def _replay(repo: Repo, pool: ThreadPoolExecutor) -> _Replay:
     """Replay the whole log as readers would, checking every entry and checkpoint."""
+    # The horizon first: entries and checkpoints before it are out of history (pruned, or
+    # waiting to be deleted), and none is read; the replay starts from its checkpoint.
+    horizon = repo.horizon()
     logs, checkpoints = _log_seqs(repo)
-    result = _Replay(head=max(logs | checkpoints, default=0))
+    logs = {s for s in logs if s >= horizon}
+    checkpoints = {s for s in checkpoints if s >= horizon}
+    result = _Replay(head=max(logs | checkpoints | {horizon}, default=0))
     ordered = sorted(checkpoints)
     head = result.head
     tracker = _Tracker(result.uses)
@@ -272,7 +277,23 @@ def _replay(repo: Repo, pool: ThreadPoolExecutor) -> _Replay:
     #: there on are unreadable until a good checkpoint restores the state.
     open_damage: list[_Pending] = []
     gap: _Pending | None = None
-    seqs = list(range(1, head + 1))
+    if horizon:
+        key = repo.keys.checkpoint(horizon)
+        try:
+            state = _load_checkpoint(repo, horizon)
+            result.checkpoints += 1
+            tracker.update(state, set(state.files), horizon, key)
+        except (CorruptData, NotFound) as exc:
+            pending = _Pending(
+                "corrupt-checkpoint",
+                key,
+                f"checkpoint {horizon}, where retained history begins, is unreadable: {exc}",
+                horizon,
+            )
+            result.damage.append(pending)
+            open_damage.append(pending)
+            state = State(horizon)
+    seqs = list(range(horizon + 1, head + 1))
     for seq, (entry, kind, why) in zip(seqs, _read_entries(repo, seqs, pool), strict=True):
         key = repo.keys.log(seq)
         if entry is not None:

@@ -274,9 +274,15 @@ class Writer:
     id: str
     host: str
     pid: int
+    #: The Kubernetes pod ("namespace/name") whose working copy this is, if any: a pod
+    #: is one writer however many copies (mounts, plugin restarts) it commits from.
+    pod: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
-        return {"id": self.id, "host": self.host, "pid": self.pid}
+        data: dict[str, Any] = {"id": self.id, "host": self.host, "pid": self.pid}
+        if self.pod is not None:
+            data["pod"] = self.pod
+        return data
 
 
 @dataclass(frozen=True)
@@ -329,8 +335,13 @@ class Entry:
         try:
             raw_ops = data["ops"]
             writer_data = data["writer"]
+            # Absent in entries of older versions.
+            pod = writer_data.get("pod") if isinstance(writer_data, dict) else None
             writer = Writer(
-                str(writer_data["id"]), str(writer_data["host"]), int(writer_data["pid"])
+                str(writer_data["id"]),
+                str(writer_data["host"]),
+                int(writer_data["pid"]),
+                None if pod is None else str(pod),
             )
             when = float(data["time"])
             base = int(data["base"])

@@ -6,6 +6,7 @@ needs them for the overlay layout, and the CSI plugin builds its bind mounts on 
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import ctypes.util
 import errno
@@ -16,13 +17,15 @@ import secrets
 import shutil
 import stat
 import threading
-from collections.abc import Callable
+import time
+from collections import OrderedDict
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from kvol import fsops, layout, paths
+from kvol import fsops, layout, metrics, paths
 from kvol.errors import CorruptData, InvalidArgument, KvolError
 from kvol.index import Index, IndexEntry, Signature
 from kvol.model import FileRecord, State
@@ -225,6 +228,9 @@ def unmount(target: str | Path, *, lazy: bool = False) -> bool:
 
 # -- the node's content cache -----------------------------------------------------------
 
+#: A temporary file of the cache older than this was left by a killed fill.
+STALE_TEMP_SECONDS = 3600
+
 
 class ContentCache:
     """Immutable local copies of volume files, shared by every lower snapshot here.
@@ -236,33 +242,106 @@ class ContentCache:
     place; overlayfs copies a file up before anyone writes it, so linking them into lower
     layers is safe. Unchanged files keep their record across commits, so every snapshot of
     a volume reuses what the previous one fetched.
+
+    With ``max_bytes`` (0: no limit) the entries no snapshot links are evicted, least
+    recently used first, until the cache's apparent size is within the limit. An entry a
+    snapshot links (link count above 1) or that a build is about to link (held) is never
+    evicted, so the cache may stay above the limit while snapshots need more. Recency is
+    kept in memory; a new process orders what it finds by each entry's last access or
+    link change (``max(atime, ctime)``: the mtime is part of the entry's identity, and a
+    snapshot built or dropped changes the ctime of every entry it links).
     """
 
-    def __init__(self, root: str | Path) -> None:
+    def __init__(self, root: str | Path, max_bytes: int = 0) -> None:
+        if max_bytes < 0:
+            raise InvalidArgument(f"cache size limit must be 0 (none) or more, not {max_bytes}")
         self.root = Path(root)
         self.root.mkdir(parents=True, exist_ok=True)
+        self.max_bytes = max_bytes
+        self._lock = threading.Lock()
+        #: Entry name -> apparent size, least recently used first; None until scanned.
+        self._entries: OrderedDict[str, int] | None = None
+        self._bytes = 0
+        #: Entries a build holds (it may link them any moment): never evicted.
+        self._held: dict[str, int] = {}
+        #: Whether something may have become evictable since a trim last found nothing.
+        self._dirty = True
+        metrics.NODE_CACHE_LIMIT_BYTES.set(max_bytes)
 
     def path(self, record: FileRecord) -> Path:
         h = record.hash
-        return self.root / h[:2] / f"{h}.{fsops.safe_mode(record.mode):o}.{record.mtime_ns}"
+        return self.root / h[:2] / _entry_name(record)
 
     def has(self, record: FileRecord) -> bool:
         return self.path(record).exists()
 
-    def fill(self, repo: Repo, records: list[FileRecord], concurrency: int = 8) -> int:
-        """Make sure every record has an entry; returns the number fetched from the store."""
+    @property
+    def size(self) -> int:
+        """Apparent bytes of every entry (those snapshots link included)."""
+        with self._lock:
+            self._ensure_scanned()
+            return self._bytes
+
+    @contextlib.contextmanager
+    def holding(self) -> Iterator[list[str]]:
+        """A hold for a snapshot build: the entries :meth:`fill` puts in it are never
+        evicted until the block ends (by then the snapshot links them)."""
+        held: list[str] = []
+        try:
+            yield held
+        finally:
+            with self._lock:
+                for name in held:
+                    left = self._held[name] - 1
+                    if left:
+                        self._held[name] = left
+                    else:
+                        del self._held[name]
+                self._dirty = True
+
+    def released(self) -> None:
+        """Snapshots were removed: entries they linked may be evictable now."""
+        with self._lock:
+            self._dirty = True
+
+    def fill(
+        self,
+        repo: Repo,
+        records: list[FileRecord],
+        concurrency: int = 8,
+        hold: list[str] | None = None,
+    ) -> int:
+        """Make sure every record has an entry; returns the number fetched from the store.
+        With ``hold`` (from :meth:`holding`), the entries stay until the hold ends."""
+        if hold is not None:
+            names = [_entry_name(r) for r in records]
+            with self._lock:
+                for name in names:
+                    self._held[name] = self._held.get(name, 0) + 1
+            hold.extend(names)
         missing: dict[Path, FileRecord] = {}
+        hits: list[str] = []
         for record in records:
             path = self.path(record)
-            if path not in missing and not path.exists():
+            if path in missing:
+                continue
+            if path.exists():
+                hits.append(path.name)
+            else:
                 missing[path] = record
+        self._touch(hits)
         if not missing:
+            metrics.NODE_CACHE_HITS.inc(len(hits))
             return 0
+        # Room first, for what is about to arrive (entries held by builds are kept).
+        self.trim(reserve=sum(r.size for r in missing.values()))
         reader = repo.reader()
         remote: list[tuple[Path, FileRecord]] = []
         for path, record in missing.items():
             if not self._copy_local(path, record):
                 remote.append((path, record))
+        metrics.NODE_CACHE_HITS.inc(len(records) - len(remote))
+        metrics.NODE_CACHE_MISSES.inc(len(remote))
         reader.prefetch(r for _, r in remote)
 
         def fetch(item: tuple[Path, FileRecord]) -> None:
@@ -275,6 +354,99 @@ class ContentCache:
         finally:
             reader.release()
         return len(remote)
+
+    def trim(self, reserve: int = 0) -> int:
+        """Evict unlinked entries, least recently used first, until the cache plus
+        ``reserve`` bytes fits the limit; returns the bytes still over it (0: fits)."""
+        if not self.max_bytes:
+            return 0
+        with self._lock:
+            entries = self._ensure_scanned()
+            over = self._bytes + reserve - self.max_bytes
+            if over <= 0 or not self._dirty:
+                return max(over, 0)
+            # Each entry is looked at once: one in use goes to the recent end.
+            for _ in range(len(entries)):
+                if over <= 0:
+                    break
+                name, size = next(iter(entries.items()))
+                if name in self._held:
+                    entries.move_to_end(name)
+                    continue
+                path = self.root / name[:2] / name
+                try:
+                    st = os.lstat(path)
+                except FileNotFoundError:
+                    del entries[name]
+                    self._bytes -= size
+                    over -= size
+                    continue
+                if st.st_nlink > 1:
+                    entries.move_to_end(name)
+                    continue
+                path.unlink(missing_ok=True)
+                del entries[name]
+                self._bytes -= size
+                over -= size
+                metrics.NODE_CACHE_EVICTIONS.inc()
+            else:
+                self._dirty = False  # nothing more can go until a snapshot or hold does
+            metrics.NODE_CACHE_BYTES.set(self._bytes)
+            return max(over, 0)
+
+    def _touch(self, names: list[str]) -> None:
+        with self._lock:
+            entries = self._ensure_scanned()
+            for name in names:
+                if name in entries:
+                    entries.move_to_end(name)
+                else:  # put in place by something this process did not count
+                    try:
+                        size = os.lstat(self.root / name[:2] / name).st_size
+                    except FileNotFoundError:
+                        continue
+                    entries[name] = size
+                    self._bytes += size
+            metrics.NODE_CACHE_BYTES.set(self._bytes)
+
+    def _added(self, name: str, size: int) -> None:
+        with self._lock:
+            entries = self._ensure_scanned()
+            if name in entries:
+                entries.move_to_end(name)
+            else:
+                entries[name] = size
+                self._bytes += size
+            metrics.NODE_CACHE_BYTES.set(self._bytes)
+
+    def _ensure_scanned(self) -> OrderedDict[str, int]:
+        """The entries in recency order, read from disk once per process (under the lock)."""
+        if self._entries is not None:
+            return self._entries
+        found: list[tuple[int, str, int]] = []
+        stale = time.time() - STALE_TEMP_SECONDS
+        for sub in sorted(os.listdir(self.root)):
+            directory = self.root / sub
+            try:
+                names = os.listdir(directory)
+            except NotADirectoryError:
+                continue
+            for name in names:
+                try:
+                    st = os.lstat(directory / name)
+                except FileNotFoundError:
+                    continue
+                if name.startswith(fsops.TEMP_PREFIX):
+                    # Left by a fill that was killed; a live one is younger.
+                    if st.st_ctime < stale:
+                        (directory / name).unlink(missing_ok=True)
+                    continue
+                found.append((max(st.st_atime_ns, st.st_ctime_ns), name, st.st_size))
+        found.sort()
+        self._entries = OrderedDict((name, size) for _, name, size in found)
+        self._bytes = sum(size for _, _, size in found)
+        metrics.NODE_CACHE_BYTES.set(self._bytes)
+        return self._entries
 
     def _copy_local(self, path: Path, record: FileRecord) -> bool:
         """Another mode or mtime of the same content is here: copy it, no download."""
@@ -308,6 +480,11 @@ class ContentCache:
             raise
         os.close(fd)
         os.replace(tmp, path)
+        self._added(path.name, record.size)
+
+
+def _entry_name(record: FileRecord) -> str:
+    return f"{record.hash}.{fsops.safe_mode(record.mode):o}.{record.mtime_ns}"
 
 
 def _copy_fd(src: int, dst: int, *, size: int) -> None:
@@ -320,10 +497,40 @@ def _copy_fd(src: int, dst: int, *, size: int) -> None:
         offset += n
 
 
+def _copy_group_file(src_path: Path, dst: str, record: FileRecord, group: int) -> None:
+    src = os.open(src_path, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        fd = os.open(dst, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+        try:
+            _copy_fd(src, fd, size=record.size)
+            os.fchown(fd, 0, group)
+            os.fchmod(fd, group_mode(record.mode))
+            os.utime(fd, ns=(record.mtime_ns, record.mtime_ns))
+        finally:
+            os.close(fd)
+    finally:
+        os.close(src)
+
+
 # -- lower snapshots ----------------------------------------------------------------------
 
 LOWER_TREE = "tree"
 LOWER_INDEX = "index"
+#: Mode of every directory of a mount group's view: group-writable, and setgid so that
+#: what a pod creates inherits the group.
+GROUP_DIR_MODE = 0o2775
+
+
+def group_mode(mode: int) -> int:
+    """A file's mode in a mount group's view: its permission bits plus group read and
+    write (what the kubelet's recursive fsGroup change would give it)."""
+    return fsops.safe_mode(mode) | 0o060
+
+
+def lower_family(volume_id: str, group: int | None) -> str:
+    """The directory of a volume's snapshots on this machine: one for copies without a
+    mount group, and one per mount group (its files are that group's own inodes)."""
+    return volume_id if group is None else f"{volume_id}.g{group}"
 
 
 @dataclass(frozen=True)
@@ -380,24 +587,35 @@ class Lowers:
                 return found
         return None
 
-    def build(self, repo: Repo, seq: int, concurrency: int = 8) -> Lower:
-        """The snapshot of ``repo`` at ``seq``, built unless it exists."""
-        key = f"{repo.volume_id}/{seq}"
+    def build(
+        self, repo: Repo, seq: int, concurrency: int = 8, *, group: int | None = None
+    ) -> Lower:
+        """The snapshot of ``repo`` at ``seq``, built unless it exists. With ``group``, the
+        snapshot of copies published for that mount group (see :meth:`_materialize`)."""
+        family = lower_family(repo.volume_id, group)
+        key = f"{family}/{seq}"
         with self._lock:
             gate = self._building.setdefault(key, threading.Lock())
-        with gate:  # one build per snapshot; others wait for it and reuse it
-            existing = self.get(repo.volume_id, seq)
+        # One build per snapshot; others wait for it and reuse it. The cache entries
+        # stay held until the tree links them.
+        with gate, self.cache.holding() as held:
+            existing = self.get(family, seq)
             if existing is not None:
                 return existing
             state = repo.state(seq)
-            self.cache.fill(repo, list(state.files.values()), concurrency)
-            final = self.root / repo.volume_id / layout.seq_name(seq)
+            self.cache.fill(repo, list(state.files.values()), concurrency, held)
+            final = self.root / family / layout.seq_name(seq)
             staging = final.with_name(
                 f"{fsops.TEMP_PREFIX}{layout.seq_name(seq)}-{secrets.token_hex(4)}"
             )
             tree = staging / LOWER_TREE
             try:
-                self._materialize(state, tree)
+                if group is None:
+                    self._materialize(state, tree)
+                else:
+                    self._materialize_for_group(
+                        state, tree, group, self.newest(family, at_most=seq)
+                    )
                 index = Index(repo.volume_id, state.seq)
                 index.dirs = state.all_dirs()
                 index.explicit_dirs = set(state.dirs)
@@ -412,7 +630,7 @@ class Lowers:
             except BaseException:
                 shutil.rmtree(staging, ignore_errors=True)
                 raise
-            return Lower(final, repo.volume_id, seq)
+            return Lower(final, family, seq)
 
     def _materialize(self, state: State, tree: Path) -> None:
         tree.mkdir(parents=True)
@@ -421,6 +639,37 @@ class Lowers:
             os.makedirs(os.path.join(base, d), exist_ok=True)
         for rel, record in state.files.items():
             os.link(self.cache.path(record), os.path.join(base, rel))
+
+    def _materialize_for_group(
+        self, state: State, tree: Path, group: int, previous: Lower | None
+    ) -> None:
+        """A snapshot a member of ``group`` can edit: directories root:group 2775, files
+        root:group with group read and write added (overlayfs checks a write against the
+        lower file before it copies it up, so the lower file must allow it).
+
+        The cache's inodes are root:root with the committed modes and every hard link
+        shares them, so these files are this group's own: linked from the group's previous
+        snapshot where the record is the same, else copied from the cache (a reflink where
+        the filesystem shares extents). Built once per seq and group; publishing a copy on
+        it stays a mount."""
+        tree.mkdir(parents=True)
+        base = str(tree)
+        for d in ["", *sorted(state.all_dirs())]:
+            path = os.path.join(base, d) if d else base
+            os.makedirs(path, exist_ok=True)
+            os.chown(path, 0, group)
+            os.chmod(path, GROUP_DIR_MODE)
+        known = self.template(previous).index.files if previous is not None else {}
+        for rel, record in state.files.items():
+            dst = os.path.join(base, rel)
+            entry = known.get(rel)
+            if entry is not None and previous is not None and entry.record == record:
+                try:
+                    os.link(os.path.join(previous.tree, rel), dst)
+                    continue
+                except FileNotFoundError:
+                    pass  # that snapshot is being dropped: copy instead
+            _copy_group_file(self.cache.path(record), dst, record, group)
 
     def template(self, lower: Lower) -> _Template:
         """The snapshot's index, parsed once per process (snapshots never change)."""
@@ -445,6 +694,13 @@ class Lowers:
         """Remove a snapshot no mount uses (the caller checks); refuses a mounted one, or
         one an overlay still sits on (removing it would take the files from under a copy,
         whose next commit would publish them as deleted)."""
+        doomed = self.detach(lower)
+        if doomed is not None:
+            self.discard(doomed)
+
+    def detach(self, lower: Lower) -> Path | None:
+        """The first, quick half of :meth:`drop`: the snapshot is renamed aside (no
+        publish finds it from then on); returns where, for :meth:`discard`."""
         if mounts_under(lower.path) or overlays_on(lower.tree):
             raise MountError(f"snapshot {lower.path} is still mounted")
         with self._lock:
@@ -454,8 +710,13 @@ class Lowers:
         try:
             os.rename(lower.path, doomed)
         except FileNotFoundError:
-            return
+            return None
+        return doomed
+
+    def discard(self, doomed: Path) -> None:
+        """The slow half of :meth:`drop`: remove a detached snapshot's tree."""
         shutil.rmtree(doomed)
+        self.cache.released()  # what it linked may be evicted now
 
 
 @dataclass(frozen=True)
@@ -512,11 +773,14 @@ class OverlayWorkingCopy(WorkingCopy):
         read_only: bool = False,
         excluded: frozenset[str] = frozenset(),
         concurrency: int = DEFAULT_CONCURRENCY,
+        group: int | None = None,
     ) -> OverlayWorkingCopy:
         """Mount (or re-adopt) the copy kept in ``layer_dir`` over ``lower``.
 
         A new copy starts from the snapshot's index; an existing one (the plugin restarted)
         keeps its own index and upper layer, and is mounted again if it is not mounted.
+        With ``group`` (a mount group, over a snapshot built for it) the root of the view
+        is root:group 2775, so the group's members create files there: no file is walked.
         """
         base = Path(layer_dir).absolute()
         upper, work, merged, meta = (base / n for n in (UPPER, WORK, MERGED, META))
@@ -529,6 +793,10 @@ class OverlayWorkingCopy(WorkingCopy):
                 raise CorruptData(f"{base} holds another working copy")
             index = Index.load(meta / INDEX_FILE)
         else:
+            if group is not None:
+                # The view's root is the upper layer's root directory.
+                os.chown(upper, 0, group)
+                os.chmod(upper, GROUP_DIR_MODE)
             index = lowers.template(lower).fresh_index()
             # The same bytes as the snapshot's index: copied, not encoded again.
             fsops_copy(lower.index_path, meta / INDEX_FILE)

@@ -2,8 +2,9 @@
 
 The commit protocol (DESIGN: Commit protocol) lives here. A commit is visible exactly
 when its log entry exists; entries are created with ``put_if_absent`` at ``head + 1``
-and a writer that loses a position tries the next one, so two writers of distinct files
-both land, and the same path is last-write-wins by log order.
+and a writer that loses a position learns the new head from one listing of the log and
+tries the position after it, so two writers of distinct files both land, and the same
+path is last-write-wins by log order.
 
 Writers take positions in order, so the log never has a gap: a missing entry with later
 ones present is damage, reported as CorruptData by every reader (never taken for the end
@@ -27,7 +28,15 @@ from dataclasses import dataclass
 
 from kvol import codec, content, metrics
 from kvol.content import DEFAULT_CHUNK_SIZE, ContentReader
-from kvol.errors import CorruptData, InvalidArgument, NotFound, StoreBehind
+from kvol.errors import (
+    CorruptData,
+    HistoryPruned,
+    InvalidArgument,
+    KvolError,
+    NotFound,
+    StaleBase,
+    StoreBehind,
+)
 from kvol.layout import VolumeKeys, parse_seq
 from kvol.model import (
     VOLUME_FORMAT,
@@ -115,7 +124,8 @@ class RepoStats:
     bytes: int
     head: int
     last_commit_time: float | None
-    #: Distinct writers that published in the last ``window`` seconds.
+    #: Distinct writers that published in the last ``window`` seconds: pods (whatever
+    #: number of copies each used), and other working copies.
     writers_recent: int
 
 
@@ -250,8 +260,11 @@ class Repo:
             raise self._gap_error(seq + 1)
 
     def _require_seen(self, seq: int) -> None:
-        """Raise StoreBehind if commit ``seq``, which the caller has seen, is not in the store."""
+        """Raise StoreBehind if commit ``seq``, which the caller has seen, is not in the store
+        (StaleBase if it was pruned)."""
         if seq > 0 and not self.store.exists(self.keys.log(seq)):
+            if seq < self.horizon():
+                raise self._stale_base(seq)
             raise StoreBehind(
                 f"volume {self.volume_id} in {self.store.url} has no commit {seq}, which "
                 "this writer has seen: the store is behind it (restored from an older "
@@ -259,33 +272,54 @@ class Repo:
                 "store holds"
             )
 
-    def _gap_error(self, missing: int) -> CorruptData:
+    def _gap_error(self, missing: int) -> KvolError:
+        horizon = self.horizon()
+        if missing < horizon:
+            # Before the horizon entries may be gone: pruned, not lost.
+            return HistoryPruned(
+                f"commit {missing} of volume {self.volume_id} was pruned by its retention "
+                f"policy: retained history begins at commit {horizon}"
+            )
         return CorruptData(
             f"the log of volume {self.volume_id} has a gap: entry {missing} is missing but "
             "later entries exist (lost or deleted from the store); `kvol volume fsck` "
             "reports what it affects"
         )
 
+    # -- retained history (pruned by kvol.retention) ------------------------------------------
+
+    @property
+    def horizon_prefix(self) -> str:
+        return self.keys.prefix + "horizon/"
+
+    def horizons(self) -> list[tuple[int, float]]:
+        """Every pruning horizon the store lists: (seq, when it was recorded by the store's
+        clock), oldest first. Each is created once (put-if-absent) and never rewritten."""
+        found = []
+        for info in self.store.list(self.horizon_prefix):
+            seq = parse_seq(info.key.rsplit("/", 1)[-1])
+            if seq is not None:
+                found.append((seq, info.mtime))
+        return sorted(found)
+
+    def horizon(self) -> int:
+        """Where retained history begins (0: nothing was ever pruned). Commits before it
+        are out of history: their entries may still be in the store for a while, but no
+        reader uses them and no writer may publish on top of them."""
+        return max((seq for seq, _ in self.horizons()), default=0)
+
+    def _stale_base(self, base: int) -> StaleBase:
+        return StaleBase(
+            f"this working copy is based on commit {base} of volume {self.volume_id}, which "
+            f"its retention policy pruned (retained history begins at commit "
+            f"{self.horizon()}): nothing was published. Reload it (local changes are kept), "
+            "then commit again"
+        )
+
     def head(self) -> int:
         """The newest published seq (0 for a volume with no commit). Raises CorruptData
         if the log has a gap."""
-        while True:
-            start = self.latest_checkpoint() or 0
-            last = start
-            gap = False
-            for info in self.store.list(self.keys.log_prefix, start_after=self.keys.log(start)):
-                seq = parse_seq(info.key.rsplit("/", 1)[-1])
-                if seq is None:
-                    continue
-                if seq != last + 1:
-                    gap = True
-                    break
-                last = seq
-            if not gap:
-                return last
-            # The entry after ``last`` may have landed after the listing passed its name.
-            if not self.store.exists(self.keys.log(last + 1)):
-                raise self._gap_error(last + 1)
+        return self._last_after(self.latest_checkpoint() or 0)
 
     def publish(
         self,
@@ -295,15 +329,21 @@ class Repo:
         *,
         known_head: int = 0,
         writer: Writer | None = None,
+        read_at: int | None = None,
     ) -> int:
         """Publish one entry after ``base``; returns the seq it landed at. ``writer``:
         who the entry names (by default this process).
 
         ``known_head``: a seq the caller knows is taken (the log has no gaps, so every
-        position up to it is): probing starts after it instead of after ``base``.
+        position up to it is): the search for a free position starts after it instead of
+        after ``base``.
 
         Raises StoreBehind if that position is not in the store: the caller has seen
         commits the store lost, and an entry after them would be invisible behind a gap.
+
+        ``read_at``: the oldest commit the operations reuse content from, when older than
+        ``base`` (a restore). Raises StaleBase if that or ``base`` is before the pruning
+        horizon: the stale-writer guard (docs/data-safety.md, Retention).
         """
         entry = Entry(tuple(ops), time.time(), writer or this_writer(), base, message)
         start = max(base, known_head)
@@ -316,17 +356,28 @@ class Repo:
         }
         # Content is durable before the entry that refers to it.
         self.store.sync()
+        # Stale-writer guard, checked as late as the renewal below: content this entry
+        # reuses from the state at its base is kept until at least a grace period after
+        # a horizon passes that base (kvol.retention), far longer than a publish takes.
+        oldest = base if read_at is None else min(base, read_at)
+        if oldest < self.horizon():
+            raise self._stale_base(oldest)
         # Just before publishing: whatever this commit stored or reused long ago is dated
         # anew, so collection cannot take it before the entry lands (kvol.content).
         content.renew_before_publish(self.store, objects)
         seq = start + 1
         while True:
-            # Writers take positions in order, so an entry after a free position means the
-            # position was lost, not free: filling it would hide the lost commit for good.
-            if self.store.exists(self.keys.log(seq + 1)) and not self.store.exists(
-                self.keys.log(seq)
-            ):
-                raise self._gap_error(seq)
+            if self.store.exists(self.keys.log(seq + 1)):
+                # Writers take positions in order, so an entry after a free position means
+                # the position was lost, not free: filling it would hide the lost commit
+                # for good.
+                if not self.store.exists(self.keys.log(seq)):
+                    raise self._gap_error(seq)
+                # Others published since: one listing finds the head however far it moved,
+                # instead of a probe per entry (losing a position by one, the usual race,
+                # needs none). The new position is checked as this one was.
+                seq = self._last_after(seq + 1) + 1
+                continue
             # Each position gets its own bytes: the entry names the seq it was written for.
             if self.store.put_if_absent(self.keys.log(seq), self.entry_bytes(entry, seq)):
                 break
@@ -336,6 +387,32 @@ class Repo:
         if seq % CHECKPOINT_EVERY == 0:
             self._checkpoint_quietly(seq)
         return seq
+
+    def _last_after(self, taken: int) -> int:
+        """The newest entry of the log, from one listing of the entries after ``taken`` (a
+        position known to be taken, or 0): names are zero-padded, so they list in seq order
+        and a single request returns a page of them (a thousand on S3).
+
+        Raises CorruptData at a gap: writers take positions in order, so an entry after a
+        missing one means it was lost, and taking its position would hide that for good.
+        """
+        last = taken
+        while True:
+            missing = None
+            for info in self.store.list(self.keys.log_prefix, start_after=self.keys.log(last)):
+                seq = parse_seq(info.key.rsplit("/", 1)[-1])
+                if seq is None:
+                    continue
+                if seq != last + 1:
+                    missing = last + 1
+                    break
+                last = seq
+            if missing is None:
+                return last
+            # It may have landed after the listing passed its name: go on from it.
+            if not self.store.exists(self.keys.log(missing)):
+                raise self._gap_error(missing)
+            last = missing
 
     # -- state ------------------------------------------------------------------------------
 
@@ -352,7 +429,15 @@ class Repo:
         return best
 
     def state(self, seq: int | None = None) -> State:
-        """The volume's files at ``seq`` (the head when None). Raises NotFound past the head."""
+        """The volume's files at ``seq`` (the head when None). Raises NotFound past the head,
+        HistoryPruned before the pruning horizon."""
+        if seq is not None:
+            horizon = self.horizon()
+            if seq < horizon:
+                raise HistoryPruned(
+                    f"commit {seq} of volume {self.volume_id} was pruned by its retention "
+                    f"policy: retained history begins at commit {horizon}"
+                )
         checkpoint = self.latest_checkpoint(at_most=seq)
         state = self._load_checkpoint(checkpoint) if checkpoint else State()
         for at, entry in self.entries_after(state.seq, until=seq):
@@ -400,13 +485,14 @@ class Repo:
     # -- history ----------------------------------------------------------------------------
 
     def history(self, limit: int | None = None) -> list[CommitInfo]:
-        """Commits, newest first."""
+        """Commits of the retained history (from :meth:`horizon` on), newest first."""
+        horizon = self.horizon()
         seqs = [
             s
             for s in (
                 parse_seq(i.key.rsplit("/", 1)[-1]) for i in self.store.list(self.keys.log_prefix)
             )
-            if s is not None
+            if s is not None and s >= horizon
         ]
         seqs.sort(reverse=True)
         if limit is not None:
@@ -449,7 +535,7 @@ class Repo:
         for path, record in sorted(target.files.items()):
             if head.files.get(path) != record:
                 ops.append(PutOp(path, record))
-        return self.publish(ops, head.seq, message or f"restore of commit {seq}")
+        return self.publish(ops, head.seq, message or f"restore of commit {seq}", read_at=seq)
 
     def stats(self, writers_window: float = 300.0) -> RepoStats:
         state = self.state()
@@ -466,29 +552,54 @@ class Repo:
                 last_time = entry.time
             if entry.time < cutoff:
                 break
-            writers.add(entry.writer.id)
+            writers.add(f"pod:{entry.writer.pod}" if entry.writer.pod else entry.writer.id)
             seq -= 1
         return RepoStats(len(state.files), state.total_bytes, state.seq, last_time, len(writers))
 
     # -- garbage collection -------------------------------------------------------------
 
     def referenced_objects(self) -> set[str]:
-        """Keys of every content object any commit in the history refers to."""
+        """Keys of every content object any commit in the history refers to, and any
+        entry or checkpoint before the pruning horizon still in the store: a writer may
+        reuse their content until prune deletes them (see kvol.retention)."""
         refs: set[str] = set()
 
         def note(record: FileRecord) -> None:
             for part in record.parts:
                 refs.add(self.keys.content(part.kind, part.obj))
 
-        for info in self.store.list(self.keys.checkpoint_prefix):
-            seq = parse_seq(info.key.rsplit("/", 1)[-1])
-            if seq is not None:
-                for record in self._load_checkpoint(seq).files.values():
-                    note(record)
-        for _seq, entry in self.entries_after(0):
+        def note_entry(entry: Entry) -> None:
             for op in entry.ops:
                 if isinstance(op, PutOp):
                     note(op.record)
+
+        horizon = self.horizon()
+        if horizon:
+            # Where retained history begins: never deleted while it is the horizon.
+            for record in self._load_checkpoint(horizon).files.values():
+                note(record)
+        for info in self.store.list(self.keys.checkpoint_prefix):
+            seq = parse_seq(info.key.rsplit("/", 1)[-1])
+            if seq is not None and seq != horizon:
+                try:
+                    state = self._load_checkpoint(seq)
+                except NotFound:
+                    if seq < horizon:
+                        continue  # pruned since the listing
+                    raise
+                for record in state.files.values():
+                    note(record)
+        if horizon:
+            for info in self.store.list(self.keys.log_prefix):
+                seq = parse_seq(info.key.rsplit("/", 1)[-1])
+                if seq is not None and seq >= horizon:
+                    break  # names list in seq order
+                if seq is not None:
+                    entry = self.read_entry(seq)
+                    if entry is not None:  # else pruned since the listing
+                        note_entry(entry)
+        for _seq, entry in self.entries_after(horizon):
+            note_entry(entry)
         return refs
 
     def gc(

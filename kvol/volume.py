@@ -28,7 +28,7 @@ from pathlib import Path, PurePosixPath
 from typing import IO, Any, BinaryIO, ClassVar
 
 from kvol import fsck, mounted, paths, upload
-from kvol.catalog import DEFAULT_SCOPE, Catalog, check_limits, check_name
+from kvol.catalog import DEFAULT_SCOPE, Catalog, check_limits, check_name, namespace_scope
 from kvol.content import DEFAULT_CHUNK_SIZE
 from kvol.errors import (
     AlreadyExists,
@@ -52,6 +52,7 @@ from kvol.model import (
 )
 from kvol.progress import Advance, bar
 from kvol.repo import Repo
+from kvol.retention import PruneReport, RetentionPolicy, prune_history, read_policy, write_policy
 from kvol.store import Store, open_store
 
 __all__ = ["BatchUpload", "FileEntry", "FileEntryType", "Volume", "VolumeInfo", "VolumeManager"]
@@ -165,9 +166,12 @@ class Volume:
         version: int | None = None,
         read_only: bool = False,
         sub_path: str = "",
+        namespace: str | None = None,
         _repo: Repo | None = None,
     ) -> None:
         self._store_arg = store
+        #: The Kubernetes namespace whose catalog scope names the volume (None: the CLI's).
+        self.namespace = namespace
         self._name = name
         self._volume_id = volume_id
         self._create_if_missing = create_if_missing
@@ -192,16 +196,26 @@ class Volume:
         create_if_missing: bool = False,
         version: int | None = None,
         store: Store | str | None = None,
+        namespace: str | None = None,
     ) -> Volume:
         """A lazy handle on the volume called ``name``; nothing is read until it is used.
 
         With ``create_if_missing`` the first use creates it (version ``version`` or 2). If
         it exists with another ``version`` than asked, its first use raises VersionMismatch.
+        With ``namespace``, the name is the one the pods of that Kubernetes namespace use
+        (the operator's Volume of that name), in the same store.
         """
         check_name(name)
         if version is not None:
             Limits.for_version(version)  # 1 or 2, checked now
-        return cls(store=store, name=name, create_if_missing=create_if_missing, version=version)
+        _check_namespace(namespace)
+        return cls(
+            store=store,
+            name=name,
+            create_if_missing=create_if_missing,
+            version=version,
+            namespace=namespace,
+        )
 
     @classmethod
     def from_id(cls, volume_id: str, *, store: Store | str | None = None) -> Volume:
@@ -218,19 +232,31 @@ class Volume:
         allow_existing: bool = False,
         limits: Limits | None = None,
         store: Store | str | None = None,
+        namespace: str | None = None,
+        keep_last: int | None = None,
+        keep_for: float | None = None,
     ) -> Volume:
         """Create a volume now. AlreadyExists if the name is taken, unless ``allow_existing``
-        (then an existing volume of another version is VersionMismatch)."""
+        (then an existing volume of another version is VersionMismatch). With ``namespace``,
+        in that Kubernetes namespace's scope (see :meth:`from_name`). ``keep_last`` /
+        ``keep_for`` (seconds) set its retention policy (see :meth:`set_retention`); by
+        default it keeps every commit."""
+        policy = RetentionPolicy(keep_last, keep_for)  # checked before the store
         if limits is not None and not isinstance(limits, Limits):
             raise InvalidArgument(
                 f"limits must be a kvol.model.Limits, not {type(limits).__name__}"
             )
         check_limits(limits)  # before the store is even opened
+        _check_namespace(namespace)
         s = _open(store)
-        meta = Catalog(s, DEFAULT_SCOPE).create(
+        meta = _catalog(s, namespace).create(
             name, version=version, limits=limits, allow_existing=allow_existing
         )
-        return cls(store=s, name=name, volume_id=meta.id, _repo=Repo(s, meta.id, meta))
+        if not policy.keeps_everything:
+            write_policy(s, meta.id, policy)
+        return cls(
+            store=s, name=name, volume_id=meta.id, namespace=namespace, _repo=Repo(s, meta.id, meta)
+        )
 
     @classmethod
     @contextlib.contextmanager
@@ -246,34 +272,52 @@ class Volume:
             repo.destroy()
 
     @classmethod
-    def list(cls, *, store: Store | str | None = None) -> list[Volume]:
+    def list(
+        cls, *, store: Store | str | None = None, namespace: str | None = None
+    ) -> list[Volume]:
         """Every named volume, sorted by name, as handles that already know their id.
 
         A volume whose metadata is damaged is listed too (one broken volume never hides
         the others); using its handle raises the error that describes the damage."""
+        _check_namespace(namespace)
         s = _open(store)
         return [
             cls(
                 store=s,
                 name=item.name,
                 volume_id=item.volume_id,
+                namespace=namespace,
                 _repo=Repo(s, item.meta.id, item.meta) if item.meta is not None else None,
             )
-            for item in Catalog(s, DEFAULT_SCOPE).scan()
+            for item in _catalog(s, namespace).scan()
         ]
 
     @classmethod
     def delete(
-        cls, name: str, *, allow_missing: bool = False, store: Store | str | None = None
+        cls,
+        name: str,
+        *,
+        allow_missing: bool = False,
+        store: Store | str | None = None,
+        namespace: str | None = None,
     ) -> None:
         """Delete a volume and all its data. Irreversible. Works on a volume whose
         metadata is damaged."""
-        Catalog(_open(store), DEFAULT_SCOPE).delete(name, allow_missing=allow_missing)
+        _check_namespace(namespace)
+        _catalog(_open(store), namespace).delete(name, allow_missing=allow_missing)
 
     @classmethod
-    def rename(cls, old_name: str, new_name: str, *, store: Store | str | None = None) -> None:
-        """Give a volume another name; its data does not move."""
-        Catalog(_open(store), DEFAULT_SCOPE).rename(old_name, new_name)
+    def rename(
+        cls,
+        old_name: str,
+        new_name: str,
+        *,
+        store: Store | str | None = None,
+        namespace: str | None = None,
+    ) -> None:
+        """Give a volume another name (in the same scope); its data does not move."""
+        _check_namespace(namespace)
+        _catalog(_open(store), namespace).rename(old_name, new_name)
 
     def with_mount_options(
         self, *, read_only: bool | None = None, sub_path: str | None = None
@@ -290,6 +334,7 @@ class Volume:
             sub_path=self.sub_path
             if sub_path is None
             else paths.normalize(sub_path, allow_root=True),
+            namespace=self.namespace,
             _repo=self._repo,
         )
         return copy
@@ -314,6 +359,27 @@ class Volume:
         """Low-level access to the volume's data (history, restore, garbage collection)."""
         return self._resolve()
 
+    def retention_policy(self) -> RetentionPolicy:
+        """The volume's retention policy (keeps every commit unless one was set)."""
+        return read_policy(self.store, self._resolve().volume_id)
+
+    def set_retention(
+        self, *, keep_last: int | None = None, keep_for: float | None = None
+    ) -> RetentionPolicy:
+        """Keep the last ``keep_last`` commits and/or those newer than ``keep_for``
+        seconds (a commit either keeps is kept; the head always is); neither keeps
+        everything. Commits outside it are pruned by :meth:`prune` (``kvol volume gc``)."""
+        policy = RetentionPolicy(keep_last, keep_for)
+        write_policy(self.store, self._resolve().volume_id, policy)
+        return policy
+
+    def prune(self, *, grace_seconds: float | None = None) -> PruneReport:
+        """Prune history outside the retention policy (see :mod:`kvol.retention`)."""
+        repo = self._resolve()
+        if grace_seconds is None:
+            return prune_history(repo)
+        return prune_history(repo, grace_seconds=grace_seconds)
+
     def hydrate(self) -> Volume:
         """Resolve the handle now (look the name up, create the volume if asked)."""
         self._resolve()
@@ -329,7 +395,7 @@ class Volume:
             repo.meta  # noqa: B018 - NotFound now rather than at the first read
         else:
             assert self._name is not None
-            catalog = Catalog(s, DEFAULT_SCOPE)
+            catalog = _catalog(s, self.namespace)
             try:
                 meta = catalog.lookup(self._name)
             except NotFound:
@@ -369,7 +435,7 @@ class Volume:
             volume_id = self._volume_id
             if volume_id is None:
                 assert self._name is not None
-                volume_id = Catalog(s, DEFAULT_SCOPE).entry(self._name).volume_id
+                volume_id = _catalog(s, self.namespace).entry(self._name).volume_id
             repo = Repo(s, volume_id)
         if repair_from is None:
             return fsck.check(repo, verify_content=verify_content, progress=progress)
@@ -386,7 +452,7 @@ class Volume:
         owner = None
         if self._name is not None:
             with contextlib.suppress(KvolError):  # renamed or deleted meanwhile: unknown
-                owner = Catalog(repo.store, DEFAULT_SCOPE).entry(self._name).owner
+                owner = _catalog(repo.store, self.namespace).entry(self._name).owner
         return VolumeInfo(
             id=repo.volume_id,
             name=self._name,
@@ -673,6 +739,7 @@ class VolumeManager:
         allow_existing: bool = False,
         limits: Limits | None = None,
         store: Store | str | None = None,
+        namespace: str | None = None,
     ) -> None:
         """Create a named volume (version ``version``, else 2). With ``allow_existing`` an
         existing one is left as it is; it must then be of ``version`` if one is given."""
@@ -683,6 +750,7 @@ class VolumeManager:
                 allow_existing=allow_existing,
                 limits=limits,
                 store=store,
+                namespace=namespace,
             )
         except VersionMismatch:
             if version is not None:
@@ -694,6 +762,7 @@ class VolumeManager:
         max_objects: int | None = None,
         created_before: datetime | str | None = None,
         store: Store | str | None = None,
+        namespace: str | None = None,
     ) -> builtins.list[Volume]:
         """Named volumes, newest first: at most ``max_objects``, only those created before
         ``created_before`` (a datetime or an ISO date; without a zone, local time).
@@ -703,7 +772,7 @@ class VolumeManager:
         before = _timestamp(created_before)
         found = [
             (v._repo.meta.created if v._repo is not None else None, v)
-            for v in Volume.list(store=store)
+            for v in Volume.list(store=store, namespace=namespace)
         ]
         kept = [(c, v) for c, v in found if before is None or c is None or c < before]
         kept.sort(key=lambda item: -(item[0] or 0.0))
@@ -711,10 +780,15 @@ class VolumeManager:
         return volumes if max_objects is None else volumes[:max_objects]
 
     def delete(
-        self, name: str, *, allow_missing: bool = False, store: Store | str | None = None
+        self,
+        name: str,
+        *,
+        allow_missing: bool = False,
+        store: Store | str | None = None,
+        namespace: str | None = None,
     ) -> None:
         """Delete a named volume and all its data. Irreversible."""
-        Volume.delete(name, allow_missing=allow_missing, store=store)
+        Volume.delete(name, allow_missing=allow_missing, store=store, namespace=namespace)
 
 
 Volume.objects = VolumeManager()
@@ -900,6 +974,18 @@ class BatchUpload:
 
 def _open(store: Store | str | None) -> Store:
     return store if isinstance(store, Store) else open_store(store)
+
+
+def _check_namespace(namespace: str | None) -> None:
+    if namespace is not None:
+        namespace_scope(namespace)  # InvalidArgument now, before the store is opened
+
+
+def _catalog(store: Store, namespace: str | None) -> Catalog:
+    """The names the CLI uses, or those of a Kubernetes namespace's pods and Volumes."""
+    if namespace is None:
+        return Catalog(store, DEFAULT_SCOPE)
+    return Catalog.for_namespace(store, namespace)
 
 
 def _show(rel: str) -> str:

@@ -60,11 +60,13 @@ from kvol.content import (
 )
 from kvol.errors import (
     CorruptData,
+    HistoryPruned,
     InvalidArgument,
     KvolError,
     LimitExceeded,
     NotFound,
     ReadOnly,
+    StaleBase,
     VolumeBusy,
 )
 from kvol.index import RACY_NS, Index, IndexEntry, Signature
@@ -690,7 +692,9 @@ class WorkingCopy:
         except (ValueError, KeyError, TypeError, AttributeError, KvolError) as exc:
             raise CorruptData(f"commit journal {path} is unreadable: {exc}") from exc
         landed = None
-        for seq, entry in self.repo.entries_after(start):
+        # A commit that landed before the pruning horizon is out of reach: it is taken as
+        # not landed, so its changes stay local changes (never lost).
+        for seq, entry in self.repo.entries_after(max(start, self.repo.horizon())):
             if (writer is None or entry.writer.id == writer) and _ops_payload(entry.ops) == ops:
                 landed = seq
                 break
@@ -876,10 +880,14 @@ class WorkingCopy:
             for p, e in self.index.files.items()
             if e.stat_key is None and e.has_record and not os.path.lexists(self.root / p)
         }
+        pruned = False
         if first is None:
             # "Already up to date" only if the store still holds what this copy has seen.
-            self.repo.check_not_behind(base)
-            if not touched:
+            try:
+                self.repo.check_not_behind(base)
+            except StaleBase:
+                pruned = True  # the base was pruned: start again from the retained state
+            if not touched and not pruned:
                 return ReloadResult(base, base)
         holders = find_holders(str(self.root), self.busy_device)
         if holders:
@@ -890,10 +898,16 @@ class WorkingCopy:
                 [(h.pid, h.command, h.path) for h in holders],
             )
         view = self.index.committed_state()
-        if first is not None:
-            view.apply(first, base + 1, touched)
-            for seq, entry in self.repo.entries_after(base + 1):
-                view.apply(entry, seq, touched)
+        if first is not None and not pruned:
+            kept_out = set(touched)
+            try:
+                view.apply(first, base + 1, touched)
+                for seq, entry in self.repo.entries_after(base + 1):
+                    view.apply(entry, seq, touched)
+            except HistoryPruned:
+                pruned, touched = True, kept_out  # pruned while being read
+        if pruned:
+            view = self._retained_view(touched)
         # Written (and synced) before the tree is touched: a reload that dies midway is
         # settled from it at the next lock (see _recover), so files it wrote never look
         # like local changes that a commit would publish over newer commits.
@@ -908,6 +922,21 @@ class WorkingCopy:
         self._save_index()
         self._drop_journal()
         return ReloadResult(base, view.seq, written, tuple(sorted(kept)))
+
+    def _retained_view(self, touched: set[str]) -> State:
+        """The head, for a copy whose base was pruned: no entries lead there from the base,
+        so every path where the head differs from what the copy last saw is touched (and
+        reloaded like any other, keeping local changes)."""
+        seen = self.index.committed_state()
+        view = self.repo.state()
+        touched.update(
+            p
+            for p in seen.files.keys() | view.files.keys()
+            if seen.files.get(p) != view.files.get(p)
+        )
+        touched.update(seen.all_dirs() ^ view.all_dirs())
+        touched.update(seen.dirs ^ view.dirs)
+        return view
 
     # -- the reload journal -----------------------------------------------------------------
 
@@ -1192,6 +1221,14 @@ class WorkingCopy:
                     to_write.append(rel)
                     found[rel] = None
                     continue
+                if entry is None or entry.sig is None:
+                    landed = self._holds(root_fd, rel, record)
+                    if landed is not None:
+                        # A new local file with the very bytes the volume now has there:
+                        # no change left to commit, and nothing to write.
+                        racy = landed.st_mtime_ns >= time.time_ns() - RACY_NS
+                        index.files[rel] = IndexEntry(record, Signature.of(landed), racy)
+                        continue
                 if entry is None or not self._is_clean(root_fd, rel, entry, st):
                     kept.append(rel)
                     # Stay "racy" so the next scan hashes it rather than trusting the stat.

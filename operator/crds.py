@@ -31,6 +31,12 @@ from kvol.operator.resources import (
 
 Schema = dict[str, Any]
 
+#: `kubectl get kvol-all` lists every kvol resource.
+CATEGORY = "kvol-all"
+#: Longest Volume name: a catalog name in the store (kvol.catalog.NAME_RE), and the value
+#: of the kvol.dev/volume label on the PersistentVolume and claim (a label value).
+MAX_VOLUME_NAME = 63
+
 _QUANTITY_PATTERN = r"^[0-9]+(\.[0-9]+)?(Ki|Mi|Gi|Ti|Pi|Ei|k|M|G|T|P|E)?$"
 _NAME_PATTERN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$"
 
@@ -89,6 +95,7 @@ def _crd(
     status: Schema,
     columns: list[dict[str, Any]],
     description: str,
+    validations: list[Schema] | None = None,
 ) -> dict[str, Any]:
     return {
         "apiVersion": "apiextensions.k8s.io/v1",
@@ -106,7 +113,9 @@ def _crd(
                 "plural": plural,
                 "singular": kind.lower(),
                 "shortNames": short_names,
-                "categories": ["kvol"],
+                # Not "kvol": kubectl expands a category before a short name, so a category
+                # called kvol would make `kubectl get kvol` list VolumeBackends too.
+                "categories": [CATEGORY],
             },
             "versions": [
                 {
@@ -119,6 +128,7 @@ def _crd(
                         "openAPIV3Schema": {
                             "type": "object",
                             "description": description,
+                            **({"x-kubernetes-validations": validations} if validations else {}),
                             "required": ["spec"],
                             "properties": {
                                 "apiVersion": {"type": "string"},
@@ -226,7 +236,24 @@ def volume_crd() -> dict[str, Any]:
             "lastCommitTime": {"type": "string", "format": "date-time"},
             "writers": {
                 "type": "integer",
-                "description": "Distinct writers that committed in the last five minutes.",
+                "description": "Writers that committed in the last five minutes: pods (one "
+                "each, whatever number of mounts), and working copies outside the cluster.",
+            },
+            "pods": {
+                "type": "array",
+                "description": "Pods that committed in the last five minutes, newest first "
+                "(at most 50): the commit each made last, and the commit its copy was based "
+                "on after it (a reload since then is not shown).",
+                "maxItems": 50,
+                "items": {
+                    "type": "object",
+                    "properties": {
+                        "name": {"type": "string"},
+                        "lastCommit": {"type": "integer", "format": "int64"},
+                        "baseSeq": {"type": "integer", "format": "int64"},
+                        "lastCommitTime": {"type": "string", "format": "date-time"},
+                    },
+                },
             },
             "observedGeneration": {"type": "integer", "format": "int64"},
             "message": {"type": "string"},
@@ -253,6 +280,14 @@ def volume_crd() -> dict[str, Any]:
         status=status,
         columns=columns,
         description="A named, persistent volume that many pods mount at once (kvol).",
+        validations=[
+            {
+                "rule": f"size(self.metadata.name) <= {MAX_VOLUME_NAME}",
+                "message": f"metadata.name must be at most {MAX_VOLUME_NAME} characters: it "
+                "is the volume's name in the store's catalog and a label value on its "
+                "PersistentVolume and claim",
+            }
+        ],
     )
 
 

@@ -9,13 +9,16 @@ whatever events were missed (DESIGN: Kubernetes surfaces).
 from __future__ import annotations
 
 import logging
+import os
 import random
+import socket
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 import kopf
+import kubernetes
 
 from kvol import errors
 from kvol.operator import metrics
@@ -23,6 +26,9 @@ from kvol.operator.kube import Kube, load_config
 from kvol.operator.reconcile import ReconcileError, Reconciler, Settings, classify
 from kvol.operator.registry import Backends
 from kvol.operator.resources import BACKENDS, FINALIZER, GROUP, VERSION, VOLUMES
+
+#: Who the Events say they come from (``kubectl describe``: From; reportingComponent).
+REPORTING_COMPONENT = "kvol-operator"
 
 log = logging.getLogger(__name__)
 
@@ -34,6 +40,8 @@ _ANNOTATION_PREFIX = GROUP
 class OperatorConfig:
     settings: Settings = field(default_factory=Settings)
     kubeconfig: str | None = None
+    #: The API client of every call, ours and kopf's; made from ``kubeconfig`` when None.
+    api: kubernetes.client.ApiClient | None = None
     #: Threads running handlers (store calls block).
     workers: int = 16
     #: Longest wait between retries of a failing reconciliation.
@@ -77,6 +85,34 @@ def run_reconcile(kind: str, handler: str, delay: float, fn: Callable[[], object
         metrics.RECONCILE_SECONDS.labels(kind, handler).observe(time.perf_counter() - started)
 
 
+def connection_info(
+    configuration: kubernetes.client.Configuration, *, trust_env: bool = False
+) -> kopf.ConnectionInfo:
+    """kopf's credentials from our client's configuration."""
+    hook = configuration.refresh_api_key_hook
+    if hook is not None:
+        hook(configuration)  # an in-cluster token is re-read from its file
+    header = configuration.get_api_key_with_prefix(
+        "BearerToken"
+    ) or configuration.get_api_key_with_prefix("authorization")
+    parts = header.split(" ", 1) if header else []
+    scheme, token = (
+        (None, None) if not parts else (None, parts[0]) if len(parts) == 1 else (parts[0], parts[1])
+    )
+    return kopf.ConnectionInfo(
+        server=configuration.host,
+        ca_path=configuration.ssl_ca_cert,
+        insecure=not configuration.verify_ssl,
+        username=configuration.username or None,
+        password=configuration.password or None,
+        scheme=scheme,
+        token=token,
+        certificate_path=configuration.cert_file,
+        private_key_path=configuration.key_file,
+        trust_env=trust_env,
+    )
+
+
 def _post_event(obj: Any, type_: str, reason: str, message: str) -> None:
     kopf.event(obj, type=type_, reason=reason, message=message[:1024])
 
@@ -97,9 +133,19 @@ def register(registry: kopf.OperatorRegistry, config: OperatorConfig) -> None:
     volumes = (GROUP, VERSION, VOLUMES)
     backends = (GROUP, VERSION, BACKENDS)
 
+    clients: list[kubernetes.client.ApiClient] = []
+
+    def api() -> kubernetes.client.ApiClient:
+        if not clients:
+            clients.append(config.api or load_config(config.kubeconfig))
+        return clients[0]
+
     @kopf.on.startup(id="configure", registry=registry)
     def configure(settings: kopf.OperatorSettings, logger: kopf.Logger, **_: Any) -> None:
         """Every setting of the operator, in one place."""
+        settings.posting.reporting_component = REPORTING_COMPONENT
+        settings.posting.reporting_instance = os.environ.get("POD_NAME") or socket.gethostname()
+        settings.posting.event_name_prefix = f"{REPORTING_COMPONENT}-"
         settings.persistence.finalizer = FINALIZER
         settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(
             prefix=_ANNOTATION_PREFIX
@@ -116,7 +162,7 @@ def register(registry: kopf.OperatorRegistry, config: OperatorConfig) -> None:
         settings.watching.client_timeout = 300
         settings.networking.request_timeout = 30
         settings.networking.connect_timeout = 10
-        kube = Kube(load_config(config.kubeconfig))
+        kube = Kube(api())
         found = Backends(kube, operator_namespace=config.settings.operator_namespace)
         state["reconciler"] = Reconciler(kube, found, config.settings, _post_event)
         if config.metrics_port is not None:
@@ -128,10 +174,10 @@ def register(registry: kopf.OperatorRegistry, config: OperatorConfig) -> None:
             )
 
     @kopf.on.login(id="login", registry=registry)
-    def login(**kwargs: Any) -> kopf.ConnectionInfo | None:
-        # The same configuration as our own API client: in-cluster, else the kubeconfig.
-        info: kopf.ConnectionInfo | None = kopf.login_via_client(**kwargs)
-        return info
+    def login(settings: kopf.OperatorSettings, **_: Any) -> kopf.ConnectionInfo:
+        # The same configuration as our own API client: in-cluster, else the kubeconfig
+        # named on the command line; never the process's default client configuration.
+        return connection_info(api().configuration, trust_env=settings.networking.trust_env)
 
     @kopf.on.cleanup(id="close", registry=registry)
     def close(**_: Any) -> None:
@@ -162,6 +208,20 @@ def register(registry: kopf.OperatorRegistry, config: OperatorConfig) -> None:
         run_reconcile(
             "Volume", "delete", backoff(retry, ceiling), lambda: rec().delete_volume(body)
         )
+
+    # -- dynamic provisioning ------------------------------------------------------------
+
+    @kopf.on.event("", "v1", "persistentvolumeclaims", id="provision", registry=registry)
+    def claim_seen(body: kopf.Body, type: str | None, **_: Any) -> None:
+        # Events are not retried; a claim whose Volume could not be made is seen again
+        # when the watch is re-listed, or when anything about it changes.
+        if "reconciler" in state:
+            run_reconcile(
+                "PersistentVolumeClaim",
+                "provision",
+                interval,
+                lambda: rec().provision_claim(body, deleted=type == "DELETED"),
+            )
 
     # -- VolumeBackend ---------------------------------------------------------------------
 

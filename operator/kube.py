@@ -22,9 +22,12 @@ Obj = dict[str, Any]
 
 
 def load_config(kubeconfig: str | None = None) -> kubernetes.client.ApiClient:
-    """An API client from the in-cluster service account, else a kubeconfig file."""
+    """An API client from ``kubeconfig`` when one is named, else the in-cluster service
+    account, else the default kubeconfig ($KUBECONFIG, ~/.kube/config)."""
     configuration = kubernetes.client.Configuration()
     try:
+        if kubeconfig:
+            raise kubernetes.config.ConfigException("a kubeconfig was named")
         kubernetes.config.load_incluster_config(  # type: ignore[no-untyped-call]
             client_configuration=configuration
         )
@@ -64,6 +67,8 @@ class Kube:
         self.api = api
         self.core = kubernetes.client.CoreV1Api(api)
         self.custom = kubernetes.client.CustomObjectsApi(api)
+        self.coordination = kubernetes.client.CoordinationV1Api(api)
+        self.storage = kubernetes.client.StorageV1Api(api)
 
     def _call(self, what: str, fn: Any, *args: Any, **kwargs: Any) -> Obj:
         try:
@@ -108,6 +113,35 @@ class Kube:
             name,
             {"status": dict(status)},
         )
+
+    def create_volume(self, body: Mapping[str, Any]) -> Obj:
+        meta = body["metadata"]
+        return self._call(
+            f"Volume {meta['namespace']}/{meta['name']}",
+            self.custom.create_namespaced_custom_object,
+            GROUP,
+            VERSION,
+            meta["namespace"],
+            VOLUMES,
+            dict(body),
+        )
+
+    def delete_volume(self, namespace: str, name: str) -> None:
+        try:
+            self._call(
+                f"Volume {namespace}/{name}",
+                self.custom.delete_namespaced_custom_object,
+                GROUP,
+                VERSION,
+                namespace,
+                VOLUMES,
+                name,
+            )
+        except errors.NotFound:
+            return
+
+    def get_storage_class(self, name: str) -> Obj | None:
+        return self._get_or_none(f"StorageClass {name}", self.storage.read_storage_class, name)
 
     def list_volumes(self) -> list[Obj]:
         data = self._call(
@@ -198,3 +232,42 @@ class Kube:
             )
         except errors.NotFound:
             return
+
+    # -- leader election ------------------------------------------------------------------
+
+    def get_lease(self, namespace: str, name: str) -> Obj | None:
+        return self._get_or_none(
+            f"Lease {namespace}/{name}",
+            self.coordination.read_namespaced_lease,
+            name,
+            namespace,
+        )
+
+    def create_lease(self, body: Mapping[str, Any]) -> bool:
+        """Create a Lease; False when another replica created it first."""
+        meta = body["metadata"]
+        try:
+            self._call(
+                f"Lease {meta['namespace']}/{meta['name']}",
+                self.coordination.create_namespaced_lease,
+                meta["namespace"],
+                dict(body),
+            )
+        except errors.Conflict:
+            return False
+        return True
+
+    def replace_lease(self, body: Mapping[str, Any]) -> bool:
+        """Replace a Lease at the resourceVersion in ``body``; False when it changed since."""
+        meta = body["metadata"]
+        try:
+            self._call(
+                f"Lease {meta['namespace']}/{meta['name']}",
+                self.coordination.replace_namespaced_lease,
+                meta["name"],
+                meta["namespace"],
+                dict(body),
+            )
+        except errors.Conflict:
+            return False
+        return True

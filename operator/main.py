@@ -3,13 +3,22 @@
 from __future__ import annotations
 
 import argparse
+import http.server
 import logging
 import os
+import secrets
+import signal
+import socket
 import sys
+import threading
 
+from kvol import errors
 from kvol.operator import crds
 from kvol.operator.handlers import OperatorConfig
+from kvol.operator.leader import LeaderElector, LeaseTiming
 from kvol.operator.reconcile import Settings
+
+log = logging.getLogger("kvol.operator")
 
 _DESCRIPTION = """\
 Reconcile kvol Volumes (kvol.dev/v1alpha1, namespaced) and VolumeBackends
@@ -21,7 +30,10 @@ commands:
   crds    print the CustomResourceDefinitions as YAML (--write DIR for files)
 
 The Kubernetes API is reached with the in-cluster service account, else the
-kubeconfig (--kubeconfig, $KUBECONFIG, ~/.kube/config).
+kubeconfig (--kubeconfig, else $KUBECONFIG, else ~/.kube/config).
+
+Replicas elect a leader through a Lease in the operator namespace: only the
+holder reconciles; a standby takes over once the holder stops renewing.
 """
 
 
@@ -91,10 +103,39 @@ def _run_parser() -> argparse.ArgumentParser:
         help="address the metrics and liveness endpoints listen on (default 0.0.0.0)",
     )
     parser.add_argument(
-        "--peering",
+        "--leader-elect",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="act only while holding a coordination.k8s.io Lease, so that of several "
+        "replicas exactly one reconciles and another takes over when it dies (default on)",
+    )
+    parser.add_argument(
+        "--leader-elect-lease-name",
+        default="kvol-operator",
         metavar="NAME",
-        help="coordinate with other replicas through the kopf peering object NAME "
-        "(default: standalone, one replica)",
+        help="the Lease, in the operator namespace (default kvol-operator)",
+    )
+    parser.add_argument(
+        "--leader-elect-lease-duration",
+        type=float,
+        default=15.0,
+        metavar="SECONDS",
+        help="how long a standby waits after the leader's last renewal before it takes over "
+        "(default 15)",
+    )
+    parser.add_argument(
+        "--leader-elect-renew-deadline",
+        type=float,
+        default=10.0,
+        metavar="SECONDS",
+        help="how long the leader keeps trying to renew before it stops acting (default 10)",
+    )
+    parser.add_argument(
+        "--leader-elect-retry-period",
+        type=float,
+        default=2.0,
+        metavar="SECONDS",
+        help="pause between attempts to acquire or renew the Lease (default 2)",
     )
     parser.add_argument("-v", "--verbose", action="store_true", help="log more")
     parser.add_argument("--debug", action="store_true", help="log everything, kopf internals too")
@@ -113,18 +154,30 @@ def run(argv: list[str]) -> int:
     import kopf
 
     from kvol.operator import handlers
+    from kvol.operator.kube import Kube, load_config
 
-    if args.kubeconfig:
-        # kopf's own login reads the same file as our API client.
-        os.environ["KUBECONFIG"] = args.kubeconfig
+    try:
+        timing = LeaseTiming(
+            lease_duration=args.leader_elect_lease_duration,
+            renew_deadline=args.leader_elect_renew_deadline,
+            retry_period=args.leader_elect_retry_period,
+        )
+    except errors.InvalidArgument as exc:
+        print(f"kvol-operator: {exc}", file=sys.stderr)
+        return 2
+    # One login for everything: this client configuration serves our own API calls and,
+    # through the login handler, kopf's (no reading of $KUBECONFIG behind our back).
+    api = load_config(args.kubeconfig)
     config = OperatorConfig(
         settings=Settings(
             operator_namespace=args.operator_namespace, status_interval=args.status_interval
         ),
         kubeconfig=args.kubeconfig,
+        api=api,
         workers=args.workers,
         max_backoff=args.max_backoff,
-        metrics_port=args.metrics_port or None,
+        # Served from the start, also while standing by, so every replica is scraped.
+        metrics_port=None,
         metrics_address=args.bind_address,
     )
     kopf.configure(
@@ -139,20 +192,91 @@ def run(argv: list[str]) -> int:
     if not (args.verbose or args.debug):
         # kopf logs every handler success at INFO; keep the operator's own lines.
         logging.getLogger("kopf.objects").setLevel(logging.WARNING)
+    if args.metrics_port:
+        from prometheus_client import start_http_server
+
+        start_http_server(args.metrics_port, addr=args.bind_address)
+        log.info("metrics on http://%s:%d/metrics", args.bind_address, args.metrics_port)
+    elector = None
+    if args.leader_elect:
+        elector = LeaderElector(
+            Kube(api),
+            args.operator_namespace,
+            args.leader_elect_lease_name,
+            identity=f"{os.environ.get('POD_NAME') or socket.gethostname()}_{secrets.token_hex(4)}",
+            timing=timing,
+            on_lost=_exit_now,
+        )
+        standby = _serve_liveness(args.bind_address, args.liveness_port)
+        try:
+            if not elector.acquire(_stop_on_signals()):
+                return 0
+        finally:
+            if standby is not None:
+                standby.shutdown()
+                standby.server_close()
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+        elector.start_renewing()
     registry = kopf.OperatorRegistry()
     handlers.register(registry, config)
     liveness = (
         f"http://{args.bind_address}:{args.liveness_port}/healthz" if args.liveness_port else None
     )
-    kopf.run(
-        registry=registry,
-        standalone=args.peering is None,
-        peering_name=args.peering,
-        clusterwide=not args.namespace,
-        namespaces=args.namespace,
-        liveness_endpoint=liveness,
-    )
+    try:
+        kopf.run(
+            registry=registry,
+            standalone=True,
+            clusterwide=not args.namespace,
+            namespaces=args.namespace,
+            liveness_endpoint=liveness,
+        )
+    finally:
+        if elector is not None:
+            elector.release()
     return 0
+
+
+def _exit_now() -> None:
+    """The Lease is lost: another replica may act soon, so this one stops at once, in the
+    middle of whatever it does (every reconciliation step is idempotent)."""
+    logging.shutdown()
+    os._exit(3)
+
+
+def _stop_on_signals() -> threading.Event:
+    """An event set by SIGTERM or SIGINT, to stop standing by."""
+    stop = threading.Event()
+
+    def handle(signum: int, frame: object) -> None:
+        stop.set()
+
+    signal.signal(signal.SIGTERM, handle)
+    signal.signal(signal.SIGINT, handle)
+    return stop
+
+
+def _serve_liveness(address: str, port: int) -> http.server.ThreadingHTTPServer | None:
+    """/healthz while standing by: a standby replica is alive, only not acting."""
+    if not port:
+        return None
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            ok = self.path.split("?")[0] == "/healthz"
+            body = b'{"standby": true}' if ok else b"not found"
+            self.send_response(200 if ok else 404)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, format: str, *args: object) -> None:
+            return
+
+    server = http.server.ThreadingHTTPServer((address, port), Handler)
+    threading.Thread(target=server.serve_forever, name="kvol-standby", daemon=True).start()
+    return server
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,8 +1,9 @@
 """The operator's own metrics (the core's kvol_store_* metrics are exported beside them).
 
-Labels name a resource kind, a handler and a result, never an object: their number stays
-bounded however many Volumes exist. Volumes by phase are counted when scraped, from the
-phases the operator last wrote.
+Labels name a resource kind, a handler and a result, never an object, except
+``kvol_operator_volume_phase``, which names each Volume by namespace and name: bounded by the
+number of Volumes, like the kubelet's per-claim volume stats. Volumes by phase are counted
+when scraped, from the phases the operator last wrote.
 """
 
 from __future__ import annotations
@@ -36,19 +37,24 @@ PHASES = ("Pending", "Ready", "Failed", "Terminating")
 
 
 class PhaseTracker(Collector):
-    """Volumes by phase, as ``kvol_operator_volumes{phase}``."""
+    """Volumes by phase, as ``kvol_operator_volumes{phase}``, and each Volume's phase as
+    ``kvol_operator_volume_phase{namespace,volume,phase} 1``."""
 
     def __init__(self) -> None:
         self._phases: dict[str, str] = {}
+        self._names: dict[str, tuple[str, str]] = {}
         self._lock = threading.Lock()
 
-    def set(self, uid: str, phase: str) -> None:
+    def set(self, uid: str, phase: str, namespace: str = "", name: str = "") -> None:
         with self._lock:
             self._phases[uid] = phase
+            if name:
+                self._names[uid] = (namespace, name)
 
     def forget(self, uid: str) -> None:
         with self._lock:
             self._phases.pop(uid, None)
+            self._names.pop(uid, None)
 
     def counts(self) -> dict[str, int]:
         with self._lock:
@@ -65,6 +71,20 @@ class PhaseTracker(Collector):
         for phase, count in sorted(self.counts().items()):
             family.add_metric([phase], count)
         yield family
+        each = GaugeMetricFamily(
+            "kvol_operator_volume_phase",
+            "1 for each Volume, labelled with its namespace, name and current phase.",
+            labels=["namespace", "volume", "phase"],
+        )
+        with self._lock:
+            named = [
+                (*self._names[uid], phase)
+                for uid, phase in self._phases.items()
+                if uid in self._names
+            ]
+        for labels in sorted(named):
+            each.add_metric(list(labels), 1)
+        yield each
 
 
 VOLUME_PHASES = PhaseTracker()

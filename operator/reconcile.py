@@ -16,18 +16,20 @@ import threading
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager, suppress
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from kvol import errors
 from kvol.catalog import Catalog
-from kvol.operator import metrics, specs
+from kvol.operator import metrics, provisioner, specs
 from kvol.operator.backends import store_url
 from kvol.operator.kube import Kube
+from kvol.operator.provisioner import claim_of
 from kvol.operator.registry import Backend, Backends
 from kvol.operator.resources import MANAGED_BY, VOLUME_LABEL, VolumeSpec
 from kvol.repo import Repo, RepoStats, new_volume_id
 from kvol.store import Store
+from kvol.volume_settings import VolumeSettings, write_settings
 
 log = logging.getLogger(__name__)
 
@@ -102,6 +104,39 @@ class KeyedLocks:
 class _StatsMemo:
     head: int
     stats: RepoStats
+    #: status.pods: each pod that committed lately, newest first.
+    pods: list[Obj]
+
+
+#: At most this many pods are listed in a Volume's status (the count has them all).
+MAX_PODS_LISTED = 50
+
+
+def content_stats(repo: Repo, window: float, now: float | None = None) -> _StatsMemo:
+    """The content status of a volume, and its recent writers from one walk back through
+    the entries of the last ``window`` seconds: ``writers`` counts pods (entries name the
+    pod whose copy made them), and other working copies (CLI, SDK) one each."""
+    stats = repo.stats(writers_window=0)  # files, bytes, head, last commit: no walk
+    cutoff = (time.time() if now is None else now) - window
+    writers: set[str] = set()
+    pods: dict[str, Obj] = {}
+    seq = stats.head
+    while seq > 0:
+        entry = repo.read_entry(seq)
+        if entry is None or entry.time < cutoff:
+            break
+        pod = entry.writer.pod
+        writers.add(f"pod:{pod}" if pod else entry.writer.id)
+        if pod and pod not in pods and len(pods) < MAX_PODS_LISTED:
+            pods[pod] = {
+                "name": pod.split("/", 1)[-1],
+                "lastCommit": seq,
+                # A copy's base moves to its own commit when no other commit came between.
+                "baseSeq": seq if entry.base == seq - 1 else entry.base,
+                "lastCommitTime": specs.rfc3339(entry.time),
+            }
+        seq -= 1
+    return _StatsMemo(stats.head, replace(stats, writers_recent=len(writers)), list(pods.values()))
 
 
 class Reconciler:
@@ -154,7 +189,7 @@ class Reconciler:
             with self._guard:
                 self._status[meta["uid"]] = {k: v for k, v in new.items() if v is not None}
         if new.get("phase"):
-            metrics.VOLUME_PHASES.set(meta["uid"], new["phase"])
+            metrics.VOLUME_PHASES.set(meta["uid"], new["phase"], meta["namespace"], meta["name"])
         for type_, reason, message in events:
             metrics.EVENTS.labels("Volume", reason).inc()
             self.emit(obj, type_, reason, message)
@@ -234,6 +269,8 @@ class Reconciler:
                     "persistentVolumeName": specs.pv_name(volume_id),
                 },
             )
+        # Before the name exists: no pod can mount the volume without its settings.
+        self._write_settings(store, volume_id, spec)
         self._create_in_store(store, namespace, name, spec, volume_id)
         self._ensure_pv_and_claim(obj, spec, volume_id, backend.name)
         stats = self._repo_stats(store, volume_id)
@@ -243,7 +280,7 @@ class Reconciler:
                 "phase": "Ready",
                 "message": None,
                 "observedGeneration": meta.get("generation"),
-                **specs.stats_status(stats),
+                **specs.stats_status(stats.stats, stats.pods),
             },
             [
                 (REACHABLE, True, "Reachable", f"backend {backend.name} answers"),
@@ -275,7 +312,7 @@ class Reconciler:
                 raise
             return self._write(
                 body,
-                specs.stats_status(stats),
+                specs.stats_status(stats.stats, stats.pods),
                 [
                     (REACHABLE, True, "Reachable", f"backend {backend.name} answers"),
                     (
@@ -331,6 +368,16 @@ class Reconciler:
         return entry.volume_id
 
     @staticmethod
+    def _write_settings(store: Store, volume_id: str, spec: VolumeSpec) -> None:
+        """What the node plugin reads at publish (it has no API access): a change reaches
+        the pods that mount the volume after it."""
+        settings = VolumeSettings(autocommit_seconds=float(spec.autocommit_interval_seconds))
+        try:
+            write_settings(store, volume_id, settings)
+        except errors.KvolError as exc:
+            raise ReconcileError("BackendUnreachable", str(exc), retry=classify(exc)) from exc
+
+    @staticmethod
     def _create_in_store(
         store: Store, namespace: str, name: str, spec: VolumeSpec, volume_id: str
     ) -> None:
@@ -360,8 +407,14 @@ class Reconciler:
     ) -> None:
         meta = obj["metadata"]
         namespace, name = meta["namespace"], meta["name"]
+        claim = claim_of(obj)
         pv = specs.build_pv_spec(
-            namespace=namespace, name=name, volume_id=volume_id, backend=backend, spec=spec
+            namespace=namespace,
+            name=name,
+            volume_id=volume_id,
+            backend=backend,
+            spec=spec,
+            claim=claim,
         )
         pvc = specs.build_pvc_spec(volume=obj, volume_id=volume_id, spec=spec)
         try:
@@ -372,6 +425,8 @@ class Reconciler:
                 namespace,
                 name,
             )
+            if claim is not None:
+                return  # the user's claim, which the PV controller binds to this PV
             self._create_or_adopt(
                 pvc,
                 self.kube.create_pvc,
@@ -408,7 +463,7 @@ class Reconciler:
                 delay=30,
             )
 
-    def _repo_stats(self, store: Store, volume_id: str) -> RepoStats:
+    def _repo_stats(self, store: Store, volume_id: str) -> _StatsMemo:
         """Content status; recomputed only when the head moved or writers may have aged out."""
         repo = Repo(store, volume_id)
         try:
@@ -418,14 +473,64 @@ class Reconciler:
             if memo is not None and memo.head == head:
                 last = memo.stats.last_commit_time
                 if memo.stats.writers_recent == 0 or last is None or time.time() - last > window:
-                    return memo.stats
-            stats = repo.stats(writers_window=window)
+                    return memo
+            memo = content_stats(repo, window)
         except errors.KvolError as exc:
             raise ReconcileError(
                 "BackendUnreachable", f"reading volume {volume_id}: {exc}", retry=classify(exc)
             ) from exc
-        self._stats[volume_id] = _StatsMemo(stats.head, stats)
-        return stats
+        self._stats[volume_id] = memo
+        return memo
+
+    # -- dynamic provisioning ------------------------------------------------------------------
+
+    def provision_claim(self, claim: Mapping[str, Any], *, deleted: bool = False) -> None:
+        """Give a pending claim of a kvol StorageClass its Volume; remove the Volume with
+        its claim (the Volume's reclaim policy, the class's, then keeps or removes the
+        data). Claims of other classes, and Volumes not made for this claim, are left alone."""
+        meta = claim["metadata"]
+        namespace, name = meta["namespace"], meta["name"]
+        class_name = (claim.get("spec") or {}).get("storageClassName")
+        if not class_name:
+            return
+        storage_class = self.kube.get_storage_class(class_name)
+        if storage_class is None or not provisioner.is_ours(storage_class):
+            return
+        volume = self.kube.get_volume(namespace, name)
+        made_for = claim_of(volume) if volume is not None else None
+        mine = made_for is not None and made_for[1] == meta["uid"]
+        if deleted or meta.get("deletionTimestamp"):
+            if volume is not None and mine and not volume["metadata"].get("deletionTimestamp"):
+                self.kube.delete_volume(namespace, name)
+                log.info("claim %s/%s deleted: deleting its Volume", namespace, name)
+            return
+        if not provisioner.wants_volume(claim):
+            return
+        if volume is not None:
+            if not mine:
+                self.emit(
+                    claim,
+                    "Warning",
+                    "ProvisioningFailed",
+                    f"a Volume named {name} exists that was not made for this claim: "
+                    "delete it or give the claim another name",
+                )
+            return
+        try:
+            body = provisioner.volume_for_claim(claim, storage_class)
+        except errors.InvalidArgument as exc:
+            self.emit(claim, "Warning", "ProvisioningFailed", str(exc))
+            return
+        try:
+            self.kube.create_volume(body)
+        except errors.Conflict:
+            return  # made meanwhile (an earlier event of the same claim)
+        self.emit(
+            claim,
+            "Normal",
+            "Provisioning",
+            f"Volume {name} created for this claim (StorageClass {class_name})",
+        )
 
     # -- deletion ---------------------------------------------------------------------------------
 

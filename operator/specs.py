@@ -53,28 +53,36 @@ def build_pv_spec(
     volume_id: str,
     backend: str,
     spec: VolumeSpec,
+    claim: tuple[str, str, str] | None = None,
 ) -> dict[str, Any]:
     """A PersistentVolume pre-bound to the Volume's claim, served by the kvol CSI driver.
 
+    ``claim`` is (name, uid, StorageClass) of the claim a Volume was provisioned for;
+    otherwise the claim is the one the operator makes, named like the Volume, of no class.
     Its reclaim policy is always Retain: the Volume's own policy is carried out by the
     operator, which knows when no pod has the volume mounted any more.
     """
+    claim_ref: dict[str, Any] = {
+        "apiVersion": "v1",
+        "kind": "PersistentVolumeClaim",
+        "namespace": namespace,
+        "name": claim[0] if claim else claim_name(name),
+    }
+    metadata: dict[str, Any] = {"name": pv_name(volume_id), "labels": _labels(namespace, name)}
+    if claim:
+        claim_ref["uid"] = claim[1]
+        metadata["annotations"] = {"pv.kubernetes.io/provisioned-by": CSI_DRIVER}
     return {
         "apiVersion": "v1",
         "kind": "PersistentVolume",
-        "metadata": {"name": pv_name(volume_id), "labels": _labels(namespace, name)},
+        "metadata": metadata,
         "spec": {
             "capacity": {"storage": spec.size},
             "accessModes": list(spec.access_modes),
             "persistentVolumeReclaimPolicy": "Retain",
-            "storageClassName": "",
+            "storageClassName": claim[2] if claim else "",
             "volumeMode": "Filesystem",
-            "claimRef": {
-                "apiVersion": "v1",
-                "kind": "PersistentVolumeClaim",
-                "namespace": namespace,
-                "name": claim_name(name),
-            },
+            "claimRef": claim_ref,
             "csi": {
                 "driver": CSI_DRIVER,
                 "volumeHandle": volume_id,
@@ -180,9 +188,11 @@ def condition(status: Mapping[str, Any], type_: str) -> Mapping[str, Any] | None
     return None
 
 
-def stats_status(stats: RepoStats) -> dict[str, Any]:
-    """The status fields that describe the volume's content."""
+def stats_status(stats: RepoStats, pods: Sequence[Mapping[str, Any]] = ()) -> dict[str, Any]:
+    """The status fields that describe the volume's content and its recent writers."""
     return {
+        # None removes the field (a merge patch): no pod committed lately.
+        "pods": [dict(p) for p in pods] or None,
         "files": stats.files,
         "bytes": stats.bytes,
         "size": human_bytes(stats.bytes),

@@ -4,6 +4,7 @@ line on stderr and an exit code (the only place the CLI translates errors)."""
 from __future__ import annotations
 
 import argparse
+import importlib
 import logging
 import os
 import sys
@@ -77,9 +78,23 @@ def _common() -> argparse.ArgumentParser:
     return common
 
 
-def build_parser() -> argparse.ArgumentParser:
-    from kvol.cli import completion, demo, volume
+#: Every command: the module that defines it and its one-line help. A module is imported
+#: only when its command runs (or for a parser of every command, as completion builds):
+#: they pull in the store and content machinery, which ``kvol --help`` does not need.
+COMMANDS: tuple[tuple[str, str, str], ...] = (
+    ("volume", "kvol.cli.volume", "manage volumes and their files"),
+    ("demo", "kvol.cli.demo", "watch two working copies share a volume"),
+    ("completion", "kvol.cli.completion", "print a shell completion script (bash, zsh, fish)"),
+)
 
+
+def build_parser(only: str | None = None, *, every: bool = True) -> argparse.ArgumentParser:
+    """The parser of the ``kvol`` command.
+
+    With ``every`` (the default) each command is defined in full. Otherwise only the
+    command ``only`` is, and the others are named with their help but accept anything:
+    enough for the top-level help and for finding which command an argument list runs.
+    """
     common = _common()
     parser = argparse.ArgumentParser(
         prog="kvol",
@@ -90,12 +105,39 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
         parents=[common],
     )
-    parser.add_argument("--version", action="version", version=f"kvol {_version()}")
+    parser.add_argument("--version", action=_Version, help="show program's version number and exit")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    volume.register(commands, common)
-    demo.register(commands, common)
-    completion.register(commands, common)
+    for name, module, help in COMMANDS:
+        if every or name == only:
+            importlib.import_module(module).register(commands, common)
+        else:
+            commands.add_parser(name, help=help, add_help=False)
     return parser
+
+
+def _command_of(argv: Sequence[str]) -> str:
+    """The command ``argv`` runs, found by the top-level parser alone (which also answers
+    ``--help`` and ``--version``, and refuses a missing or unknown command)."""
+    known, _rest = build_parser(every=False).parse_known_args(argv)
+    command: str = known.command
+    return command
+
+
+class _Version(argparse.Action):
+    """``--version``, looked up only when asked (reading package metadata costs time)."""
+
+    def __init__(self, option_strings: Sequence[str], dest: str, help: str | None = None) -> None:
+        super().__init__(option_strings, dest=argparse.SUPPRESS, nargs=0, help=help)
+
+    def __call__(
+        self,
+        parser: argparse.ArgumentParser,
+        namespace: argparse.Namespace,
+        values: object,
+        option_string: str | None = None,
+    ) -> None:
+        print(f"kvol {_version()}")
+        parser.exit()
 
 
 def _version() -> str:
@@ -108,7 +150,8 @@ def _version() -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
+    argv = sys.argv[1:] if argv is None else list(argv)
+    parser = build_parser(_command_of(argv), every=False)
     args = parser.parse_args(argv)
     debug = bool(getattr(args, "debug", False))
     logging.basicConfig(

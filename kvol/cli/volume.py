@@ -24,6 +24,7 @@ from kvol.errors import AlreadyExists, CorruptData, InvalidArgument, KvolError, 
 from kvol.model import Limits
 from kvol.progress import bar
 from kvol.repo import DEFAULT_GC_GRACE_SECONDS
+from kvol.retention import format_duration, parse_duration, prune_history, read_policy
 from kvol.store import Store, open_store
 from kvol.volume import FileEntry, FileEntryType, Volume
 
@@ -46,6 +47,17 @@ Volume paths start at the volume root: /a/b and a/b name the same file; '..' is 
 
 
 def register(commands: Any, common: argparse.ArgumentParser) -> None:
+    # Which names a command uses: the CLI's own, or a Kubernetes namespace's (the
+    # catalog scope its pods and the operator use, in the same store).
+    scoped = argparse.ArgumentParser(add_help=False)
+    scoped.add_argument_group("volume options").add_argument(
+        "-n",
+        "--namespace",
+        metavar="NAMESPACE",
+        default=argparse.SUPPRESS,
+        help="the volumes of this Kubernetes namespace, as its pods name them "
+        "(default: the CLI's own volumes)",
+    )
     volume = commands.add_parser(
         "volume",
         help="manage volumes and their files",
@@ -53,18 +65,21 @@ def register(commands: Any, common: argparse.ArgumentParser) -> None:
         "on local copies that commit and reload like a pod's mount.",
         epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
-        parents=[common],
+        parents=[common, scoped],
     )
     sub = volume.add_subparsers(dest="action", metavar="COMMAND", required=True)
 
-    def add(name: str, handler: Handler, help: str, epilog: str = "") -> argparse.ArgumentParser:
+    def add(
+        name: str, handler: Handler, help: str, epilog: str = "", *, by_name: bool = True
+    ) -> argparse.ArgumentParser:
         parser: argparse.ArgumentParser = sub.add_parser(
             name,
             help=help,
             description=help[0].upper() + help[1:] + ".",
             epilog=f"example:\n  {epilog}" if epilog else None,
             formatter_class=argparse.RawDescriptionHelpFormatter,
-            parents=[common],
+            # Commands on a working copy's directory find its volume there, not by name.
+            parents=[common, scoped] if by_name else [common],
         )
         parser.set_defaults(handler=handler)
         return parser
@@ -77,6 +92,18 @@ def register(commands: Any, common: argparse.ArgumentParser) -> None:
     p.add_argument("--limit-bytes", type=output.parse_size, metavar="SIZE", help="e.g. 100GiB")
     p.add_argument("--limit-files-per-directory", type=int, metavar="N")
     p.add_argument("--limit-file-size", type=output.parse_size, metavar="SIZE")
+    _retention_options(p)
+    p.add_argument("--json", action="store_true", help="print JSON")
+
+    p = add(
+        "retention",
+        cmd_retention,
+        "show or change which commits a volume keeps (pruned by gc)",
+        "kvol volume retention data --keep-last 5 --keep-for 7d",
+    )
+    p.add_argument("name")
+    _retention_options(p)
+    p.add_argument("--keep-all", action="store_true", help="keep every commit (the default)")
     p.add_argument("--json", action="store_true", help="print JSON")
 
     p = add("list", cmd_list, "list volumes", "kvol volume list --json")
@@ -163,16 +190,17 @@ def register(commands: Any, common: argparse.ArgumentParser) -> None:
         cmd_commit,
         "publish the changes of a working copy",
         'kvol volume commit ./work -m "nightly results"',
+        by_name=False,
     )
     p.add_argument("dir", nargs="?", default=".", help="the copy or a directory in it")
     p.add_argument("-m", "--message", help="commit message")
     p.add_argument("--json", action="store_true", help="print JSON")
 
-    p = add("reload", cmd_reload, "bring a working copy up to the newest commit")
+    p = add("reload", cmd_reload, "bring a working copy up to the newest commit", by_name=False)
     p.add_argument("dir", nargs="?", default=".", help="the copy or a directory in it")
     p.add_argument("--json", action="store_true", help="print JSON")
 
-    p = add("status", cmd_status, "show what a working copy has not committed yet")
+    p = add("status", cmd_status, "show what a working copy has not committed yet", by_name=False)
     p.add_argument("dir", nargs="?", default=".", help="the copy or a directory in it")
     p.add_argument("--json", action="store_true", help="print JSON")
 
@@ -275,8 +303,32 @@ def store_of(args: argparse.Namespace) -> Store:
     return store
 
 
+def namespace_of(args: argparse.Namespace) -> str | None:
+    namespace: str | None = getattr(args, "namespace", None)
+    return namespace
+
+
+def catalog_of(args: argparse.Namespace) -> Catalog:
+    namespace = namespace_of(args)
+    store = store_of(args)
+    return Catalog(store) if namespace is None else Catalog.for_namespace(store, namespace)
+
+
+def _retention_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--keep-last", type=int, metavar="N", help="keep the newest N commits (and prune the rest)"
+    )
+    p.add_argument(
+        "--keep-for",
+        type=parse_duration,
+        metavar="DURATION",
+        help="keep commits newer than this (e.g. 12h, 30d); with --keep-last, a commit "
+        "either keeps is kept",
+    )
+
+
 def volume_of(args: argparse.Namespace, name: str) -> Volume:
-    return Volume.from_name(name, store=store_of(args)).hydrate()
+    return Volume.from_name(name, store=store_of(args), namespace=namespace_of(args)).hydrate()
 
 
 def mount_of(directory: str) -> mounted.Mount:
@@ -318,13 +370,26 @@ def cmd_create(args: argparse.Namespace) -> int:
     store = store_of(args)
     existed = False
     try:
-        vol = Volume.create(args.name, version=args.version, limits=limits, store=store)
+        vol = Volume.create(
+            args.name,
+            version=args.version,
+            limits=limits,
+            store=store,
+            namespace=namespace_of(args),
+            keep_last=args.keep_last,
+            keep_for=args.keep_for,
+        )
     except AlreadyExists:
         if not args.allow_existing:
             raise
         # Only a volume of the version asked for will do (VersionMismatch otherwise).
         vol = Volume.create(
-            args.name, version=args.version, allow_existing=True, limits=limits, store=store
+            args.name,
+            version=args.version,
+            allow_existing=True,
+            limits=limits,
+            store=store,
+            namespace=namespace_of(args),
         )
         existed = True
     meta = vol.repo.meta
@@ -340,7 +405,7 @@ def cmd_create(args: argparse.Namespace) -> int:
 
 def cmd_list(args: argparse.Namespace) -> int:
     # A damaged volume is listed as such; it never keeps the others from being listed.
-    items = Catalog(store_of(args)).scan()
+    items = catalog_of(args).scan()
     for item in items:
         if item.problem is not None:
             warn(
@@ -348,7 +413,7 @@ def cmd_list(args: argparse.Namespace) -> int:
                 f"{item.name}' removes it"
             )
     if args.json:
-        catalog = Catalog(store_of(args))
+        catalog = catalog_of(args)
         emit_json(
             [
                 {
@@ -415,9 +480,9 @@ def cmd_info(args: argparse.Namespace) -> int:
 
 def cmd_rename(args: argparse.Namespace) -> int:
     store = store_of(args)
-    Volume.from_name(args.old, store=store).hydrate()  # NotFound before asking
+    volume_of(args, args.old)  # NotFound before asking
     output.confirm(f"Rename volume {args.old!r} to {args.new!r}?", args.yes)
-    Volume.rename(args.old, args.new, store=store)
+    Volume.rename(args.old, args.new, store=store, namespace=namespace_of(args))
     say(f"Renamed volume {args.old!r} to {args.new!r}.")
     return 0
 
@@ -426,7 +491,7 @@ def cmd_delete(args: argparse.Namespace) -> int:
     store = store_of(args)
     try:
         # Only the name must be readable: a volume with damaged metadata can go too.
-        Catalog(store).entry(args.name)
+        catalog_of(args).entry(args.name)
     except NotFound:
         if args.allow_missing:
             say(f"Volume {args.name!r} does not exist: nothing to delete.")
@@ -435,7 +500,9 @@ def cmd_delete(args: argparse.Namespace) -> int:
     except CorruptData:
         pass  # an unreadable name can still be removed
     output.confirm(f"Delete volume {args.name!r} and all its data, irreversibly?", args.yes)
-    Volume.delete(args.name, allow_missing=args.allow_missing, store=store)
+    Volume.delete(
+        args.name, allow_missing=args.allow_missing, store=store, namespace=namespace_of(args)
+    )
     say(f"Deleted volume {args.name!r}.")
     return 0
 
@@ -638,6 +705,7 @@ def cmd_history(args: argparse.Namespace) -> int:
         }
         for c in commits
     ]
+    horizon = repo.horizon()
     if args.json:
         emit_json(rows)
     elif not commits:
@@ -659,6 +727,32 @@ def cmd_history(args: argparse.Namespace) -> int:
             ],
             right=(0, 3, 4, 5),
         )
+    if horizon and not args.json:
+        say(f"Retained history begins at commit {horizon}; older commits were pruned.")
+    return 0
+
+
+def cmd_retention(args: argparse.Namespace) -> int:
+    vol = volume_of(args, args.name)
+    if args.keep_all and (args.keep_last is not None or args.keep_for is not None):
+        raise InvalidArgument("--keep-all cannot be combined with --keep-last or --keep-for")
+    if args.keep_all or args.keep_last is not None or args.keep_for is not None:
+        policy = vol.set_retention(keep_last=args.keep_last, keep_for=args.keep_for)
+    else:
+        policy = vol.retention_policy()
+    horizon = vol.repo.horizon()
+    if args.json:
+        emit_json(
+            {
+                "keep_last": policy.keep_last,
+                "keep_for_seconds": policy.keep_for_seconds,
+                "retained_from": horizon or None,
+            }
+        )
+        return 0
+    say(f"Volume {args.name!r}: {policy.describe()}.")
+    if horizon:
+        say(f"Retained history begins at commit {horizon}.")
     return 0
 
 
@@ -677,12 +771,17 @@ def cmd_restore(args: argparse.Namespace) -> int:
 def cmd_gc(args: argparse.Namespace) -> int:
     # The grace is checked by the core (a minimum, finite): one rule, one message.
     repo = volume_of(args, args.name).repo
+    # History outside the retention policy first (it keeps everything unless one is set).
+    pruned = prune_history(repo, grace_seconds=args.grace, dry_run=args.dry_run)
     report = repo.gc(grace_seconds=args.grace, dry_run=args.dry_run)
     if args.json:
         emit_json(
             {
                 "dry_run": args.dry_run,
                 "grace_seconds": args.grace,
+                "retained_from": pruned.horizon or None,
+                "entries_pruned": pruned.entries_deleted,
+                "entries_waiting": pruned.entries_waiting,
                 "objects_seen": report.objects_seen,
                 "objects_referenced": report.objects_referenced,
                 "objects_deleted": report.objects_deleted,
@@ -695,6 +794,20 @@ def cmd_gc(args: argparse.Namespace) -> int:
         )
         return 0
     verb = "Would delete" if args.dry_run else "Deleted"
+    if pruned.horizon:
+        policy = read_policy(repo.store, repo.volume_id)
+        say(
+            f"Retained history begins at commit {pruned.horizon} ({policy.describe()}); "
+            f"{'would prune' if args.dry_run else 'pruned'} "
+            f"{plural(pruned.entries_deleted, 'older commit')}"
+            + (
+                f", {pruned.entries_waiting:,} more once their grace "
+                f"({format_duration(args.grace)}) has passed"
+                if pruned.entries_waiting
+                else ""
+            )
+            + "."
+        )
     say(
         f"{verb} {plural(report.objects_deleted, 'object')} ({size(report.bytes_deleted)}) of "
         f"{report.objects_seen:,}; kept {report.objects_kept_young:,} younger than "
@@ -715,7 +828,7 @@ def cmd_fsck(args: argparse.Namespace) -> int:
         raise InvalidArgument("--repair needs a copy to repair from: --from DIR")
     if args.sources and not args.repair:
         raise InvalidArgument("--from is only used with --repair")
-    vol = Volume.from_name(args.name, store=store_of(args))
+    vol = Volume.from_name(args.name, store=store_of(args), namespace=namespace_of(args))
     with contextlib.ExitStack() as stack:
         advance: Callable[[int], None] | None = None
         shown = 0

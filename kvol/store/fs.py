@@ -187,11 +187,23 @@ class FilesystemStore(Store):
             entries = list(os.scandir(directory))
         except (FileNotFoundError, NotADirectoryError):
             return
+        # What of start_after lies below this directory. An entry whose subtree (or
+        # itself) sorts wholly before it is dropped at once: listing the end of a long log
+        # should not sort the whole directory.
+        rest = (
+            start_after[len(key_prefix) :]
+            if start_after is not None and start_after.startswith(key_prefix)
+            else None
+        )
         # Sort as the keys sort: a directory "a" holds keys "a/...", which sort after "a-b".
         keyed = []
         for entry in entries:
             if not key_prefix and entry.name == _TMP:
                 continue
+            if rest is not None:
+                below = entry.name + "/"
+                if below <= rest and not rest.startswith(below):
+                    continue
             is_dir = entry.is_dir(follow_symlinks=False)
             keyed.append((key_prefix + entry.name + ("/" if is_dir else ""), entry, is_dir))
         keyed.sort(key=lambda item: item[0])

@@ -21,6 +21,7 @@ from tests.tools import run_kubectl
 
 REPO = Path(__file__).resolve().parents[2]
 CLUSTER_DIR = Path(os.environ.get("KVOL_CLUSTER_DIR", "/var/lib/kvol-cluster"))
+CLUSTER_RUN = Path(os.environ.get("KVOL_CLUSTER_RUN", "/run/kvol-cluster"))
 RELEASE = "kvol"
 RELEASE_NAMESPACE = "kvol-system"
 DRIVER = "csi.kvol.dev"
@@ -28,6 +29,39 @@ DRIVER = "csi.kvol.dev"
 BUSYBOX = "kvol.test/busybox:1"
 KVOL_IMAGE_TAG = "dev"
 KVOL_IMAGE = f"docker.io/library/kvol:{KVOL_IMAGE_TAG}"
+#: The node's address on the cluster's bridge (hack/cluster-lib.sh): pods reach it, nothing
+#: outside the cluster's network namespace does.
+NODE_IP = "10.88.0.1"
+#: MinIO of ``hack/cluster-up.sh --minio`` (hack/cluster-lib.sh): address, bucket,
+#: and the file holding its credentials.
+MINIO_ENDPOINT = f"http://{NODE_IP}:9000"
+MINIO_BUCKET = "kvol-e2e"
+MINIO_ENV = CLUSTER_DIR / "minio.env"
+MINIO_SECRET = "kvol-minio"
+#: Values of every e2e install: the locally built image, the cluster's own directories,
+#: and short intervals so tests wait little.
+VALUES = (
+    f"image.kvol.tag={KVOL_IMAGE_TAG}",
+    "image.kvol.pullPolicy=Never",
+    f"node.kubeletDir={CLUSTER_DIR}/kubelet",
+    f"node.stateDir={CLUSTER_DIR}/kvol-state",
+    "node.autocommitSeconds=2",
+    "controller.statusIntervalSeconds=2",
+    "node.logLevel=DEBUG",
+)
+#: The store of the install, by backend: a directory on the node, or the cluster's MinIO
+#: with explicit credentials from a Secret, as users of an S3-compatible store set it.
+BACKEND_VALUES = {
+    "filesystem": (f"backend.filesystem.hostPath={CLUSTER_DIR}/store",),
+    "minio": (
+        "backend.type=s3",
+        f"backend.s3.bucket={MINIO_BUCKET}",
+        f"backend.s3.endpoint={MINIO_ENDPOINT}",
+        "backend.s3.region=us-east-1",
+        "backend.s3.pathStyle=true",
+        f"backend.s3.credentialsSecret.name={MINIO_SECRET}",
+    ),
+}
 T = TypeVar("T")
 
 
@@ -66,6 +100,47 @@ def wait_for(check: Callable[[], T | None], timeout: float, what: str, interval:
 class Cluster:
     kubectl_binary: Path = CLUSTER_DIR / "bin" / "kubectl"
     helm_binary: Path = CLUSTER_DIR / "bin" / "helm"
+    #: The backend kvol was last installed with by :meth:`install` (None: not yet).
+    backend: str | None = None
+
+    def install(self, backend: str = "filesystem", *extra_values: str) -> None:
+        """``helm upgrade --install`` of the chart with the e2e values and ``backend``'s
+        store; waits until the operator and the node plugin run. Raises SetupFailed."""
+        if backend == "minio":
+            run_script("cluster-up.sh", "--minio")  # starts only MinIO if the rest runs
+            self._minio_secret()
+        args = ["upgrade", "--install", RELEASE, str(REPO / "charts" / "kvol")]
+        args += ["--namespace", RELEASE_NAMESPACE, "--create-namespace", "--wait"]
+        args += ["--timeout", "5m"]
+        for value in (*VALUES, *BACKEND_VALUES[backend], *extra_values):
+            args += ["--set", value]
+        # The image keeps its tag across rebuilds: its digest in the pods' annotations
+        # rolls them when it changed, so a kept cluster runs the code under test.
+        digest = kvol_image_digest()
+        for component in ("controller", "node"):
+            args += ["--set-string", f"{component}.podAnnotations.kvol\\.dev/image={digest}"]
+        try:
+            self.helm(*args)
+        except SetupFailed as exc:
+            pods = self.kubectl("get", "pods", "-A", "-o", "wide", check=False).stdout
+            events = self.kubectl("get", "events", "-n", RELEASE_NAMESPACE, check=False).stdout
+            raise SetupFailed(f"{exc}\npods:\n{pods}\nevents:\n{events}") from None
+        self.backend = backend
+
+    def _minio_secret(self) -> None:
+        env = dict(line.split("=", 1) for line in MINIO_ENV.read_text().splitlines() if "=" in line)
+        self.apply(
+            {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": RELEASE_NAMESPACE}},
+            {
+                "apiVersion": "v1",
+                "kind": "Secret",
+                "metadata": {"name": MINIO_SECRET, "namespace": RELEASE_NAMESPACE},
+                "stringData": {
+                    "accessKeyId": env["MINIO_ROOT_USER"],
+                    "secretAccessKey": env["MINIO_ROOT_PASSWORD"],
+                },
+            },
+        )
 
     def kubectl(
         self, *args: str, input: str | None = None, check: bool = True, timeout: float = 120
@@ -163,6 +238,25 @@ class Cluster:
             120,
             f"Volume {namespace}/{name} to be Ready",
         )
+
+
+def kvol_image_digest() -> str:
+    """The digest of kvol's image in the node's containerd (hack/build-image.sh kvol)."""
+    socket = CLUSTER_RUN / "containerd" / "containerd.sock"
+    result = subprocess.run(
+        ["ctr", "--address", str(socket), "-n", "k8s.io", "images", "ls", f"name=={KVOL_IMAGE}"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    for line in result.stdout.splitlines()[1:]:
+        fields = line.split()
+        if fields and fields[0] == KVOL_IMAGE:
+            return fields[2]
+    raise SetupFailed(
+        f"{KVOL_IMAGE} is not in the node's containerd: run hack/build-image.sh kvol "
+        f"({result.stderr.strip()})"
+    )
 
 
 def unique(prefix: str) -> str:

@@ -1,8 +1,14 @@
 """The e2e tier: a real one-node cluster (hack/cluster-up.sh), kvol installed from its chart
 and image, and tests that act only through kubectl and pod specs.
 
+Every test runs against kvol with its store on a directory of the node; tests marked
+``@pytest.mark.backends("filesystem", "minio")`` run a second time with the store on MinIO
+(``hack/cluster-up.sh --minio``, inside the cluster's network), the chart upgraded to its s3
+backend. Tests are grouped by backend, so the install changes once.
+
 A missing part fails the tier with the script that provides it; nothing is skipped.
-Set KVOL_E2E_KEEP=1 to leave the cluster running afterwards (hack/cluster-down.sh stops it).
+Set KVOL_E2E_KEEP=1 to leave the cluster running afterwards (hack/cluster-down.sh stops it,
+MinIO included).
 """
 
 from __future__ import annotations
@@ -14,31 +20,27 @@ from collections.abc import Iterator
 
 import pytest
 
-from tests.e2e.cluster import (
-    CLUSTER_DIR,
-    KVOL_IMAGE_TAG,
-    RELEASE,
-    RELEASE_NAMESPACE,
-    REPO,
-    Cluster,
-    SetupFailed,
-    run_script,
-    unique,
-)
+from tests.e2e.cluster import Cluster, SetupFailed, run_script, unique
 from tests.tools import tool
 
-#: Values of the e2e install: the locally built image, the cluster's own directories, a
-#: filesystem store on the node, and short intervals so tests wait little.
-VALUES = (
-    f"image.kvol.tag={KVOL_IMAGE_TAG}",
-    "image.kvol.pullPolicy=Never",
-    f"node.kubeletDir={CLUSTER_DIR}/kubelet",
-    f"node.stateDir={CLUSTER_DIR}/kvol-state",
-    f"backend.filesystem.hostPath={CLUSTER_DIR}/store",
-    "node.autocommitSeconds=2",
-    "controller.statusIntervalSeconds=2",
-    "node.logLevel=DEBUG",
-)
+BACKENDS = ("filesystem", "minio")
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line(
+        "markers",
+        "backends(*names): run an e2e test once per store backend named (filesystem, minio)",
+    )
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    if "backend" in metafunc.fixturenames:
+        marker = metafunc.definition.get_closest_marker("backends")
+        names = marker.args if marker else ("filesystem",)
+        unknown = set(names) - set(BACKENDS)
+        if unknown:
+            raise ValueError(f"unknown e2e backends {sorted(unknown)}: choose from {BACKENDS}")
+        metafunc.parametrize("backend", names, indirect=True, scope="package")
 
 
 # Package scope: the cluster stops when the tier ends, not when the whole run does.
@@ -51,28 +53,32 @@ def cluster() -> Iterator[Cluster]:
         timings = [run_script("cluster-up.sh"), run_script("build-image.sh", "kvol")]
     except SetupFailed as exc:
         pytest.fail(str(exc), pytrace=False)
-    c = Cluster()
-    args = ["upgrade", "--install", RELEASE, str(REPO / "charts" / "kvol")]
-    args += ["--namespace", RELEASE_NAMESPACE, "--create-namespace", "--wait", "--timeout", "5m"]
-    for value in VALUES:
-        args += ["--set", value]
-    try:
-        c.helm(*args)
-    except SetupFailed as exc:
-        pods = c.kubectl("get", "pods", "-A", "-o", "wide", check=False).stdout
-        events = c.kubectl("get", "events", "-n", RELEASE_NAMESPACE, check=False).stdout
-        pytest.fail(f"{exc}\npods:\n{pods}\nevents:\n{events}", pytrace=False)
     print(
-        f"\ne2e cluster ready in {time.monotonic() - started:.1f}s ({'; '.join(timings)})",
+        f"\ne2e cluster up in {time.monotonic() - started:.1f}s ({'; '.join(timings)})",
         file=sys.stderr,
     )
-    yield c
+    yield Cluster()
     if os.environ.get("KVOL_E2E_KEEP") != "1":
         run_script("cluster-down.sh")
 
 
+@pytest.fixture(scope="package")
+def backend(request: pytest.FixtureRequest, cluster: Cluster) -> str:
+    """kvol installed with its store on this backend (the chart upgraded if it was on
+    another one)."""
+    name: str = request.param
+    if cluster.backend != name:
+        started = time.monotonic()
+        try:
+            cluster.install(name)
+        except SetupFailed as exc:
+            pytest.fail(str(exc), pytrace=False)
+        print(f"\nkvol installed on {name} in {time.monotonic() - started:.1f}s", file=sys.stderr)
+    return name
+
+
 @pytest.fixture
-def namespace(cluster: Cluster) -> Iterator[str]:
+def namespace(cluster: Cluster, backend: str) -> Iterator[str]:
     """A namespace of its own for one test; deleted afterwards (pods first, so they commit)."""
     name = unique("e2e")
     cluster.kubectl("create", "namespace", name)

@@ -7,6 +7,7 @@ import os
 import re
 import signal
 import subprocess
+import tempfile
 import time
 from pathlib import Path
 
@@ -14,18 +15,19 @@ import pytest
 
 from tests.e2e.cluster import (
     CLUSTER_DIR,
+    CLUSTER_RUN,
     RELEASE_NAMESPACE,
+    REPO,
     Cluster,
     pod,
-    run_script,
     unique,
     wait_for,
 )
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(900)]
 
-RUN_DIR = Path(os.environ.get("KVOL_CLUSTER_RUN", "/run/kvol-cluster"))
-#: The chart's filesystem store on the node (see conftest.VALUES).
+RUN_DIR = CLUSTER_RUN
+#: The chart's filesystem store on the node (see cluster.BACKEND_VALUES).
 STORE = CLUSTER_DIR / "store"
 
 
@@ -97,7 +99,19 @@ def test_kubelet_restarted_mid_pod_loses_nothing(cluster: Cluster, namespace: st
     pid = int((RUN_DIR / "pids" / "kubelet.pid").read_text())
     os.kill(pid, signal.SIGKILL)
     time.sleep(2)
-    run_script("cluster-up.sh")  # starts only what is missing: the kubelet
+    # Starts only what is missing, the kubelet; run as `flock LOCK hack/cluster-up.sh` runs
+    # it, with a descriptor of its caller open.
+    with tempfile.TemporaryFile() as held:
+        subprocess.run(
+            [str(REPO / "hack" / "cluster-up.sh")],
+            pass_fds=(held.fileno(),),
+            capture_output=True,
+            check=True,
+            timeout=300,
+        )
+        kubelet = int((RUN_DIR / "pids" / "kubelet.pid").read_text())
+        assert kubelet != pid
+        assert not _holds(kubelet, held.fileno()), "the kubelet kept its starter's descriptor"
     cluster.wait_pod_phase(namespace, "writer", ("Succeeded",), timeout=180)
     cluster.delete_pod(namespace, "writer")
     check = (
@@ -107,6 +121,20 @@ def test_kubelet_restarted_mid_pod_loses_nothing(cluster: Cluster, namespace: st
     cluster.apply(pod("reader", check, inline=vol), namespace=namespace)
     cluster.wait_pod_phase(namespace, "reader", ("Succeeded",))
     assert cluster.logs(namespace, "reader").strip() == "60"
+
+
+def _holds(pid: int, fd: int) -> bool:
+    """Whether process ``pid`` has the file of our ``fd`` open (a lock held through it)."""
+    ours = os.fstat(fd)
+    fds = Path(f"/proc/{pid}/fd")
+    for entry in fds.iterdir():
+        try:
+            theirs = entry.stat()
+        except OSError:
+            continue
+        if (theirs.st_dev, theirs.st_ino) == (ours.st_dev, ours.st_ino):
+            return True
+    return False
 
 
 def _store_writable(writable: bool) -> None:
@@ -139,10 +167,31 @@ def test_store_down_while_a_pod_ends_keeps_it_terminating_until_it_commits(
         )
         cluster.kubectl("delete", "pod", "writer", "-n", namespace, "--wait=false")
         # The final commit cannot land: the kubelet keeps retrying the unpublish and the pod
-        # stays, Terminating, instead of vanishing with its data.
-        time.sleep(20)
+        # stays, Terminating, instead of vanishing with its data; an event on it says why.
+        deleted = time.monotonic()
+        (event,) = wait_for(
+            lambda: [e for e in cluster.events(namespace, "writer") if "FinalCommit" in e],
+            60,
+            "a FinalCommitRetrying event on the pod",
+        )
+        assert event.startswith("FinalCommitRetrying: ")
+        assert f"final commit of kvol volume {vol!r} failed" in event
+        assert "finishes terminating once it lands" in event
+        time.sleep(max(0.0, 20 - (time.monotonic() - deleted)))
         obj = cluster.get("pod", "writer", namespace)
         assert obj is not None and obj["metadata"].get("deletionTimestamp")
+        # The kubelet retried many times meanwhile: still one event, from the node plugin.
+        retrying = cluster.kubectl(
+            "get",
+            "events",
+            "-n",
+            namespace,
+            "--field-selector",
+            "involvedObject.name=writer,reason=FinalCommitRetrying",
+            "-o",
+            "jsonpath={range .items[*]}{.type} {.source.component} {.count}{'\\n'}{end}",
+        ).stdout.split("\n")
+        assert [line for line in retrying if line] == ["Warning kvol-csi 1"]
     finally:
         _store_writable(True)
     wait_for(

@@ -11,6 +11,8 @@ import pytest
 from tests.e2e.cluster import RELEASE_NAMESPACE, Cluster, pod, unique, wait_for
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(900)]
+#: Run again with the store on MinIO (see conftest).
+ON_BOTH_STORES = pytest.mark.backends("filesystem", "minio")
 
 FILES = 60
 # One file every 0.25 s for 15 s, then exit without committing: the final commit (by
@@ -79,6 +81,7 @@ def write_through(cluster: Cluster, namespace: str, disrupt: Callable[[], None])
     assert cluster.logs(namespace, "reader").strip() == str(FILES)
 
 
+@ON_BOTH_STORES
 def test_plugin_killed_while_a_pod_writes_loses_nothing(cluster: Cluster, namespace: str) -> None:
     before = plugin(cluster)
     name = str(before["metadata"]["name"])  # type: ignore[index]

@@ -12,6 +12,8 @@ import pytest
 from tests.e2e.cluster import KVOL_IMAGE, Cluster, pod, unique, volume, wait_for
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(900)]
+#: Run again with the store on MinIO (see conftest).
+ON_BOTH_STORES = pytest.mark.backends("filesystem", "minio")
 
 INTERVAL = 2
 #: Seconds a change may take past the interval: the commit itself, one reload poll, and
@@ -71,6 +73,7 @@ def _shares_within_the_interval(
     return " ".join(found[2:])
 
 
+@ON_BOTH_STORES
 def test_running_pods_share_through_reload_with_curl(cluster: Cluster, namespace: str) -> None:
     vol = _ready_shared_volume(cluster, namespace)
     reader = pod("reader", CURL_RELOADER, inline=vol)

@@ -8,6 +8,8 @@ import pytest
 from tests.e2e.cluster import Cluster, pod, unique, wait_for
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(900)]
+#: Run again with the store on MinIO (see conftest).
+ON_BOTH_STORES = pytest.mark.backends("filesystem", "minio")
 
 
 def ready_volume(cluster: Cluster, namespace: str, **spec: object) -> str:
@@ -35,6 +37,7 @@ def read_back(cluster: Cluster, namespace: str, vol: str, script: str) -> str:
     return out
 
 
+@ON_BOTH_STORES
 def test_volume_applied_with_kubectl_becomes_ready(cluster: Cluster, namespace: str) -> None:
     name = ready_volume(cluster, namespace)
     obj = cluster.get("volumes.kvol.dev", name, namespace)
@@ -44,6 +47,7 @@ def test_volume_applied_with_kubectl_becomes_ready(cluster: Cluster, namespace: 
     assert claim["spec"]["resources"]["requests"]["storage"]
 
 
+@ON_BOTH_STORES
 def test_inline_and_claim_pods_write_distinct_files_and_both_land(
     cluster: Cluster, namespace: str
 ) -> None:
@@ -62,6 +66,7 @@ def test_inline_and_claim_pods_write_distinct_files_and_both_land(
     assert out.split() == ["from-inline", "from-claim"]
 
 
+@ON_BOTH_STORES
 def test_same_file_is_last_commit_wins(cluster: Cluster, namespace: str) -> None:
     vol = ready_volume(cluster, namespace)
     run_to_completion(cluster, namespace, pod("first", "echo first > /data/same.txt", inline=vol))
@@ -69,6 +74,7 @@ def test_same_file_is_last_commit_wins(cluster: Cluster, namespace: str) -> None
     assert read_back(cluster, namespace, vol, "cat /data/same.txt").strip() == "second"
 
 
+@ON_BOTH_STORES
 def test_pod_that_exits_without_commit_has_its_files_in_the_volume(
     cluster: Cluster, namespace: str
 ) -> None:

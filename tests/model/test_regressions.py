@@ -305,3 +305,22 @@ def test_files_of_a_directory_the_copy_made_where_its_file_was_stay(fs_env: Env)
             ("commit", {"i": 0}),
         ],
     )
+
+
+def test_a_new_local_file_with_the_bytes_another_writer_committed_is_no_change(
+    fs_env: Env,
+) -> None:
+    # Copy 0 writes "a/a" with the bytes copy 1 commits there. After copy 0's reload the
+    # file is the volume's, so a later deletion by another writer is not undone by copy 0.
+    replay(
+        fs_env,
+        [
+            ("write", {"i": 1, "path": "a/a", "tag": 1, "large": False}),
+            ("write", {"i": 0, "path": "a/a", "tag": 1, "large": False}),
+            ("commit", {"i": 1}),
+            ("reload", {"i": 0}),
+            ("sdk_rm", {"chosen": "a/a"}),
+            ("commit", {"i": 0}),
+            ("reload", {"i": 0}),
+        ],
+    )

@@ -337,9 +337,17 @@ class Operator(Process):
         *,
         status_interval: float = 1.0,
         kubeconfig: Path | None = None,
+        kubeconfig_env: bool = True,
         **flags: str,
     ) -> None:
         kubeconfig = kubeconfig or cluster.kubeconfig
+        # Short leases: a test that kills an operator waits this long for the next one.
+        flags = {
+            "leader_elect_lease_duration": "4",
+            "leader_elect_renew_deadline": "3",
+            "leader_elect_retry_period": "0.5",
+            **flags,
+        }
         self.metrics_port = free_port()
         self.liveness_port = free_port()
         argv = [
@@ -357,12 +365,10 @@ class Operator(Process):
             "--log-format=plain",
             *(f"--{k.replace('_', '-')}={v}" for k, v in flags.items()),
         ]
-        env = {
-            **os.environ,
-            "PYTHONSAFEPATH": "1",
-            "PYTHONUNBUFFERED": "1",
-            "KUBECONFIG": str(kubeconfig),
-        }
+        env = {**os.environ, "PYTHONSAFEPATH": "1", "PYTHONUNBUFFERED": "1"}
+        env.pop("KUBECONFIG", None)
+        if kubeconfig_env:
+            env["KUBECONFIG"] = str(kubeconfig)
         directory.mkdir(parents=True, exist_ok=True)
         super().__init__("kvol-operator", argv, directory / "operator.log", env)
 

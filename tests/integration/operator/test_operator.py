@@ -535,6 +535,32 @@ def test_operator_works_with_the_shipped_rbac_only(
         assert ("Normal", "Provisioned") in events(cluster, namespace, "rbac")
         cluster.kubectl("delete", "volume", "-n", namespace, "rbac", "--timeout=30s")
         assert not Repo(FilesystemStore(default_store), volume["status"]["volumeId"]).exists()
+        # Provisioning: it reads the StorageClass, makes the claim's Volume and deletes it
+        # with the claim.
+        storage_class = f"kvol-rbac-{namespace}"
+        cluster.kubectl(
+            "apply",
+            "-f",
+            "-",
+            input=f"""
+apiVersion: storage.k8s.io/v1
+kind: StorageClass
+metadata: {{name: {storage_class}}}
+provisioner: csi.kvol.dev
+---
+apiVersion: v1
+kind: PersistentVolumeClaim
+metadata: {{name: claimed, namespace: {namespace}}}
+spec:
+  storageClassName: {storage_class}
+  accessModes: [ReadWriteMany]
+  resources: {{requests: {{storage: 1Gi}}}}
+""",
+        )
+        wait_ready(cluster, namespace, "claimed")
+        assert ("Normal", "Provisioning") in events(cluster, namespace, "claimed")
+        cluster.kubectl("delete", "pvc", "-n", namespace, "claimed", "--wait=false")
+        wait_gone(cluster, "volume", "-n", namespace, "claimed")
         log = op.log_tail(1000)
         assert "Forbidden" not in log and " 403" not in log, log
     finally:

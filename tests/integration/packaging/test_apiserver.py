@@ -128,6 +128,11 @@ def test_helm_install_upgrade_uninstall(cluster: Cluster) -> None:
     assert daemonset["spec"]["template"]["spec"]["containers"][0]["name"] == "driver"
     assert cluster.get_json("csidriver", "csi.kvol.dev")["spec"]["podInfoOnMount"] is True
     assert cluster.get_json("volumebackend", "default")["spec"]["default"] is True
+    # The stored operator runs as root, to write the root-owned filesystem store: 0 and
+    # false survive values, template and API server alike.
+    stored = cluster.get_json("deployment", "kvol-controller", "-n", NAMESPACE)
+    context = stored["spec"]["template"]["spec"]["securityContext"]
+    assert (context["runAsUser"], context["runAsGroup"], context["runAsNonRoot"]) == (0, 0, False)
     run_helm(
         cluster,
         "upgrade",
@@ -147,3 +152,29 @@ def test_helm_install_upgrade_uninstall(cluster: Cluster) -> None:
     assert cluster.get_json("daemonset", "kvol-node", "-n", NAMESPACE) is None
     # CRDs stay (Helm never deletes what crds/ installed): volumes outlive the release.
     assert cluster.get_json("crd", "volumes.kvol.dev") is not None
+
+
+def test_helm_install_refuses_values_the_schema_forbids(cluster: Cluster) -> None:
+    """A typo fails the install with the key it is about, and nothing is installed."""
+    for value, where in (("node.layout=bogus", "/node/layout"), ("node.layuot=plain", "/node")):
+        result = subprocess.run(
+            [
+                helm(),
+                f"--kubeconfig={cluster.kubeconfig}",
+                "install",
+                "typo",
+                str(CHART),
+                "--namespace",
+                NAMESPACE,
+                "--set",
+                value,
+            ],
+            capture_output=True,
+            text=True,
+            timeout=180,
+        )
+        assert result.returncode != 0
+        assert "values don't meet the specifications of the schema" in result.stderr
+        assert f"at '{where}'" in result.stderr, result.stderr
+    releases = run_helm(cluster, "list", "--all", "--namespace", NAMESPACE, "--short")
+    assert "typo" not in releases.stdout.split()

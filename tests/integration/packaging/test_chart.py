@@ -44,6 +44,7 @@ EVERYTHING_ON = (
     "metrics.service.enabled=true",
     "metrics.serviceMonitor.enabled=true",
     "dashboard.enabled=true",
+    "metrics.prometheusRule.enabled=true",
 )
 
 
@@ -71,8 +72,9 @@ def test_default_render_has_every_component(default_objects: list[Obj]) -> None:
     kinds = sorted(o["kind"] for o in default_objects)
     assert kinds == sorted(
         ["ServiceAccount"] * 2
-        + ["ClusterRole", "ClusterRoleBinding"]
-        + ["Deployment", "DaemonSet", "CSIDriver", "VolumeBackend"]
+        + ["ClusterRole", "ClusterRoleBinding"] * 2
+        + ["Role", "RoleBinding"]
+        + ["Deployment", "DaemonSet", "CSIDriver", "VolumeBackend", "StorageClass"]
     )
     # Optional parts are off by default.
     assert not by_kind(default_objects, "Service")
@@ -345,12 +347,12 @@ def test_s3_backend_and_credentials() -> None:
 @pytest.mark.parametrize(
     ("sets", "message"),
     [
-        (("backend.type=nfs",), "backend.type must be filesystem or s3"),
+        (("backend.type=nfs",), "at '/backend/type': value must be one of 'filesystem', 's3'"),
         (("backend.type=s3",), "backend.s3.bucket is required"),
         (("metrics.serviceMonitor.enabled=true",), "needs metrics.service.enabled"),
         (("serviceAccount.create=false",), "serviceAccount.controller.name is required"),
         (("backend.create=false",), "node.storeURL is required when backend.create is false"),
-        (("node.registration=both",), "node.registration must be builtin or sidecar"),
+        (("node.registration=both",), "at '/node/registration': value must be one of"),
     ],
 )
 def test_bad_values_are_refused_with_a_message(sets: tuple[str, ...], message: str) -> None:
@@ -372,19 +374,30 @@ def test_toggles() -> None:
         b["metadata"]["name"]: b["subjects"][0]["name"]
         for b in by_kind(objects, "ClusterRoleBinding")
     }
-    assert subjects == {"kvol-controller": "ops-sa"}
+    assert subjects == {"kvol-controller": "ops-sa", "kvol-node": "node-sa"}
     objects = render("backend.create=false", "csiDriver.create=false", "node.storeURL=s3://b/p")
     assert not by_kind(objects, "VolumeBackend") and not by_kind(objects, "CSIDriver")
     driver = container(one(objects, "DaemonSet")["spec"]["template"]["spec"], "driver")
     assert "--store=s3://b/p" in driver["args"]
 
 
-def test_node_plugin_needs_no_api_access(default_objects: list[Obj]) -> None:
-    """The plugin finds volumes in the store's catalog: it gets no role and no token."""
+def test_node_plugin_may_only_post_events(default_objects: list[Obj]) -> None:
+    """The plugin finds volumes in the store's catalog: its token only posts events on
+    pods whose final commit waits."""
     spec = one(default_objects, "DaemonSet")["spec"]["template"]["spec"]
-    assert spec["automountServiceAccountToken"] is False
-    for binding in by_kind(default_objects, "ClusterRoleBinding"):
-        assert all(s["name"] != spec["serviceAccountName"] for s in binding["subjects"])
+    assert spec["automountServiceAccountToken"] is True
+    bound = [
+        b["roleRef"]["name"]
+        for b in by_kind(default_objects, "ClusterRoleBinding")
+        if any(s["name"] == spec["serviceAccountName"] for s in b["subjects"])
+    ]
+    assert len(bound) == 1
+    (role,) = [
+        r for r in by_kind(default_objects, "ClusterRole") if r["metadata"]["name"] == bound[0]
+    ]
+    assert role["rules"] == [
+        {"apiGroups": ["", "events.k8s.io"], "resources": ["events"], "verbs": ["create", "patch"]}
+    ]
 
 
 def test_metrics_services_and_monitors(all_objects: list[Obj]) -> None:
@@ -396,6 +409,8 @@ def test_metrics_services_and_monitors(all_objects: list[Obj]) -> None:
     for monitor in by_kind(all_objects, "ServiceMonitor"):
         assert monitor["apiVersion"] == "monitoring.coreos.com/v1"
         assert monitor["spec"]["endpoints"][0]["port"] == "metrics"
+        # Per-volume series keep their Volume's namespace label.
+        assert monitor["spec"]["endpoints"][0]["honorLabels"] is True
     # The named port the Services target exists on the pods.
     for _, spec in pod_specs(all_objects):
         assert "metrics" in {p["name"] for p in spec["containers"][0]["ports"]}
@@ -404,7 +419,7 @@ def test_metrics_services_and_monitors(all_objects: list[Obj]) -> None:
 def test_dashboard_configmap_holds_the_dashboard(all_objects: list[Obj]) -> None:
     configmap = one(all_objects, "ConfigMap")
     assert configmap["metadata"]["labels"]["grafana_dashboard"] == "1"
-    shipped = json.loads((REPO / "dashboards" / "kvol.json").read_text())
+    shipped = json.loads((CHART / "dashboards" / "kvol.json").read_text())
     assert json.loads(configmap["data"]["kvol.json"]) == shipped
 
 
@@ -416,16 +431,7 @@ def test_chart_crds_are_the_generated_crds() -> None:
     )
     in_chart = sorted(p.name for p in (CHART / "crds").iterdir())
     assert generated and in_chart == generated, "run hack/gen_manifests.py"
-    for name in generated:
-        link = CHART / "crds" / name
-        # One source: the chart links to the generated file, it does not copy it.
-        assert link.is_symlink(), (
-            f"charts/kvol/crds/{name} must be a link: run hack/gen_manifests.py"
-        )
-        assert link.resolve() == (REPO / "manifests" / "crds" / name).resolve()
-    dashboard = CHART / "dashboards" / "kvol.json"
-    assert dashboard.is_symlink()
-    assert dashboard.resolve() == (REPO / "dashboards" / "kvol.json").resolve()
+    # Byte for byte (test_chart_values.py): the chart's copies are generated, never edited.
     objects = render(include_crds=True)
     crds = by_kind(objects, "CustomResourceDefinition")
     assert {o["metadata"]["name"] for o in crds} == {"volumes.kvol.dev", "volumebackends.kvol.dev"}
@@ -434,7 +440,7 @@ def test_chart_crds_are_the_generated_crds() -> None:
         assert crd == yaml.safe_load(source.read_text())
 
 
-def test_packaged_chart_carries_the_linked_files(tmp_path: Path) -> None:
+def test_packaged_chart_carries_the_crds(tmp_path: Path) -> None:
     run_helm("package", str(CHART), "--destination", str(tmp_path))
     (archive,) = tmp_path.glob("kvol-*.tgz")
     with tarfile.open(archive) as tar:

@@ -142,8 +142,9 @@ def test_build_stage_makes_a_wheel_with_both_components(tmp_path: Path) -> None:
     assert "kvol/csi/proto/csi_pb2.py" in names and "kvol/csi/proto/csi_pb2_grpc.py" in names
     assert not any(n.startswith(("operator/", "csi/")) for n in names)
     scripts = dict(entry_points["console_scripts"])
-    assert scripts["kvol-operator"] == "kvol.operator.main:main"
-    assert scripts["kvol-csi"] == "kvol.csi.main:main"
+    # The two components start through a guard that names a missing extra.
+    assert scripts["kvol-operator"] == "kvol.entrypoints:operator"
+    assert scripts["kvol-csi"] == "kvol.entrypoints:csi"
     assert scripts["kvol"] == "kvol.cli.main:main"
     # The modules the console scripts name are in the wheel.
     for target in scripts.values():

@@ -86,8 +86,11 @@ def test_stats_status() -> None:
         "headSeq": 7,
         "lastCommitTime": "1970-01-01T00:00:00Z",
         "writers": 2,
+        "pods": None,
     }
     assert specs.stats_status(RepoStats(0, 0, 0, None, 0))["lastCommitTime"] is None
+    pods = [{"name": "a", "lastCommit": 7, "baseSeq": 7}]
+    assert specs.stats_status(RepoStats(3, 0, 7, 0.0, 1), pods)["pods"] == pods
 
 
 def test_human_bytes() -> None:

@@ -1,4 +1,5 @@
-"""dashboards/kvol.json: valid Grafana JSON whose every query names a metric kvol exports."""
+"""The chart's Grafana dashboard: valid JSON, every panel has a query, every query names a
+metric kvol exports, and the per-volume panels follow the `namespace` and `volume` variables."""
 
 from __future__ import annotations
 
@@ -6,14 +7,18 @@ import importlib
 import json
 import re
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
 from prometheus_client import REGISTRY
+from prometheus_client.metrics_core import Metric
 
+from kvol import metrics
 from tests.tools import REPO
 
-DASHBOARD = REPO / "dashboards" / "kvol.json"
+CHART = REPO / "charts" / "kvol"
+DASHBOARD = CHART / "dashboards" / "kvol.json"
 #: The CSI convention's histogram; the plugin exports it under this exact name.
 CSI_OPERATIONS = "csi_plugin_operations_seconds"
 #: Functions, keywords and aggregation operators of PromQL that look like identifiers.
@@ -22,6 +27,7 @@ PROMQL_WORDS = {
     "rate",
     "irate",
     "increase",
+    "deriv",
     "histogram_quantile",
     "by",
     "without",
@@ -37,18 +43,42 @@ PROMQL_WORDS = {
     "group_left",
     "offset",
 }
-
+#: Labels a series may carry. Per-volume ones name the Volume (bounded by the number of
+#: Volumes); nothing may name a path, a pod, a volume id or a commit.
+ALLOWED_LABELS = {
+    "result",
+    "store",
+    "operation",
+    "kind",
+    "handler",
+    "reason",
+    "phase",
+    "namespace",
+    "volume",
+    "le",
+    "driver_name",
+    "method_name",
+    "grpc_status_code",
+}
 
 #: Importing these registers the core's and the operator's metrics with prometheus_client.
 METRIC_MODULES = ("kvol.metrics", "kvol.operator.metrics")
 
 
-def exported_series() -> set[str]:
-    """Every series name kvol's processes can expose (counters as _total, histograms' parts)."""
+def families(tmp: Path) -> list[Metric]:
+    """Every metric family kvol's processes can expose, the node's per-volume ones included
+    (a node collector of its own, fed one copy, so the shared one is left alone)."""
     for module in METRIC_MODULES:
         importlib.import_module(module)
+    node = metrics.NodeCollector()
+    node.watch(tmp, lambda: [metrics.CopySample("ns", "vol", False, 1, False, 3)])
+    return [*REGISTRY.collect(), *node.collect()]
+
+
+def exported_series(tmp: Path) -> set[str]:
+    """Every series name kvol's processes can expose (counters as _total, histograms' parts)."""
     names = {f"{CSI_OPERATIONS}_{part}" for part in ("bucket", "count", "sum")}
-    for family in REGISTRY.collect():
+    for family in families(tmp):
         if family.type == "counter":
             names.add(f"{family.name}_total")
         elif family.type == "histogram":
@@ -58,10 +88,14 @@ def exported_series() -> set[str]:
     return names
 
 
-@pytest.fixture(scope="module")
-def dashboard() -> dict[str, Any]:
+def load() -> dict[str, Any]:
     loaded: dict[str, Any] = json.loads(DASHBOARD.read_text())
     return loaded
+
+
+@pytest.fixture(scope="module")
+def dashboard() -> dict[str, Any]:
+    return load()
 
 
 def panels(dashboard: dict[str, Any]) -> Iterator[dict[str, Any]]:
@@ -88,6 +122,15 @@ def metric_names(expr: str) -> set[str]:
     return words - PROMQL_WORDS
 
 
+def test_the_chart_holds_the_dashboard_itself() -> None:
+    # A link out of the chart makes every helm command warn and GitOps tools refuse it.
+    assert DASHBOARD.is_file() and not DASHBOARD.is_symlink()
+    assert not (REPO / "dashboards").exists(), "the chart's copy is the only dashboard"
+    assert (
+        '.Files.Get "dashboards/kvol.json"' in (CHART / "templates" / "dashboard.yaml").read_text()
+    )
+
+
 def test_is_a_grafana_dashboard(dashboard: dict[str, Any]) -> None:
     assert dashboard["uid"] and dashboard["title"] == "kvol"
     assert isinstance(dashboard["schemaVersion"], int)
@@ -104,6 +147,7 @@ def test_is_a_grafana_dashboard(dashboard: dict[str, Any]) -> None:
         assert panel["datasource"]["uid"] == "${datasource}", panel["title"]
         refs = [t["refId"] for t in panel["targets"]]
         assert refs and len(refs) == len(set(refs)), panel["title"]
+        assert all(t["expr"].strip() for t in panel["targets"]), f"{panel['title']}: no query"
         assert panel.get("description"), f"panel {panel['title']!r} needs a description"
 
 
@@ -117,12 +161,12 @@ def test_panels_do_not_overlap(dashboard: dict[str, Any]) -> None:
                 cells[(x, y)] = panel["title"]
 
 
-def test_every_queried_metric_is_exported(dashboard: dict[str, Any]) -> None:
-    exported = exported_series()
+def test_every_queried_metric_is_exported(dashboard: dict[str, Any], tmp_path: Path) -> None:
+    exported = exported_series(tmp_path)
     queried: set[str] = set()
     for title, expr in queries(dashboard):
         assert expr.count("(") == expr.count(")"), f"{title}: unbalanced parentheses in {expr}"
-        assert "[$__rate_interval]" in expr or "rate(" not in expr, f"{title}: {expr}"
+        assert "[$__rate_interval]" in expr or "[" not in expr, f"{title}: {expr}"
         names = metric_names(expr)
         assert names, f"{title}: no metric in {expr}"
         unknown = names - exported
@@ -130,6 +174,49 @@ def test_every_queried_metric_is_exported(dashboard: dict[str, Any]) -> None:
         queried |= names
     # The parse above is strict enough to catch a misspelt name: it must see real ones.
     assert "kvol_commit_duration_seconds_bucket" in queried
+
+
+def test_volume_variables_select_the_per_volume_panels(dashboard: dict[str, Any]) -> None:
+    variables = {v["name"]: v for v in dashboard["templating"]["list"]}
+    for name in ("namespace", "volume"):
+        var = variables[name]
+        assert var["type"] == "query" and var["datasource"]["uid"] == "${datasource}"
+        assert var["includeAll"] and var["multi"] and var["allValue"] == ".*"
+        assert re.fullmatch(
+            rf"label_values\(kvol_operator_volume_phase.*, {name}\)", var["definition"]
+        )
+        assert var["query"]["query"] == var["definition"]
+    # Volumes listed are those of the chosen namespaces.
+    assert 'namespace=~"$namespace"' in variables["volume"]["definition"]
+    per_volume = [(title, expr) for title, expr in queries(dashboard) if "kvol_volume_" in expr] + [
+        (t, e) for t, e in queries(dashboard) if "kvol_operator_volume_phase" in e
+    ]
+    assert len(per_volume) >= 6
+    for title, expr in per_volume:
+        assert 'namespace=~"$namespace", volume=~"$volume"' in expr, title
+        assert re.search(r"by \(namespace, volume[,)]", expr), f"{title}: one series per volume"
+    joined = "\n".join(expr for _, expr in per_volume)
+    for metric in (
+        "kvol_volume_writers",
+        "kvol_volume_readers",
+        "kvol_volume_uncommitted_bytes",
+        "kvol_volume_commit_failing",
+        "kvol_volume_base_seq",
+        "kvol_operator_volume_phase",
+    ):
+        assert metric in joined, metric
+
+
+def test_labels_are_bounded_by_the_number_of_volumes(tmp_path: Path) -> None:
+    seen: set[str] = set()
+    for family in families(tmp_path):
+        if not family.name.startswith("kvol_"):
+            continue  # the client library's own process and Python metrics
+        for sample in family.samples:
+            seen |= set(sample.labels)
+    unbounded = seen - ALLOWED_LABELS
+    assert not unbounded, f"labels {sorted(unbounded)} are not bounded by the number of volumes"
+    assert {"namespace", "volume"} <= seen
 
 
 def test_covers_what_operators_need(dashboard: dict[str, Any]) -> None:
@@ -143,6 +230,7 @@ def test_covers_what_operators_need(dashboard: dict[str, Any]) -> None:
     assert "rate(kvol_commits_total" in joined
     assert "kvol_writers" in joined
     assert "kvol_uncommitted_bytes" in joined
+    assert "kvol_node_state_avail_bytes" in joined
     assert re.search(r"sum by \(result\) \(rate\(kvol_store_requests_total", joined)
     assert f"{CSI_OPERATIONS}_count" in joined and f"{CSI_OPERATIONS}_bucket" in joined
     assert "kvol_operator_reconciles_total" in joined
