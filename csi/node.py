@@ -258,6 +258,7 @@ class NodeService:
             self._janitor.start()
 
     def _janitor_loop(self) -> None:
+        _ = self.lowers.cache.size  # read the cache from disk once, for its metrics
         while not self._janitor_stop.is_set():
             try:
                 self.tidy()
@@ -277,31 +278,45 @@ class NodeService:
         now = time.time() if now is None else now
         doomed: list[Path] = []
         with self._lowers_lock:
+            was = self.state.warm()
+            warm = self._revise_warm(now)
             used = {p.lower for p in self.state.all()}
-            for key in self._revise_warm(now):
+            for key in was:
                 lower = self._lower_of(key)
-                if lower is not None and key not in used and self._superseded(lower):
+                if lower is None or key in used:
+                    continue
+                if key not in warm or self._superseded(lower):
+                    self.state.revise_warm({key: (warm[key], None)} if key in warm else {})
                     doomed += self._detach(lower)
         for path in doomed:
             self.lowers.discard(path)
+        tried: set[str] = set()
         while self.lowers.cache.trim() > 0:
             with self._lowers_lock:
                 used = {p.lower for p in self.state.all()}
                 idle = sorted(
-                    (until, key) for key, until in self.state.warm().items() if key not in used
+                    (until, key)
+                    for key, until in self.state.warm().items()
+                    if key not in used and key not in tried
                 )
-                lower = next(filter(None, (self._lower_of(k) for _, k in idle)), None)
-                if lower is None:
+                if not idle:
                     return  # what is left is in use
-                log.info("dropped warm snapshot %s: the content cache is full", lower.key)
+                key = idle[0][1]
+                tried.add(key)
+                lower = self._lower_of(key)
+                self.state.revise_warm({key: (idle[0][0], None)})
+                if lower is None:
+                    continue
+                log.info("dropped warm snapshot %s: the content cache is over its limit", key)
                 doomed = self._detach(lower)
             for path in doomed:
                 self.lowers.discard(path)
 
     def _revise_warm(self, now: float) -> dict[str, float]:
         """The warm snapshots still warm at ``now``; the others are forgotten (under the
-        lowers lock; the caller drops their snapshots). A deadline further away than the
-        keep-warm time (the setting was lowered, or the clock went back) is brought in."""
+        lowers lock; the caller drops their snapshots if no copy uses them). A deadline
+        further away than the keep-warm time (the setting was lowered, or the clock went
+        back) is brought in."""
         keep = self.config.keep_warm_seconds
         changes: dict[str, tuple[float, float | None]] = {}
         warm: dict[str, float] = {}
@@ -313,12 +328,6 @@ class NodeService:
                 changes[key] = (until, now + keep)
             warm[key] = min(until, now + keep)
         self.state.revise_warm(changes)
-        used = {p.lower for p in self.state.all()}
-        for key, (_, new) in changes.items():
-            lower = self._lower_of(key)
-            if new is None and lower is not None and key not in used:
-                for path in self._detach(lower):
-                    self.lowers.discard(path)
         return warm
 
     def _lower_of(self, key: str) -> Lower | None:

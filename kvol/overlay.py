@@ -30,7 +30,14 @@ from kvol.errors import CorruptData, InvalidArgument, KvolError
 from kvol.index import Index, IndexEntry, Signature
 from kvol.model import FileRecord, State
 from kvol.repo import Repo
-from kvol.workcopy import CONFIG_FILE, DEFAULT_CONCURRENCY, INDEX_FILE, ScanResult, WorkingCopy
+from kvol.workcopy import (
+    CONFIG_FILE,
+    DEFAULT_CONCURRENCY,
+    INDEX_FILE,
+    ReloadResult,
+    ScanResult,
+    WorkingCopy,
+)
 
 # -- mount primitives -----------------------------------------------------------------
 
@@ -417,6 +424,7 @@ class ContentCache:
             else:
                 entries[name] = size
                 self._bytes += size
+            self._dirty = True  # a new entry no build holds may be evicted
             metrics.NODE_CACHE_BYTES.set(self._bytes)
 
     def _ensure_scanned(self) -> OrderedDict[str, int]:
@@ -591,7 +599,7 @@ class Lowers:
         self, repo: Repo, seq: int, concurrency: int = 8, *, group: int | None = None
     ) -> Lower:
         """The snapshot of ``repo`` at ``seq``, built unless it exists. With ``group``, the
-        snapshot of copies published for that mount group (see :meth:`_materialize`)."""
+        snapshot of copies published for that mount group (see :meth:`_materialize_for_group`)."""
         family = lower_family(repo.volume_id, group)
         key = f"{family}/{seq}"
         with self._lock:
@@ -761,6 +769,8 @@ class OverlayWorkingCopy(WorkingCopy):
     lower_dirs: frozenset[str]
     #: Paths never committed (mount points of control sockets inside the copy).
     excluded: frozenset[str]
+    #: The mount group whose members write this view (None: root's view, as committed).
+    group: int | None = None
 
     @classmethod
     def mount(
@@ -818,6 +828,7 @@ class OverlayWorkingCopy(WorkingCopy):
         template = lowers.template(lower)
         wc.lower_files, wc.lower_dirs = template.files, template.dirs
         wc.excluded = excluded
+        wc.group = group
         # Pods see this mount through bind mounts in their own namespaces: find their
         # open files by device, not by path.
         wc.busy_device = os.stat(merged).st_dev
@@ -825,6 +836,56 @@ class OverlayWorkingCopy(WorkingCopy):
 
     def unmount(self) -> None:
         unmount(self.root)
+
+    # -- a mount group's view ----------------------------------------------------------------
+
+    def _view_mode(self, mode: int) -> int:
+        # Files a reload writes look like the snapshot's: writable by the group.
+        return fsops.safe_mode(mode) if self.group is None else group_mode(mode)
+
+    def reload(self) -> ReloadResult:
+        result = super().reload()
+        if self.group is not None:
+            self._open_new_dirs_to_group(self.group)
+        return result
+
+    def _open_new_dirs_to_group(self, group: int) -> None:
+        """Directories a reload made (root's, of the group by their setgid parent) made
+        writable by the group like the snapshot's. Only the upper layer can hold new ones:
+        it is walked, never the volume; what a pod made keeps the modes it gave it."""
+        root_fd = fsops.open_root(str(self.root))
+        try:
+            stack = [(str(self.upper), "")]
+            while stack:
+                directory, prefix = stack.pop()
+                try:
+                    entries = [e for e in os.scandir(directory) if e.is_dir(follow_symlinks=False)]
+                except (FileNotFoundError, NotADirectoryError):
+                    continue
+                for entry in entries:
+                    rel = prefix + entry.name
+                    if rel in self.excluded or (not prefix and entry.name == paths.RESERVED):
+                        continue
+                    stack.append((entry.path, rel + "/"))
+                    try:
+                        st = entry.stat(follow_symlinks=False)
+                    except FileNotFoundError:
+                        continue
+                    if st.st_uid != 0 or st.st_gid != group:
+                        continue
+                    if stat.S_IMODE(st.st_mode) == GROUP_DIR_MODE:
+                        continue
+                    try:
+                        # Through the mounted view, never into the layer while mounted.
+                        fd = fsops.open_dir(root_fd, rel)
+                    except (FileNotFoundError, NotADirectoryError):
+                        continue
+                    try:
+                        os.fchmod(fd, GROUP_DIR_MODE)
+                    finally:
+                        os.close(fd)
+        finally:
+            os.close(root_fd)
 
     # -- change detection: the upper layer only ------------------------------------------
 

@@ -329,7 +329,6 @@ class Repo:
         *,
         known_head: int = 0,
         writer: Writer | None = None,
-        read_at: int | None = None,
     ) -> int:
         """Publish one entry after ``base``; returns the seq it landed at. ``writer``:
         who the entry names (by default this process).
@@ -341,9 +340,8 @@ class Repo:
         Raises StoreBehind if that position is not in the store: the caller has seen
         commits the store lost, and an entry after them would be invisible behind a gap.
 
-        ``read_at``: the oldest commit the operations reuse content from, when older than
-        ``base`` (a restore). Raises StaleBase if that or ``base`` is before the pruning
-        horizon: the stale-writer guard (docs/data-safety.md, Retention).
+        Raises StaleBase if ``base`` is before the pruning horizon: the stale-writer guard
+        (docs/data-safety.md, Retention).
         """
         entry = Entry(tuple(ops), time.time(), writer or this_writer(), base, message)
         start = max(base, known_head)
@@ -359,9 +357,8 @@ class Repo:
         # Stale-writer guard, checked as late as the renewal below: content this entry
         # reuses from the state at its base is kept until at least a grace period after
         # a horizon passes that base (kvol.retention), far longer than a publish takes.
-        oldest = base if read_at is None else min(base, read_at)
-        if oldest < self.horizon():
-            raise self._stale_base(oldest)
+        if base < self.horizon():
+            raise self._stale_base(base)
         # Just before publishing: whatever this commit stored or reused long ago is dated
         # anew, so collection cannot take it before the entry lands (kvol.content).
         content.renew_before_publish(self.store, objects)
@@ -535,7 +532,16 @@ class Repo:
         for path, record in sorted(target.files.items()):
             if head.files.get(path) != record:
                 ops.append(PutOp(path, record))
-        return self.publish(ops, head.seq, message or f"restore of commit {seq}", read_at=seq)
+        # The records restored come from commit ``seq``: the stale-writer guard applies to
+        # it as to a base, checked as late (nothing is uploaded in between).
+        horizon = self.horizon()
+        if seq < horizon:
+            raise HistoryPruned(
+                f"commit {seq} of volume {self.volume_id} was pruned by its retention "
+                f"policy while it was being restored: retained history begins at commit "
+                f"{horizon}; nothing was published"
+            )
+        return self.publish(ops, head.seq, message or f"restore of commit {seq}")
 
     def stats(self, writers_window: float = 300.0) -> RepoStats:
         state = self.state()

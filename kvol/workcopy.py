@@ -520,8 +520,8 @@ class WorkingCopy:
                 continue
             # Only permission bits are published: set-id and sticky bits are never applied
             # by a copy (see fsops.safe_mode), so they are not recorded either.
-            mode = fsops.safe_mode(st.st_mode)
             entry = index.files.get(rel)
+            mode = self._committed_mode(st.st_mode, entry.record if entry is not None else None)
             if (
                 entry is not None
                 and entry.record is not None
@@ -1068,6 +1068,18 @@ class WorkingCopy:
         self._save_index()
         self._drop_journal()
 
+    def _view_mode(self, mode: int) -> int:
+        """The permission bits a file the volume has with ``mode`` gets in this copy."""
+        return fsops.safe_mode(mode)
+
+    def _committed_mode(self, st_mode: int, record: FileRecord | None) -> int:
+        """The mode a commit records for a file with ``st_mode`` that the volume had as
+        ``record``: one still showing the view of the record's mode keeps the record's."""
+        mode = fsops.safe_mode(st_mode)
+        if record is not None and mode == self._view_mode(record.mode):
+            return fsops.safe_mode(record.mode)
+        return mode
+
     def _holds(self, root_fd: int, rel: str, record: FileRecord) -> os.stat_result | None:
         """The stat of the file at ``rel`` if it holds exactly ``record``'s content and mode,
         unchanged while it was read; else None."""
@@ -1077,7 +1089,7 @@ class WorkingCopy:
             return None
         try:
             before = os.fstat(fd)
-            if before.st_size != record.size or fsops.safe_mode(before.st_mode) != fsops.safe_mode(
+            if before.st_size != record.size or fsops.safe_mode(before.st_mode) != self._view_mode(
                 record.mode
             ):
                 return None
@@ -1293,7 +1305,7 @@ class WorkingCopy:
                 staging.fd,
                 name,
                 lambda fd: reader.write_to(record, fd),
-                mode=record.mode,
+                mode=self._view_mode(record.mode),
                 mtime_ns=record.mtime_ns,
             )
             staging.files[rel] = (name, st)
@@ -1381,7 +1393,7 @@ class WorkingCopy:
             return False
         if entry.is_clean(st):
             return True
-        if st.st_size != record.size or fsops.safe_mode(st.st_mode) != fsops.safe_mode(record.mode):
+        if st.st_size != record.size or fsops.safe_mode(st.st_mode) != self._view_mode(record.mode):
             return False
         fd = fsops.open_file(root_fd, rel)
         try:
@@ -1409,7 +1421,7 @@ class WorkingCopy:
                     root_fd,
                     rel,
                     lambda fd: reader.write_to(record, fd),
-                    mode=record.mode,
+                    mode=self._view_mode(record.mode),
                     mtime_ns=record.mtime_ns,
                 )
             except NotADirectoryError:

@@ -222,7 +222,7 @@ def register(commands: Any, common: argparse.ArgumentParser) -> None:
     p = add(
         "gc",
         cmd_gc,
-        "delete stored content no commit refers to",
+        "prune history outside the retention policy, delete content no commit refers to",
         "kvol volume gc data --dry-run",
     )
     p.epilog = (p.epilog or "") + GC_EPILOG.format(
@@ -290,6 +290,10 @@ commit is about to publish is always younger than {minimum:g}s. Shorter values (
 values that are not finite numbers) are refused with exit code 2. gc refuses to run
 (exit 8) on a log with a gap. On S3, run it while no commit of the volume runs: S3 has
 no conditional delete (see docs/data-safety.md).
+
+With a retention policy (kvol volume retention), gc first prunes the commits outside it:
+retained history then begins at the oldest kept commit, and the pruned commits and the
+content only they named are deleted by the first gc a grace period later.
 """
 
 # -- helpers ----------------------------------------------------------------------------------

@@ -655,6 +655,111 @@ class Gc(Scenario):
         _check_restore(check, repo, ctx, 1, first, "fsck after restore")
 
 
+def pruned_version(k: int, long: bool) -> Tree:
+    """Commit ``k`` of the prune scenario: the base tree, the commit's changes, then a
+    chunked file rewritten at each commit from the third on."""
+    if k == 1:
+        return base_tree(long)
+    t = commit_changes(base_tree(long), long)
+    if k >= 3:
+        t.files["ver.bin"] = _bytes(500 + k, 2 * CHUNK + k)
+    return t
+
+
+def _age_volume(store: Store, volume_id: str, seconds: float) -> None:
+    """Every object of the volume ``seconds`` old to the store's clock (filesystem store:
+    elsewhere objects keep their age, and only the horizon moves)."""
+    if isinstance(store, FilesystemStore):
+        then = int((time.time() - seconds) * 1e9)
+        for directory, _, names in os.walk(store.root / "volumes" / volume_id):
+            for name in names:
+                os.utime(os.path.join(directory, name), ns=(then, then))
+
+
+class Prune(Scenario):
+    """``kvol volume gc`` of a volume with a retention policy: prune (checkpoint at the
+    cutoff, horizon, deletion of what is before a horizon older than the grace), then
+    collection. A copy based on a commit the prune passes holds an uncommitted change."""
+
+    name = "prune"
+    #: Commits of the volume; an earlier prune kept the last 4 (horizon 3), this one
+    #: keeps the last 2 (horizon 5).
+    COMMITS = 6
+
+    def setup(self, ctx: Ctx) -> Any:
+        from kvol.retention import RetentionPolicy, prune_history, write_policy
+
+        store = ctx.open_store()
+        repo = new_volume(store)
+        w = ctx.dir / "w"
+        commit_tree(repo, w, pruned_version(1, ctx.long), 0).close(final_commit=False)
+        for k in range(2, self.COMMITS + 1):
+            commit_tree(repo, w, pruned_version(k, ctx.long), k).close(final_commit=False)
+            if k == 3:
+                stale = WorkingCopy.create(repo, ctx.dir / "s" / "root", ctx.dir / "s" / "meta")
+                stale.close(final_commit=False)
+        write_tree(
+            ctx.dir / "s" / "root",
+            merge(pruned_version(3, ctx.long), Tree({"s-local.txt": b"not committed\n"})),
+            stamp=20,
+        )
+        prune_history(repo, RetentionPolicy(keep_last=4))
+        _age_volume(store, repo.volume_id, 7200)
+        write_policy(store, repo.volume_id, RetentionPolicy(keep_last=2))
+        ctx.save(volume=repo.volume_id)
+        return repo
+
+    def op(self, ctx: Ctx, prepared: Any) -> None:
+        from kvol.retention import prune_history
+
+        prune_history(prepared)
+        prepared.gc()
+
+    def _kept_read_the_same(self, check: Checker, repo: Repo, ctx: Ctx, when: str) -> None:
+        from kvol.errors import HistoryPruned
+
+        with check.step(f"read the kept commits {when}"):
+            horizon = repo.horizon()
+            check.expect(horizon in (3, 5), f"retained history begins at {horizon}")
+            for seq in range(3, self.COMMITS + 1):
+                want = pruned_version(seq, ctx.long)
+                try:
+                    got = state_tree(repo, seq)
+                except HistoryPruned:
+                    check.expect(seq < horizon, f"commit {seq} pruned, horizon {horizon}")
+                    continue
+                check.expect(got.files == want.files, f"commit {seq}: {diff(got, want)}")
+
+    def oracle(self, ctx: Ctx, check: Checker) -> None:
+        from kvol.errors import StaleBase
+        from kvol.retention import prune_history
+
+        last = pruned_version(self.COMMITS, ctx.long)
+        store, repo = _check_crashed(check, ctx, last, last)
+        self._kept_read_the_same(check, repo, ctx, "after the crash")
+        with check.step("gc again"):
+            prune_history(repo)
+            repo.gc()
+            check.expect(repo.horizon() == 5, f"horizon {repo.horizon()} after gc again")
+            check.fsck(repo, "after gc again")
+        self._kept_read_the_same(check, repo, ctx, "after gc again")
+        with check.step("the stale copy reloads, keeping its change, and commits"):
+            wc = open_copy(ctx, store, "s")
+            try:
+                wc.commit("from a pruned base")
+                check.expect(False, "a copy based on a pruned commit published")
+            except StaleBase:
+                pass
+            wc.reload()
+            want = merge(last, Tree({"s-local.txt": b"not committed\n"}))
+            check.equal(read_tree(wc.root), want, "the stale copy after reloading")
+            wc.commit("after reloading")
+            wc.close(final_commit=False)
+            check.equal(volume_tree(repo, ctx.dir), want, "the volume after its commit")
+            check.fsck(repo, "after the stale copy's commit")
+        _check_restore(check, repo, ctx, 5, pruned_version(5, ctx.long), "fsck after restore")
+
+
 # -- the CSI node service -------------------------------------------------------------------------
 
 
@@ -855,6 +960,7 @@ SCENARIOS: dict[str, Scenario] = {
         SdkRemove(),
         Restore(),
         Gc(),
+        Prune(),
         NodePublish(),
         NodeUnpublish(),
         SplitPublish(),

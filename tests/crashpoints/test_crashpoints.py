@@ -31,6 +31,7 @@ PLAN: list[tuple[str, str | None, int | None, int]] = [
     ("rm-r", None, None, 6),
     ("restore", None, None, 6),
     ("gc", None, None, 6),
+    ("prune", None, None, 6),
     ("publish", "overlay", 40, 6),
     ("publish", "plain", 25, 0),
     ("unpublish", "overlay", None, 10),

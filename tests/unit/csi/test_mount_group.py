@@ -150,6 +150,9 @@ def test_mount_group_member_creates_edits_and_deletes(
         "made/deep.txt",
     }
     assert stat.S_IMODE(state.files["new.txt"].mode) == 0o600
+    # Edited in place, old.txt keeps its committed mode: the group bits the view added
+    # are not published.
+    assert stat.S_IMODE(state.files["old.txt"].mode) == 0o644
     # A root pod (no mount group) sees the results, with the modes the member set.
     reader = publish(node, tmp_path)
     assert (reader / "old.txt").read_text() == "old\nmore\n"
@@ -190,6 +193,27 @@ def test_a_group_snapshot_reuses_the_previous_ones_files(
     assert as_member(later, "echo x >> sub/kept.txt").returncode == 0
     for t in (keep, later):
         unpublish(node, t)
+
+
+def test_files_and_directories_a_reload_brings_are_writable_by_the_group(
+    node: NodeService, repo: Repo, tmp_path: Path
+) -> None:
+    first = publish(node, tmp_path, group=str(GROUP))  # keeps the group's snapshot
+    writer = WorkingCopy.create(repo, tmp_path / "w", tmp_path / "w-meta")
+    (writer.root / "fresh").mkdir()
+    (writer.root / "fresh" / "new.txt").write_text("new\n")
+    writer.commit()
+    writer.close(final_commit=False)
+    # Published on the same snapshot, the commit after it is reloaded into the view.
+    later = publish(node, tmp_path, group=str(GROUP))
+    assert node._live[str(later)].pub.lower == node._live[str(first)].pub.lower
+    done = as_member(later, "echo more >> fresh/new.txt && echo mine > fresh/mine.txt")
+    assert done.returncode == 0, done.stderr
+    unpublish(node, later)
+    unpublish(node, first)
+    state = repo.state()
+    assert set(state.files) >= {"fresh/new.txt", "fresh/mine.txt"}
+    assert stat.S_IMODE(state.files["fresh/new.txt"].mode) == 0o644
 
 
 def test_a_mount_group_that_is_not_a_number_is_refused(node: NodeService, tmp_path: Path) -> None:
