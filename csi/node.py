@@ -40,7 +40,7 @@ from kvol.csi.mounts import LiveMount, MountError
 from kvol.csi.proto import csi_pb2
 from kvol.csi.resolver import Resolver
 from kvol.csi.state import TEARING_DOWN, Publication, StateFile
-from kvol.errors import CorruptData, InvalidArgument, KvolError
+from kvol.errors import CorruptData, InvalidArgument, KvolError, StaleBase
 from kvol.overlay import (
     GROUP_DIR_MODE,
     ContentCache,
@@ -656,7 +656,14 @@ class NodeService:
             return None
         seq = None
         for _ in range(FINAL_COMMIT_ATTEMPTS):
-            result = live.wc.commit()
+            try:
+                result = live.wc.commit()
+            except StaleBase:
+                # The volume's retained history now begins after this copy's base. The
+                # pod is gone, so nobody sees its files change: bring the copy up to date
+                # (a reload keeps its changes) and publish them on top of the head.
+                live.wc.reload()
+                result = live.wc.commit()
             seq = result.seq if result.seq is not None else seq
             if not result.deferred:
                 return seq
