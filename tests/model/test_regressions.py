@@ -324,3 +324,46 @@ def test_a_new_local_file_with_the_bytes_another_writer_committed_is_no_change(
             ("reload", {"i": 0}),
         ],
     )
+
+
+def test_directories_hidden_by_a_local_file_survive_its_deletion(fs_env: Env) -> None:
+    # Copy 0's local file "b" stands where copy 2 committed directories "b" and "b/a".
+    # Copy 0 never had them: deleting its file must not remove them from the volume.
+    replay(
+        fs_env,
+        [
+            ("write", {"i": 2, "path": "b", "tag": 0, "large": False}),
+            ("commit", {"i": 2}),
+            ("mkdir", {"i": 2, "path": "b/a"}),
+            ("write", {"i": 0, "path": "a/a/a", "tag": 5, "large": False}),
+            ("sdk_rm", {"chosen": "b"}),
+            ("commit", {"i": 0}),
+            ("rename", {"i": 0, "chosen": "a/a/a", "dst": "b"}),
+            ("commit", {"i": 2}),
+            ("reload", {"i": 0}),
+            ("delete", {"i": 0, "chosen": "b"}),
+            ("commit", {"i": 0}),
+            ("reload", {"i": 0}),
+        ],
+    )
+
+
+def test_a_directory_the_copy_emptied_is_kept_where_another_writer_put_a_file(
+    fs_env: Env,
+) -> None:
+    # Copy 2 empties directory "a" (its own change); copy 0 commits a file "a". The
+    # reload keeps the local directory, as it keeps any local change over a newer file.
+    replay(
+        fs_env,
+        [
+            ("sdk_put", {"paths": {"a/a", "b"}, "tag": 0, "large": False}),
+            ("reload", {"i": 2}),
+            ("rename", {"i": 2, "chosen": "a", "dst": "b"}),
+            ("delete", {"i": 2, "chosen": "b/a"}),
+            ("rename", {"i": 2, "chosen": "b", "dst": "a"}),
+            ("write", {"i": 0, "path": "a", "tag": 0, "large": False}),
+            ("commit", {"i": 0}),
+            ("reload", {"i": 2}),
+            ("commit", {"i": 2}),
+        ],
+    )
