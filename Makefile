@@ -9,10 +9,9 @@ demo:
 	hack/setup-venv.sh
 	.venv/bin/kvol demo
 
-# Install every test dependency (Python packages, Go-built tools) and run all tests (the
-# e2e tier beside the others: hack/run-tests.sh).
+# Install every test dependency (Python packages, Go-built tools) and run all tests.
 test: test-deps lint
-	hack/run-tests.sh
+	.venv/bin/python -m pytest -ra tests
 
 test-deps:
 	hack/setup-venv.sh test

@@ -1191,6 +1191,8 @@ class WorkingCopy:
                 if _under_any(rel, blocked):
                     continue
                 st = fsops.lstat(root_fd, rel)
+                if st is None and rel in index.dirs:
+                    continue  # removed here and not committed: the removal is the last write
                 if st is not None and not stat.S_ISDIR(st.st_mode):
                     entry = index.files.get(rel)
                     if entry is not None and self._is_clean(root_fd, rel, entry, st):

@@ -367,3 +367,20 @@ def test_a_directory_the_copy_emptied_is_kept_where_another_writer_put_a_file(
             ("commit", {"i": 2}),
         ],
     )
+
+
+def test_a_directory_removed_here_stays_removed_when_a_reload_touches_it(fs_env: Env) -> None:
+    # Copy 1's commit (made directories "b", "b/a") landed after someone else's, so its
+    # base stayed behind; the user then removes "b". The reload that brings both commits
+    # must not make "b" again: the removal is the copy's newer change.
+    replay(
+        fs_env,
+        [
+            ("sdk_put", {"paths": {"b"}, "tag": 0, "large": False}),
+            ("write", {"i": 1, "path": "b/a/b", "tag": 0, "large": False}),
+            ("commit", {"i": 1}),
+            ("delete", {"i": 1, "chosen": "b"}),
+            ("reload", {"i": 1}),
+            ("commit", {"i": 1}),
+        ],
+    )
