@@ -9,9 +9,10 @@ demo:
 	hack/setup-venv.sh
 	.venv/bin/kvol demo
 
-# Install every test dependency (Python packages, Go-built tools) and run all tests.
+# Install every test dependency (Python packages, Go-built tools) and run all tests (the
+# unit tests at the declared minimum versions beside the e2e tier: hack/run-tests.sh).
 test: test-deps lint
-	.venv/bin/python -m pytest -ra tests
+	hack/run-tests.sh
 
 test-deps:
 	hack/setup-venv.sh test

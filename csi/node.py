@@ -91,9 +91,8 @@ class NodeConfig:
     layout: str = "auto"
     max_volumes_per_node: int = 0
     #: Seconds a volume's snapshot stays on the node after its last copy here went, for
-    #: the next pod of the volume (0: dropped with the last copy). Off by default until
-    #: a pod-after-pod visibility failure seen once in the e2e tier is explained.
-    keep_warm_seconds: float = 0.0
+    #: the next pod of the volume (0: dropped with the last copy).
+    keep_warm_seconds: float = 600.0
     #: Size the node's content cache is trimmed to, least recently used first (0: none).
     cache_max_bytes: int = 10 << 30
 

@@ -242,3 +242,34 @@ def _delete_before(repo: Repo, prefix: str, limit: int) -> int:
     for seq in seqs:
         repo.store.delete(prefix + seq_name(seq))
     return len(seqs)
+
+
+@dataclass(frozen=True)
+class StorageUsage:
+    #: Bytes of content the head refers to, each stored piece counted once.
+    head_bytes: int
+    #: Bytes of content objects (blobs and packs) the store holds for the volume.
+    stored_bytes: int
+
+    @property
+    def history_bytes(self) -> int:
+        """What the store holds beyond the head: kept history (and not yet collected
+        content of pruned or failed commits)."""
+        return max(0, self.stored_bytes - self.head_bytes)
+
+
+def storage_usage(repo: Repo) -> StorageUsage:
+    """The volume's head against its stored content. Lists every content object of the
+    volume: meant for a periodic pass (the operator's, after pruning), not a hot path."""
+    state = repo.state()
+    pieces = {
+        (part.kind, part.obj, part.offset, part.length)
+        for record in state.files.values()
+        for part in record.parts
+    }
+    stored = sum(
+        info.size
+        for prefix in (repo.keys.blob_prefix, repo.keys.pack_prefix)
+        for info in repo.store.list(prefix)
+    )
+    return StorageUsage(sum(piece[3] for piece in pieces), stored)

@@ -874,12 +874,18 @@ class WorkingCopy:
     def _reload_locked(self) -> ReloadResult:
         base = self.index.base
         first = self.repo.read_entry(base + 1)
-        # Files of the volume a local file kept out before: written now if they can be.
+        # Files and directories of the volume a local file kept out before: written now if
+        # they can be.
         touched = {
             p
             for p, e in self.index.files.items()
             if e.stat_key is None and e.has_record and not os.path.lexists(self.root / p)
         }
+        touched.update(
+            d
+            for d in self.index.explicit_dirs - self.index.dirs
+            if not os.path.lexists(self.root / d)
+        )
         pruned = False
         if first is None:
             # "Already up to date" only if the store still holds what this copy has seen.
@@ -1140,17 +1146,22 @@ class WorkingCopy:
             # A directory the volume held only by its files goes with its last file; one
             # this copy had already emptied itself (and kept) stays: that is its own change,
             # which its next commit publishes as a directory (see _dirs_left_empty).
+            near = touched | {a for rel in touched for a in paths.ancestors(rel)}
+            emptied_here = {
+                d
+                for d in near
+                if d in index.dirs
+                and d not in index.explicit_dirs
+                and d not in index.files
+                and fsops.is_empty_dir(root_fd, d)
+            }
             vanished = {
                 a
                 for rel in touched
                 for a in paths.ancestors(rel)
                 if a in index.dirs and a not in all_dirs
             }
-            vanished -= {
-                d
-                for d in vanished
-                if d not in index.explicit_dirs and fsops.is_empty_dir(root_fd, d)
-            }
+            vanished -= emptied_here
             # Deletions, deepest first, so directories are empty when their turn comes.
             for rel in sorted(touched, reverse=True):
                 if rel in view.files or rel in all_dirs:
@@ -1180,6 +1191,8 @@ class WorkingCopy:
                 if _under_any(rel, blocked):
                     continue
                 st = fsops.lstat(root_fd, rel)
+                if st is None and rel in index.dirs:
+                    continue  # removed here and not committed: the removal is the last write
                 if st is not None and not stat.S_ISDIR(st.st_mode):
                     entry = index.files.get(rel)
                     if entry is not None and self._is_clean(root_fd, rel, entry, st):
@@ -1203,7 +1216,10 @@ class WorkingCopy:
                 except NotADirectoryError:
                     blocked.add(rel)  # a kept local file above it
             known_dirs = index.dirs
-            index.dirs = all_dirs
+            # Directories of the volume under a local file kept in their way are not here:
+            # this copy never had them, so its commits must not remove them (they stay on
+            # record as the volume's, and a later reload makes them once the file goes).
+            index.dirs = {d for d in all_dirs if d not in blocked and not _under_any(d, blocked)}
             index.explicit_dirs = set(view.dirs)
 
             to_write: list[str] = []
@@ -1220,6 +1236,7 @@ class WorkingCopy:
                     st is not None
                     and stat.S_ISDIR(st.st_mode)
                     and rel in known_dirs
+                    and rel not in emptied_here
                     and fsops.remove_empty_dir(root_fd, rel)
                 ):
                     # A directory of the volume, emptied above, that a file replaced.

@@ -38,6 +38,8 @@ CATEGORY = "kvol-all"
 MAX_VOLUME_NAME = 63
 
 _QUANTITY_PATTERN = r"^[0-9]+(\.[0-9]+)?(Ki|Mi|Gi|Ti|Pi|Ei|k|M|G|T|P|E)?$"
+#: A duration as kvol.retention.parse_duration reads it: seconds, or s, m, h, d or w.
+_DURATION_PATTERN = r"^[0-9]+(\.[0-9]+)?[smhdw]?$"
 _NAME_PATTERN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$"
 
 
@@ -81,6 +83,40 @@ def _conditions() -> Schema:
                 "lastTransitionTime": {"type": "string", "format": "date-time"},
                 "observedGeneration": {"type": "integer", "format": "int64", "minimum": 0},
             },
+        },
+    }
+
+
+def _retention_status() -> Schema:
+    def count(description: str) -> Schema:
+        return {"type": "integer", "format": "int64", "minimum": 0, "description": description}
+
+    return {
+        "type": "object",
+        "description": "The operator's last retention pass over the volume (every prune "
+        "interval, and at once when spec.retention changes).",
+        "properties": {
+            "policy": {"type": "string", "description": "The policy applied, for people."},
+            "horizon": count(
+                "Where retained history begins: the oldest commit kept (0: nothing pruned)."
+            ),
+            "lastRun": {
+                "type": "string",
+                "format": "date-time",
+                "description": "When the pass ran: prune and garbage collection with a policy, "
+                "measurement alone without.",
+            },
+            "prunedCommits": count("Commits that pass deleted (outside the policy for a grace)."),
+            "waitingCommits": count(
+                "Commits before the horizon still stored: a later pass deletes them once "
+                "their grace has passed."
+            ),
+            "bytesFreed": count("Bytes of content that pass deleted."),
+            "headBytes": count("Bytes of content the head refers to."),
+            "storedBytes": count(
+                "Bytes of content stored for the volume; above headBytes by the history kept."
+            ),
+            "error": {"type": "string", "description": "Why the last pass failed, if it did."},
         },
     }
 
@@ -201,6 +237,23 @@ def volume_crd() -> dict[str, Any]:
                 "description": "Capacity shown on the PersistentVolume and its claim; kvol enforces "
                 "limits, not this.",
             },
+            "retention": {
+                "type": "object",
+                "description": "Which commits the volume keeps: the last keepLast and/or those "
+                "newer than keepFor (a commit either keeps is kept; the head always is). The "
+                "operator prunes the others, and garbage-collects what only they referred to, "
+                "on its prune schedule. Absent or empty: every commit is kept.",
+                "properties": {
+                    "keepLast": _count("Keep the newest this many commits."),
+                    "keepFor": {
+                        "type": "string",
+                        "maxLength": 32,
+                        "pattern": _DURATION_PATTERN,
+                        "description": "Keep commits newer than this: seconds, or a number "
+                        "with s, m, h, d or w (30d).",
+                    },
+                },
+            },
         },
         "x-kubernetes-validations": [
             {
@@ -255,6 +308,7 @@ def volume_crd() -> dict[str, Any]:
                     },
                 },
             },
+            "retention": _retention_status(),
             "observedGeneration": {"type": "integer", "format": "int64"},
             "message": {"type": "string"},
             "conditions": _conditions(),

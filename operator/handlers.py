@@ -203,6 +203,21 @@ def register(registry: kopf.OperatorRegistry, config: OperatorConfig) -> None:
         # Timers have no retry count: a failed pass is retried at the next interval.
         run_reconcile("Volume", "status", interval, lambda: rec().refresh_volume(body))
 
+    if config.settings.prune_interval > 0:
+        # Checked every status interval against status.retention, in memory; a pass
+        # (prune, collection, measurement) runs only when one is due.
+        @kopf.timer(
+            *volumes,
+            id="retention",
+            interval=min(interval, config.settings.prune_interval),
+            initial_delay=spread,
+            registry=registry,
+        )
+        def volume_retention(body: kopf.Body, **_: Any) -> None:
+            if "reconciler" not in state or not rec().retention_due(body):
+                return
+            run_reconcile("Volume", "retention", interval, lambda: rec().retention_pass(body))
+
     @kopf.on.delete(*volumes, id="delete", registry=registry)
     def volume_delete(body: kopf.Body, retry: int, **_: Any) -> None:
         run_reconcile(

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import http.server
 import logging
+import math
 import os
 import secrets
 import signal
@@ -24,6 +25,8 @@ _DESCRIPTION = """\
 Reconcile kvol Volumes (kvol.dev/v1alpha1, namespaced) and VolumeBackends
 (cluster-scoped) into their stores: a volume id and metadata in the backend, a
 PersistentVolume and claim for pods, and a status kept true by a periodic pass.
+Every --prune-interval, history outside a Volume's spec.retention is pruned and
+garbage-collected, and its stored bytes measured (status.retention).
 
 commands:
   run     run the operator (the default when no command is given)
@@ -71,6 +74,15 @@ def _run_parser() -> argparse.ArgumentParser:
         default=10.0,
         metavar="SECONDS",
         help="seconds between the periodic passes that refresh each object's status (default 10)",
+    )
+    parser.add_argument(
+        "--prune-interval",
+        type=float,
+        default=3600.0,
+        metavar="SECONDS",
+        help="seconds between the retention passes over each Volume: history outside its "
+        "spec.retention pruned and garbage-collected as by `kvol volume gc`, and its stored "
+        "bytes measured; 0 turns them off (default 3600)",
     )
     parser.add_argument(
         "--max-backoff",
@@ -156,6 +168,13 @@ def run(argv: list[str]) -> int:
     from kvol.operator import handlers
     from kvol.operator.kube import Kube, load_config
 
+    if not math.isfinite(args.prune_interval) or args.prune_interval < 0:
+        print(
+            f"kvol-operator: --prune-interval must be 0 (off) or more seconds, "
+            f"not {args.prune_interval:g}",
+            file=sys.stderr,
+        )
+        return 2
     try:
         timing = LeaseTiming(
             lease_duration=args.leader_elect_lease_duration,
@@ -170,7 +189,9 @@ def run(argv: list[str]) -> int:
     api = load_config(args.kubeconfig)
     config = OperatorConfig(
         settings=Settings(
-            operator_namespace=args.operator_namespace, status_interval=args.status_interval
+            operator_namespace=args.operator_namespace,
+            status_interval=args.status_interval,
+            prune_interval=args.prune_interval,
         ),
         kubeconfig=args.kubeconfig,
         api=api,

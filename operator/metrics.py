@@ -1,9 +1,11 @@
 """The operator's own metrics (the core's kvol_store_* metrics are exported beside them).
 
 Labels name a resource kind, a handler and a result, never an object, except
-``kvol_operator_volume_phase``, which names each Volume by namespace and name: bounded by the
+``kvol_operator_volume_phase`` and the storage gauges ``kvol_volume_head_bytes`` and
+``kvol_volume_stored_bytes``, which name each Volume by namespace and name: bounded by the
 number of Volumes, like the kubelet's per-claim volume stats. Volumes by phase are counted
-when scraped, from the phases the operator last wrote.
+when scraped, from the phases the operator last wrote; the storage gauges show what the
+last retention pass measured (a scrape never reads the store).
 """
 
 from __future__ import annotations
@@ -89,3 +91,47 @@ class PhaseTracker(Collector):
 
 VOLUME_PHASES = PhaseTracker()
 REGISTRY.register(VOLUME_PHASES)
+
+
+class StorageTracker(Collector):
+    """Each Volume's content bytes as its last retention pass measured them (only the
+    leader runs passes, so only it exports these): ``kvol_volume_head_bytes`` (what the
+    head refers to) and ``kvol_volume_stored_bytes`` (what the store holds for the volume;
+    the difference is the history kept)."""
+
+    def __init__(self) -> None:
+        self._volumes: dict[str, tuple[str, str, int, int]] = {}
+        self._lock = threading.Lock()
+
+    def set(self, uid: str, namespace: str, name: str, head_bytes: int, stored_bytes: int) -> None:
+        with self._lock:
+            self._volumes[uid] = (namespace, name, head_bytes, stored_bytes)
+
+    def forget(self, uid: str) -> None:
+        with self._lock:
+            self._volumes.pop(uid, None)
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        head = GaugeMetricFamily(
+            "kvol_volume_head_bytes",
+            "Bytes of content the Volume's newest commit refers to (each stored piece once), "
+            "as of the operator's last retention pass.",
+            labels=["namespace", "volume"],
+        )
+        stored = GaugeMetricFamily(
+            "kvol_volume_stored_bytes",
+            "Bytes of content the store holds for the Volume, as of the operator's last "
+            "retention pass: above kvol_volume_head_bytes by the history kept.",
+            labels=["namespace", "volume"],
+        )
+        with self._lock:
+            volumes = sorted(self._volumes.values())
+        for namespace, name, head_bytes, stored_bytes in volumes:
+            head.add_metric([namespace, name], head_bytes)
+            stored.add_metric([namespace, name], stored_bytes)
+        yield head
+        yield stored
+
+
+VOLUME_STORAGE = StorageTracker()
+REGISTRY.register(VOLUME_STORAGE)

@@ -11,6 +11,7 @@ writes only what changed, and posts an Event whenever a condition or the phase c
 
 from __future__ import annotations
 
+import datetime as dt
 import logging
 import threading
 import time
@@ -27,7 +28,15 @@ from kvol.operator.kube import Kube
 from kvol.operator.provisioner import claim_of
 from kvol.operator.registry import Backend, Backends
 from kvol.operator.resources import MANAGED_BY, VOLUME_LABEL, VolumeSpec
-from kvol.repo import Repo, RepoStats, new_volume_id
+from kvol.repo import DEFAULT_GC_GRACE_SECONDS, Repo, RepoStats, new_volume_id
+from kvol.retention import (
+    PruneReport,
+    RetentionPolicy,
+    prune_history,
+    read_policy,
+    storage_usage,
+    write_policy,
+)
 from kvol.store import Store
 from kvol.volume_settings import VolumeSettings, write_settings
 
@@ -74,6 +83,11 @@ class Settings:
     in_use_retry: float = 5.0
     #: Window in which a writer counts as recent (status.writers).
     writers_window: float = 300.0
+    #: Seconds between retention passes over each Volume (prune and garbage collection
+    #: with a policy, storage measured either way); 0 turns them off.
+    prune_interval: float = 3600.0
+    #: The garbage collection grace of those passes (as ``kvol volume gc --grace``).
+    gc_grace: float = DEFAULT_GC_GRACE_SECONDS
 
 
 class KeyedLocks:
@@ -202,6 +216,7 @@ class Reconciler:
             if volume_id:
                 self._stats.pop(volume_id, None)
         metrics.VOLUME_PHASES.forget(uid)
+        metrics.VOLUME_STORAGE.forget(uid)
 
     def volumes_on(self, backend: str) -> int:
         with self._guard:
@@ -271,6 +286,7 @@ class Reconciler:
             )
         # Before the name exists: no pod can mount the volume without its settings.
         self._write_settings(store, volume_id, spec)
+        self._write_retention(store, volume_id, spec)
         self._create_in_store(store, namespace, name, spec, volume_id)
         self._ensure_pv_and_claim(obj, spec, volume_id, backend.name)
         stats = self._repo_stats(store, volume_id)
@@ -324,6 +340,92 @@ class Reconciler:
                 ],
             )
 
+    # -- retention -------------------------------------------------------------------------
+
+    def retention_due(self, body: Mapping[str, Any], now: float | None = None) -> bool:
+        """Whether a Ready Volume's retention pass is due: a prune interval after the last
+        one (status.retention.lastRun, so a restarted operator keeps the schedule), or at
+        once when spec.retention names another policy than the last pass applied. Reads
+        nothing but the object and what the operator last wrote."""
+        interval = self.settings.prune_interval
+        meta = body["metadata"]
+        status = self._current(body)
+        if interval <= 0 or meta.get("deletionTimestamp"):
+            return False
+        if status.get("phase") != "Ready" or not status.get("volumeId"):
+            return False
+        last = status.get("retention") or {}
+        ran = _parse_time(last.get("lastRun"))
+        if ran is None:
+            return True
+        try:
+            wanted = VolumeSpec.parse(body.get("spec") or {}).retention_policy.describe()
+            if wanted != last.get("policy"):
+                return True
+        except errors.InvalidArgument:
+            pass  # the apply handler reports it; the schedule goes on
+        return (time.time() if now is None else now) >= ran + interval
+
+    def retention_pass(self, body: Mapping[str, Any]) -> Obj | None:
+        """Prune history outside the volume's policy, then garbage-collect, as ``kvol
+        volume gc`` does (neither runs for a volume that keeps every commit and was never
+        pruned), and measure what the head refers to against what is stored. The policy
+        is spec.retention's, written to the store first if it is not there yet. Reported
+        in status.retention, in the storage gauges, and by an Event when it deleted
+        anything.
+
+        Runs under the Volume's lock: a long collection delays that Volume's other
+        reconciliations, never another's. Only the leader runs handlers at all, and a
+        leader that loses its Lease stops at once; a pass cut short is safe (every prune
+        and collection step is), the next one finishes it.
+        """
+        meta = body["metadata"]
+        namespace, name = meta["namespace"], meta["name"]
+        with self.locks.hold(f"{namespace}/{name}"):
+            if not self.retention_due(body):
+                return None  # another pass ran while this one waited
+            status = self._current(body)
+            try:
+                spec = VolumeSpec.parse(body.get("spec") or {})
+            except errors.InvalidArgument:
+                return None  # the apply handler reports it
+            volume_id = status["volumeId"]
+            backend = self._backend(status.get("backend") or "")
+            store = self._reachable(backend)
+            self._write_retention(store, volume_id, spec)
+            repo = Repo(store, volume_id)
+            last = status.get("retention") or {}
+            policy = spec.retention_policy
+            try:
+                pruned: PruneReport | None = None
+                freed = 0
+                if not policy.keeps_everything or repo.horizon():
+                    pruned = prune_history(repo, policy, grace_seconds=self.settings.gc_grace)
+                    freed = repo.gc(grace_seconds=self.settings.gc_grace).bytes_deleted
+                usage = storage_usage(repo)
+            except errors.KvolError as exc:
+                retry = classify(exc)
+                message = f"retention pass over volume {volume_id}: {exc}"
+                report: Obj = {**last, "error": message}
+                if not retry:  # it fails the same way until something changes: next interval
+                    report.update(lastRun=specs.now_rfc3339(), policy=policy.describe())
+                if last.get("error") != message:
+                    metrics.EVENTS.labels("Volume", "PruneFailed").inc()
+                    self.emit(body, "Warning", "PruneFailed", message)
+                with suppress(errors.KvolError):
+                    self._write(body, {"retention": report})
+                raise ReconcileError("PruneFailed", message, retry=retry) from exc
+            report = specs.retention_status(policy, pruned, freed, usage)
+            metrics.VOLUME_STORAGE.set(
+                meta["uid"], namespace, name, usage.head_bytes, usage.stored_bytes
+            )
+            if pruned is not None and (pruned.advanced or pruned.entries_deleted or freed):
+                metrics.EVENTS.labels("Volume", "Pruned").inc()
+                self.emit(
+                    body, "Normal", "Pruned", specs.pruned_message(policy, pruned, freed, usage)
+                )
+            return self._write(body, {"retention": report})
+
     def _backend(self, name: str) -> Backend:
         try:
             return self.backends.get(name) if name else self.backends.default()
@@ -374,6 +476,21 @@ class Reconciler:
         settings = VolumeSettings(autocommit_seconds=float(spec.autocommit_interval_seconds))
         try:
             write_settings(store, volume_id, settings)
+        except errors.KvolError as exc:
+            raise ReconcileError("BackendUnreachable", str(exc), retry=classify(exc)) from exc
+
+    @staticmethod
+    def _write_retention(store: Store, volume_id: str, spec: VolumeSpec) -> None:
+        """spec.retention is the volume's policy: set, changed, or cleared with it. Written
+        only when it differs, so a resumed operator rewrites nothing."""
+        wanted = spec.retention_policy
+        try:
+            try:
+                current: RetentionPolicy | None = read_policy(store, volume_id)
+            except errors.CorruptData:
+                current = None  # an unreadable policy is replaced whole
+            if current != wanted:
+                write_policy(store, volume_id, wanted)
         except errors.KvolError as exc:
             raise ReconcileError("BackendUnreachable", str(exc), retry=classify(exc)) from exc
 
@@ -698,6 +815,15 @@ class Reconciler:
             )
         self.backends.forget(name)
         self.forget(body["metadata"]["uid"])
+
+
+def _parse_time(value: object) -> float | None:
+    if not isinstance(value, str):
+        return None
+    try:
+        return dt.datetime.strptime(value, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=dt.UTC).timestamp()
+    except ValueError:
+        return None
 
 
 def _ours(obj: Mapping[str, Any], namespace: str, name: str) -> bool:

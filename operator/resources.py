@@ -14,6 +14,7 @@ from typing import Any, Literal
 
 from kvol.errors import InvalidArgument
 from kvol.model import Limits
+from kvol.retention import RetentionPolicy, parse_duration
 
 GROUP = "kvol.dev"
 VERSION = "v1alpha1"
@@ -90,6 +91,13 @@ class VolumeSpec:
     autocommit_interval_seconds: int = DEFAULT_AUTOCOMMIT_SECONDS
     access_modes: tuple[str, ...] = DEFAULT_ACCESS_MODES
     size: str = DEFAULT_SIZE
+    #: spec.retention; None (absent or empty) keeps every commit.
+    retention: RetentionPolicy | None = None
+
+    @property
+    def retention_policy(self) -> RetentionPolicy:
+        """The policy the volume's store holds: keep everything without spec.retention."""
+        return self.retention or RetentionPolicy()
 
     @classmethod
     def parse(cls, spec: Mapping[str, Any]) -> VolumeSpec:
@@ -121,7 +129,34 @@ class VolumeSpec:
             autocommit_interval_seconds=interval,
             access_modes=modes,
             size=size,
+            retention=_parse_retention(spec.get("retention")),
         )
+
+
+def _parse_retention(raw: object) -> RetentionPolicy | None:
+    if raw is None:
+        return None
+    if not isinstance(raw, Mapping):
+        raise InvalidArgument("spec.retention must be an object")
+    unknown = set(raw) - {"keepLast", "keepFor"}
+    if unknown:
+        raise InvalidArgument(f"spec.retention has unknown field(s) {sorted(unknown)}")
+    keep_last = raw.get("keepLast")
+    if keep_last is not None:
+        keep_last = _positive_int(keep_last, "spec.retention.keepLast")
+    keep_for = raw.get("keepFor")
+    seconds = None
+    if keep_for is not None:
+        if not isinstance(keep_for, str):
+            raise InvalidArgument(
+                f"spec.retention.keepFor must be a duration like 7d, not {keep_for!r}"
+            )
+        try:
+            seconds = parse_duration(keep_for)
+        except InvalidArgument as exc:
+            raise InvalidArgument(f"spec.retention.keepFor: {exc}") from exc
+    policy = RetentionPolicy(keep_last=keep_last, keep_for_seconds=seconds)
+    return None if policy.keeps_everything else policy
 
 
 def _parse_limits(raw: object) -> Limits | None:

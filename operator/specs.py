@@ -17,6 +17,7 @@ from kvol.operator.resources import (
     VolumeSpec,
 )
 from kvol.repo import RepoStats
+from kvol.retention import PruneReport, RetentionPolicy, StorageUsage
 
 
 def pv_name(volume_id: str) -> str:
@@ -202,6 +203,47 @@ def stats_status(stats: RepoStats, pods: Sequence[Mapping[str, Any]] = ()) -> di
         else None,
         "writers": stats.writers_recent,
     }
+
+
+def retention_status(
+    policy: RetentionPolicy,
+    pruned: PruneReport | None,
+    bytes_freed: int,
+    usage: StorageUsage,
+    *,
+    now: str | None = None,
+) -> dict[str, Any]:
+    """status.retention after a retention pass (``pruned`` None: nothing was pruned or
+    collected, the volume keeps every commit). Every key is always there, an absent one
+    as None, which a merge patch removes (an earlier error, for one)."""
+    return {
+        "policy": policy.describe(),
+        "horizon": pruned.horizon if pruned else 0,
+        "lastRun": now or now_rfc3339(),
+        "prunedCommits": pruned.entries_deleted if pruned else 0,
+        "waitingCommits": pruned.entries_waiting if pruned else 0,
+        "bytesFreed": bytes_freed,
+        "headBytes": usage.head_bytes,
+        "storedBytes": usage.stored_bytes,
+        "error": None,
+    }
+
+
+def pruned_message(
+    policy: RetentionPolicy, pruned: PruneReport, bytes_freed: int, usage: StorageUsage
+) -> str:
+    """The Event of a retention pass that deleted anything or moved the horizon."""
+    waiting = (
+        f"; {pruned.entries_waiting:,} older commit(s) go once their grace has passed"
+        if pruned.entries_waiting
+        else ""
+    )
+    return (
+        f"retained history begins at commit {pruned.horizon} ({policy.describe()}); "
+        f"deleted {pruned.entries_deleted:,} commit(s) and {human_bytes(bytes_freed)} of "
+        f"content{waiting}; {human_bytes(usage.stored_bytes)} stored, "
+        f"{human_bytes(usage.head_bytes)} in the newest commit"
+    )
 
 
 def pod_uses_volume(pod: Mapping[str, Any], volume_name: str) -> bool:

@@ -189,6 +189,23 @@ class Cluster:
         ).stdout
         return [line for line in out.splitlines() if line]
 
+    def running_pods(self, component: str, field: str) -> list[str]:
+        """``field`` (a JSONPath within a pod, e.g. ``.status.podIP``) of each running pod
+        of kvol's ``component`` (controller, node); fails if there is none."""
+        out = self.kubectl(
+            "get",
+            "pods",
+            "-n",
+            RELEASE_NAMESPACE,
+            "-l",
+            f"app.kubernetes.io/component={component}",
+            "--field-selector=status.phase=Running",
+            "-o",
+            f"jsonpath={{.items[*]{field}}}",
+        ).stdout.split()
+        assert out, f"no running {component} pod of kvol"
+        return out
+
     def logs(self, namespace: str, pod: str) -> str:
         return self.kubectl("logs", "-n", namespace, pod).stdout
 
@@ -214,7 +231,13 @@ class Cluster:
             raise AssertionError(f"{exc}\nevents: {self.events(namespace, pod)}") from None
 
     def delete_pod(self, namespace: str, pod: str, timeout: float = 180) -> None:
-        """Delete and wait until the kubelet has torn it down (its volumes unpublished)."""
+        """Delete and wait until the kubelet has torn it down: its CSI volumes unpublished,
+        so their final commits landed.
+
+        Waiting for the deletion alone is not enough: a pod that already completed leaves
+        the API at once when deleted, and the kubelet unmounts its volumes afterwards, while
+        the next pod of a test may already be publishing."""
+        obj = self.get("pod", pod, namespace)
         self.kubectl(
             "delete",
             "pod",
@@ -225,6 +248,24 @@ class Cluster:
             f"--timeout={timeout:.0f}s",
             timeout=timeout + 30,
         )
+        if obj is not None:
+            uid = str(obj["metadata"]["uid"])
+            wait_for(
+                lambda: not self.csi_volumes_of(uid),
+                timeout,
+                f"the kubelet to unpublish the volumes of pod {namespace}/{pod}",
+                interval=0.2,
+            )
+
+    @staticmethod
+    def csi_volumes_of(uid: str) -> list[str]:
+        """The CSI volumes the kubelet still has set up for pod ``uid`` on the node (the
+        kubelet removes each one's directory once NodeUnpublishVolume succeeded)."""
+        volumes = CLUSTER_DIR / "kubelet" / "pods" / uid / "volumes" / "kubernetes.io~csi"
+        try:
+            return sorted(os.listdir(volumes))
+        except FileNotFoundError:
+            return []
 
     def volume_phase(self, namespace: str, name: str) -> str | None:
         obj = self.get("volumes.kvol.dev", name, namespace)

@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 import yaml
 
-from tests.e2e.cluster import RELEASE_NAMESPACE, Cluster, pod, unique, wait_for
+from tests.e2e.cluster import Cluster, pod, unique, wait_for
 from tests.tools import REPO, stop_process, tool
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(300)]
@@ -54,22 +54,6 @@ for expr in json.load(sys.stdin):
         out.append("error: %s" % (getattr(exc, "read", lambda: b"")().decode() or exc))
 print(json.dumps(out))
 """
-
-
-def pod_ips(cluster: Cluster, component: str) -> list[str]:
-    out = cluster.kubectl(
-        "get",
-        "pods",
-        "-n",
-        RELEASE_NAMESPACE,
-        "-l",
-        f"app.kubernetes.io/component={component}",
-        "--field-selector=status.phase=Running",
-        "-o",
-        "jsonpath={.items[*].status.podIP}",
-    ).stdout.split()
-    assert out, f"no running {component} pod of kvol"
-    return out
 
 
 def dashboard_queries() -> list[tuple[str, str]]:
@@ -124,7 +108,12 @@ def prometheus(cluster: Cluster, tmp_path: Path) -> Iterator[None]:
                 # Per-volume series carry the Volume's namespace, as the chart's monitors keep.
                 "honor_labels": True,
                 "static_configs": [
-                    {"targets": [f"{ip}:{port}" for ip in pod_ips(cluster, component)]}
+                    {
+                        "targets": [
+                            f"{ip}:{port}"
+                            for ip in cluster.running_pods(component, ".status.podIP")
+                        ]
+                    }
                 ],
             }
             for component, port in PORTS.items()

@@ -31,23 +31,9 @@ RUN_DIR = CLUSTER_RUN
 STORE = CLUSTER_DIR / "store"
 
 
-def _pod_of(cluster: Cluster, component: str) -> str:
-    return cluster.kubectl(
-        "get",
-        "pods",
-        "-n",
-        RELEASE_NAMESPACE,
-        "-l",
-        f"app.kubernetes.io/component={component}",
-        "--field-selector=status.phase=Running",
-        "-o",
-        "jsonpath={.items[0].metadata.name}",
-    ).stdout.strip()
-
-
 def scrape(cluster: Cluster, component: str, port: int) -> dict[str, float]:
     """The pod's /metrics through the apiserver's pod proxy: sample line -> value."""
-    name = _pod_of(cluster, component)
+    name = cluster.running_pods(component, ".metadata.name")[0]
     text = cluster.kubectl(
         "get", "--raw", f"/api/v1/namespaces/{RELEASE_NAMESPACE}/pods/{name}:{port}/proxy/metrics"
     ).stdout

@@ -93,6 +93,29 @@ def test_pod_that_exits_without_commit_has_its_files_in_the_volume(
     assert out.split() == ["201", "line-1", "line-200", "3000000"]
 
 
+def test_pod_that_commits_before_exiting_hands_its_files_to_the_next_pod(
+    cluster: Cluster, namespace: str
+) -> None:
+    # The documented way to hand files on: the end commit runs when the kubelet unmounts,
+    # after the pod shows Succeeded, but an explicit commit has landed when it returns.
+    vol = ready_volume(cluster, namespace)
+    cluster.apply(
+        pod(
+            "producer",
+            "echo handed-on > /data/result.txt && "
+            "curl -sf --unix-socket /data/.kvol/control.sock -X POST http://kvol/commit",
+            inline=vol,
+        ),
+        namespace=namespace,
+    )
+    cluster.wait_pod_phase(namespace, "producer", ("Succeeded",))
+    # Started at once: the producer is neither deleted nor unmounted yet.
+    consumer = pod("consumer", "cat /data/result.txt", inline=vol)
+    cluster.apply(consumer, namespace=namespace)
+    cluster.wait_pod_phase(namespace, "consumer", ("Succeeded",))
+    assert cluster.logs(namespace, "consumer").strip() == "handed-on"
+
+
 def test_read_only_mount_refuses_writes(cluster: Cluster, namespace: str) -> None:
     vol = ready_volume(cluster, namespace)
     run_to_completion(cluster, namespace, pod("seed", "echo seed > /data/seed.txt", inline=vol))

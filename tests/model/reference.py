@@ -75,9 +75,13 @@ class VolumeState:
 
     files: dict[str, bytes] = field(default_factory=dict)
     dirs: set[str] = field(default_factory=set)
+    #: Directories a copy knows as the volume's although nothing in this view implies
+    #: them any more (a reload cut short removed their files and kept them): not made by
+    #: the copy, so published only as a kept directory would be (see ``changes``).
+    seen_dirs: set[str] = field(default_factory=set)
 
     def copy(self) -> VolumeState:
-        return VolumeState(dict(self.files), set(self.dirs))
+        return VolumeState(dict(self.files), set(self.dirs), set(self.seen_dirs))
 
     def all_dirs(self) -> set[str]:
         found = set(self.dirs)
@@ -91,6 +95,7 @@ class VolumeState:
     def _remove_tree(self, path: str) -> None:
         self.files.pop(path, None)
         self.dirs.discard(path)
+        self.seen_dirs = {d for d in self.seen_dirs if d != path and not under(d, path)}
         for p in [p for p in self.files if under(p, path)]:
             del self.files[p]
         self.dirs = {d for d in self.dirs if not under(d, path)}
@@ -100,6 +105,7 @@ class VolumeState:
         if kind == "unlink":
             self.files.pop(path, None)
             return
+        self.seen_dirs.discard(path)
         if kind == "rmdir":
             busy = any(under(p, path) for p in [*self.files, *self.dirs])
             if path in self.dirs and not busy:
@@ -142,7 +148,8 @@ def changes(view: VolumeState, tree: Tree) -> list[Op]:
         ("put", p, d) for p, d in sorted(tree.files.items()) if view.files.get(p) != d
     ]
     made: list[Op] = [
-        ("mkdir", d) for d in sorted(tree.dirs - view.all_dirs(), key=_outermost_first)
+        ("mkdir", d)
+        for d in sorted(tree.dirs - view.all_dirs() - view.seen_dirs, key=_outermost_first)
     ]
     kept = view.applied(ops + made + puts).all_dirs()
     emptied: list[Op] = [("mkdir", d) for d in sorted(tree.dirs - kept, key=_outermost_first)]

@@ -324,3 +324,105 @@ def test_a_new_local_file_with_the_bytes_another_writer_committed_is_no_change(
             ("reload", {"i": 0}),
         ],
     )
+
+
+def test_directories_hidden_by_a_local_file_survive_its_deletion(fs_env: Env) -> None:
+    # Copy 0's local file "b" stands where copy 2 committed directories "b" and "b/a".
+    # Copy 0 never had them: deleting its file must not remove them from the volume.
+    replay(
+        fs_env,
+        [
+            ("write", {"i": 2, "path": "b", "tag": 0, "large": False}),
+            ("commit", {"i": 2}),
+            ("mkdir", {"i": 2, "path": "b/a"}),
+            ("write", {"i": 0, "path": "a/a/a", "tag": 5, "large": False}),
+            ("sdk_rm", {"chosen": "b"}),
+            ("commit", {"i": 0}),
+            ("rename", {"i": 0, "chosen": "a/a/a", "dst": "b"}),
+            ("commit", {"i": 2}),
+            ("reload", {"i": 0}),
+            ("delete", {"i": 0, "chosen": "b"}),
+            ("commit", {"i": 0}),
+            ("reload", {"i": 0}),
+        ],
+    )
+
+
+def test_a_directory_the_copy_emptied_is_kept_where_another_writer_put_a_file(
+    fs_env: Env,
+) -> None:
+    # Copy 2 empties directory "a" (its own change); copy 0 commits a file "a". The
+    # reload keeps the local directory, as it keeps any local change over a newer file.
+    replay(
+        fs_env,
+        [
+            ("sdk_put", {"paths": {"a/a", "b"}, "tag": 0, "large": False}),
+            ("reload", {"i": 2}),
+            ("rename", {"i": 2, "chosen": "a", "dst": "b"}),
+            ("delete", {"i": 2, "chosen": "b/a"}),
+            ("rename", {"i": 2, "chosen": "b", "dst": "a"}),
+            ("write", {"i": 0, "path": "a", "tag": 0, "large": False}),
+            ("commit", {"i": 0}),
+            ("reload", {"i": 2}),
+            ("commit", {"i": 2}),
+        ],
+    )
+
+
+def test_a_directory_removed_here_stays_removed_when_a_reload_touches_it(fs_env: Env) -> None:
+    # Copy 1's commit (made directories "b", "b/a") landed after someone else's, so its
+    # base stayed behind; the user then removes "b". The reload that brings both commits
+    # must not make "b" again: the removal is the copy's newer change.
+    replay(
+        fs_env,
+        [
+            ("sdk_put", {"paths": {"b"}, "tag": 0, "large": False}),
+            ("write", {"i": 1, "path": "b/a/b", "tag": 0, "large": False}),
+            ("commit", {"i": 1}),
+            ("delete", {"i": 1, "chosen": "b"}),
+            ("reload", {"i": 1}),
+            ("commit", {"i": 1}),
+        ],
+    )
+
+
+def test_a_directory_a_copy_made_stays_its_own_after_a_reload_killed_before_its_journal(
+    fs_env: Env,
+) -> None:
+    # Copy 2 made "b" (by writing "b/a"); the volume has "b" too. Its reload dies before
+    # journaling, so "b" is still the copy's: emptied, the commit publishes it.
+    replay(
+        fs_env,
+        [
+            ("sdk_put", {"paths": {"a/a", "b"}, "tag": 0, "large": False}),
+            ("write", {"i": 1, "path": "b/a/b", "tag": 1, "large": False}),
+            ("sdk_rm", {"chosen": "a"}),
+            ("kill", {"i": 1, "op": "commit", "k": 10, "when": "before"}),
+            ("write", {"i": 2, "path": "b/a", "tag": 2, "large": False}),
+            ("kill", {"i": 2, "op": "reload", "k": 5, "when": "before"}),
+            ("delete", {"i": 2, "chosen": "b/a"}),
+            ("commit", {"i": 2}),
+        ],
+    )
+
+
+def test_a_directory_a_killed_reload_emptied_is_not_published_as_made_by_the_copy(
+    fs_env: Env,
+) -> None:
+    # The reload removed "a/a" and died before replacing directory "a" with a file: "a"
+    # is still the volume's directory to the copy, not one it made.
+    replay(
+        fs_env,
+        [
+            ("sdk_put", {"paths": {"a/a"}, "tag": 0, "large": False}),
+            ("reload", {"i": 2}),
+            ("sdk_rm", {"chosen": "a"}),
+            ("sdk_put", {"paths": {"a"}, "tag": 1, "large": False}),
+            ("kill", {"i": 2, "op": "reload", "k": 7, "when": "before"}),
+            ("mkdir", {"i": 2, "path": "a/a/a"}),
+            ("sdk_rm", {"chosen": "a"}),
+            ("sdk_put", {"paths": {"a/a", "b"}, "tag": 2, "large": False}),
+            ("commit", {"i": 2}),
+            ("sdk_rm", {"chosen": "a/a"}),
+        ],
+    )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import secrets
 from pathlib import Path
 from typing import Any
 
@@ -109,3 +110,46 @@ def write_files(store: Store, volume_id: str, workdir: Path, files: dict[str, by
     wc.close(final_commit=False)
     assert result.seq is not None
     return result.seq
+
+
+def apply_storage_class(cluster: Cluster, reclaim: str, **parameters: str) -> str:
+    """A StorageClass of kvol's provisioner with a unique name, which it returns."""
+    name = f"kvol-{reclaim.lower()}-{secrets.token_hex(3)}"
+    params = "".join(f"\n  {k}: {v!r}" for k, v in parameters.items())
+    cluster.kubectl(
+        "apply",
+        "-f",
+        "-",
+        input=f"""
+apiVersion: storage.k8s.io/v1
+kind: StorageClass
+metadata: {{name: {name}}}
+provisioner: csi.kvol.dev
+reclaimPolicy: {reclaim}
+volumeBindingMode: Immediate
+parameters: {{}}{params}
+""".replace("parameters: {}\n  ", "parameters:\n  "),
+    )
+    return name
+
+
+def apply_claim(cluster: Cluster, namespace: str, name: str, storage_class: str) -> dict[str, Any]:
+    """A ReadWriteMany claim of ``storage_class``, as applied."""
+    cluster.kubectl(
+        "apply",
+        "-n",
+        namespace,
+        "-f",
+        "-",
+        input=f"""
+apiVersion: v1
+kind: PersistentVolumeClaim
+metadata: {{name: {name}}}
+spec:
+  storageClassName: {storage_class}
+  accessModes: [ReadWriteMany]
+  resources: {{requests: {{storage: 2Gi}}}}
+""",
+    )
+    claim: dict[str, Any] = cluster.get_json("pvc", "-n", namespace, name)
+    return claim

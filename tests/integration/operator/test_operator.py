@@ -23,6 +23,8 @@ from kvol.repo import Repo
 from kvol.store import FilesystemStore
 from tests.integration.operator.cluster import REPO, Cluster, Operator, wait_for
 from tests.integration.operator.helpers import (
+    apply_claim,
+    apply_storage_class,
     assert_status_matches_store,
     condition,
     events,
@@ -537,26 +539,7 @@ def test_operator_works_with_the_shipped_rbac_only(
         assert not Repo(FilesystemStore(default_store), volume["status"]["volumeId"]).exists()
         # Provisioning: it reads the StorageClass, makes the claim's Volume and deletes it
         # with the claim.
-        storage_class = f"kvol-rbac-{namespace}"
-        cluster.kubectl(
-            "apply",
-            "-f",
-            "-",
-            input=f"""
-apiVersion: storage.k8s.io/v1
-kind: StorageClass
-metadata: {{name: {storage_class}}}
-provisioner: csi.kvol.dev
----
-apiVersion: v1
-kind: PersistentVolumeClaim
-metadata: {{name: claimed, namespace: {namespace}}}
-spec:
-  storageClassName: {storage_class}
-  accessModes: [ReadWriteMany]
-  resources: {{requests: {{storage: 1Gi}}}}
-""",
-        )
+        apply_claim(cluster, namespace, "claimed", apply_storage_class(cluster, "Delete"))
         wait_ready(cluster, namespace, "claimed")
         assert ("Normal", "Provisioning") in events(cluster, namespace, "claimed")
         cluster.kubectl("delete", "pvc", "-n", namespace, "claimed", "--wait=false")

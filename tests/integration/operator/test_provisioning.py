@@ -5,7 +5,6 @@ kube-controller-manager that bind claims, protect them, and make StatefulSets' c
 from __future__ import annotations
 
 import os
-import secrets
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -17,7 +16,13 @@ from kvol.errors import NotFound
 from kvol.repo import Repo
 from kvol.store import FilesystemStore
 from tests.integration.operator.cluster import Cluster, Operator, Process, wait_for
-from tests.integration.operator.helpers import events, wait_gone, wait_ready
+from tests.integration.operator.helpers import (
+    apply_claim,
+    apply_storage_class,
+    events,
+    wait_gone,
+    wait_ready,
+)
 from tests.tools import tool
 
 pytestmark = pytest.mark.kube
@@ -50,47 +55,6 @@ def controllers(cluster: Cluster, tmp_path_factory: pytest.TempPathFactory) -> I
         print(f"--- kube-controller-manager ---\n{proc.log_tail(40)}")
 
 
-def _storage_class(cluster: Cluster, reclaim: str, **parameters: str) -> str:
-    name = f"kvol-{reclaim.lower()}-{secrets.token_hex(3)}"
-    params = "".join(f"\n  {k}: {v!r}" for k, v in parameters.items())
-    cluster.kubectl(
-        "apply",
-        "-f",
-        "-",
-        input=f"""
-apiVersion: storage.k8s.io/v1
-kind: StorageClass
-metadata: {{name: {name}}}
-provisioner: csi.kvol.dev
-reclaimPolicy: {reclaim}
-volumeBindingMode: Immediate
-parameters: {{}}{params}
-""".replace("parameters: {}\n  ", "parameters:\n  "),
-    )
-    return name
-
-
-def _claim(cluster: Cluster, namespace: str, name: str, storage_class: str) -> dict[str, Any]:
-    cluster.kubectl(
-        "apply",
-        "-n",
-        namespace,
-        "-f",
-        "-",
-        input=f"""
-apiVersion: v1
-kind: PersistentVolumeClaim
-metadata: {{name: {name}}}
-spec:
-  storageClassName: {storage_class}
-  accessModes: [ReadWriteMany]
-  resources: {{requests: {{storage: 2Gi}}}}
-""",
-    )
-    claim: dict[str, Any] = cluster.get_json("pvc", "-n", namespace, name)
-    return claim
-
-
 def _bound(cluster: Cluster, namespace: str, claim: str) -> dict[str, Any]:
     """The Volume made for ``claim`` once it is Ready and the claim is Bound to its PV."""
     volume = wait_ready(cluster, namespace, claim, timeout=30)
@@ -117,8 +81,8 @@ def test_a_claim_of_the_kvol_class_gets_a_volume_and_follows_delete(
     default_store: Path,
     namespace: str,
 ) -> None:
-    storage_class = _storage_class(cluster, "Delete", autocommitIntervalSeconds="2")
-    claim = _claim(cluster, namespace, "data", storage_class)
+    storage_class = apply_storage_class(cluster, "Delete", autocommitIntervalSeconds="2")
+    claim = apply_claim(cluster, namespace, "data", storage_class)
     volume = _bound(cluster, namespace, "data")
     assert volume["metadata"]["annotations"]["kvol.dev/claim-uid"] == claim["metadata"]["uid"]
     assert volume["spec"]["reclaimPolicy"] == "Delete"
@@ -144,8 +108,8 @@ def test_retain_class_keeps_the_data_of_a_deleted_claim(
     default_store: Path,
     namespace: str,
 ) -> None:
-    storage_class = _storage_class(cluster, "Retain")
-    _claim(cluster, namespace, "kept", storage_class)
+    storage_class = apply_storage_class(cluster, "Retain")
+    apply_claim(cluster, namespace, "kept", storage_class)
     volume_id = _bound(cluster, namespace, "kept")["status"]["volumeId"]
     cluster.kubectl("delete", "pvc", "-n", namespace, "kept", "--timeout=30s")
     wait_gone(cluster, "volume", "-n", namespace, "kept")
@@ -159,7 +123,7 @@ def test_statefulset_claims_get_one_volume_each(
     operator: Operator,
     namespace: str,
 ) -> None:
-    storage_class = _storage_class(cluster, "Delete")
+    storage_class = apply_storage_class(cluster, "Delete")
     cluster.kubectl(
         "apply",
         "-n",
@@ -195,8 +159,8 @@ spec:
 def test_claims_kvol_cannot_serve_are_told_why(
     cluster: Cluster, operator: Operator, namespace: str
 ) -> None:
-    storage_class = _storage_class(cluster, "Delete", version="7")
-    _claim(cluster, namespace, "odd", storage_class)
+    storage_class = apply_storage_class(cluster, "Delete", version="7")
+    apply_claim(cluster, namespace, "odd", storage_class)
     wait_for(
         lambda: ("Warning", "ProvisioningFailed") in events(cluster, namespace, "odd"),
         15,

@@ -135,7 +135,7 @@ def warm_in_state(tmp_path: Path) -> dict[str, float]:
 def test_a_pod_after_the_last_one_ended_reuses_the_kept_snapshot(
     tmp_path: Path, store: CountingStore
 ) -> None:
-    node = service(tmp_path, store, keep_warm_seconds=600)
+    node = service(tmp_path, store)  # the default keeps snapshots warm
     seed_objects = {p.obj for r in repo_of(store).state().files.values() for p in r.parts}
     unpublish(node, publish(node, tmp_path))
     kept = snapshots(tmp_path)
@@ -260,7 +260,7 @@ def test_a_shorter_keep_warm_time_applies_to_snapshots_already_warm(
 def test_a_newer_snapshot_of_the_volume_replaces_a_warm_one(
     tmp_path: Path, store: CountingStore
 ) -> None:
-    node = service(tmp_path, store, keep_warm_seconds=600)
+    node = service(tmp_path, store)
     unpublish(node, publish(node, tmp_path))
     (old,) = snapshots(tmp_path)
     repo = repo_of(store)
@@ -283,7 +283,7 @@ def sample(name: str) -> float:
 def test_a_full_cache_drops_warm_snapshots_and_evicts_their_content(
     tmp_path: Path, store: CountingStore
 ) -> None:
-    node = service(tmp_path, store, cache_max_bytes=100 << 10, keep_warm_seconds=600)
+    node = service(tmp_path, store, cache_max_bytes=100 << 10)
     evictions = sample("kvol_node_cache_evictions_total")
     pod = publish(node, tmp_path)
     node.tidy()  # in use: nothing can go, though the cache is over its limit
@@ -305,7 +305,7 @@ def test_the_plugin_takes_sizes_and_times_as_kubernetes_writes_them() -> None:
     assert (args.cache_max_bytes, args.keep_warm_seconds) == (10 << 30, 90.0)
     assert parser().parse_args(["--cache-max-bytes=1048576"]).cache_max_bytes == 1 << 20
     defaults = parser().parse_args([])
-    assert (defaults.cache_max_bytes, defaults.keep_warm_seconds) == (10 << 30, 0.0)
+    assert (defaults.cache_max_bytes, defaults.keep_warm_seconds) == (10 << 30, 600.0)
     for wrong in ("--cache-max-bytes=10GB", "--cache-max-bytes=-1", "--keep-warm-seconds=-5"):
         with pytest.raises(SystemExit):
             parser().parse_args([wrong])
