@@ -45,7 +45,7 @@ from typing import BinaryIO, Protocol
 from blake3 import blake3
 
 from kvol import metrics
-from kvol.errors import Conflict, CorruptData, NotFound
+from kvol.errors import Conflict, CorruptData, InvalidArgument, NotFound
 from kvol.layout import VolumeKeys
 from kvol.model import FileRecord, Part
 from kvol.store import FilesystemStore, Store
@@ -56,6 +56,12 @@ PACK_THRESHOLD = 256 * 1024
 #: A pack is sent once it holds this much.
 PACK_TARGET = 16 * 1024 * 1024
 DEFAULT_CHUNK_SIZE = 8 * 1024 * 1024
+#: Full packs being sent at once; the reader waits for a free slot, so a commit that reads
+#: faster than the store takes packs holds at most this many (plus the one filling).
+PACKS_IN_FLIGHT = 2
+#: Chunks of large files a writer holds at once (read and not yet stored), whatever the
+#: number of files: one large file is sent this many chunks at a time.
+CHUNKS_IN_FLIGHT = 4
 #: An object not known to be younger than this (store clock) is renewed before a commit
 #: publishes it; half of the shortest grace garbage collection accepts.
 REFRESH_AFTER_SECONDS = 1800.0
@@ -200,7 +206,7 @@ def hash_file(fd: int, size: int, chunk_size: int) -> str:
     return content_id(chunk_ids)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Uploaded:
     """What an upload learned of one file: its content location and the stat it saw."""
 
@@ -238,6 +244,18 @@ class ContentWriter:
         #: content id -> parts of content the volume already has: reused, not sent again.
         self.known = known or {}
         self._pool = ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix="kvol-up")
+        # Packs go out on threads of their own: a worker that fills a pack may wait for
+        # a slot, which a queued send behind it on the same pool would never free.
+        self._pack_pool = ThreadPoolExecutor(
+            max_workers=PACKS_IN_FLIGHT, thread_name_prefix="kvol-pack"
+        )
+        self._pack_slots = threading.Semaphore(PACKS_IN_FLIGHT)
+        # Chunks are sent by threads of their own too: the workers reading large files
+        # wait for chunk slots, which only these senders free.
+        self._chunk_pool = ThreadPoolExecutor(
+            max_workers=CHUNKS_IN_FLIGHT, thread_name_prefix="kvol-chunk"
+        )
+        self._chunk_slots = threading.Semaphore(CHUNKS_IN_FLIGHT)
         self._lock = threading.Lock()
         self._pack = bytearray()
         self._pack_waiters: list[_Waiter] = []
@@ -250,6 +268,8 @@ class ContentWriter:
 
     def __exit__(self, *exc: object) -> None:
         self._pool.shutdown(wait=True, cancel_futures=True)
+        self._pack_pool.shutdown(wait=True, cancel_futures=True)
+        self._chunk_pool.shutdown(wait=True, cancel_futures=True)
 
     def add(self, open_file: Opener) -> Future[Uploaded]:
         """Upload one file; the future resolves when its content is in the store."""
@@ -276,12 +296,32 @@ class ContentWriter:
         self._small_batch(read, result)
         return result
 
+    def add_stream(self, handle: BinaryIO, head: bytes = b"") -> Uploaded:
+        """Upload everything a file object still holds (after ``head``, bytes already read
+        from it), returning once it is all in the store. It is read here a chunk at a
+        time, so memory stays a few chunks whatever its size."""
+        pending = head
+
+        def next_chunk() -> bytes:
+            nonlocal pending
+            if len(pending) >= self.chunk_size:
+                chunk, pending = pending[: self.chunk_size], pending[self.chunk_size :]
+                return chunk
+            chunk, pending = pending + read_full(handle, self.chunk_size - len(pending)), b""
+            return chunk
+
+        parts, sent = self._send_chunks(next_chunk)
+        size = sum(p.length for p in parts)
+        return Uploaded(content_id(parts), tuple(parts), size, True, sent)
+
     def finish(self) -> None:
         """Wait until every file added so far is in the store; raise the first failure."""
         for task in self._tasks:
             task.result()
         with self._lock:
-            self._flush_pack_locked()
+            full = self._take_pack_locked()
+        if full is not None:
+            self._send_pack_later(*full)
         for task in self._pack_sends:
             task.result()
 
@@ -326,17 +366,8 @@ class ContentWriter:
             # The kernel moves the bytes past the handle: one that counts them is told.
             copied = getattr(handle, "copied", None)
             return self._chunked_in_kernel(store, handle.fileno(), before, copied)
-        parts: list[Part] = []
-        sent = 0
-        size = 0
-        while True:
-            chunk = handle.read(self.chunk_size)
-            if not chunk:
-                break
-            h = digest(chunk)
-            sent += self._put_blob(h, chunk)
-            parts.append(Part("b", h, 0, len(chunk)))
-            size += len(chunk)
+        parts, sent = self._send_chunks(lambda: read_full(handle, self.chunk_size))
+        size = sum(p.length for p in parts)
         after = os.fstat(handle.fileno())
         stable = same_stat(before, after) and size == before.st_size
         return Uploaded(content_id(parts), tuple(parts), size, stable, sent)
@@ -379,6 +410,45 @@ class ContentWriter:
         after = os.fstat(fd)
         stable = same_stat(before, after) and size == before.st_size
         return Uploaded(content_id(parts), tuple(parts), size, stable, sent)
+
+    def _send_chunks(self, next_chunk: Callable[[], bytes]) -> tuple[list[Part], int]:
+        """Read chunks in this thread (``next_chunk`` gives b"" at the end) and send them
+        on the chunk senders; returns the parts and the bytes sent. A chunk is read only
+        once one of the writer's ``CHUNKS_IN_FLIGHT`` slots is free, so the chunks held at
+        once are bounded across all the files of the writer."""
+        parts: list[Part] = []
+        sends: list[Future[int]] = []
+        failed: list[BaseException] = []
+        slots = self._chunk_slots
+
+        def stored(future: Future[int]) -> None:
+            slots.release()
+            exc = None if future.cancelled() else future.exception()
+            if exc is not None:
+                failed.append(exc)
+
+        while True:
+            slots.acquire()
+            try:
+                # After a failed send nothing more is read: the failure is raised below.
+                chunk = b"" if failed else next_chunk()
+                if chunk:
+                    h = digest(chunk)
+                    future = self._chunk_pool.submit(self._put_blob, h, chunk)
+            except BaseException:
+                slots.release()
+                raise
+            if not chunk:
+                slots.release()
+                break
+            parts.append(Part("b", h, 0, len(chunk)))
+            del chunk  # the sender holds it until stored
+            future.add_done_callback(stored)
+            sends.append(future)
+        sent = 0
+        for future in sends:
+            sent += future.result()
+        return parts, sent
 
     def _reusable(self, h: str, size: int) -> tuple[Part, ...] | None:
         """Parts of known content with these bytes: one part of this very size (its id is
@@ -464,27 +534,40 @@ class ContentWriter:
                 self._pack += data
                 self._pack_index[h] = (offset, length)
             self._pack_waiters.append((done, offset, length, h, stable))
-            if len(self._pack) >= PACK_TARGET:
-                self._flush_pack_locked()
+            full = self._take_pack_locked() if len(self._pack) >= PACK_TARGET else None
+        if full is not None:
+            self._send_pack_later(*full)
 
-    def _flush_pack_locked(self) -> None:
+    def _take_pack_locked(self) -> tuple[bytearray, list[_Waiter]] | None:
         if not self._pack_waiters:
-            return
-        pack = bytes(self._pack)
-        waiters = self._pack_waiters
+            return None
+        taken = self._pack, self._pack_waiters
         self._pack = bytearray()
         self._pack_waiters = []
         self._pack_index = {}
-        self._pack_sends.append(self._pool.submit(self._send_pack, pack, waiters))
+        return taken
 
-    def _send_pack(self, pack: bytes, waiters: list[_Waiter]) -> None:
+    def _send_pack_later(self, pack: bytearray, waiters: list[_Waiter]) -> None:
+        # Waits (outside the lock) while PACKS_IN_FLIGHT packs are being sent.
+        self._pack_slots.acquire()
         try:
-            h = digest(pack)
-            sent = self._put_object(self.keys.pack(h), pack)
+            self._pack_sends.append(self._pack_pool.submit(self._send_pack, pack, waiters))
+        except BaseException:
+            self._pack_slots.release()
+            raise
+
+    def _send_pack(self, pack: bytearray, waiters: list[_Waiter]) -> None:
+        try:
+            # Sent as it was filled: no copy of up to PACK_TARGET bytes.
+            view = memoryview(pack)
+            h = digest(view)
+            sent = self._put_object(self.keys.pack(h), view)
         except BaseException as exc:
             for done, *_ in waiters:
                 done(exc)
             raise
+        finally:
+            self._pack_slots.release()
         for i, (done, offset, length, file_hash, stable) in enumerate(waiters):
             part = Part("p", h, offset, length)
             done(Uploaded(file_hash, (part,), length, stable, sent if i == 0 else 0))
@@ -545,6 +628,24 @@ class SmallBatch:
             if self._future.done():
                 return
             self._future.set_exception(exc)
+
+
+def read_full(handle: BinaryIO, n: int) -> bytes:
+    """Up to ``n`` bytes of a file object, fewer only at its end (a pipe or a raw file
+    object may return less per read than asked)."""
+    pieces: list[bytes] = []
+    left = n
+    while left > 0:
+        data = handle.read(left)
+        if data is None:
+            raise InvalidArgument("the file object has no data ready (non-blocking): nothing read")
+        if not isinstance(data, bytes | bytearray):
+            raise InvalidArgument("a binary file object is needed (open it with 'rb')")
+        if not data:
+            break
+        pieces.append(bytes(data) if isinstance(data, bytearray) else data)
+        left -= len(data)
+    return pieces[0] if len(pieces) == 1 else b"".join(pieces)
 
 
 def same_stat(a: os.stat_result, b: os.stat_result) -> bool:

@@ -864,15 +864,17 @@ class BatchUpload:
                 )
             self._add(upload.Pending(remote, local=local, mode=mode))
         else:
-            data = local_file.read()
-            if not isinstance(data, bytes):
-                raise InvalidArgument("put_file needs a binary file object (open it with 'rb')")
+            if remote in self._items:
+                raise InvalidArgument(f"{_show(remote)} is already part of this batch")
+            # Read now, a chunk at a time: content past the pack size goes to the store at
+            # once (invisible until the batch publishes), so it is never whole in memory.
             self._add(
-                upload.Pending(
+                upload.from_file_object(
+                    self._volume._writable(),
                     remote,
-                    data=data,
-                    mode=upload.DEFAULT_MODE if mode is None else mode,
-                    mtime_ns=time.time_ns(),
+                    local_file,
+                    upload.DEFAULT_MODE if mode is None else mode,
+                    time.time_ns(),
                 )
             )
 

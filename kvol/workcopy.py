@@ -99,6 +99,10 @@ JOURNAL_FILE = "reload-journal"
 #: moved (its staged copy is gone) and then deleted before the reload was settled is a
 #: local deletion, not a file the reload never wrote.
 LANDING_FILE = "reload-landing"
+#: Each file a reload is about to remove because the volume deleted it: at settling, a
+#: file the journal names as there when the reload began that is gone but not listed here
+#: was deleted locally (a change to commit), not by the reload.
+REMOVAL_FILE = "reload-removals"
 #: What a commit in progress is publishing (see WorkingCopy._recover_commit).
 COMMIT_JOURNAL_FILE = "commit-journal"
 #: Present while a create is filling the copy (removed when the copy is complete).
@@ -237,6 +241,8 @@ class WorkingCopy:
                 INDEX_FILE,
                 LOCK_FILE,
                 JOURNAL_FILE,
+                LANDING_FILE,
+                REMOVAL_FILE,
                 COMMIT_JOURNAL_FILE,
                 CREATING_FILE,
             ):
@@ -644,7 +650,8 @@ class WorkingCopy:
             # Another writer may publish the very same operations (the same files
             # extracted in two copies): only an entry of this writer is this commit.
             "writer": self.writer.id,
-            "ops": _ops_payload(ops),
+            # As an entry stores them (no JSON round trip: a copy of every record).
+            "ops": Entry(tuple(ops), 0.0, Writer("", "", 0), 0).to_payload()["ops"],
             "gone": done.gone,
             "removed_dirs": done.removed_dirs,
             "dirs_added": done.dirs_added,
@@ -653,10 +660,9 @@ class WorkingCopy:
                 for rel, (record, sig, racy) in done.puts.items()
             },
         }
-        fsops.write_atomically(
-            self.meta_dir / COMMIT_JOURNAL_FILE,
-            json.dumps(journal, separators=(",", ":")).encode(),
-        )
+        text = json.dumps(journal, separators=(",", ":"))
+        del journal  # its lists go before the bytes come (a large commit holds less)
+        fsops.write_atomically(self.meta_dir / COMMIT_JOURNAL_FILE, text.encode())
 
     def _recover_commit(self) -> None:
         """Settle a commit that stopped after writing its journal (killed, or failed).
@@ -693,8 +699,9 @@ class WorkingCopy:
             raise CorruptData(f"commit journal {path} is unreadable: {exc}") from exc
         landed = None
         # A commit that landed before the pruning horizon is out of reach: it is taken as
-        # not landed, so its changes stay local changes (never lost).
-        for seq, entry in self.repo.entries_after(max(start, self.repo.horizon())):
+        # not landed, so its changes stay local changes (never lost). The horizon's own
+        # entry is retained history, so the search starts right before it.
+        for seq, entry in self.repo.entries_after(max(start, self.repo.horizon() - 1)):
             if (writer is None or entry.writer.id == writer) and _ops_payload(entry.ops) == ops:
                 landed = seq
                 break
@@ -728,6 +735,9 @@ class WorkingCopy:
 
         small = sorted(rel for rel, st in candidates.items() if st.st_size <= PACK_THRESHOLD)
         large = [rel for rel, st in candidates.items() if st.st_size > PACK_THRESHOLD]
+        # Each read takes its own stat: the scan's (tens of MiB at 100,000 files) go now,
+        # before the reads fill memory with theirs.
+        candidates.clear()
 
         def read_small(rels: list[str]) -> SmallReader:
             return lambda: self._read_small(root_fd, rels, stats)
@@ -891,7 +901,8 @@ class WorkingCopy:
             # "Already up to date" only if the store still holds what this copy has seen.
             try:
                 self.repo.check_not_behind(base)
-            except StaleBase:
+            except (StaleBase, HistoryPruned):
+                # A gap right after the base (its next entry pruned) says the same.
                 pruned = True  # the base was pruned: start again from the retained state
             if not touched and not pruned:
                 return ReloadResult(base, base)
@@ -951,6 +962,7 @@ class WorkingCopy:
         # The directories the reload may make: those it touches, and those that hold what
         # it writes (a directory only files imply is named by no operation).
         near = touched | {a for p in touched for a in paths.ancestors(p)}
+        gone = {p for p in touched if p not in view.files and p not in all_dirs}
         journal = {
             "format": 1,
             "base": base,
@@ -958,7 +970,11 @@ class WorkingCopy:
             "files": {p: view.files[p].to_list() for p in sorted(touched) if p in view.files},
             "dirs": sorted(p for p in near if p in all_dirs),
             "explicit_dirs": sorted(p for p in near if p in view.dirs),
-            "gone": sorted(p for p in touched if p not in view.files and p not in all_dirs),
+            "gone": sorted(gone),
+            # Files the reload may remove: which were there when it began (see REMOVAL_FILE).
+            "gone_present": sorted(
+                p for p in gone if p in self.index.files and os.path.lexists(self.root / p)
+            ),
         }
         fsops.write_atomically(
             self.meta_dir / JOURNAL_FILE, json.dumps(journal, separators=(",", ":")).encode()
@@ -968,8 +984,25 @@ class WorkingCopy:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(self.meta_dir / name)
         if name == JOURNAL_FILE:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(self.meta_dir / LANDING_FILE)
+            for leftover in (LANDING_FILE, REMOVAL_FILE):
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(self.meta_dir / leftover)
+
+    def _removed_by_reload(self) -> set[str]:
+        """Files a stopped reload removed (or was about to: see REMOVAL_FILE)."""
+        try:
+            lines = (self.meta_dir / REMOVAL_FILE).read_text().splitlines()
+        except FileNotFoundError:
+            return set()
+        removed: set[str] = set()
+        for line in lines:
+            try:
+                rel = json.loads(line)
+                if isinstance(rel, str):
+                    removed.add(paths.check(rel))
+            except (ValueError, KvolError):
+                continue  # the last line of a reload killed while appending it
+        return removed
 
     def _landed_then_removed(self, root_fd: int) -> set[str]:
         """Files a stopped reload moved into place that are gone again: their staged copy
@@ -1015,6 +1048,9 @@ class WorkingCopy:
             dirs = [str(p) for p in journal["dirs"]]
             explicit = {str(p) for p in journal["explicit_dirs"]}
             gone = [str(p) for p in journal["gone"]]
+            # Absent in journals of older versions: every missing file counts as removed.
+            present = journal.get("gone_present")
+            present_at_start = None if present is None else {str(p) for p in present}
             journal_base = int(journal["base"])
         except FileNotFoundError:
             return
@@ -1031,8 +1067,18 @@ class WorkingCopy:
         root_fd = fsops.open_root(str(self.root))
         try:
             removed_since = self._landed_then_removed(root_fd)
+            removed_by_reload = self._removed_by_reload()
             for rel in gone:
                 st = fsops.lstat(root_fd, rel)
+                if (
+                    st is None
+                    and present_at_start is not None
+                    and rel in present_at_start
+                    and rel not in removed_by_reload
+                ):
+                    # There when the reload began, never removed by it: deleted here, a
+                    # deletion for the next commit (the volume's own went in after base).
+                    continue
                 if st is None:
                     index.files.pop(rel, None)
                 if st is None or not stat.S_ISDIR(st.st_mode):
@@ -1045,6 +1091,10 @@ class WorkingCopy:
                     index.dirs.add(rel)
                     if rel in explicit:
                         index.explicit_dirs.add(rel)
+                elif st is None and rel in removed_by_reload:
+                    # The reload removed the file where the volume now has a directory,
+                    # and stopped before making it: not a deletion of this copy's.
+                    index.files.pop(rel, None)
             for rel, record in files.items():
                 st = fsops.lstat(root_fd, rel)
                 if st is None and rel in removed_since:
@@ -1139,6 +1189,8 @@ class WorkingCopy:
         blocked: set[str] = set()
         root_fd = fsops.open_root(str(self.root))
         staging: _Staging | None = None
+        # Before each removal (see REMOVAL_FILE).
+        removals = _RemovalLog(self.meta_dir / REMOVAL_FILE)
         try:
             # All content first, into a staging directory: content that fails to download
             # or to verify stops the reload before anything in the tree has changed.
@@ -1176,6 +1228,7 @@ class WorkingCopy:
                     index.files.pop(rel, None)
                     continue
                 if self._is_clean(root_fd, rel, entry, st):
+                    removals.note(rel)
                     fsops.remove_file(root_fd, rel)
                     del index.files[rel]
                 else:
@@ -1196,6 +1249,7 @@ class WorkingCopy:
                 if st is not None and not stat.S_ISDIR(st.st_mode):
                     entry = index.files.get(rel)
                     if entry is not None and self._is_clean(root_fd, rel, entry, st):
+                        removals.note(rel)
                         fsops.remove_file(root_fd, rel)
                         del index.files[rel]
                     elif stat.S_ISLNK(st.st_mode):
@@ -1286,6 +1340,7 @@ class WorkingCopy:
                             kept.append(ancestor)
                         break
         finally:
+            removals.close()
             if staging is not None:
                 staging.remove(root_fd)
             os.close(root_fd)
@@ -1588,6 +1643,24 @@ class _Published:
 #: The signature of a file recorded as deleted here: no file has inode 0, so it never
 #: matches, and a commit publishes the deletion.
 _DELETED_HERE = Signature(0, 0, 0, 0, 0)
+
+
+class _RemovalLog:
+    """REMOVAL_FILE, opened at the first removal. A line is written before each removal;
+    line-buffered, so a process kill keeps every line written."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._file: IO[str] | None = None
+
+    def note(self, rel: str) -> None:
+        if self._file is None:
+            self._file = open(self.path, "a", buffering=1)  # noqa: SIM115
+        self._file.write(json.dumps(rel) + "\n")
+
+    def close(self) -> None:
+        if self._file is not None:
+            self._file.close()
 
 
 @dataclass

@@ -9,7 +9,14 @@ to a record file first, so the test knows, for instance, whether the log entry l
 
     python tests/model/killer.py '{"store": {...}, "root": ..., "op": "commit", ...}'
 
-Exit status 0: the operation finished before point ``k`` (its result is on stdout).
+Exit status 0: the operation finished before point ``k`` (its result is on stdout; a
+commit refused because its base was pruned, or because content it reuses was collected
+meanwhile, says so there).
+
+With ``"pause": true`` the process stops at point ``k`` instead: it prints ``paused``,
+waits for a line on stdin, then goes on (another writer, a prune or a gc runs meanwhile).
+The ``prune`` operation is ``kvol volume gc`` of the volume ``volume`` with ``grace``:
+prune by its retention policy, then collect.
 """
 
 from __future__ import annotations
@@ -23,6 +30,9 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from kvol import fsops, index
+from kvol.errors import Conflict, StaleBase
+from kvol.repo import Repo
+from kvol.retention import prune_history
 from kvol.store import FilesystemStore, Store, open_store
 from kvol.store.base import Store as BaseStore
 from kvol.workcopy import WorkingCopy
@@ -42,9 +52,10 @@ MUTATIONS = (
 
 
 class Points:
-    def __init__(self, k: int, when: str, record: Path) -> None:
+    def __init__(self, k: int, when: str, record: Path, pause: bool = False) -> None:
         self.k = k
         self.when = when
+        self.pause = pause
         self.n = 0
         self.record = record.open("a", buffering=1)
 
@@ -52,12 +63,20 @@ class Points:
         self.record.write(line + "\n")
         self.record.flush()
 
+    def _stop(self, n: int, kind: str, detail: str, when: str) -> None:
+        if self.pause:
+            self._note(json.dumps({"paused": n, "kind": kind, "detail": detail, "when": when}))
+            print("paused", flush=True)
+            sys.stdin.readline()
+            return
+        self._note(json.dumps({"kill": n, "kind": kind, "detail": detail, "when": when}))
+        os.kill(os.getpid(), signal.SIGKILL)
+
     def hit(self, kind: str, detail: str, call: Callable[[], T]) -> T:
         self.n += 1
         n = self.n
         if n == self.k and self.when == "before":
-            self._note(json.dumps({"kill": n, "kind": kind, "detail": detail, "when": "before"}))
-            os.kill(os.getpid(), signal.SIGKILL)
+            self._stop(n, kind, detail, "before")
         try:
             result = call()
         except BaseException as exc:
@@ -68,9 +87,8 @@ class Points:
 
     def _done(self, n: int, kind: str, detail: str, result: Any) -> None:
         self._note(json.dumps({"done": n, "kind": kind, "detail": detail, "result": result}))
-        if n == self.k:
-            self._note(json.dumps({"kill": n, "kind": kind, "detail": detail, "when": "after"}))
-            os.kill(os.getpid(), signal.SIGKILL)
+        if n == self.k and self.when == "after":
+            self._stop(n, kind, detail, "after")
 
 
 def _show(value: Any) -> Any:
@@ -113,10 +131,28 @@ def open_spec(spec: dict[str, Any]) -> Store:
 def main() -> int:
     args = json.loads(sys.argv[1])
     store = open_spec(args["store"])
-    install(Points(int(args["k"]), str(args["when"]), Path(args["record"])))
+    points = Points(
+        int(args["k"]), str(args["when"]), Path(args["record"]), args.get("pause", False)
+    )
+    install(points)
+    if args["op"] == "prune":
+        repo = Repo(store, args["volume"])
+        grace = float(args["grace"])
+        report = prune_history(repo, grace_seconds=grace)
+        collected = repo.gc(grace)
+        print(json.dumps({"horizon": report.horizon, "deleted": collected.objects_deleted}))
+        return 0
     copy = WorkingCopy.open(args["root"], store=store, concurrency=1)
     if args["op"] == "commit":
-        result: Any = copy.commit()
+        try:
+            result: Any = copy.commit()
+        except StaleBase:
+            print(json.dumps({"stale": True}))
+            return 0
+        except Conflict:
+            # Content the commit reuses was collected before it could publish it.
+            print(json.dumps({"conflict": True}))
+            return 0
         print(json.dumps({"seq": result.seq, "deferred": list(result.deferred)}))
     elif args["op"] == "reload":
         done = copy.reload()

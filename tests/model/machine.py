@@ -3,9 +3,11 @@
 Each step changes one copy's files (write, delete, ``rm -r``, rename, file <-> directory),
 or commits, reloads, reopens or crashes it (the object dropped unclosed, or the process
 SIGKILLed at a chosen store call or filesystem mutation of a commit or reload), or runs
-the SDK's ``rm -r`` or a garbage collection. After every step the real trees, the head as
-a fresh reader sees it, and the store's integrity are checked against
-:mod:`tests.model.reference`; any difference fails the run.
+the SDK's ``rm -r``, a garbage collection, or ``kvol volume gc`` with a retention policy
+(prune, then collect: in this process, killed at one of its store calls, or while a
+commit in another process stands still at one of its points). After every step the real
+trees, each copy's base, the head as a fresh reader sees it, and the store's integrity
+are checked against :mod:`tests.model.reference`; any difference fails the run.
 """
 
 from __future__ import annotations
@@ -32,11 +34,23 @@ from hypothesis.stateful import RuleBasedStateMachine, invariant, rule
 from kvol import fsck, fsops
 from kvol import repo as repo_module
 from kvol.content import min_gc_grace
+from kvol.errors import HistoryPruned, StaleBase
+from kvol.layout import parse_seq
 from kvol.repo import Repo
+from kvol.retention import prune_history
 from kvol.store import Store
 from kvol.volume import Volume
-from kvol.workcopy import JOURNAL_FILE, WorkingCopy
-from tests.model.reference import CopyModel, LogModel, Tree, VolumeState, ancestors, short, under
+from kvol.workcopy import COMMIT_JOURNAL_FILE, INDEX_FILE, JOURNAL_FILE, WorkingCopy
+from tests.model.reference import (
+    CopyModel,
+    LogModel,
+    Pending,
+    Tree,
+    VolumeState,
+    ancestors,
+    short,
+    under,
+)
 
 #: Chunks of large files: small, so that a multi-part file stays cheap.
 CHUNK_SIZE = 64 * 1024
@@ -53,6 +67,9 @@ LARGE = st.sampled_from([False, False, False, True])
 #: Kill points: most operations have a few dozen; the first ones are the interesting ones.
 POINT = st.integers(1, 12) | st.integers(1, 60)
 WHEN = st.sampled_from(["before", "after"])
+#: Retention policies keep the last few commits: pruning passes copies' bases often.
+KEEP = st.integers(1, 4)
+KILLED = ["commit", "reload", "commit", "reload", "prune", "race", "race_prune"]
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
 
@@ -335,11 +352,14 @@ class VolumeMachine(RuleBasedStateMachine):
     # Commits and reloads are what make copies meet, so each has two rules: twice as likely.
     @rule(i=COPY)
     def commit(self, i: int) -> None:
-        self._commit(i)
+        """Commit as the node plugin's final commit does: refused because the copy's base
+        was pruned, it reloads (keeping local changes) and commits again."""
+        self._commit(i, retry=True)
 
     @rule(i=COPY)
     def commit_another(self, i: int) -> None:
-        self._commit(i)
+        """Commit as a pod's background commits do: refused, the copy stays as it is."""
+        self._commit(i, retry=False)
 
     @rule(i=COPY)
     def reload(self, i: int) -> None:
@@ -349,18 +369,54 @@ class VolumeMachine(RuleBasedStateMachine):
     def reload_another(self, i: int) -> None:
         self._reload(i)
 
-    def _commit(self, i: int) -> None:
+    def _commit(self, i: int, retry: bool = True) -> None:
         self.note(f"commit(copy={i})")
-        result = self.copies[i].commit()
-        published = self.log.commit(self.models[i])
+        model = self.models[i]
+        self.log.settle(model)
+        if self.log.stale(model):
+            self._refused(i)
+            if not retry:
+                return
+            self._reload(i)
+            self.note(f"commit(copy={i})")
+        try:
+            result = self.copies[i].commit()
+        except StaleBase as exc:
+            raise Divergence(
+                f"commit refused ({exc}); the model's base is {model.base}, the horizon "
+                f"{self.log.horizon}:\n  " + "\n  ".join(self.steps)
+            ) from exc
+        published = self.log.commit(model)
         assert not result.deferred, f"commit deferred files nobody was writing: {result.deferred}"
         assert (result.seq is not None) == published, (
             f"commit published {result.seq}, the model expected "
             f"{'an entry' if published else 'nothing'}:\n  " + "\n  ".join(self.steps)
         )
 
+    def _refused(self, i: int) -> None:
+        """A commit from a base before the horizon: StaleBase, nothing published, every
+        local change still in the copy."""
+        model = self.models[i]
+        try:
+            result = self.copies[i].commit()
+        except StaleBase:
+            self.note("  -> StaleBase")
+        else:
+            raise Divergence(
+                f"a copy based on commit {model.base}, before the horizon {self.log.horizon}, "
+                f"committed (seq {result.seq}):\n  " + "\n  ".join(self.steps)
+            )
+        seq, _ = read_head(self.repo)
+        assert seq == self.log.head_seq, (
+            f"a refused commit moved the head to {seq}:\n  " + "\n  ".join(self.steps)
+        )
+        expect_same(
+            f"copy {i} after its refused commit", model.tree, read_tree(self.root(i)), self.steps
+        )
+
     def _reload(self, i: int) -> None:
         self.note(f"reload(copy={i})")
+        self.log.settle(self.models[i])
         self.copies[i].reload()
         self.log.reload(self.models[i])
 
@@ -372,67 +428,126 @@ class VolumeMachine(RuleBasedStateMachine):
             self.copies[i].close(final_commit=False)
         self.copies[i] = WorkingCopy.open(self.root(i), store=self.store, concurrency=CONCURRENCY)
 
-    def _killed(self, i: int, op: str, k: int, when: str) -> tuple[bool, list[dict[str, Any]]]:
-        """Run ``op`` on copy ``i`` in a child killed at point ``k``; True if it finished."""
-        self.copies[i].close(final_commit=False)
+    def _child_args(self, op: str, k: int, when: str, **extra: Any) -> dict[str, Any]:
         record = self.dir / "points.jsonl"
         record.unlink(missing_ok=True)
-        args = {
+        return {
             "store": self.child_spec,
-            "root": str(self.root(i)),
             "op": op,
             "k": k,
             "when": when,
             "record": str(record),
+            **extra,
         }
+
+    def _child_command(self, args: dict[str, Any]) -> tuple[list[str], dict[str, str]]:
         env = {**os.environ, **self.env.child_env, "PYTHONSAFEPATH": "1"}
-        done = subprocess.run(
-            [sys.executable, str(Path(__file__).with_name("killer.py")), json.dumps(args)],
-            cwd=REPO_ROOT,
-            env=env,
-            capture_output=True,
-            timeout=120,
-        )
-        points = (
-            [json.loads(line) for line in record.read_text().splitlines()]
-            if record.exists()
-            else []
-        )
-        self.copies[i] = WorkingCopy.open(self.root(i), store=self.store, concurrency=CONCURRENCY)
+        return [sys.executable, str(Path(__file__).with_name("killer.py")), json.dumps(args)], env
+
+    def _points(self) -> list[dict[str, Any]]:
+        record = self.dir / "points.jsonl"
+        if not record.exists():
+            return []
+        return [json.loads(line) for line in record.read_text().splitlines()]
+
+    def _run_killed(
+        self, op: str, k: int, when: str, **extra: Any
+    ) -> tuple[bool, list[dict[str, Any]], dict[str, Any]]:
+        """Run ``op`` in a child killed at point ``k``: (finished, its points, its result)."""
+        command, env = self._child_command(self._child_args(op, k, when, **extra))
+        done = subprocess.run(command, cwd=REPO_ROOT, env=env, capture_output=True, timeout=120)
+        points = self._points()
         if done.returncode == 0:
-            return True, points
+            return True, points, json.loads(done.stdout.decode().splitlines()[-1])
         assert done.returncode == -9, (
             f"{op} in a child failed (exit {done.returncode}): {done.stderr.decode()[-2000:]}"
         )
-        return False, points
+        return False, points, {}
 
-    @rule(i=COPY, op=st.sampled_from(["commit", "reload"]), k=POINT, when=WHEN)
-    def kill(self, i: int, op: str, k: int, when: str) -> None:
-        """SIGKILL a commit or a reload in a child process at one of its points."""
+    def _killed(
+        self, i: int, op: str, k: int, when: str
+    ) -> tuple[bool, list[dict[str, Any]], dict[str, Any]]:
+        """Run ``op`` on copy ``i`` in a child killed at point ``k``; True if it finished."""
+        self.copies[i].close(final_commit=False)
+        try:
+            return self._run_killed(op, k, when, root=str(self.root(i)))
+        finally:
+            self.copies[i] = WorkingCopy.open(
+                self.root(i), store=self.store, concurrency=CONCURRENCY
+            )
+
+    def _journal(self, i: int) -> bytes | None:
+        """The copy's commit journal: there while a commit is not settled."""
+        try:
+            return (self.copies[i].meta_dir / COMMIT_JOURNAL_FILE).read_bytes()
+        except FileNotFoundError:
+            return None
+
+    def _settled_by_child(
+        self, i: int, journal: bytes | None, points: list[dict[str, Any]]
+    ) -> None:
+        """A child's lock settles the copy's killed commit, if it got that far: its journal
+        is gone or replaced, or the index recorded the commit (the journal only waits to be
+        dropped; a landed commit stays landed)."""
+        model = self.models[i]
+        if model.pending is None:
+            return
+        if self._journal(i) != journal:
+            self.log.settle(model)
+        elif any(_index_saved(p) for p in points):
+            model.pending = None
+
+    # One rule for every step that runs a child process (they cost the most): a commit or
+    # reload killed, each twice as likely as a prune killed or a commit racing a prune.
+    @rule(i=COPY, op=st.sampled_from(KILLED), k=POINT, when=WHEN, keep=KEEP)
+    def kill(self, i: int, op: str, k: int, when: str, keep: int = 1) -> None:
+        """SIGKILL a commit, a reload or ``kvol volume gc`` with a retention policy
+        keeping the last ``keep`` commits in a child process at one of its points; or
+        stop a commit at one of its points while such a gc runs ("race"), or such a gc
+        while copy ``i`` commits ("race_prune")."""
         if op == "commit":
             self._kill_commit(i, k, when)
-        else:
+        elif op == "reload":
             self._kill_reload(i, k, when)
+        elif op == "prune":
+            self.kill_prune(keep, k, when)
+        elif op == "race":
+            self.race(i, keep, k, when)
+        else:
+            self.race_prune(i, keep, k, when)
 
     def _kill_commit(self, i: int, k: int, when: str) -> None:
         """SIGKILL a commit at its k-th store call or filesystem mutation, then reopen."""
         self.note(f"kill_commit(copy={i}, k={k}, {when})")
-        finished, points = self._killed(i, "commit", k, when)
-        landed_at = next(
-            (
-                n
-                for n, p in enumerate(points)
-                if p.get("kind") == "store.put_if_absent"
-                and "/log/" in p.get("detail", "")
-                and p.get("result") is True
-            ),
-            None,
-        )
+        journal = self._journal(i)
+        finished, points, out = self._killed(i, "commit", k, when)
+        self._settled_by_child(i, journal, points)
+        model = self.models[i]
+        stale = self.log.stale(model)
+        landed_at = _landed(points)
+        if out.get("stale"):
+            if not stale:
+                raise Divergence(
+                    f"commit refused as stale; the model's base is {model.base}, the horizon "
+                    f"{self.log.horizon}:\n  " + "\n  ".join(self.steps)
+                )
+            self.note("  -> StaleBase")
+            return
         # A commit whose entry landed is a commit, even if the copy was killed before it
         # recorded it: the copy must recognise its own entry (its commit journal) rather
         # than publish the same changes again over what others wrote since.
         if finished or landed_at is not None:
-            self.log.commit(self.models[i])
+            if stale:
+                raise Divergence(
+                    f"a copy based on commit {model.base}, before the horizon "
+                    f"{self.log.horizon}, was not refused ({out or 'entry landed'}):\n  "
+                    + "\n  ".join(self.steps)
+                )
+            before = Pending(self.log.head_seq + 1, model.view.copy(), model.base)
+            self.log.commit(model)
+            if not finished and not any(_index_saved(p) for p in points[landed_at:]):
+                # Not recorded yet: the next commit or reload settles it.
+                model.pending = before
         outcome = "finished" if finished else "killed"
         if landed_at is not None:
             outcome += ", entry landed"
@@ -446,11 +561,17 @@ class VolumeMachine(RuleBasedStateMachine):
         copy's view of it. Anything else (a path in neither state) is a divergence.
         """
         self.note(f"kill_reload(copy={i}, k={k}, {when})")
+        journal = self._journal(i)
+        finished, points, _ = self._killed(i, "reload", k, when)
+        self._settled_by_child(i, journal, points)
         model = self.models[i]
-        before = CopyModel(model.view.copy(), model.tree)
-        after = CopyModel(model.view.copy(), model.tree)
+        if model.pending is not None:
+            # Killed while settling a killed commit: the reload never began.
+            self.note("  -> killed")
+            return
+        before = CopyModel(model.view.copy(), model.tree, model.base)
+        after = CopyModel(model.view.copy(), model.tree, model.base)
         self.log.reload(after)
-        finished, points = self._killed(i, "reload", k, when)
         if finished:
             self.models[i] = after
             self.note("  -> finished")
@@ -466,7 +587,242 @@ class VolumeMachine(RuleBasedStateMachine):
             self.models[i] = before
         else:
             self.models[i] = mixed(before, after, actual, self.steps)
+        # The base moves when the reload's index is saved, its last step.
+        base = self.copies[i].index.base
+        if base not in (before.base, after.base):
+            raise Divergence(
+                f"a killed reload left the copy based on {base}, neither {before.base} nor "
+                f"{after.base}:\n  " + "\n  ".join(self.steps)
+            )
+        self.models[i].base = base
         self.note("  -> killed")
+
+    # -- pruning ------------------------------------------------------------------------------
+
+    def _grace(self) -> float:
+        if self.env.can_age:
+            return max(min_gc_grace(), repo_module.DEFAULT_GC_GRACE_SECONDS)
+        return min_gc_grace()
+
+    def _time_passes(self) -> None:
+        """Filesystem store: every content object and pruning horizon is two grace periods
+        old, as if that much time had passed since anything was written (elsewhere nothing
+        ages: collection keeps every object, and pruning only moves the horizon)."""
+        if not self.env.can_age:
+            return
+        old = time.time() - 2 * self._grace()
+        volume = Path(self.child_spec["root"]) / "volumes" / self.repo.volume_id
+        for sub in ("blobs", "packs", "horizon"):
+            for dirpath, _, names in os.walk(volume / sub):
+                for name in names:
+                    os.utime(os.path.join(dirpath, name), (old, old))
+
+    def _set_policy(self, keep: int) -> None:
+        Volume.from_id(self.repo.volume_id, store=self.store).set_retention(keep_last=keep)
+
+    def _stored_before(self, limit: int) -> list[str]:
+        """Log entries and checkpoints still in the store before commit ``limit``."""
+        repo = Repo(self.store, self.repo.volume_id)
+        found = []
+        for prefix in (repo.keys.log_prefix, repo.keys.checkpoint_prefix):
+            for info in self.store.list(prefix):
+                seq = parse_seq(info.key.rsplit("/", 1)[-1])
+                if seq is not None and seq < limit:
+                    found.append(info.key)
+        return found
+
+    @rule(keep=KEEP)
+    def prune(self, keep: int) -> None:
+        """``kvol volume gc`` with a policy keeping the last ``keep`` commits: prune, then
+        collect. On a filesystem store time passed first: what is before every earlier
+        horizon is deleted, and the content only it named is collected."""
+        self.note(f"prune(keep_last={keep})")
+        self._set_policy(keep)
+        settled = self.log.horizon if self.env.can_age else 0
+        self._time_passes()
+        repo = Repo(self.store, self.repo.volume_id)
+        report = prune_history(repo, grace_seconds=self._grace())
+        repo.gc(self._grace())
+        horizon = self.log.prune(keep)
+        assert report.horizon == horizon == repo.horizon(), (
+            f"pruning reported horizon {report.horizon} (store: {repo.horizon()}), the model's "
+            f"is {horizon}:\n  " + "\n  ".join(self.steps)
+        )
+        left = self._stored_before(settled)
+        assert not left, (
+            f"pruned history still stored a grace after its horizon {settled}: {left}\n  "
+            + "\n  ".join(self.steps)
+        )
+
+    def kill_prune(self, keep: int, k: int, when: str) -> None:
+        """SIGKILL ``kvol volume gc`` (prune, then collect) at one of its store calls."""
+        self.note(f"kill_prune(keep_last={keep}, k={k}, {when})")
+        self._set_policy(keep)
+        self._time_passes()
+        old = self.log.horizon
+        new = self.log.prune(keep)
+        finished, _, _ = self._run_killed(
+            "prune", k, when, volume=self.repo.volume_id, grace=self._grace()
+        )
+        horizon = Repo(self.store, self.repo.volume_id).horizon()
+        if horizon not in (old, new) or (finished and horizon != new):
+            raise Divergence(
+                f"a {'finished' if finished else 'killed'} prune left the horizon at "
+                f"{horizon}, the model's is {old} before, {new} after:\n  "
+                + "\n  ".join(self.steps)
+            )
+        self.log.horizon = horizon
+        self.note(f"  -> {'finished' if finished else 'killed'}, horizon {horizon}")
+
+    def _paused_child(self, args: dict[str, Any]) -> tuple[subprocess.Popen[str], bool, str]:
+        """Start a child that stops at its point: (the child, whether it stopped, the first
+        line it printed)."""
+        command, env = self._child_command({**args, "pause": True})
+        with (self.dir / "child.err").open("wb") as err:
+            child = subprocess.Popen(
+                command,
+                cwd=REPO_ROOT,
+                env=env,
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                stderr=err,
+                text=True,
+            )
+        assert child.stdout is not None
+        first = child.stdout.readline()
+        return child, first.strip() == "paused", first
+
+    def _go_on(self, child: subprocess.Popen[str], paused: bool, first: str) -> dict[str, Any]:
+        """Let a stopped child go on; its result."""
+        if paused:
+            assert child.stdin is not None
+            child.stdin.write("\n")
+            child.stdin.flush()
+        out, _ = child.communicate(timeout=120)
+        assert child.returncode == 0, (
+            f"a child stopped at a point failed (exit {child.returncode}): "
+            f"{(self.dir / 'child.err').read_text()[-2000:]}"
+        )
+        result: dict[str, Any] = json.loads((out if paused else first).splitlines()[-1])
+        return result
+
+    def race_prune(self, i: int, keep: int, k: int, when: str) -> None:
+        """``kvol volume gc`` with a policy keeping the last ``keep`` commits stands still
+        in a child at its k-th store call (time passed first, on a filesystem store) while
+        copy ``i`` commits as the commit rule does, then goes on. The commit sees the
+        horizon as it stands; the prune keeps what its policy says of the head it read."""
+        self.note(f"race_prune(copy={i}, keep_last={keep}, k={k}, {when})")
+        self._set_policy(keep)
+        self._time_passes()
+        old, head = self.log.horizon, self.log.head_seq
+        child, paused, first = self._paused_child(
+            self._child_args("prune", k, when, volume=self.repo.volume_id, grace=self._grace())
+        )
+        try:
+            if paused:
+                mid = Repo(self.store, self.repo.volume_id).horizon()
+                if mid not in (old, self.log.pruned_to(keep, head)):
+                    raise Divergence(
+                        f"a stopped prune left the horizon at {mid}, the model's is {old}, "
+                        f"or {self.log.pruned_to(keep, head)} once it moved:\n  "
+                        + "\n  ".join(self.steps)
+                    )
+                self.log.horizon = mid
+                self._commit(i)
+        except BaseException:
+            child.kill()
+            child.wait()
+            raise
+        self._go_on(child, paused, first)
+        horizon = Repo(self.store, self.repo.volume_id).horizon()
+        allowed = {self.log.horizon, self.log.pruned_to(keep, head)}
+        allowed.add(self.log.pruned_to(keep, self.log.head_seq))
+        if horizon not in allowed:
+            raise Divergence(
+                f"a prune racing a commit left the horizon at {horizon}, the model allows "
+                f"{sorted(allowed)}:\n  " + "\n  ".join(self.steps)
+            )
+        self.log.horizon = horizon
+        self.note(f"  -> {'paused' if paused else 'not stopped'}, horizon {horizon}")
+
+    def race(self, i: int, keep: int, k: int, when: str) -> None:
+        """A commit in a child stands still at its k-th point while ``kvol volume gc``
+        prunes (keeping the last ``keep`` commits) and collects, then goes on.
+
+        The commit checks the horizon right before it publishes: stopped before that, a
+        horizon that passed its base refuses it; stopped after, its entry lands, and the
+        content its base named must still be there (the commits before the new horizon
+        stay in the store a grace, so collection keeps what they name). Nothing ages
+        meanwhile: a commit stalled longer than the grace is outside the guarantees.
+        """
+        model = self.models[i]
+        if model.pending is not None:
+            return  # the copy's lock would settle its killed commit in the race too
+        self.note(f"race(copy={i}, keep_last={keep}, k={k}, {when})")
+        self._set_policy(keep)
+        base, horizon_before, changed = model.base, self.log.horizon, bool(model.local_changes())
+        self.copies[i].close(final_commit=False)
+        child, paused, first = self._paused_child(
+            self._child_args("commit", k, when, root=str(self.root(i)))
+        )
+        collected = 0
+        try:
+            if paused:
+                repo = Repo(self.store, self.repo.volume_id)
+                prune_history(repo, grace_seconds=self._grace())
+                collected = repo.gc(self._grace()).objects_deleted
+            result = self._go_on(child, paused, first)
+        finally:
+            if child.poll() is None:
+                child.kill()
+                child.wait()
+            self.copies[i] = WorkingCopy.open(
+                self.root(i), store=self.store, concurrency=CONCURRENCY
+            )
+        points = self._points()
+        # Did the entry land, and did the commit check the horizon, before the prune ran?
+        landed = _landed(points)
+        stop = next((n for n, p in enumerate(points) if "paused" in p), None)
+        pruned_first = stop is not None and (landed is None or landed > stop)
+        guard = _guard_point(points, base)
+        guard_first = stop is not None and guard is not None and points[stop]["paused"] > guard
+        horizon_mid = self.log.prune(keep) if pruned_first else horizon_before
+        if result.get("stale"):
+            want = changed and (base < horizon_before or (base < horizon_mid and not guard_first))
+            if not want:
+                raise Divergence(
+                    f"a racing commit was refused as stale; its base is {base}, the horizon "
+                    f"{horizon_before}, then {horizon_mid}:\n  " + "\n  ".join(self.steps)
+                )
+            outcome = "StaleBase"
+        elif result.get("conflict"):
+            if not collected:
+                raise Divergence(
+                    "a racing commit failed on collected content, but nothing was collected:"
+                    "\n  " + "\n  ".join(self.steps)
+                )
+            outcome = "content collected meanwhile, nothing published"
+        else:
+            if changed and (base < horizon_before or (base < horizon_mid and not guard_first)):
+                raise Divergence(
+                    f"a racing commit based on {base} published past the horizon "
+                    f"{horizon_before}, then {horizon_mid}:\n  " + "\n  ".join(self.steps)
+                )
+            self.log.commit(model, horizon_before if guard_first else horizon_mid)
+            outcome = f"seq {result.get('seq')}"
+        if not pruned_first:
+            # It ran after the commit landed (or the commit never stopped).
+            if not paused:
+                repo = Repo(self.store, self.repo.volume_id)
+                prune_history(repo, grace_seconds=self._grace())
+                repo.gc(self._grace())
+            self.log.prune(keep)
+        horizon = Repo(self.store, self.repo.volume_id).horizon()
+        assert horizon == self.log.horizon, (
+            f"the horizon is {horizon}, the model's {self.log.horizon}:\n  "
+            + "\n  ".join(self.steps)
+        )
+        self.note(f"  -> {'paused' if paused else 'not stopped'}, {outcome}")
 
     # -- writers without a working copy, and garbage collection -------------------------------
 
@@ -501,20 +857,11 @@ class VolumeMachine(RuleBasedStateMachine):
 
     @rule()
     def gc(self) -> None:
-        """Collect garbage with a short grace: nothing any commit refers to may go."""
+        """Collect garbage with a short grace (on a filesystem store, after time passed):
+        nothing any commit refers to may go."""
         self.note("gc()")
-        if self.env.can_age:
-            # Time passes for the store: every object is two grace periods old.
-            grace = max(min_gc_grace(), repo_module.DEFAULT_GC_GRACE_SECONDS)
-            old = time.time() - 2 * grace
-            volume = Path(self.child_spec["root"]) / "volumes" / self.repo.volume_id
-            for sub in ("blobs", "packs"):
-                for dirpath, _, names in os.walk(volume / sub):
-                    for name in names:
-                        os.utime(os.path.join(dirpath, name), (old, old))
-            Repo(self.store, self.repo.volume_id).gc(grace)
-        else:
-            Repo(self.store, self.repo.volume_id).gc(min_gc_grace())
+        self._time_passes()
+        Repo(self.store, self.repo.volume_id).gc(self._grace())
 
     # -- invariants ---------------------------------------------------------------------------
 
@@ -522,6 +869,18 @@ class VolumeMachine(RuleBasedStateMachine):
     def copies_match(self) -> None:
         for i in range(COPIES):
             expect_same(f"copy {i}", self.models[i].tree, read_tree(self.root(i)), self.steps)
+
+    @invariant()
+    def bases_match(self) -> None:
+        """Each copy is based where the model says (before a killed commit it has not
+        recorded yet): the base decides whether its commit is refused."""
+        for i, model in enumerate(self.models):
+            want = model.pending.base if model.pending is not None else model.base
+            got = self.copies[i].index.base
+            assert got == want, (
+                f"copy {i} is based on commit {got}, the model's base is {want}:\n  "
+                + "\n  ".join(self.steps)
+            )
 
     @invariant()
     def head_matches(self) -> None:
@@ -537,14 +896,78 @@ class VolumeMachine(RuleBasedStateMachine):
 
     def check_all(self) -> None:
         self.copies_match()
+        self.bases_match()
         self.head_matches()
         self.store_whole()
 
     def check_history(self) -> None:
-        """Nothing committed is ever lost: every past commit still reads as the model's."""
+        """Nothing committed is ever lost: every retained commit still reads as the
+        model's; one before the horizon says it was pruned."""
         for seq in range(1, self.log.head_seq + 1):
+            if seq < self.log.horizon:
+                try:
+                    if seq == 1:
+                        # Restoring it says so too, and publishes nothing.
+                        Repo(self.store, self.repo.volume_id).restore(seq)
+                    else:
+                        read_head(self.repo, seq)
+                except HistoryPruned:
+                    continue
+                raise Divergence(
+                    f"commit {seq} still reads, before the horizon {self.log.horizon}:\n  "
+                    + "\n  ".join(self.steps)
+                )
             _, tree = read_head(self.repo, seq)
             expect_same(f"commit {seq}", self.log.state(seq).tree(), tree, self.steps)
+
+
+def _landed(points: list[dict[str, Any]]) -> int | None:
+    """Where in a child's points its commit's log entry landed."""
+    return next(
+        (
+            n
+            for n, p in enumerate(points)
+            if p.get("kind") == "store.put_if_absent"
+            and "/log/" in p.get("detail", "")
+            and p.get("result") is True
+        ),
+        None,
+    )
+
+
+def _reload_journal_written(point: dict[str, Any]) -> bool:
+    return (
+        "done" in point
+        and point.get("kind") == "fs.write_atomically"
+        and point.get("detail", "").endswith("/" + JOURNAL_FILE)
+    )
+
+
+def _index_saved(point: dict[str, Any]) -> bool:
+    return (
+        "done" in point
+        and point.get("kind") == "fs.write_atomically"
+        and point.get("detail", "").endswith("/" + INDEX_FILE)
+    )
+
+
+def _guard_point(points: list[dict[str, Any]], base: int) -> int | None:
+    """The point right after which a commit checks the horizon: the store call that finds
+    its base in the log, or the write of its journal when it has no base (no call between:
+    a horizon check is a listing, not a point)."""
+    journal: int | None = next(
+        (
+            int(p["done"])
+            for p in points
+            if "done" in p
+            and p.get("kind") == "fs.write_atomically"
+            and p.get("detail", "").endswith("/" + COMMIT_JOURNAL_FILE)
+        ),
+        None,
+    )
+    if journal is None:
+        return None
+    return journal + 1 if base > 0 else journal
 
 
 def mixed(before: CopyModel, after: CopyModel, actual: Tree, steps: list[str]) -> CopyModel:
@@ -623,21 +1046,32 @@ def replay(env: Env, steps: list[tuple[str, dict[str, Any]]]) -> list[str]:
     """
     machine = machine_for(env)()
     try:
-        machine.check_all()
-        for name, kwargs in steps:
-            args = dict(kwargs)
-            if "chosen" in args:
-                args["data"] = _Chosen(args.pop("chosen"))
-            getattr(machine, name)(**args)
-            machine.check_all()
+        _run(machine, steps)
     finally:
         machine.teardown()
     return machine.steps
 
 
-def _reload_journal_written(point: dict[str, Any]) -> bool:
-    return (
-        "done" in point
-        and point.get("kind") == "fs.write_atomically"
-        and point.get("detail", "").endswith("/" + JOURNAL_FILE)
-    )
+def _run(machine: VolumeMachine, steps: list[tuple[str, dict[str, Any]]]) -> None:
+    machine.check_all()
+    for name, kwargs in steps:
+        args = dict(kwargs)
+        if "chosen" in args:
+            args["data"] = _Chosen(args.pop("chosen"))
+        getattr(machine, name)(**args)
+        machine.check_all()
+
+
+def horizon_check_point(env: Env, steps: list[tuple[str, dict[str, Any]]], i: int) -> int:
+    """After ``steps``, the point of copy ``i``'s commit right after which it checks the
+    horizon (a race stopped at a later point finds it checked)."""
+    machine = machine_for(env)()
+    try:
+        _run(machine, steps)
+        base = machine.models[i].base
+        finished, points, _ = machine._killed(i, "commit", 10_000, "before")
+        point = _guard_point(points, base)
+        assert finished and point is not None, points
+        return point
+    finally:
+        machine.teardown()

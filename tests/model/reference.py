@@ -165,12 +165,25 @@ def delete_seen(state: VolumeState, path: str) -> list[Op]:
     return ops
 
 
+@dataclass(frozen=True)
+class Pending:
+    """A killed commit whose entry landed at ``seq``, not yet recorded by its copy: the
+    copy's view and base before it."""
+
+    seq: int
+    view: VolumeState
+    base: int
+
+
 @dataclass
 class CopyModel:
     """What one working copy must hold: its view of the volume and its tree on disk."""
 
     view: VolumeState
     tree: Tree
+    #: The commit the copy is based on (see the module docstring).
+    base: int = 0
+    pending: Pending | None = None
 
     def local_changes(self) -> list[Op]:
         return changes(self.view, self.tree)
@@ -181,6 +194,8 @@ class LogModel:
     """The volume: every published entry, in order (entry ``i`` is commit ``i + 1``)."""
 
     entries: list[list[Op]] = field(default_factory=list)
+    #: Where retained history begins (0: nothing pruned).
+    horizon: int = 0
 
     @property
     def head_seq(self) -> int:
@@ -201,13 +216,31 @@ class LogModel:
 
     def new_copy(self) -> CopyModel:
         head = self.state()
-        return CopyModel(head, head.tree())
+        return CopyModel(head, head.tree(), self.head_seq)
 
-    def commit(self, copy: CopyModel) -> bool:
-        """Publish the copy's local changes; False when there is nothing to publish."""
+    def stale(self, copy: CopyModel, horizon: int | None = None) -> bool:
+        """Would the copy's commit be refused (StaleBase), checking the horizon (or
+        ``horizon``, where it was when the commit looked)? Only a commit with something
+        to publish checks its base."""
+        seen = self.horizon if horizon is None else horizon
+        return copy.base < seen and bool(copy.local_changes())
+
+    def settle(self, copy: CopyModel) -> None:
+        """The copy's next commit or reload settles a killed commit whose entry landed."""
+        pending, copy.pending = copy.pending, None
+        if pending is not None and pending.seq < self.horizon:
+            copy.view, copy.base = pending.view, pending.base
+
+    def commit(self, copy: CopyModel, horizon: int | None = None) -> bool:
+        """Publish the copy's local changes; False when there is nothing to publish.
+        ``horizon``: where the horizon was when the commit checked it (a prune may have
+        moved it since: the entry still lands, after the head)."""
         ops = copy.local_changes()
         if not ops:
             return False
+        assert not self.stale(copy, horizon), "model: a commit from a pruned base"
+        if copy.base == self.head_seq:
+            copy.base = self.head_seq + 1
         self.publish(ops)
         copy.view = copy.view.applied(ops)
         # The model's own check: applying what a copy publishes to what it saw gives
@@ -230,6 +263,16 @@ class LogModel:
             del view.files[path]
         view.dirs -= shown.dirs - kept.dirs
         copy.view = view
+        copy.base = self.head_seq
+
+    def prune(self, keep_last: int) -> int:
+        """Keep the last ``keep_last`` commits: returns the horizon (it only moves forward)."""
+        self.horizon = self.pruned_to(keep_last, self.head_seq)
+        return self.horizon
+
+    def pruned_to(self, keep_last: int, head: int) -> int:
+        """The horizon after a prune keeping the last ``keep_last`` commits of ``head``."""
+        return max(self.horizon, head - keep_last + 1, 1) if head else self.horizon
 
     def rm_from_head(self, path: str) -> bool:
         """The SDK's ``remove_file(path, recursive=True)``: deletes what the head holds."""

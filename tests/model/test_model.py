@@ -1,4 +1,6 @@
-"""Several working copies of one volume against the reference model, on both stores."""
+"""Several working copies of one volume against the reference model, on both stores,
+with history pruned by retention policies (stale writers, killed prunes, prunes racing
+commits and collection) among the steps."""
 
 from __future__ import annotations
 

@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from tests.model.machine import Env, replay
+from tests.model.machine import Env, horizon_check_point, replay
 
 Step = tuple[str, dict[str, Any]]
 
@@ -424,5 +424,152 @@ def test_a_directory_a_killed_reload_emptied_is_not_published_as_made_by_the_cop
             ("sdk_put", {"paths": {"a/a", "b"}, "tag": 2, "large": False}),
             ("commit", {"i": 2}),
             ("sdk_rm", {"chosen": "a/a"}),
+        ],
+    )
+
+
+# Pruning: a retention policy keeping the last N commits (the "prune" rules of the machine;
+# on a filesystem store time passes before each, so history before an earlier horizon is
+# deleted and its content collected; on MinIO only the horizon moves).
+
+
+@pytest.fixture(params=["fs", pytest.param("s3", marks=pytest.mark.s3)])
+def either_env(request: pytest.FixtureRequest) -> Env:
+    env: Env = request.getfixturevalue(f"{request.param}_env")
+    return env
+
+
+def test_a_stale_writer_is_refused_then_reloads_and_commits_keeping_its_changes(
+    either_env: Env,
+) -> None:
+    # Copy 1's base (commit 1) is pruned away, then deleted from the store. Its commits
+    # publish nothing (StaleBase) and keep its file; after a reload it commits, and copy
+    # 0's newer "a/b" stays.
+    notes = replay(
+        either_env,
+        [
+            ("write", {"i": 0, "path": "a", "tag": 1, "large": False}),
+            ("commit", {"i": 0}),
+            ("reload", {"i": 1}),
+            ("write", {"i": 1, "path": "b", "tag": 2, "large": True}),
+            ("write", {"i": 0, "path": "a", "tag": 2, "large": False}),
+            ("commit", {"i": 0}),
+            ("prune", {"keep": 1}),
+            ("commit_another", {"i": 1}),
+            ("write", {"i": 0, "path": "a/b", "tag": 3, "large": False}),
+            ("commit", {"i": 0}),
+            ("prune", {"keep": 1}),
+            ("commit", {"i": 1}),
+            ("reload", {"i": 0}),
+        ],
+    )
+    assert notes.count("  -> StaleBase") == 2
+
+
+def test_a_commit_racing_a_prune_is_refused_or_lands_with_its_content(either_env: Env) -> None:
+    # Copy 1 (based on commit 2) renames "b", which copy 0 deleted at commit 3: its commit
+    # reuses content that only commits 1 and 2 name, and that time made old enough to
+    # collect. Stopped at a point while gc prunes to commit 4 and collects: before its
+    # horizon check it is refused, then reloads and commits; after it, its entry lands,
+    # and the content is still there (the pruned commits stay in the store a grace).
+    before: list[Step] = [
+        ("write", {"i": 0, "path": "a", "tag": 1, "large": False}),
+        ("write", {"i": 0, "path": "b", "tag": 2, "large": True}),
+        ("commit", {"i": 0}),
+        ("reload", {"i": 1}),
+        ("reload", {"i": 2}),
+        ("write", {"i": 0, "path": "a", "tag": 3, "large": False}),
+        ("commit", {"i": 0}),
+        ("reload", {"i": 1}),
+        ("delete", {"i": 0, "chosen": "b"}),
+        ("commit", {"i": 0}),
+        ("write", {"i": 0, "path": "a", "tag": 4, "large": False}),
+        ("commit", {"i": 0}),
+        ("rename", {"i": 1, "chosen": "b", "dst": "a/b"}),
+        ("gc", {}),
+    ]
+    check = horizon_check_point(either_env, before, 1)
+    outcomes = []
+    for k, when in [(check, "after"), (check + 1, "before")]:
+        notes = replay(
+            either_env,
+            [
+                *before,
+                ("race", {"i": 1, "keep": 1, "k": k, "when": when}),
+                ("commit", {"i": 1}),
+                ("prune", {"keep": 1}),
+                ("reload", {"i": 2}),
+            ],
+        )
+        outcomes.append(next(n for n in notes if n.startswith("  -> ")))
+    assert outcomes == ["  -> paused, StaleBase", "  -> paused, seq 5"], outcomes
+
+
+def test_a_copy_made_on_an_empty_volume_reloads_after_its_history_was_deleted(
+    fs_env: Env,
+) -> None:
+    # Copy 1 was made when the volume had no commit. Commits 1 and 2 land, a prune keeps
+    # the last one, and a later one (time passed) deletes commit 1. The copy must reload
+    # from the retained state (and so commit what it has).
+    replay(
+        fs_env,
+        [
+            ("write", {"i": 0, "path": "a", "tag": 1, "large": False}),
+            ("commit", {"i": 0}),
+            ("write", {"i": 0, "path": "a", "tag": 2, "large": False}),
+            ("commit", {"i": 0}),
+            ("prune", {"keep": 1}),
+            ("prune", {"keep": 1}),
+            ("write", {"i": 1, "path": "b", "tag": 3, "large": False}),
+            ("commit", {"i": 1}),
+        ],
+    )
+
+
+def test_a_killed_commit_that_landed_at_the_horizon_is_not_published_again(
+    fs_env: Env,
+) -> None:
+    # Copy 1's commit of "b" is killed right after its entry (commit 2) landed. Copy 0
+    # then commits a newer "b" (3), and a prune keeps the last two: the horizon is 2, so
+    # copy 1's entry is retained history. Its next commit must recognise it (nothing to
+    # publish); taking it as not landed would publish the old "b" again over copy 0's.
+    before: list[Step] = [
+        ("write", {"i": 0, "path": "a", "tag": 1, "large": False}),
+        ("commit", {"i": 0}),
+        ("reload", {"i": 1}),
+        ("write", {"i": 1, "path": "b", "tag": 2, "large": False}),
+        ("kill", {"i": 1, "op": "commit", "k": 7, "when": "after"}),
+    ]
+    assert replay(fs_env, before)[-1] == "  -> killed, entry landed"
+    replay(
+        fs_env,
+        [
+            *before,
+            ("write", {"i": 0, "path": "b", "tag": 3, "large": False}),
+            ("commit", {"i": 0}),
+            ("prune", {"keep": 2}),
+            ("commit", {"i": 1}),
+            ("reload", {"i": 2}),
+        ],
+    )
+
+
+def test_a_file_deleted_after_a_reload_was_killed_is_a_deletion_to_commit(fs_env: Env) -> None:
+    # Copy 0's reload (to the commit that replaced directory "a" with a file) dies before
+    # it reaches "a/b"; then "a/b" is deleted in the copy. Settling the reload must not
+    # take that for the reload's own removal: the commit deletes "a/b", the last write.
+    replay(
+        fs_env,
+        [
+            ("sdk_put", {"paths": {"a/b", "b"}, "tag": 4, "large": False}),
+            ("write", {"i": 2, "path": "b", "tag": 2, "large": False}),
+            ("rename", {"i": 2, "chosen": "b", "dst": "a"}),
+            ("reload", {"i": 0}),
+            ("commit", {"i": 2}),
+            ("kill", {"i": 0, "op": "reload", "k": 4, "when": "after"}),
+            ("write", {"i": 0, "path": "a/a", "tag": 0, "large": True}),
+            ("delete", {"i": 0, "chosen": "a/b"}),
+            ("sdk_put", {"paths": {"a/b", "b/a/b", "b"}, "tag": 3, "large": True}),
+            ("commit", {"i": 0}),
         ],
     )
