@@ -2,7 +2,7 @@
 # "operator": keep the current directory off sys.path for every Python we start.
 export PYTHONSAFEPATH := 1
 
-.PHONY: demo test test-deps lint unit unit-min integration bench clean
+.PHONY: demo test test-deps lint unit unit-min integration bench e2e-kind clean
 
 # Run kvol's main job on the embedded filesystem store: no cluster, no server.
 demo:
@@ -37,6 +37,14 @@ unit-min:
 bench:
 	hack/setup-venv.sh test
 	env -u PYTHONSAFEPATH .venv/bin/python -m bench $(BENCH_ARGS)
+
+# kvol on a three-node kind cluster with no registry (root, Linux; not part of `make test`):
+# builds the node image and every image locally (cached under ~/.cache/kvol/kind), creates
+# the cluster, runs the multi-node checks of hack/kind-e2e.sh, removes it all again.
+e2e-kind:
+	hack/setup-venv.sh test
+	hack/install-helm.sh
+	hack/kind-e2e.sh
 
 clean:
 	rm -rf .venv .venv-min build *.egg-info
