@@ -1191,6 +1191,7 @@ class WorkingCopy:
         staging: _Staging | None = None
         # Before each removal (see REMOVAL_FILE).
         removals = _RemovalLog(self.meta_dir / REMOVAL_FILE)
+        removed: list[str] = []
         try:
             # All content first, into a staging directory: content that fails to download
             # or to verify stops the reload before anything in the tree has changed.
@@ -1231,6 +1232,7 @@ class WorkingCopy:
                     removals.note(rel)
                     fsops.remove_file(root_fd, rel)
                     del index.files[rel]
+                    removed.append(rel)
                 else:
                     # Changed here and not committed: it will be the last write.
                     del index.files[rel]
@@ -1240,6 +1242,8 @@ class WorkingCopy:
                 st = fsops.lstat(root_fd, rel)
                 if st is not None and stat.S_ISDIR(st.st_mode):
                     fsops.remove_empty_dir(root_fd, rel)
+            for rel in self._implied_only_by_deleted(root_fd, view, touched, removed, emptied_here):
+                fsops.remove_empty_dir(root_fd, rel)
             for rel in sorted(d for d in touched if d in all_dirs):
                 if _under_any(rel, blocked):
                     continue
@@ -1345,6 +1349,47 @@ class WorkingCopy:
                 staging.remove(root_fd)
             os.close(root_fd)
         return kept, len(to_write) - len(stopped) - changed_meanwhile
+
+    def _implied_only_by_deleted(
+        self,
+        root_fd: int,
+        view: State,
+        touched: set[str],
+        removed: list[str],
+        emptied_here: set[str],
+    ) -> list[str]:
+        """Directories this reload emptied (its removals took their last files here) that
+        the volume still has only through files this copy deleted: deepest first. Such a
+        directory goes as one the volume dropped would (the copy's tree is the volume's
+        plus its own changes, and nothing there implies it); one the copy emptied before
+        the reload stays (its own change), as does one the volume records explicitly."""
+        index = self.index
+        candidates = {
+            a
+            for rel in removed
+            for a in paths.ancestors(rel)
+            if a in index.dirs
+            and a not in view.dirs
+            and a not in emptied_here
+            and fsops.is_empty_dir(root_fd, a)
+        }
+        if not candidates:
+            return []
+        for p in [*view.files, *view.dirs]:
+            held = [a for a in paths.ancestors(p) if a in candidates]
+            if not held:
+                continue
+            entry = index.files.get(p)
+            deleted_here = (
+                p in view.files
+                and p not in touched
+                and entry is not None
+                and entry.sig is not None
+                and fsops.lstat(root_fd, p) is None
+            )
+            if not deleted_here:
+                candidates.difference_update(held)  # something of the volume's stays here
+        return sorted(candidates, reverse=True)
 
     def _may_need_content(self, view: State, touched: set[str]) -> list[str]:
         """The touched files of ``view`` whose content the tree may not have: all but those

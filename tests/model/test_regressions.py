@@ -573,3 +573,21 @@ def test_a_file_deleted_after_a_reload_was_killed_is_a_deletion_to_commit(fs_env
             ("commit", {"i": 0}),
         ],
     )
+
+
+def test_a_directory_left_only_with_files_the_copy_deleted_goes_when_a_reload_empties_it(
+    fs_env: Env,
+) -> None:
+    # Copy 1 deletes "a/a" (uncommitted); another writer deletes "a/b". The volume still
+    # has "a" through "a/a" alone, which the copy deleted: its tree has nothing there.
+    replay(
+        fs_env,
+        [
+            ("sdk_put", {"paths": {"a/a", "a/b"}, "tag": 0, "large": False}),
+            ("reload", {"i": 1}),
+            ("delete", {"i": 1, "chosen": "a/a"}),
+            ("sdk_rm", {"chosen": "a/b"}),
+            ("reload", {"i": 1}),
+            ("commit", {"i": 1}),
+        ],
+    )
