@@ -76,8 +76,9 @@ class VolumeState:
     files: dict[str, bytes] = field(default_factory=dict)
     dirs: set[str] = field(default_factory=set)
     #: Directories a copy knows as the volume's although nothing in this view implies
-    #: them any more (a reload cut short removed their files and kept them): not made by
-    #: the copy, so published only as a kept directory would be (see ``changes``).
+    #: them (a reload cut short removed their files and kept them, or made them before
+    #: writing their files): the copy neither made them nor emptied them by deleting what
+    #: it saw, so its commits never publish them (see ``changes``).
     seen_dirs: set[str] = field(default_factory=set)
 
     def copy(self) -> VolumeState:
@@ -152,7 +153,9 @@ def changes(view: VolumeState, tree: Tree) -> list[Op]:
         for d in sorted(tree.dirs - view.all_dirs() - view.seen_dirs, key=_outermost_first)
     ]
     kept = view.applied(ops + made + puts).all_dirs()
-    emptied: list[Op] = [("mkdir", d) for d in sorted(tree.dirs - kept, key=_outermost_first)]
+    emptied: list[Op] = [
+        ("mkdir", d) for d in sorted(tree.dirs - kept - view.seen_dirs, key=_outermost_first)
+    ]
     return ops + sorted(made + emptied, key=lambda op: _outermost_first(op[1])) + puts
 
 

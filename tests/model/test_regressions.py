@@ -591,3 +591,25 @@ def test_a_directory_left_only_with_files_the_copy_deleted_goes_when_a_reload_em
             ("commit", {"i": 1}),
         ],
     )
+
+
+@pytest.mark.parametrize("k", [14, 15])
+def test_directories_a_killed_reload_made_for_files_it_never_wrote_are_not_published(
+    fs_env: Env, k: int
+) -> None:
+    # Copy 1's reload dies after making "a/a" and "b" for files it had not written yet:
+    # they are the volume's, not the copy's, and its commit has nothing to publish.
+    replay(
+        fs_env,
+        [
+            ("sdk_put", {"paths": {"a/a", "a/b", "b/a/b", "b"}, "tag": 0, "large": False}),
+            ("write", {"i": 2, "path": "a/a", "tag": 1, "large": False}),
+            ("sdk_rm", {"chosen": "a"}),
+            ("commit", {"i": 2}),
+            ("sdk_put", {"paths": {"a", "a/a/a"}, "tag": 3, "large": False}),
+            ("sdk_put", {"paths": {"a", "b/a/b", "b/b", "a/a"}, "tag": 2, "large": False}),
+            ("sdk_put", {"paths": {"a/a/a", "a/b", "b/a", "b"}, "tag": 3, "large": False}),
+            ("kill", {"i": 1, "op": "reload", "k": k, "when": "after"}),
+            ("commit", {"i": 1}),
+        ],
+    )
