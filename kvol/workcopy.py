@@ -1358,16 +1358,19 @@ class WorkingCopy:
         removed: list[str],
         emptied_here: set[str],
     ) -> list[str]:
-        """Directories this reload emptied (its removals took their last files here) that
-        the volume still has only through files this copy deleted: deepest first. Such a
-        directory goes as one the volume dropped would (the copy's tree is the volume's
-        plus its own changes, and nothing there implies it); one the copy emptied before
-        the reload stays (its own change), as does one the volume records explicitly."""
+        """Empty directories that the volume now has only through files this copy deleted:
+        those this reload emptied (its removals took their last files here), and those the
+        volume had explicitly and no longer does. Deepest first. Such a directory goes as
+        one the volume dropped would (the copy's tree is the volume's plus its own changes,
+        and nothing there implies it). One the copy emptied itself of what the volume only
+        implied stays (its own change, published as a directory), as does one the volume
+        records explicitly."""
         index = self.index
+        near = touched | {a for rel in touched for a in paths.ancestors(rel)}
+        was_explicit = {d for d in near if d in index.explicit_dirs and d not in view.dirs}
         candidates = {
             a
-            for rel in removed
-            for a in paths.ancestors(rel)
+            for a in was_explicit | {a for rel in removed for a in paths.ancestors(rel)}
             if a in index.dirs
             and a not in view.dirs
             and a not in emptied_here
@@ -1380,9 +1383,9 @@ class WorkingCopy:
             if not held:
                 continue
             entry = index.files.get(p)
+            # Deleted here (not written by this reload either: see the kept deletions).
             deleted_here = (
                 p in view.files
-                and p not in touched
                 and entry is not None
                 and entry.sig is not None
                 and fsops.lstat(root_fd, p) is None

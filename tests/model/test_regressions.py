@@ -613,3 +613,23 @@ def test_directories_a_killed_reload_made_for_files_it_never_wrote_are_not_publi
             ("commit", {"i": 1}),
         ],
     )
+
+
+def test_a_directory_the_volume_no_longer_records_goes_once_the_copy_emptied_it(
+    fs_env: Env,
+) -> None:
+    # Copy 0 published "a" as a directory; another writer removed it and put "a/b" again;
+    # copy 0 moved its "a/b" away. "a" was never a change of copy 0's since its commit,
+    # and the volume now has it only through the "a/b" copy 0 deleted: it goes.
+    replay(
+        fs_env,
+        [
+            ("write", {"i": 0, "path": "a/b", "tag": 0, "large": False}),
+            ("commit", {"i": 0}),
+            ("sdk_rm", {"chosen": "a"}),
+            ("sdk_put", {"paths": {"a/b", "b/a/b"}, "tag": 1, "large": False}),
+            ("rename", {"i": 0, "chosen": "a/b", "dst": "b/a/b"}),
+            ("reload", {"i": 0}),
+            ("commit", {"i": 0}),
+        ],
+    )
