@@ -77,17 +77,8 @@ copy_libs() {
 
 # busybox_rootfs DIR: a static busybox with a link per applet.
 busybox_rootfs() {
-  local dir=$1
   need_package busybox-static
-  mkdir -p "$dir"/{bin,etc,tmp,proc,sys,dev,root}
-  chmod 1777 "$dir/tmp"
-  cp /bin/busybox "$dir/bin/busybox"
-  local applet
-  for applet in $("$dir/bin/busybox" --list); do
-    [ "$applet" = busybox ] || ln -sf busybox "$dir/bin/$applet"
-  done
-  printf 'root:x:0:0:root:/root:/bin/sh\nnobody:x:65534:65534:nobody:/:/bin/false\n' >"$dir/etc/passwd"
-  printf 'root:x:0:\nnobody:x:65534:\n' >"$dir/etc/group"
+  busybox_stage "$1"
 }
 
 build_busybox() {

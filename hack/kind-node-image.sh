@@ -286,18 +286,6 @@ stage_libs() {
 # in_chroot_plain CMD...: CMD in the base root filesystem (with the stage bound at /stage).
 in_chroot_plain() { chroot "$BASE_ROOT" "$@"; }
 
-busybox_stage() {
-  local dir=$1 applet
-  mkdir -p "$dir"/{bin,etc,tmp,proc,sys,dev,root}
-  chmod 1777 "$dir/tmp"
-  cp /bin/busybox "$dir/bin/busybox"
-  for applet in $("$dir/bin/busybox" --list); do
-    [ "$applet" = busybox ] || ln -sf busybox "$dir/bin/$applet"
-  done
-  printf 'root:x:0:0:root:/root:/bin/sh\nnobody:x:65534:65534:nobody:/:/bin/false\n' >"$dir/etc/passwd"
-  printf 'root:x:0:\nnobody:x:65534:\n' >"$dir/etc/group"
-}
-
 # image NAME REF SETUP [oci_image.py args...]: an image archive for REF, built by the
 # function SETUP (given the stage directory) when not cached; its path on stdout.
 image() {

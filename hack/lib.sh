@@ -39,3 +39,17 @@ go_install() {
   ln -sfn "$dest/$name" "$KVOL_BIN/$name"
   log "$name $version: built in $((SECONDS - started))s"
 }
+
+# busybox_stage DIR: a root filesystem of the host's static busybox (package
+# busybox-static), a link per applet, and root and nobody in passwd and group.
+busybox_stage() {
+  local dir=$1 applet
+  mkdir -p "$dir"/{bin,etc,tmp,proc,sys,dev,root}
+  chmod 1777 "$dir/tmp"
+  cp /bin/busybox "$dir/bin/busybox"
+  for applet in $("$dir/bin/busybox" --list); do
+    [ "$applet" = busybox ] || ln -sf busybox "$dir/bin/$applet"
+  done
+  printf 'root:x:0:0:root:/root:/bin/sh\nnobody:x:65534:65534:nobody:/:/bin/false\n' >"$dir/etc/passwd"
+  printf 'root:x:0:\nnobody:x:65534:\n' >"$dir/etc/group"
+}

@@ -121,6 +121,19 @@ def open_regular_at(dir_fd: int, name: str, rel_path: str) -> int:
     return fd
 
 
+def read_up_to(fd: int, limit: int) -> bytes:
+    """Read from ``fd`` until its end or ``limit`` bytes (reads may come back short)."""
+    pieces: list[bytes] = []
+    left = limit
+    while left > 0:
+        piece = os.read(fd, left)
+        if not piece:
+            break
+        pieces.append(piece)
+        left -= len(piece)
+    return pieces[0] if len(pieces) == 1 else b"".join(pieces)
+
+
 def lstat(root_fd: int, rel_path: str) -> os.stat_result | None:
     """lstat of a path inside the root, or None if it (or a parent) does not exist."""
     head, name = _split(rel_path)

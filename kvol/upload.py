@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO, cast
 
+from kvol import fsops
 from kvol.content import (
     PACK_THRESHOLD,
     ContentWriter,
@@ -200,7 +201,7 @@ class _SmallReader:
                     if before.st_size > PACK_THRESHOLD:
                         self._large(item)
                         continue
-                    data = _read_up_to(fd, PACK_THRESHOLD + 1)
+                    data = fsops.read_up_to(fd, PACK_THRESHOLD + 1)
                     after = os.fstat(fd)
                 except (OSError, KvolError) as exc:
                     yield item.remote, exc, False
@@ -263,18 +264,6 @@ def _is_link_at(dir_fd: int, name: str) -> bool:
         return stat.S_ISLNK(os.lstat(name, dir_fd=dir_fd).st_mode)
     except OSError:
         return False
-
-
-def _read_up_to(fd: int, n: int) -> bytes:
-    """Up to ``n`` bytes of an open file from where it stands, fewer only at its end."""
-    pieces: list[bytes] = []
-    while n > 0:
-        data = os.read(fd, n)
-        if not data:
-            break
-        pieces.append(data)
-        n -= len(data)
-    return pieces[0] if len(pieces) == 1 else b"".join(pieces)
 
 
 def from_file_object(

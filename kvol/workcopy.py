@@ -800,7 +800,7 @@ class WorkingCopy:
                     continue
                 try:
                     before = os.fstat(fd)
-                    data = _read_up_to(fd, PACK_THRESHOLD + 1)
+                    data = fsops.read_up_to(fd, PACK_THRESHOLD + 1)
                     after = os.fstat(fd)
                 finally:
                     os.close(fd)
@@ -988,38 +988,40 @@ class WorkingCopy:
                 with contextlib.suppress(FileNotFoundError):
                     os.unlink(self.meta_dir / leftover)
 
+    def _reload_records(self, name: str) -> list[Any]:
+        """The lines of a reload's record file (LANDING_FILE, REMOVAL_FILE), parsed; the
+        last line of a reload killed while appending it is skipped."""
+        try:
+            lines = (self.meta_dir / name).read_text().splitlines()
+        except FileNotFoundError:
+            return []
+        records = []
+        for line in lines:
+            with contextlib.suppress(ValueError):
+                records.append(json.loads(line))
+        return records
+
     def _removed_by_reload(self) -> set[str]:
         """Files a stopped reload removed (or was about to: see REMOVAL_FILE)."""
-        try:
-            lines = (self.meta_dir / REMOVAL_FILE).read_text().splitlines()
-        except FileNotFoundError:
-            return set()
         removed: set[str] = set()
-        for line in lines:
-            try:
-                rel = json.loads(line)
-                if isinstance(rel, str):
+        for rel in self._reload_records(REMOVAL_FILE):
+            if isinstance(rel, str):
+                with contextlib.suppress(KvolError):
                     removed.add(paths.check(rel))
-            except (ValueError, KvolError):
-                continue  # the last line of a reload killed while appending it
         return removed
 
     def _landed_then_removed(self, root_fd: int) -> set[str]:
         """Files a stopped reload moved into place that are gone again: their staged copy
         was moved, so only a local deletion can have removed them."""
-        try:
-            lines = (self.meta_dir / LANDING_FILE).read_text().splitlines()
-        except FileNotFoundError:
-            return set()
         removed: set[str] = set()
-        for line in lines:
+        for record in self._reload_records(LANDING_FILE):
             try:
-                rel, staging_dir, name = json.loads(line)
+                rel, staging_dir, name = record
                 staged = f"{staging_dir}/{name}"
                 paths.check(rel)
                 paths.check(staged)
             except (ValueError, TypeError, KvolError):
-                continue  # the last line of a reload killed while appending it
+                continue
             if not staging_dir.startswith(_Staging.PREFIX):
                 continue
             if fsops.lstat(root_fd, rel) is None and fsops.lstat(root_fd, staged) is None:
@@ -1242,7 +1244,7 @@ class WorkingCopy:
                 st = fsops.lstat(root_fd, rel)
                 if st is not None and stat.S_ISDIR(st.st_mode):
                     fsops.remove_empty_dir(root_fd, rel)
-            for rel in self._implied_only_by_deleted(root_fd, view, touched, removed, emptied_here):
+            for rel in self._implied_only_by_deleted(root_fd, view, near, removed, emptied_here):
                 fsops.remove_empty_dir(root_fd, rel)
             for rel in sorted(d for d in touched if d in all_dirs):
                 if _under_any(rel, blocked):
@@ -1354,7 +1356,7 @@ class WorkingCopy:
         self,
         root_fd: int,
         view: State,
-        touched: set[str],
+        near: set[str],
         removed: list[str],
         emptied_here: set[str],
     ) -> list[str]:
@@ -1366,7 +1368,6 @@ class WorkingCopy:
         implied stays (its own change, published as a directory), as does one the volume
         records explicitly."""
         index = self.index
-        near = touched | {a for rel in touched for a in paths.ancestors(rel)}
         was_explicit = {d for d in near if d in index.explicit_dirs and d not in view.dirs}
         candidates = {
             a
@@ -1662,19 +1663,6 @@ def _file_sig(path: Path) -> tuple[int, int, int] | None:
     except FileNotFoundError:
         return None
     return (st.st_ino, st.st_mtime_ns, st.st_size)
-
-
-def _read_up_to(fd: int, limit: int) -> bytes:
-    """Read from ``fd`` until its end or ``limit`` bytes (reads may come back short)."""
-    pieces = []
-    left = limit
-    while left > 0:
-        piece = os.read(fd, left)
-        if not piece:
-            break
-        pieces.append(piece)
-        left -= len(piece)
-    return pieces[0] if len(pieces) == 1 else b"".join(pieces)
 
 
 @dataclass

@@ -162,6 +162,13 @@ class Cluster:
     directory: Path
     _api: Any = field(default=None, repr=False)
 
+    def apply(
+        self, text: str, namespace: str | None = None, *, check: bool = True
+    ) -> subprocess.CompletedProcess[str]:
+        """``kubectl apply`` of the YAML ``text`` (in ``namespace``, if given)."""
+        where = ("-n", namespace) if namespace else ()
+        return self.kubectl("apply", *where, "-f", "-", input=text, check=check)
+
     def kubectl(
         self, *args: str, input: str | None = None, check: bool = True, timeout: float = 60
     ) -> subprocess.CompletedProcess[str]:
@@ -371,6 +378,17 @@ class Operator(Process):
             env["KUBECONFIG"] = str(kubeconfig)
         directory.mkdir(parents=True, exist_ok=True)
         super().__init__("kvol-operator", argv, directory / "operator.log", env)
+
+    @contextmanager
+    def running(self) -> Iterator[Operator]:
+        """Started for the ``with`` block, then stopped; its log's tail is printed (pytest
+        shows it when the test failed)."""
+        self.start()
+        try:
+            yield self
+        finally:
+            self.stop()
+            print(f"--- operator log ---\n{self.log_tail(200)}")
 
     def start(self, timeout: float = 60.0) -> None:
         super().start()

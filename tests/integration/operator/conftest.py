@@ -62,10 +62,5 @@ def namespace(cluster: Cluster) -> Iterator[str]:
 
 @pytest.fixture
 def operator(cluster: Cluster, default_store: Path, tmp_path: Path) -> Iterator[Operator]:
-    op = Operator(cluster, tmp_path / "operator")
-    op.start()
-    try:
+    with Operator(cluster, tmp_path / "operator").running() as op:
         yield op
-    finally:
-        op.stop()
-        print(f"--- operator log ---\n{op.log_tail(200)}")

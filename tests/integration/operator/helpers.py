@@ -116,11 +116,8 @@ def apply_storage_class(cluster: Cluster, reclaim: str, **parameters: str) -> st
     """A StorageClass of kvol's provisioner with a unique name, which it returns."""
     name = f"kvol-{reclaim.lower()}-{secrets.token_hex(3)}"
     params = "".join(f"\n  {k}: {v!r}" for k, v in parameters.items())
-    cluster.kubectl(
-        "apply",
-        "-f",
-        "-",
-        input=f"""
+    cluster.apply(
+        f"""
 apiVersion: storage.k8s.io/v1
 kind: StorageClass
 metadata: {{name: {name}}}
@@ -135,13 +132,8 @@ parameters: {{}}{params}
 
 def apply_claim(cluster: Cluster, namespace: str, name: str, storage_class: str) -> dict[str, Any]:
     """A ReadWriteMany claim of ``storage_class``, as applied."""
-    cluster.kubectl(
-        "apply",
-        "-n",
-        namespace,
-        "-f",
-        "-",
-        input=f"""
+    cluster.apply(
+        f"""
 apiVersion: v1
 kind: PersistentVolumeClaim
 metadata: {{name: {name}}}
@@ -150,6 +142,7 @@ spec:
   accessModes: [ReadWriteMany]
   resources: {{requests: {{storage: 2Gi}}}}
 """,
+        namespace,
     )
     claim: dict[str, Any] = cluster.get_json("pvc", "-n", namespace, name)
     return claim

@@ -14,10 +14,6 @@ from tests.integration.operator.helpers import get_volume, volume_yaml, wait_rea
 pytestmark = pytest.mark.kube
 
 
-def _apply(cluster: Cluster, namespace: str, text: str) -> None:
-    cluster.kubectl("apply", "-n", namespace, "-f", "-", input=text)
-
-
 def _lease(cluster: Cluster, name: str) -> dict[str, Any]:
     found: dict[str, Any] | None = cluster.get_json("lease", "-n", "kvol-system", name)
     return (found or {}).get("spec") or {}
@@ -43,7 +39,7 @@ def test_only_the_lease_holder_acts_and_a_standby_takes_over(
         holder = wait_for(lambda: _lease(cluster, lease).get("holderIdentity"), 10, "a leader")
         second.start()
         assert f"leading as {holder}" in first.log_tail(200)
-        _apply(cluster, namespace, volume_yaml("one"))
+        cluster.apply(volume_yaml("one"), namespace)
         wait_ready(cluster, namespace, "one")
         assert _reconciled(first)
         assert not _reconciled(second), "the standby reconciled while the leader held the lease"
@@ -51,7 +47,7 @@ def test_only_the_lease_holder_acts_and_a_standby_takes_over(
         assert _lease(cluster, lease)["holderIdentity"] == holder
 
         first.kill()  # no release: the standby waits out the lease, then acts
-        _apply(cluster, namespace, volume_yaml("two"))
+        cluster.apply(volume_yaml("two"), namespace)
         wait_ready(cluster, namespace, "two", timeout=30)
         taken = _lease(cluster, lease)
         assert taken["holderIdentity"] not in (None, holder)
@@ -70,7 +66,7 @@ def test_only_the_lease_holder_acts_and_a_standby_takes_over(
 def test_events_are_reported_by_kvol_operator(
     cluster: Cluster, operator: Operator, namespace: str
 ) -> None:
-    _apply(cluster, namespace, volume_yaml("ev"))
+    cluster.apply(volume_yaml("ev"), namespace)
     wait_ready(cluster, namespace, "ev")
 
     def posted() -> list[dict[str, Any]] | None:
@@ -98,14 +94,14 @@ def test_names_the_store_cannot_hold_are_refused_at_apply(cluster: Cluster, name
     assert "metadata.name" in result.stderr, result.stderr
     assert "must be at most 63 characters" in result.stderr, result.stderr
     assert get_volume(cluster, namespace, too_long) is None
-    _apply(cluster, namespace, volume_yaml(longest))
+    cluster.apply(volume_yaml(longest), namespace)
     assert get_volume(cluster, namespace, longest) is not None
 
 
 def test_kvol_short_name_means_volumes_only(
     cluster: Cluster, default_store: Path, namespace: str
 ) -> None:
-    _apply(cluster, namespace, volume_yaml("short"))
+    cluster.apply(volume_yaml("short"), namespace)
     names = cluster.kubectl("get", "kvol", "-n", namespace, "-o", "name").stdout.split()
     assert names == ["volume.kvol.dev/short"], names
     # The fully qualified names reach it whatever other Volume kinds a cluster has.

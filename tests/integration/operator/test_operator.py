@@ -40,10 +40,6 @@ from tests.minio import ACCESS_KEY, SECRET_KEY, MinioServer, start_minio
 pytestmark = pytest.mark.kube
 
 
-def _apply(cluster: Cluster, namespace: str, text: str) -> None:
-    cluster.kubectl("apply", "-n", namespace, "-f", "-", input=text)
-
-
 def _backend_yaml(name: str, path: Path) -> str:
     return f"""
 apiVersion: kvol.dev/v1alpha1
@@ -56,7 +52,7 @@ spec:
 
 
 def test_kubectl_surfaces(cluster: Cluster, operator: Operator, namespace: str) -> None:
-    _apply(cluster, namespace, volume_yaml("data"))
+    cluster.apply(volume_yaml("data"), namespace)
     wait_ready(cluster, namespace, "data")
     table = cluster.kubectl("get", "volumes", "-n", namespace).stdout
     header, row = table.splitlines()
@@ -93,7 +89,7 @@ def test_bad_volume_yaml_is_refused(
 
 
 def test_immutable_fields_are_refused_on_update(cluster: Cluster, namespace: str) -> None:
-    _apply(cluster, namespace, volume_yaml("fixed", version=2))
+    cluster.apply(volume_yaml("fixed", version=2), namespace)
     changes: list[tuple[dict[str, Any], str]] = [
         ({"version": 1}, "spec.version is immutable"),
         ({"backend": "other"}, "spec.backend is immutable"),
@@ -201,7 +197,7 @@ def test_retain_keeps_the_data_and_a_new_volume_adopts_it(
     cluster: Cluster, operator: Operator, namespace: str, default_store: Path, tmp_path: Path
 ) -> None:
     store = FilesystemStore(default_store)
-    _apply(cluster, namespace, volume_yaml("keep"))
+    cluster.apply(volume_yaml("keep"), namespace)
     volume = wait_ready(cluster, namespace, "keep")
     volume_id = volume["status"]["volumeId"]
     write_files(store, volume_id, tmp_path / "wc", {"kept.txt": b"still here"})
@@ -214,7 +210,7 @@ def test_retain_keeps_the_data_and_a_new_volume_adopts_it(
     pvc = cluster.get_json("pvc", "-n", namespace, "keep")
     assert pvc is None or pvc["metadata"].get("deletionTimestamp")
     # Applying the same name again finds the retained data.
-    _apply(cluster, namespace, volume_yaml("keep"))
+    cluster.apply(volume_yaml("keep"), namespace)
     again = wait_ready(cluster, namespace, "keep", timeout=60)
     assert again["status"]["volumeId"] == volume_id
     assert again["status"]["files"] == 1
@@ -249,11 +245,11 @@ def test_delete_removes_data_only_after_no_pod_mounts_it(
     source: str,
 ) -> None:
     store = FilesystemStore(default_store)
-    _apply(cluster, namespace, volume_yaml("gone", reclaimPolicy="Delete"))
+    cluster.apply(volume_yaml("gone", reclaimPolicy="Delete"), namespace)
     volume = wait_ready(cluster, namespace, "gone")
     volume_id = volume["status"]["volumeId"]
     write_files(store, volume_id, tmp_path / "wc", {"f": b"data"})
-    _apply(cluster, namespace, POD.format(pod="user", source=source))
+    cluster.apply(POD.format(pod="user", source=source), namespace)
     cluster.kubectl("delete", "volume", "-n", namespace, "gone", "--wait=false")
     blocked = wait_condition(cluster, namespace, "gone", "Ready", "False", "InUse")
     assert blocked["status"]["phase"] == "Terminating"
@@ -279,7 +275,7 @@ def test_filesystem_backend_outage_shows_and_recovers(
     path.mkdir()
     name = f"share-{namespace}"
     cluster.kubectl("apply", "-f", "-", input=_backend_yaml(name, path))
-    _apply(cluster, namespace, volume_yaml("v", backend=name))
+    cluster.apply(volume_yaml("v", backend=name), namespace)
     wait_ready(cluster, namespace, "v")
     # The share disappears (an NFS mount gone): nothing may be created in its place.
     path.rename(tmp_path / "away")
@@ -343,7 +339,7 @@ spec:
     credentialsSecretRef: {{name: creds-{namespace}}}
 """,
         )
-        _apply(cluster, namespace, volume_yaml("v", backend=name))
+        cluster.apply(volume_yaml("v", backend=name), namespace)
         volume = wait_ready(cluster, namespace, "v")
         assert_status_matches_store(volume, server.store(bucket))
         server.kill()
@@ -357,7 +353,7 @@ def test_missing_backend_and_secret_converge_once_they_exist(
     cluster: Cluster, operator: Operator, namespace: str, tmp_path: Path
 ) -> None:
     name = f"later-{namespace}"
-    _apply(cluster, namespace, volume_yaml("v", backend=name))
+    cluster.apply(volume_yaml("v", backend=name), namespace)
     pending = wait_condition(cluster, namespace, "v", "Ready", "False", "BackendNotFound")
     assert pending["status"]["phase"] == "Pending"
     assert name in condition(pending, "Ready")["message"]
@@ -371,7 +367,7 @@ def test_missing_backend_and_secret_converge_once_they_exist(
 def test_operator_metrics_and_liveness(
     cluster: Cluster, operator: Operator, namespace: str
 ) -> None:
-    _apply(cluster, namespace, volume_yaml("m"))
+    cluster.apply(volume_yaml("m"), namespace)
     wait_ready(cluster, namespace, "m")
     with urllib.request.urlopen(operator.liveness_url, timeout=5) as response:
         assert response.status == 200
@@ -466,7 +462,7 @@ def test_operator_restarted_keeps_status_true(
     op = Operator(cluster, tmp_path / "first")
     op.start()
     try:
-        _apply(cluster, namespace, volume_yaml("r"))
+        cluster.apply(volume_yaml("r"), namespace)
         volume = wait_ready(cluster, namespace, "r")
     finally:
         op.stop()
@@ -491,7 +487,7 @@ def test_backend_in_use_is_not_deleted(
     path.mkdir()
     name = f"held-{namespace}"
     cluster.kubectl("apply", "-f", "-", input=_backend_yaml(name, path))
-    _apply(cluster, namespace, volume_yaml("v", backend=name))
+    cluster.apply(volume_yaml("v", backend=name), namespace)
     wait_ready(cluster, namespace, "v")
     cluster.kubectl("delete", "volumebackend", name, "--wait=false")
     time.sleep(2)
@@ -509,10 +505,10 @@ def test_spec_the_store_refuses_is_a_permanent_failure(
 ) -> None:
     # A retained version-1 volume, then a version-2 Volume of the same name: the schema
     # accepts it, the store cannot, and retrying would not help.
-    _apply(cluster, namespace, volume_yaml("old", version=1))
+    cluster.apply(volume_yaml("old", version=1), namespace)
     first = wait_ready(cluster, namespace, "old")
     cluster.kubectl("delete", "volume", "-n", namespace, "old", "--timeout=30s")
-    _apply(cluster, namespace, volume_yaml("old", version=2))
+    cluster.apply(volume_yaml("old", version=2), namespace)
     failed = wait_condition(cluster, namespace, "old", "Ready", "False", "InvalidSpec")
     assert failed["status"]["phase"] == "Failed"
     assert "version 1, not 2" in condition(failed, "Ready")["message"]
@@ -532,7 +528,7 @@ def test_operator_works_with_the_shipped_rbac_only(
     op = Operator(cluster, tmp_path / "operator", kubeconfig=kubeconfig)
     op.start()
     try:
-        _apply(cluster, namespace, volume_yaml("rbac", reclaimPolicy="Delete"))
+        cluster.apply(volume_yaml("rbac", reclaimPolicy="Delete"), namespace)
         volume = wait_ready(cluster, namespace, "rbac")
         assert ("Normal", "Provisioned") in events(cluster, namespace, "rbac")
         cluster.kubectl("delete", "volume", "-n", namespace, "rbac", "--timeout=30s")

@@ -124,13 +124,8 @@ def test_statefulset_claims_get_one_volume_each(
     namespace: str,
 ) -> None:
     storage_class = apply_storage_class(cluster, "Delete")
-    cluster.kubectl(
-        "apply",
-        "-n",
-        namespace,
-        "-f",
-        "-",
-        input=f"""
+    cluster.apply(
+        f"""
 apiVersion: apps/v1
 kind: StatefulSet
 metadata: {{name: web}}
@@ -151,6 +146,7 @@ spec:
         accessModes: [ReadWriteMany]
         resources: {{requests: {{storage: 1Gi}}}}
 """,
+        namespace,
     )
     ids = {_bound(cluster, namespace, f"data-web-{i}")["status"]["volumeId"] for i in range(2)}
     assert len(ids) == 2

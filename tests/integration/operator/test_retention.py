@@ -39,13 +39,8 @@ HOUR = 3600.0
 @pytest.fixture
 def pruning_operator(cluster: Cluster, default_store: Path, tmp_path: Path) -> Iterator[Operator]:
     """An operator whose retention passes run every second."""
-    op = Operator(cluster, tmp_path / "operator", prune_interval="1")
-    op.start()
-    try:
+    with Operator(cluster, tmp_path / "operator", prune_interval="1").running() as op:
         yield op
-    finally:
-        op.stop()
-        print(f"--- operator log ---\n{op.log_tail(200)}")
 
 
 def _age(store_dir: Path, volume_id: str, seconds: float) -> None:
@@ -83,15 +78,7 @@ def _gauge(text: str, metric: str, namespace: str, volume: str) -> float | None:
 def test_bad_retention_is_refused(
     cluster: Cluster, namespace: str, retention: str, message: str
 ) -> None:
-    result = cluster.kubectl(
-        "apply",
-        "-n",
-        namespace,
-        "-f",
-        "-",
-        input=volume_yaml("bad", retention=retention),
-        check=False,
-    )
+    result = cluster.apply(volume_yaml("bad", retention=retention), namespace, check=False)
     assert result.returncode != 0
     assert message in result.stderr, result.stderr
 
@@ -104,7 +91,7 @@ def test_spec_retention_is_applied_pruned_on_schedule_and_reported(
     tmp_path: Path,
 ) -> None:
     store = FilesystemStore(default_store)
-    cluster.kubectl("apply", "-n", namespace, "-f", "-", input=volume_yaml("ckpt"))
+    cluster.apply(volume_yaml("ckpt"), namespace)
     volume_id = wait_ready(cluster, namespace, "ckpt")["status"]["volumeId"]
     # A checkpoint rewritten five times: five versions stored, one in the head.
     for i in range(1, 6):
