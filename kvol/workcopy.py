@@ -507,7 +507,10 @@ class WorkingCopy:
         rmdirs = sorted(gone_dirs, reverse=True)  # a directory after everything under it
         ops: list[Op] = [UnlinkOp(p) for p in file_deletes]
         ops += [RmdirOp(d) for d in rmdirs]
-        ops += [MkdirOp(d) for d in sorted(scan.dirs_added)]
+        # A directory here that the volume has only through files this copy never had:
+        # the copy made it as far as it saw the volume, so it is published as made.
+        made = scan.dirs_added | self._implied_only_by_hidden(scan, never_had)
+        ops += [MkdirOp(d) for d in sorted(made)]
 
         uploads, stats, unreadable = self._upload(scan.candidates)
         skipped = sorted(scan.skipped | unreadable)
@@ -543,7 +546,11 @@ class WorkingCopy:
 
         # A directory only its files implied, kept here while this commit removes its last
         # file, is published as a directory: else it would leave the volume with the file.
-        kept_dirs = self._dirs_left_empty(scan, file_deletes, gone_dirs, puts)
+        kept_dirs = [
+            d
+            for d in self._dirs_left_empty(scan, file_deletes, gone_dirs, puts, never_had)
+            if d not in made
+        ]
         ops += [MkdirOp(d) for d in kept_dirs]
 
         def racy(st: os.stat_result) -> bool:
@@ -566,11 +573,11 @@ class WorkingCopy:
                 self._save_index()
             return CommitResult(None, deferred=tuple(deferred), skipped=tuple(skipped))
 
-        self._check_limits(removed_dirs, file_deletes, puts, scan.dirs_added)
+        self._check_limits(removed_dirs, file_deletes, puts, made)
         done = _Published(
             gone=sorted(gone),
             removed_dirs=sorted(removed_dirs),
-            dirs_added=sorted(scan.dirs_added.union(kept_dirs)),
+            dirs_added=sorted(made.union(kept_dirs)),
             puts={rel: (record, Signature.of(st), racy(st)) for rel, (record, st) in puts.items()},
         )
         # Written (and synced) before publishing: a commit that dies after its entry
@@ -601,9 +608,11 @@ class WorkingCopy:
         file_deletes: list[str],
         gone_dirs: set[str],
         puts: dict[str, tuple[FileRecord, os.stat_result]],
+        never_had: set[str],
     ) -> list[str]:
         """Directories still here that only files implied in the volume, and that no file
-        or explicit directory of the volume keeps once this commit's deletions apply."""
+        or explicit directory of the volume keeps once this commit's deletions apply (the
+        files this copy never had do not count: it cannot see them keep anything)."""
         index = self.index
         here = (index.dirs - scan.dirs_removed) | scan.dirs_added
         candidates = {
@@ -614,12 +623,36 @@ class WorkingCopy:
         }
         if not candidates:
             return []
-        deleted = set(file_deletes)
+        deleted = set(file_deletes) | never_had
         kept = [p for p, e in index.files.items() if e.has_record and p not in deleted]
         kept += list(puts)
         kept += [d for d in index.explicit_dirs | scan.dirs_added if d not in gone_dirs]
         filled = {a for p in kept for a in paths.ancestors(p)}
         return sorted(candidates - filled)
+
+    def _implied_only_by_hidden(self, scan: ScanResult, never_had: set[str]) -> set[str]:
+        """Directories here, known to the volume, that only files this copy never had
+        imply (a local directory or file stands where they go): they were not the volume's
+        as this copy saw it, so it made them."""
+        if not never_had:
+            return set()
+        index = self.index
+        candidates = {
+            a
+            for p in never_had
+            for a in paths.ancestors(p)
+            if a in index.dirs and a not in scan.dirs_removed and a not in index.explicit_dirs
+        }
+        if not candidates:
+            return set()
+        implied = {a for d in index.explicit_dirs for a in paths.ancestors(d)}
+        implied.update(
+            a
+            for p, e in index.files.items()
+            if e.has_record and p not in never_had
+            for a in paths.ancestors(p)
+        )
+        return candidates - implied
 
     def _record_published(self, seq: int, done: _Published) -> None:
         """Bring the index up to a commit of this copy that landed at ``seq``; applying

@@ -633,3 +633,19 @@ def test_a_directory_the_volume_no_longer_records_goes_once_the_copy_emptied_it(
             ("commit", {"i": 0}),
         ],
     )
+
+
+def test_directories_a_copy_made_over_another_writers_file_stay_its_own(fs_env: Env) -> None:
+    # Copy 2 makes "b/a/b" (so "b" too) while the volume gets a file "b/a"; its local
+    # directory keeps that file out, so "b" was never the volume's as copy 2 saw it: its
+    # commit publishes "b", which stays when "b/a" is removed.
+    replay(
+        fs_env,
+        [
+            ("sdk_put", {"paths": {"a", "b/a"}, "tag": 0, "large": False}),
+            ("mkdir", {"i": 2, "path": "b/a/b"}),
+            ("reload", {"i": 2}),
+            ("commit", {"i": 2}),
+            ("sdk_rm", {"chosen": "b/a"}),
+        ],
+    )
