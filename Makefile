@@ -40,10 +40,11 @@ bench:
 
 # kvol on a three-node kind cluster with no registry (root, Linux; not part of `make test`):
 # builds the node image and every image locally (cached under ~/.cache/kvol/kind), creates
-# the cluster, runs the multi-node checks of hack/kind-e2e.sh, removes it all again.
+# the cluster, runs the e2e tier (tests/e2e, multi-node tests included) against it and
+# removes it all again (hack/kind-e2e.sh; KVOL_KIND_KEEP=1 keeps it).
 e2e-kind:
 	hack/setup-venv.sh test
-	hack/install-helm.sh
+	hack/install-test-deps.sh
 	hack/kind-e2e.sh
 
 clean:

@@ -4,7 +4,9 @@
 # kindnetd configures them) on every node, each node handing out addresses from the pod
 # range the controller-manager gave it, and a route on every node to every other node's
 # range through that node's address. Pods then reach each other and Services across nodes;
-# nothing is masqueraded, and nothing routes out of the cluster's network namespace.
+# nothing is masqueraded, and nothing routes out of the cluster's network namespace. The
+# namespace itself (where Docker runs) gets the same routes, so what runs there, a MinIO or
+# a Prometheus of the e2e tests, and pods reach each other too.
 #
 # Usage: hack/kind-cni.sh CLUSTER KUBECTL...   (KUBECTL: the command that reaches the cluster)
 # Run where `docker` reaches kind's nodes (hack/kind-docker.sh run). Idempotent.
@@ -57,5 +59,8 @@ EOF
     docker exec "$node" ip route replace "$other_cidr" via "$other_ip"
   done <<<"$table"
   say "$node: pods in $cidr"
+done <<<"$table"
+while read -r node cidr ip; do
+  ip route replace "$cidr" via "$ip"
 done <<<"$table"
 say "pod network of cluster $cluster configured on $(wc -l <<<"$table") nodes"

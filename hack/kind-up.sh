@@ -62,6 +62,8 @@ if [ "$OFFLINE" = 1 ]; then
   mkdir -p "$KIND_DIR"
   export KUBECONFIG="$KIND_DIR/kubeconfig"
   if [ "${1:-up}" = down ]; then
+    # The e2e tests' MinIO (hack/kind-minio.sh) runs in the namespace: it goes first.
+    "$ROOT/hack/kind-minio.sh" down
     if [ -S "${KVOL_KIND_RUN:-/run/kvol-kind}/docker.sock" ]; then
       "$ROOT/hack/kind-docker.sh" run "$KIND" delete cluster --name "$CLUSTER"
     fi

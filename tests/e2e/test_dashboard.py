@@ -23,7 +23,6 @@ from tests.tools import REPO, stop_process, tool
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(300)]
 
 DASHBOARD = REPO / "charts" / "kvol" / "dashboards" / "kvol.json"
-NETNS = "/var/run/netns/kvol-e2e"
 #: Prometheus listens on the loopback of the cluster's network namespace only.
 LISTEN = "127.0.0.1:19090"
 #: The metrics ports of the chart's defaults.
@@ -83,9 +82,9 @@ def substitute(expr: str, namespace: str, volume: str) -> str:
     return expr
 
 
-def query(exprs: list[str]) -> list[Any]:
+def query(cluster: Cluster, exprs: list[str]) -> list[Any]:
     result = subprocess.run(
-        ["nsenter", f"--net={NETNS}", sys.executable, "-c", QUERIER, LISTEN],
+        ["nsenter", f"--net={cluster.netns}", sys.executable, "-c", QUERIER, LISTEN],
         input=json.dumps(exprs),
         capture_output=True,
         text=True,
@@ -124,7 +123,7 @@ def prometheus(cluster: Cluster, tmp_path: Path) -> Iterator[None]:
     process = subprocess.Popen(
         [
             "nsenter",
-            f"--net={NETNS}",
+            f"--net={cluster.netns}",
             binary,
             f"--config.file={tmp_path / 'prometheus.yml'}",
             f"--storage.tsdb.path={tmp_path / 'data'}",
@@ -138,7 +137,7 @@ def prometheus(cluster: Cluster, tmp_path: Path) -> Iterator[None]:
     def answers() -> bool:
         if process.poll() is not None:
             raise AssertionError("Prometheus exited")
-        return isinstance(query(["up"])[0], list)
+        return isinstance(query(cluster, ["up"])[0], list)
 
     try:
         wait_for(answers, 30, "Prometheus to answer")
@@ -174,7 +173,7 @@ def test_every_dashboard_query_returns_data(
 
     def all_answer() -> bool:
         nonlocal last
-        last = query(exprs + checks)
+        last = query(cluster, exprs + checks)
         return all(isinstance(a, list) and a for a in last) and all(
             float(a[0]["value"][1]) > 0 for a in last[len(exprs) :]
         )

@@ -13,12 +13,10 @@ from typing import Any
 
 import pytest
 
-from tests.e2e.cluster import CLUSTER_DIR, Cluster, pod, unique, wait_for
+from tests.e2e.cluster import Cluster, pod, unique, wait_for
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(600)]
 
-#: The chart's filesystem store on the node (see cluster.BACKEND_VALUES).
-STORE = CLUSTER_DIR / "store"
 KVOL = str(Path(sys.executable).with_name("kvol"))
 USER = 1000
 
@@ -100,8 +98,9 @@ def test_restricted_pods_create_edit_and_delete_files(cluster: Cluster, namespac
     ]
 
     # The CLI reaches the same volume in the same store by the pods' namespace.
+    store = cluster.store
     listed = subprocess.run(
-        [KVOL, "--store", f"file://{STORE}", "volume", "ls", "-n", namespace, vol, "/", "-r"],
+        [KVOL, "--store", f"file://{store}", "volume", "ls", "-n", namespace, vol, "/", "-r"],
         capture_output=True,
         text=True,
         timeout=60,
@@ -117,7 +116,7 @@ def test_restricted_pods_create_edit_and_delete_files(cluster: Cluster, namespac
         "shared/claim.txt",
     ]
     missing = subprocess.run(
-        [KVOL, "--store", f"file://{STORE}", "volume", "ls", vol, "/", "--json"],
+        [KVOL, "--store", f"file://{store}", "volume", "ls", vol, "/", "--json"],
         capture_output=True,
         text=True,
         timeout=60,
@@ -127,7 +126,7 @@ def test_restricted_pods_create_edit_and_delete_files(cluster: Cluster, namespac
     assert (
         json.loads(
             subprocess.run(
-                [KVOL, "--store", f"file://{STORE}", "volume", "list", "-n", namespace, "--json"],
+                [KVOL, "--store", f"file://{store}", "volume", "list", "-n", namespace, "--json"],
                 capture_output=True,
                 text=True,
                 timeout=60,

@@ -3,32 +3,15 @@ kubelet restarted under a running pod."""
 
 from __future__ import annotations
 
-import os
 import re
-import signal
 import subprocess
-import tempfile
 import time
-from pathlib import Path
 
 import pytest
 
-from tests.e2e.cluster import (
-    CLUSTER_DIR,
-    CLUSTER_RUN,
-    RELEASE_NAMESPACE,
-    REPO,
-    Cluster,
-    pod,
-    unique,
-    wait_for,
-)
+from tests.e2e.cluster import RELEASE_NAMESPACE, Cluster, pod, unique, wait_for
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(900)]
-
-RUN_DIR = CLUSTER_RUN
-#: The chart's filesystem store on the node (see cluster.BACKEND_VALUES).
-STORE = CLUSTER_DIR / "store"
 
 
 def scrape(cluster: Cluster, component: str, port: int) -> dict[str, float]:
@@ -82,22 +65,7 @@ def test_kubelet_restarted_mid_pod_loses_nothing(cluster: Cluster, namespace: st
     cluster.apply(pod("writer", writer, inline=vol), namespace=namespace)
     cluster.wait_pod_phase(namespace, "writer", ("Running",))
     time.sleep(3)
-    pid = int((RUN_DIR / "pids" / "kubelet.pid").read_text())
-    os.kill(pid, signal.SIGKILL)
-    time.sleep(2)
-    # Starts only what is missing, the kubelet; run as `flock LOCK hack/cluster-up.sh` runs
-    # it, with a descriptor of its caller open.
-    with tempfile.TemporaryFile() as held:
-        subprocess.run(
-            [str(REPO / "hack" / "cluster-up.sh")],
-            pass_fds=(held.fileno(),),
-            capture_output=True,
-            check=True,
-            timeout=300,
-        )
-        kubelet = int((RUN_DIR / "pids" / "kubelet.pid").read_text())
-        assert kubelet != pid
-        assert not _holds(kubelet, held.fileno()), "the kubelet kept its starter's descriptor"
+    cluster.restart_kubelet(cluster.node_of(namespace, "writer"))
     cluster.wait_pod_phase(namespace, "writer", ("Succeeded",), timeout=180)
     cluster.delete_pod(namespace, "writer")
     check = (
@@ -109,25 +77,11 @@ def test_kubelet_restarted_mid_pod_loses_nothing(cluster: Cluster, namespace: st
     assert cluster.logs(namespace, "reader").strip() == "60"
 
 
-def _holds(pid: int, fd: int) -> bool:
-    """Whether process ``pid`` has the file of our ``fd`` open (a lock held through it)."""
-    ours = os.fstat(fd)
-    fds = Path(f"/proc/{pid}/fd")
-    for entry in fds.iterdir():
-        try:
-            theirs = entry.stat()
-        except OSError:
-            continue
-        if (theirs.st_dev, theirs.st_ino) == (ours.st_dev, ours.st_ino):
-            return True
-    return False
-
-
-def _store_writable(writable: bool) -> None:
+def _store_writable(cluster: Cluster, writable: bool) -> None:
     """The filesystem store refuses every write (even root's) while its directories are
     immutable: for the plugin, a store that is down."""
     flag = "-i" if writable else "+i"
-    subprocess.run(["chattr", "-R", flag, str(STORE)], check=True, capture_output=True)
+    subprocess.run(["chattr", "-R", flag, str(cluster.store)], check=True, capture_output=True)
 
 
 def test_store_down_while_a_pod_ends_keeps_it_terminating_until_it_commits(
@@ -146,7 +100,7 @@ def test_store_down_while_a_pod_ends_keeps_it_terminating_until_it_commits(
         namespace=namespace,
     )
     cluster.wait_pod_phase(namespace, "writer", ("Running",))
-    _store_writable(False)
+    _store_writable(cluster, False)
     try:
         wait_for(
             lambda: "written" in cluster.logs(namespace, "writer"), 60, "the pod to write its file"
@@ -179,7 +133,7 @@ def test_store_down_while_a_pod_ends_keeps_it_terminating_until_it_commits(
         ).stdout.split("\n")
         assert [line for line in retrying if line] == ["Warning kvol-csi 1"]
     finally:
-        _store_writable(True)
+        _store_writable(cluster, True)
     wait_for(
         lambda: cluster.get("pod", "writer", namespace) is None,
         180,

@@ -43,6 +43,9 @@ for pid in filter(str.isdigit, os.listdir("/proc")):
 
 
 def plugin(cluster: Cluster) -> dict[str, object]:
+    """The node plugin's pod on the node the test's pods run on."""
+    selector = f"--field-selector=spec.nodeName={cluster.pinned_node}"
+    on_node = [selector] if cluster.pinned_node else []
     pods = cluster.kubectl(
         "get",
         "pods",
@@ -50,6 +53,7 @@ def plugin(cluster: Cluster) -> dict[str, object]:
         RELEASE_NAMESPACE,
         "-l",
         "app.kubernetes.io/component=node",
+        *on_node,
         "-o",
         "json",
     )
