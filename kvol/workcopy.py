@@ -323,7 +323,7 @@ class WorkingCopy:
         index = Index.load(meta_path / INDEX_FILE)
         if index.volume_id != volume_id:
             raise CorruptData(f"working copy index in {meta_path} belongs to another volume")
-        return cls(
+        copy = cls(
             Repo(store, volume_id),
             root_path,
             meta_path,
@@ -331,8 +331,31 @@ class WorkingCopy:
             read_only=read_only,
             concurrency=concurrency,
         )
+        copy._settle_stopped_reload()
+        return copy
 
     # -- locking ----------------------------------------------------------------------------
+
+    def _settle_stopped_reload(self) -> None:
+        """Settle a reload that was killed midway as soon as the copy is opened again (a
+        restarted node plugin opens its copies first), not only at the next commit or
+        reload: a directory made here in between would otherwise pass for one the reload
+        made, and its maker's change would never be committed. Left alone while another
+        process holds the lock: that process settles it."""
+        if not os.path.lexists(self.meta_dir / JOURNAL_FILE):
+            return
+        with self._thread_lock:
+            fd = os.open(self.meta_dir / LOCK_FILE, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+            try:
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                except BlockingIOError:
+                    return
+                self._refresh_index()
+                if os.path.lexists(self.meta_dir / JOURNAL_FILE):
+                    self._recover()
+            finally:
+                os.close(fd)
 
     @contextlib.contextmanager
     def _locked(self, *, settle: bool = True) -> Iterator[None]:
@@ -1134,7 +1157,7 @@ class WorkingCopy:
                 st = fsops.lstat(root_fd, rel)
                 if st is None and rel in removed_since:
                     # Landed, then deleted here: a deletion to commit, not a file to write.
-                    index.files[rel] = IndexEntry(record, _DELETED_HERE)
+                    index.files[rel] = IndexEntry(record, _UNMATCHED)
                     continue
                 if st is None or not stat.S_ISREG(st.st_mode):
                     continue
@@ -1354,7 +1377,7 @@ class WorkingCopy:
                 if entry is None or not self._is_clean(root_fd, rel, entry, st):
                     kept.append(rel)
                     # Stay "racy" so the next scan hashes it rather than trusting the stat.
-                    index.files[rel] = IndexEntry(record, entry.sig if entry else None, racy=True)
+                    index.files[rel] = IndexEntry(record, _kept_sig(entry, st), racy=True)
                     continue
                 assert entry is not None
                 if (
@@ -1512,9 +1535,8 @@ class WorkingCopy:
                     kept.append(rel)
                     entry = self.index.files.get(rel)
                     # As any kept change: the volume's record, hashed again at the next scan.
-                    self.index.files[rel] = IndexEntry(
-                        view.files[rel], entry.sig if entry else None, racy=True
-                    )
+                    sig = _kept_sig(entry, fsops.lstat(root_fd, rel))
+                    self.index.files[rel] = IndexEntry(view.files[rel], sig, racy=True)
                     continue
                 # Recorded as soon as it is in place, so that if another file fails the index
                 # still matches the tree. A write in the instant after the move is caught by
@@ -1709,9 +1731,22 @@ class _Published:
     puts: dict[str, tuple[FileRecord, Signature, bool]]
 
 
-#: The signature of a file recorded as deleted here: no file has inode 0, so it never
-#: matches, and a commit publishes the deletion.
-_DELETED_HERE = Signature(0, 0, 0, 0, 0)
+#: The signature of a file of the volume this copy saw but holds no match of (deleted
+#: here, or a local version kept over it by a reload): no file has inode 0, so it never
+#: matches, and a commit publishes what stands there, or the deletion. (No signature at
+#: all means the copy never had the file: a local change hid it, and no commit of the
+#: copy may delete it.)
+_UNMATCHED = Signature(0, 0, 0, 0, 0)
+
+
+def _kept_sig(entry: IndexEntry | None, st: os.stat_result | None) -> Signature | None:
+    """The signature to keep for a path where a reload kept what the copy has over the
+    volume's file. A local file is a version of that file: the copy has seen the volume's,
+    whatever becomes of its own. A local directory hides it, unless the copy had it."""
+    sig = None if entry is None else entry.sig
+    if sig is None and st is not None and stat.S_ISREG(st.st_mode):
+        return _UNMATCHED
+    return sig
 
 
 class _RemovalLog:

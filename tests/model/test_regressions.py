@@ -649,3 +649,33 @@ def test_directories_a_copy_made_over_another_writers_file_stay_its_own(fs_env: 
             ("sdk_rm", {"chosen": "b/a"}),
         ],
     )
+
+
+def test_a_copy_that_removes_its_version_of_a_file_deletes_the_volumes_file(
+    fs_env: Env,
+) -> None:
+    # Copy 2's reload keeps its own "b/b" over the volume's; the copy has seen the
+    # volume's "b/b" from then on, so moving its own away publishes the deletion.
+    replay(
+        fs_env,
+        [
+            ("sdk_put", {"paths": {"a/a", "a/b", "b/a", "b/b"}, "tag": 0, "large": False}),
+            ("write", {"i": 2, "path": "b/b", "tag": 1, "large": False}),
+            ("reload", {"i": 2}),
+            ("rename", {"i": 2, "chosen": "b/b", "dst": "a"}),
+            ("commit", {"i": 2}),
+        ],
+    )
+
+
+def test_a_directory_made_after_a_killed_reload_is_the_copys_own(fs_env: Env) -> None:
+    # Whatever point kills the reload that brings "a/a", the "a" made afterwards, before
+    # the copy commits, is a change of the copy's (the reload is settled when the copy is
+    # opened again, so its journal cannot claim the directory).
+    points = _killed_at_every_point(
+        fs_env,
+        [("sdk_put", {"paths": {"a/a"}, "tag": 0, "large": False})],
+        ("kill", {"i": 0, "op": "reload"}),
+        [("mkdir", {"i": 0, "path": "a"}), ("commit", {"i": 0})],
+    )
+    assert points > 5
