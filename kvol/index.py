@@ -132,6 +132,11 @@ class Index:
     dirs: set[str] = field(default_factory=set)
     #: Explicit directories of the volume (kept so the committed view can be rebuilt).
     explicit_dirs: set[str] = field(default_factory=set)
+    #: The newest commit of this copy's own that landed past ``base + 1`` (others
+    #: published in between), or 0: the committed state then holds commits from after
+    #: ``base`` too, so replaying the log from ``base`` on it can misjudge a directory
+    #: removal that came before them (see WorkingCopy._reload_locked).
+    ahead: int = 0
 
     def committed_state(self) -> State:
         """The volume as this copy last saw it (base plus its own commits)."""
@@ -269,6 +274,7 @@ def _encode(index: Index) -> bytes:
         "count": len(paths),
         "dirs": sorted(index.dirs),
         "explicit_dirs": sorted(index.explicit_dirs),
+        "ahead": index.ahead,
         "objects": [kind + obj for kind, obj in objects],
     }
     body = bytearray()
@@ -310,6 +316,7 @@ def _decode(raw: bytes) -> Index:
     index = Index(str(header["volume_id"]), int(header["base"]))
     index.dirs = {str(d) for d in header["dirs"]}
     index.explicit_dirs = {str(d) for d in header["explicit_dirs"]}
+    index.ahead = int(header.get("ahead", 0))  # absent in indexes of older versions
     count = int(header["count"])
     objects: list[tuple[str, str]] = []
     for name in header["objects"]:

@@ -35,6 +35,7 @@ import contextlib
 import errno
 import fcntl
 import gc
+import itertools
 import json
 import logging
 import os
@@ -685,6 +686,8 @@ class WorkingCopy:
             # Nobody published in between: the copy now matches the volume at seq, and
             # the next commit need not probe the log positions this one took.
             index.base = seq
+        elif seq > index.base:
+            index.ahead = max(index.ahead, seq)
         for p in done.gone:
             index.files.pop(p, None)
         for d in done.removed_dirs:
@@ -974,12 +977,18 @@ class WorkingCopy:
         if first is not None and not pruned:
             kept_out = set(touched)
             try:
-                view.apply(first, base + 1, touched)
-                for seq, entry in self.repo.entries_after(base + 1):
+                replayed = self.repo.entries_after(base + 1)
+                for seq, entry in itertools.chain([(base + 1, first)], replayed):
+                    if seq < self.index.ahead and any(isinstance(op, RmdirOp) for op in entry.ops):
+                        # The committed state already holds this copy's later commits:
+                        # whether the directory was empty then cannot be told from it.
+                        pruned, touched = True, kept_out
+                        break
                     view.apply(entry, seq, touched)
             except HistoryPruned:
                 pruned, touched = True, kept_out  # pruned while being read
         if pruned:
+            # The head's state, and every path where it differs from what the copy saw.
             view = self._retained_view(touched)
         # Written (and synced) before the tree is touched: a reload that dies midway is
         # settled from it at the next lock (see _recover), so files it wrote never look
@@ -992,6 +1001,8 @@ class WorkingCopy:
             self._recover()
             raise
         self.index.base = view.seq
+        if self.index.ahead <= view.seq:
+            self.index.ahead = 0
         self._save_index()
         self._drop_journal()
         return ReloadResult(base, view.seq, written, tuple(sorted(kept)))

@@ -679,3 +679,29 @@ def test_a_directory_made_after_a_killed_reload_is_the_copys_own(fs_env: Env) ->
         [("mkdir", {"i": 0, "path": "a"}), ("commit", {"i": 0})],
     )
     assert points > 5
+
+
+def test_a_reload_after_committing_behind_others_replays_their_directory_removals(
+    fs_env: Env,
+) -> None:
+    # Copy 2 commits "a/b" after another writer removed "a" (its base stays behind), then
+    # deletes "a" itself; "a" is removed again and a file "a" arrives. Replaying the log on
+    # a state already holding "a/b" would keep "a" as a directory of the volume, and the
+    # reload would take the copy's new empty directory "a" for it and replace it.
+    replay(
+        fs_env,
+        [
+            ("mkdir", {"i": 2, "path": "a/a"}),
+            ("commit", {"i": 2}),
+            ("sdk_rm", {"chosen": "a"}),
+            ("mkdir", {"i": 2, "path": "a/b"}),
+            ("commit", {"i": 2}),
+            ("reopen", {"i": 2, "crash": False}),  # what the index keeps of it
+            ("delete", {"i": 2, "chosen": "a"}),
+            ("sdk_rm", {"chosen": "a"}),
+            ("reload", {"i": 2}),
+            ("mkdir", {"i": 2, "path": "a"}),
+            ("sdk_put", {"paths": {"a", "b/b"}, "tag": 5, "large": False}),
+            ("reload", {"i": 2}),
+        ],
+    )
