@@ -695,6 +695,15 @@ class WorkingCopy:
             index.explicit_dirs = {x for x in index.explicit_dirs if not paths.is_under(x, d)}
         index.dirs.update(done.dirs_added)
         index.explicit_dirs.update(done.dirs_added)
+        if done.puts:
+            # A file put where the volume has a directory replaces that directory and
+            # everything under it (one this copy kept a local file over: not on disk here,
+            # but still on record as the volume's until now).
+            known = index.dirs | index.explicit_dirs
+            known.update(a for d in index.explicit_dirs for a in paths.ancestors(d))
+            for rel in [rel for rel in done.puts if rel in known]:
+                index.dirs = {x for x in index.dirs if not paths.is_under(x, rel)}
+                index.explicit_dirs = {x for x in index.explicit_dirs if not paths.is_under(x, rel)}
         for rel, (record, sig, racy) in done.puts.items():
             index.files[rel] = IndexEntry(record, sig, racy)
             index.dirs.update(paths.ancestors(rel))

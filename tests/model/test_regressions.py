@@ -705,3 +705,23 @@ def test_a_reload_after_committing_behind_others_replays_their_directory_removal
             ("reload", {"i": 2}),
         ],
     )
+
+
+def test_a_file_committed_over_a_directory_the_copy_never_had_replaces_it(
+    fs_env: Env,
+) -> None:
+    # Copy 0's file "a" is kept over copy 1's directory "a" (the stale commit is refused,
+    # the copy reloads and commits again); once "a" is removed from the volume, a reload
+    # must not bring back the directory the file replaced.
+    replay(
+        fs_env,
+        [
+            ("write", {"i": 0, "path": "a", "tag": 0, "large": False}),
+            ("mkdir", {"i": 1, "path": "a"}),
+            ("commit", {"i": 1}),
+            ("prune", {"keep": 1}),
+            ("commit", {"i": 0}),
+            ("sdk_rm", {"chosen": "a"}),
+            ("reload", {"i": 0}),
+        ],
+    )
