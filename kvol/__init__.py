@@ -54,6 +54,11 @@ __all__ = [
 
 _SDK = {"BatchUpload", "FileEntry", "FileEntryType", "Volume", "VolumeInfo"}
 
+#: Whether this process records Prometheus metrics (kvol.metrics reads it once, when it is
+#: first imported). The ``kvol`` program turns it off: it runs one command and exits,
+#: nothing scrapes it, and loading prometheus_client is a third of a short command's time.
+_METRICS = True
+
 
 def __getattr__(name: str) -> Any:
     # The SDK pulls in the store and content machinery: load it on first use only.

@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import zlib
+from collections.abc import Iterator
 from typing import Any
 
 from kvol.errors import CorruptData
@@ -19,9 +20,57 @@ FORMAT = 1
 MAX_INFLATED = 1 << 31
 
 
+#: Items of a large list or object in the payload encoded at a time: the JSON text of a
+#: whole entry or checkpoint (tens of MiB at 100,000 files) never exists, only its
+#: compressed form.
+SLICE = 1024
+
+
 def encode(kind: str, payload: Any) -> bytes:
-    body = zlib.compress(json.dumps(payload, separators=(",", ":")).encode(), 1)
-    return f"kvol-{kind} {FORMAT} {hashlib.sha256(body).hexdigest()}\n".encode() + body
+    deflate = zlib.compressobj(1)
+    body = bytearray()
+    for piece in _pieces(payload):
+        body += deflate.compress(piece.encode())
+    body += deflate.flush()
+    return b"".join((f"kvol-{kind} {FORMAT} {hashlib.sha256(body).hexdigest()}\n".encode(), body))
+
+
+def _dumps(value: Any) -> str:
+    return json.dumps(value, separators=(",", ":"))
+
+
+def _pieces(payload: Any) -> Iterator[str]:
+    """``_dumps(payload)`` in pieces: each large list or object of a top-level object (an
+    entry's operations, a checkpoint's files) a slice of its items at a time. A value
+    that is an iterator of lists is encoded as the one list they make together, each
+    made only when its turn comes."""
+    if not isinstance(payload, dict) or not all(isinstance(k, str) for k in payload):
+        yield _dumps(payload)
+        return
+    for n, (key, value) in enumerate(payload.items()):
+        yield ("{" if n == 0 else ",") + _dumps(key) + ":"
+        if isinstance(value, list) and len(value) > SLICE:
+            yield "["
+            for i in range(0, len(value), SLICE):
+                yield ("," if i else "") + _dumps(value[i : i + SLICE])[1:-1]
+            yield "]"
+        elif isinstance(value, dict) and len(value) > SLICE:
+            items = list(value.items())
+            yield "{"
+            for i in range(0, len(items), SLICE):
+                yield ("," if i else "") + _dumps(dict(items[i : i + SLICE]))[1:-1]
+            yield "}"
+        elif isinstance(value, Iterator):
+            yield "["
+            first = True
+            for some in value:
+                if some:
+                    yield ("" if first else ",") + _dumps(some)[1:-1]
+                    first = False
+            yield "]"
+        else:
+            yield _dumps(value)
+    yield "}" if payload else "{}"
 
 
 def decode(kind: str, raw: bytes) -> Any:

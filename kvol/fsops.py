@@ -14,7 +14,7 @@ import os
 import secrets
 import shutil
 import stat
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
 from kvol.errors import InvalidPath
@@ -358,16 +358,22 @@ def _lstat_at(dir_fd: int, name: str) -> os.stat_result | None:
         return None
 
 
-def write_atomically(path: Path, body: bytes) -> None:
-    """Replace ``path`` with ``body``: temp file in the same directory, fsync, rename, fsync."""
+def write_atomically(path: Path, body: bytes | Iterable[bytes | memoryview]) -> None:
+    """Replace ``path`` with ``body``: temp file in the same directory, fsync, rename, fsync.
+
+    ``body`` may come in pieces, written in turn: a large file is never whole in memory."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{secrets.token_hex(8)}.tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     try:
-        view = memoryview(body)
-        while view:
-            view = view[os.write(fd, view) :]
+        for piece in (body,) if isinstance(body, bytes | bytearray | memoryview) else body:
+            view = memoryview(piece)
+            while view:
+                view = view[os.write(fd, view) :]
         os.fsync(fd)
+    except BaseException:
+        tmp.unlink(missing_ok=True)  # pieces that failed to come leave no temp file behind
+        raise
     finally:
         os.close(fd)
     try:

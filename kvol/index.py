@@ -52,6 +52,20 @@ def sig_tuple(st: os.stat_result) -> SigTuple:
     return (st.st_size, st.st_mtime_ns, st.st_ino, st.st_ctime_ns, st.st_mode & 0o7777)
 
 
+#: A signature packed in 40 bytes (a bytes object of 73), for the commit of many files
+#: that holds one per file until the index records them: a tuple of five ints is 250.
+_PACKED_SIG = struct.Struct("<5q")
+
+
+def packed_sig(st: os.stat_result) -> bytes:
+    return _PACKED_SIG.pack(*sig_tuple(st))
+
+
+def unpack_sig(packed: bytes) -> SigTuple:
+    size, mtime_ns, ino, ctime_ns, mode = _PACKED_SIG.unpack(packed)
+    return (size, mtime_ns, ino, ctime_ns, mode)
+
+
 class IndexEntry:
     """One file: its record in the volume and the stat it had when it matched.
 
@@ -65,11 +79,14 @@ class IndexEntry:
     __slots__ = ("_lazy", "_record", "racy", "stat_key")
 
     def __init__(
-        self, record: FileRecord | None, sig: Signature | None, racy: bool = False
+        self,
+        record: FileRecord | None,
+        sig: Signature | SigTuple | bytes | None,
+        racy: bool = False,
     ) -> None:
         self._record = record
         self._lazy: _Lazy | None = None
-        self.stat_key: SigTuple | None = None if sig is None else _as_tuple(sig)
+        self.stat_key: SigTuple | None = None if sig is None else as_stat_key(sig)
         self.racy = racy
 
     @property
@@ -92,7 +109,7 @@ class IndexEntry:
 
     @sig.setter
     def sig(self, value: Signature | None) -> None:
-        self.stat_key = None if value is None else _as_tuple(value)
+        self.stat_key = None if value is None else as_stat_key(value)
 
     def copy(self) -> IndexEntry:
         """An entry of its own with the same values; a record not parsed yet stays so."""
@@ -119,7 +136,11 @@ class IndexEntry:
         return f"IndexEntry({self.record!r}, {self.sig!r}, racy={self.racy})"
 
 
-def _as_tuple(sig: Signature) -> SigTuple:
+def as_stat_key(sig: Signature | SigTuple | bytes) -> SigTuple:
+    if isinstance(sig, tuple):
+        return sig
+    if isinstance(sig, bytes):
+        return unpack_sig(sig)
     return (sig.size, sig.mtime_ns, sig.ino, sig.ctime_ns, sig.mode)
 
 
@@ -149,7 +170,7 @@ class Index:
     # -- persistence (atomic: temp file, fsync, rename) ---------------------------------------
 
     def save(self, path: Path) -> None:
-        write_atomically(path, _encode(self))
+        write_atomically(path, _encoded(self))
 
     @classmethod
     def load(cls, path: Path) -> Index:
@@ -234,13 +255,17 @@ def _unsafe_paths(text: str) -> bool:
 
 
 def _encode(index: Index) -> bytes:
+    return b"".join(_encoded(index))
+
+
+def _encoded(index: Index) -> list[bytes | memoryview]:
+    """The encoding of ``index`` in pieces, in order. They are written one after the other,
+    never joined: at 100,000 files a copy of the whole would cost tens of MiB."""
     objects: dict[tuple[str, str], int] = {}
     ints = array("q")
     parts = array("q")
     hashes = bytearray()
-    paths = []
-    for path, entry in index.files.items():
-        paths.append(path)
+    for entry in index.files.values():
         flags = _RACY if entry.racy else 0
         sig = entry.stat_key
         if sig is not None:
@@ -271,24 +296,25 @@ def _encode(index: Index) -> bytes:
     header = {
         "volume_id": index.volume_id,
         "base": index.base,
-        "count": len(paths),
+        "count": len(index.files),
         "dirs": sorted(index.dirs),
         "explicit_dirs": sorted(index.explicit_dirs),
         "ahead": index.ahead,
         "objects": [kind + obj for kind, obj in objects],
     }
-    body = bytearray()
+    pieces: list[bytes | memoryview] = []
+    digest = hashlib.sha256()
     for section in (
         _json_bytes(header),
-        "\x00".join(paths).encode("utf-8", "surrogateescape"),
+        "\x00".join(index.files).encode("utf-8", "surrogateescape"),
         _little(ints),
-        bytes(hashes),
+        memoryview(hashes),
         _little(parts),
     ):
-        body += struct.pack("<Q", len(section))
-        body += section
-    digest = hashlib.sha256(body).hexdigest()
-    return b"%s %d %s\n" % (_MAGIC, FORMAT, digest.encode()) + body
+        for piece in (struct.pack("<Q", len(section)), section):
+            digest.update(piece)
+            pieces.append(piece)
+    return [b"%s %d %s\n" % (_MAGIC, FORMAT, digest.hexdigest().encode()), *pieces]
 
 
 def _decode(raw: bytes) -> Index:
@@ -437,11 +463,12 @@ def _json_bytes(value: Any) -> bytes:
     return json.dumps(value, separators=(",", ":")).encode()
 
 
-def _little(values: array[int]) -> bytes:
+def _little(values: array[int]) -> memoryview:
+    """The values as little-endian bytes (a view, not a copy, where the machine is so)."""
     if struct.pack("=q", 1) != struct.pack("<q", 1):
         values = array("q", values)
         values.byteswap()
-    return values.tobytes()
+    return memoryview(values).cast("B")
 
 
 def _from_little(data: memoryview) -> array[int]:

@@ -16,10 +16,43 @@ import weakref
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from prometheus_client import Counter, Gauge, Histogram
-from prometheus_client.core import GaugeMetricFamily
-from prometheus_client.registry import REGISTRY, Collector
+import kvol
+
+#: Whether this process records metrics, as the process said before anything imported
+#: this module (see kvol._METRICS).
+RECORDING = kvol._METRICS
+
+if TYPE_CHECKING or RECORDING:
+    from prometheus_client import Counter, Gauge, Histogram
+    from prometheus_client.core import GaugeMetricFamily
+    from prometheus_client.registry import REGISTRY, Collector
+else:
+
+    class _Inert:
+        """A metric that records nothing, for a process nothing scrapes."""
+
+        def __init__(self, *args: object, **kwargs: object) -> None:
+            pass
+
+        def labels(self, *values: object) -> _Inert:
+            return self
+
+        def inc(self, amount: float = 1) -> None:
+            pass
+
+        def dec(self, amount: float = 1) -> None:
+            pass
+
+        def set(self, value: float) -> None:
+            pass
+
+        def observe(self, value: float) -> None:
+            pass
+
+    Counter = Gauge = Histogram = _Inert
+    Collector = object
 
 # Latency buckets from a no-op commit on local disk (~1 ms) to a large upload (minutes).
 _LATENCY_BUCKETS = (
@@ -225,4 +258,5 @@ class NodeCollector(Collector):
 
 
 NODE = NodeCollector()
-REGISTRY.register(NODE)
+if RECORDING:
+    REGISTRY.register(NODE)

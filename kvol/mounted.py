@@ -17,7 +17,7 @@ that belongs to the volume (same name, or same volume id) is used.
 from __future__ import annotations
 
 import dataclasses
-import http.client
+import functools
 import json
 import os
 import re
@@ -27,10 +27,13 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from kvol import errors
 from kvol.paths import RESERVED
+
+if TYPE_CHECKING:
+    import http.client
 
 MOUNTS_ENV = "KVOL_MOUNTS"
 SOCKET_NAME = "control.sock"
@@ -103,7 +106,9 @@ class ControlMount(Mount):
         return data
 
     def _exchange(self, method: str, route: str, body: dict[str, Any] | None) -> tuple[int, Any]:
-        conn = _UnixHTTPConnection(self.socket_path, CONTROL_TIMEOUT)
+        import http.client  # here: a command on a plain working copy never needs it
+
+        conn = _unix_http_connection()(self.socket_path, CONTROL_TIMEOUT)
         try:
             payload = json.dumps(body).encode() if body is not None else None
             headers = {"Content-Type": "application/json"} if payload else {}
@@ -323,27 +328,35 @@ def _error_from(status: int, body: Any) -> errors.KvolError:
     return cls(message)
 
 
-class _UnixHTTPConnection(http.client.HTTPConnection):
-    """HTTP over a unix socket; long paths are reached through /proc/self/fd."""
+@functools.cache
+def _unix_http_connection() -> Callable[[Path, float], http.client.HTTPConnection]:
+    """The class of HTTP connections over a unix socket, made on first use (http.client
+    is a fifth of a short command's imports)."""
+    import http.client
 
-    def __init__(self, path: Path, timeout: float) -> None:
-        super().__init__("localhost", timeout=timeout)
-        self._unix_path = path
+    class UnixHTTPConnection(http.client.HTTPConnection):
+        """HTTP over a unix socket; long paths are reached through /proc/self/fd."""
 
-    def connect(self) -> None:
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        sock.settimeout(self.timeout)
-        try:
-            if len(os.fsencode(self._unix_path)) < 100:
-                sock.connect(str(self._unix_path))
-            else:
-                # sun_path holds 107 bytes; kubelet paths are often longer.
-                dir_fd = os.open(self._unix_path.parent, os.O_PATH | os.O_DIRECTORY)
-                try:
-                    sock.connect(f"/proc/self/fd/{dir_fd}/{self._unix_path.name}")
-                finally:
-                    os.close(dir_fd)
-        except BaseException:
-            sock.close()
-            raise
-        self.sock = sock
+        def __init__(self, path: Path, timeout: float) -> None:
+            super().__init__("localhost", timeout=timeout)
+            self._unix_path = path
+
+        def connect(self) -> None:
+            sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            sock.settimeout(self.timeout)
+            try:
+                if len(os.fsencode(self._unix_path)) < 100:
+                    sock.connect(str(self._unix_path))
+                else:
+                    # sun_path holds 107 bytes; kubelet paths are often longer.
+                    dir_fd = os.open(self._unix_path.parent, os.O_PATH | os.O_DIRECTORY)
+                    try:
+                        sock.connect(f"/proc/self/fd/{dir_fd}/{self._unix_path.name}")
+                    finally:
+                        os.close(dir_fd)
+            except BaseException:
+                sock.close()
+                raise
+            self.sock = sock
+
+    return UnixHTTPConnection

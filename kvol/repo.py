@@ -24,7 +24,7 @@ import socket
 import time
 import uuid
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from kvol import codec, content, metrics
 from kvol.content import DEFAULT_CHUNK_SIZE, ContentReader
@@ -467,7 +467,15 @@ class Repo:
 
     def entry_bytes(self, entry: Entry, seq: int) -> bytes:
         """The stored form of ``entry`` at ``seq`` of this volume (bound to both)."""
-        return codec.encode("entry", entry.bound(self.volume_id, seq).to_payload())
+        bound = entry.bound(self.volume_id, seq)
+        payload = replace(bound, ops=()).to_payload()
+        # The operations' lists are made a slice at a time as they are encoded: for a
+        # commit of 100,000 files, all at once they would be tens of MiB.
+        payload["ops"] = (
+            replace(bound, ops=bound.ops[i : i + codec.SLICE]).to_payload()["ops"]
+            for i in range(0, len(bound.ops), codec.SLICE)
+        )
+        return codec.encode("entry", payload)
 
     def _checkpoint_quietly(self, seq: int) -> None:
         # A missing checkpoint only costs readers time; the commit already landed.

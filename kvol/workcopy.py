@@ -70,7 +70,17 @@ from kvol.errors import (
     StaleBase,
     VolumeBusy,
 )
-from kvol.index import RACY_NS, Index, IndexEntry, Signature
+from kvol.index import (
+    RACY_NS,
+    Index,
+    IndexEntry,
+    Signature,
+    SigTuple,
+    as_stat_key,
+    packed_sig,
+    sig_tuple,
+    unpack_sig,
+)
 from kvol.model import (
     Entry,
     FileRecord,
@@ -112,6 +122,11 @@ CREATING_FILE = "creating"
 DEFAULT_CONCURRENCY = 8
 #: Small files read and packed by one task of a commit.
 SMALL_BATCH = 256
+#: Files whose part of a commit journal is encoded at a time.
+JOURNAL_SLICE = 1024
+#: A commit of this many changed files gives the memory its phases freed back to the
+#: system between them (see _release_freed_memory).
+_LARGE_COMMIT_FILES = 10_000
 
 
 @dataclass(frozen=True)
@@ -147,10 +162,20 @@ class Status:
     uncommitted_bytes: int
 
 
+#: What a scan found of a file: its stat, or its signature packed (see index.packed_sig),
+#: which the plain scan keeps: a whole stat is ten times its size, and a first commit
+#: finds every file of the copy.
+Found = os.stat_result | bytes
+
+
+def _found_key(found: Found) -> SigTuple:
+    return unpack_sig(found) if isinstance(found, bytes) else sig_tuple(found)
+
+
 @dataclass
 class ScanResult:
     #: New or possibly modified files, with their stat.
-    candidates: dict[str, os.stat_result] = field(default_factory=dict)
+    candidates: dict[str, Found] = field(default_factory=dict)
     #: Files the index knows that are gone.
     deleted: set[str] = field(default_factory=set)
     dirs_added: set[str] = field(default_factory=set)
@@ -453,7 +478,7 @@ class WorkingCopy:
                                 continue
                             known = files.get(rel)
                             if known is None:
-                                candidates[rel] = st
+                                candidates[rel] = packed_sig(st)
                                 continue
                             seen.append(rel)
                             if known.racy or known.stat_key != (
@@ -463,7 +488,7 @@ class WorkingCopy:
                                 st.st_ctime_ns,
                                 st.st_mode & 0o7777,
                             ):  # as IndexEntry.is_clean, inline: this runs per file
-                                candidates[rel] = st
+                                candidates[rel] = packed_sig(st)
                 finally:
                     os.close(dir_fd)
         finally:
@@ -503,7 +528,7 @@ class WorkingCopy:
         scan = self._scan()
         # What this commit is about to publish is uncommitted until it lands: a failing
         # commit leaves it counted, so data piling up in the copy shows.
-        self._set_uncommitted(sum(st.st_size for st in scan.candidates.values()))
+        self._set_uncommitted(sum(_found_key(f)[0] for f in scan.candidates.values()))
         index = self.index
         removed_dirs = _outermost(scan.dirs_removed)
         # A deletion names what this copy saw at its base: every file of a removed tree the
@@ -536,25 +561,38 @@ class WorkingCopy:
         made = scan.dirs_added | self._implied_only_by_hidden(scan, never_had)
         ops += [MkdirOp(d) for d in sorted(made)]
 
+        large = len(scan.candidates) >= _LARGE_COMMIT_FILES
         uploads, stats, unreadable = self._upload(scan.candidates)
+        if large:
+            _release_freed_memory()  # the upload's buffers, before records take their place
         skipped = sorted(scan.skipped | unreadable)
         if skipped:
             shown = ", ".join(skipped[:5]) + (
                 f" and {len(skipped) - 5} more" if len(skipped) > 5 else ""
             )
             log.warning("not committed from %s (not regular files): %s", self.root, shown)
-        puts: dict[str, tuple[FileRecord, os.stat_result]] = {}
-        refreshed: dict[str, os.stat_result] = {}
+
+        def racy(sig: SigTuple) -> bool:
+            return sig[1] >= scan_started_ns - RACY_NS
+
+        puts: dict[str, _Put] = {}
+        refreshed: dict[str, SigTuple] = {}
         deferred: list[str] = []
-        for rel, up in sorted(uploads.items()):
-            st = stats[rel]
+        sent_bytes = sum(u.sent_bytes for u in uploads.values())
+        modes: dict[int, int] = {}  # one int per distinct mode, not one per file
+        # Each upload and stat goes once its record is made: at 100,000 files they are
+        # tens of MiB, which the journal and the log entry would otherwise come on top of.
+        for rel in sorted(uploads):
+            up, packed = uploads.pop(rel), stats.pop(rel)
             if not up.stable:
                 deferred.append(rel)
                 continue
+            sig = unpack_sig(packed)
             # Only permission bits are published: set-id and sticky bits are never applied
             # by a copy (see fsops.safe_mode), so they are not recorded either.
             entry = index.files.get(rel)
-            mode = self._committed_mode(st.st_mode, entry.record if entry is not None else None)
+            mode = self._committed_mode(sig[4], entry.record if entry is not None else None)
+            mode = modes.setdefault(mode, mode)
             if (
                 entry is not None
                 and entry.record is not None
@@ -562,11 +600,12 @@ class WorkingCopy:
                 and entry.record.hash == up.hash
                 and fsops.safe_mode(entry.record.mode) == mode
             ):
-                refreshed[rel] = st  # touched, not changed: nothing to publish
+                refreshed[rel] = sig  # touched, not changed: nothing to publish
                 continue
-            record = FileRecord(up.size, st.st_mtime_ns, mode, up.hash, up.parts)
-            puts[rel] = (record, st)
+            record = FileRecord(up.size, sig[1], mode, up.hash, up.parts)
+            puts[rel] = (record, packed, racy(sig))
             ops.append(PutOp(rel, record))
+        del uploads, stats  # emptied, but their tables stay until they go
 
         # A directory only its files implied, kept here while this commit removes its last
         # file, is published as a directory: else it would leave the volume with the file.
@@ -577,12 +616,9 @@ class WorkingCopy:
         ]
         ops += [MkdirOp(d) for d in kept_dirs]
 
-        def racy(st: os.stat_result) -> bool:
-            return st.st_mtime_ns >= scan_started_ns - RACY_NS
-
-        for rel, st in refreshed.items():
+        for rel, sig in refreshed.items():
             entry = index.files[rel]
-            entry.sig, entry.racy = Signature.of(st), racy(st)
+            entry.stat_key, entry.racy = sig, racy(sig)
         gone -= {
             p
             for p in never_had
@@ -602,36 +638,43 @@ class WorkingCopy:
             gone=sorted(gone),
             removed_dirs=sorted(removed_dirs),
             dirs_added=sorted(made.union(kept_dirs)),
-            puts={rel: (record, Signature.of(st), racy(st)) for rel, (record, st) in puts.items()},
+            puts=puts,
         )
         # Written (and synced) before publishing: a commit that dies after its entry
         # landed but before the index records it is settled from this at the next lock
         # (see _recover_commit); else its files would look changed and be published
         # again, over whatever other writers committed meanwhile.
         self._write_commit_journal(ops, index.base, self._known_head, done)
+        if large:
+            _release_freed_memory()
         seq = self.repo.publish(
             ops, index.base, message, known_head=self._known_head, writer=self.writer
         )
         self._known_head = seq
-        self._record_published(seq, done)
-        self._save_index()
-        self._drop_journal(COMMIT_JOURNAL_FILE)
-        return CommitResult(
+        result = CommitResult(
             seq,
             files=len(puts),
             deleted=len(file_deletes) + len(rmdirs),
-            bytes=sum(r.size for r, _ in puts.values()),
-            sent_bytes=sum(u.sent_bytes for u in uploads.values()),
+            bytes=sum(r.size for r, _, _ in puts.values()),
+            sent_bytes=sent_bytes,
             deferred=tuple(deferred),
             skipped=tuple(skipped),
         )
+        del ops  # the index holds the records from here on
+        if large:
+            _release_freed_memory()  # the log entry's encoding, before the index grows
+        self._record_published(seq, done)
+        done.puts.clear()
+        self._save_index()
+        self._drop_journal(COMMIT_JOURNAL_FILE)
+        return result
 
     def _dirs_left_empty(
         self,
         scan: ScanResult,
         file_deletes: list[str],
         gone_dirs: set[str],
-        puts: dict[str, tuple[FileRecord, os.stat_result]],
+        puts: dict[str, _Put],
         never_had: set[str],
     ) -> list[str]:
         """Directories still here that only files implied in the volume, and that no file
@@ -705,32 +748,48 @@ class WorkingCopy:
                 index.dirs = {x for x in index.dirs if not paths.is_under(x, rel)}
                 index.explicit_dirs = {x for x in index.explicit_dirs if not paths.is_under(x, rel)}
         for rel, (record, sig, racy) in done.puts.items():
-            index.files[rel] = IndexEntry(record, sig, racy)
+            index.files[rel] = IndexEntry(record, _sharing(as_stat_key(sig), record), racy)
             index.dirs.update(paths.ancestors(rel))
 
     def _write_commit_journal(
         self, ops: list[Op], base: int, known_head: int, done: _Published
     ) -> None:
-        journal = {
+        head = {
             "format": 1,
             "base": base,
             "known_head": known_head,
             # Another writer may publish the very same operations (the same files
             # extracted in two copies): only an entry of this writer is this commit.
             "writer": self.writer.id,
-            # As an entry stores them (no JSON round trip: a copy of every record).
-            "ops": Entry(tuple(ops), 0.0, Writer("", "", 0), 0).to_payload()["ops"],
-            "gone": done.gone,
-            "removed_dirs": done.removed_dirs,
-            "dirs_added": done.dirs_added,
-            "puts": {
-                rel: [record.to_list(), sig.to_list(), racy]
-                for rel, (record, sig, racy) in done.puts.items()
-            },
         }
-        text = json.dumps(journal, separators=(",", ":"))
-        del journal  # its lists go before the bytes come (a large commit holds less)
-        fsops.write_atomically(self.meta_dir / COMMIT_JOURNAL_FILE, text.encode())
+
+        def dumps(value: Any) -> str:
+            return json.dumps(value, separators=(",", ":"))
+
+        def pieces() -> Iterator[bytes]:
+            # The JSON of one object holding head, ops, gone, removed_dirs, dirs_added and
+            # puts, made a slice of files at a time: at 100,000 files the whole (and its
+            # lists) would be hundreds of MiB, and its bytes are only ever read back.
+            yield dumps(head)[:-1].encode()
+            yield b',"ops":['
+            for i in range(0, len(ops), JOURNAL_SLICE):
+                # As an entry stores them (no JSON round trip: a copy of every record).
+                some = Entry(tuple(ops[i : i + JOURNAL_SLICE]), 0.0, Writer("", "", 0), 0)
+                yield (b"," if i else b"") + dumps(some.to_payload()["ops"])[1:-1].encode()
+            yield (
+                f'],"gone":{dumps(done.gone)},"removed_dirs":{dumps(done.removed_dirs)},'
+                f'"dirs_added":{dumps(done.dirs_added)},"puts":{{'
+            ).encode()
+            puts = list(done.puts.items())
+            for i in range(0, len(puts), JOURNAL_SLICE):
+                some_puts = {
+                    rel: [record.to_list(), _sig_list(sig), racy]
+                    for rel, (record, sig, racy) in puts[i : i + JOURNAL_SLICE]
+                }
+                yield (b"," if i else b"") + dumps(some_puts)[1:-1].encode()
+            yield b"}}"
+
+        fsops.write_atomically(self.meta_dir / COMMIT_JOURNAL_FILE, pieces())
 
     def _recover_commit(self) -> None:
         """Settle a commit that stopped after writing its journal (killed, or failed).
@@ -782,27 +841,30 @@ class WorkingCopy:
         self._drop_journal(COMMIT_JOURNAL_FILE)
 
     def _upload(
-        self, candidates: dict[str, os.stat_result]
-    ) -> tuple[dict[str, Uploaded], dict[str, os.stat_result], set[str]]:
+        self, candidates: dict[str, Found]
+    ) -> tuple[dict[str, Uploaded], dict[str, bytes], set[str]]:
         """Read and send the candidates. Returns what was sent, the stat each file had when
-        opened, and the paths found not to be regular files (never read)."""
+        opened (as a packed signature: a whole stat is ten times its size), and the paths
+        found not to be regular files (never read)."""
         unreadable: set[str] = set()
         if not candidates:
             return {}, {}, unreadable
         root_fd = fsops.open_root(str(self.root))
-        stats: dict[str, os.stat_result] = {}
+        stats: dict[str, bytes] = {}
 
         def opener(rel: str) -> Any:
             def open_it() -> tuple[IO[bytes], os.stat_result]:
                 fd = fsops.open_file(root_fd, rel)
                 st = os.fstat(fd)
-                stats[rel] = st
+                stats[rel] = packed_sig(st)
                 return cast(IO[bytes], os.fdopen(fd, "rb", buffering=0)), st
 
             return open_it
 
-        small = sorted(rel for rel, st in candidates.items() if st.st_size <= PACK_THRESHOLD)
-        large = [rel for rel, st in candidates.items() if st.st_size > PACK_THRESHOLD]
+        sizes = {rel: _found_key(found)[0] for rel, found in candidates.items()}
+        small = sorted(rel for rel, size in sizes.items() if size <= PACK_THRESHOLD)
+        large = [rel for rel, size in sizes.items() if size > PACK_THRESHOLD]
+        del sizes
         # Each read takes its own stat: the scan's (tens of MiB at 100,000 files) go now,
         # before the reads fill memory with theirs.
         candidates.clear()
@@ -851,7 +913,7 @@ class WorkingCopy:
 
     @staticmethod
     def _read_small(
-        root_fd: int, rels: list[str], stats: dict[str, os.stat_result]
+        root_fd: int, rels: list[str], stats: dict[str, bytes]
     ) -> Iterator[tuple[str, bytes | BaseException, bool]]:
         """Read small files, each directory opened once (without symlinks) per batch."""
         dirs: dict[str, int] = {}
@@ -872,7 +934,7 @@ class WorkingCopy:
                     after = os.fstat(fd)
                 finally:
                     os.close(fd)
-                stats[rel] = before
+                stats[rel] = packed_sig(before)
                 # A file that grew past the pack size since the scan changed meanwhile.
                 stable = same_stat(before, after) and len(data) == before.st_size
                 yield rel, data, stable and len(data) <= PACK_THRESHOLD
@@ -884,7 +946,7 @@ class WorkingCopy:
         self,
         removed_dirs: set[str],
         file_deletes: list[str],
-        puts: dict[str, tuple[FileRecord, os.stat_result]],
+        puts: dict[str, _Put],
         dirs_added: set[str],
     ) -> None:
         limits: Limits = self.repo.meta.limits
@@ -896,7 +958,7 @@ class WorkingCopy:
                 del sizes[p]
         for p in file_deletes:
             sizes.pop(p, None)
-        for rel, (record, _) in puts.items():
+        for rel, (record, _, _) in puts.items():
             sizes[rel] = record.size
             if limits.max_file_size is not None and record.size > limits.max_file_size:
                 raise LimitExceeded(
@@ -921,7 +983,7 @@ class WorkingCopy:
             }
             counts = State(
                 0,
-                {p: r for p, (r, _) in puts.items()} | {p: _placeholder for p in sizes},
+                {p: r for p, (r, _, _) in puts.items()} | {p: _placeholder for p in sizes},
                 dirs | dirs_added,
             ).children_counts()
             for directory, count in counts.items():
@@ -1642,17 +1704,17 @@ class WorkingCopy:
         with self._locked(settle=False):
             scan = self._scan()
         changed = []
-        for rel, st in scan.candidates.items():
+        for rel, found in scan.candidates.items():
             entry = self.index.files.get(rel)
             if (
                 entry is not None
                 and entry.racy
-                and entry.sig is not None
-                and Signature.of(st) == entry.sig
+                and entry.stat_key is not None
+                and _found_key(found) == entry.stat_key
             ):
                 continue  # only flagged for a re-hash, not known to differ
             changed.append(rel)
-        uncommitted = sum(scan.candidates[r].st_size for r in changed)
+        uncommitted = sum(_found_key(scan.candidates[r])[0] for r in changed)
         self._set_uncommitted(uncommitted)
         deleted = sorted(scan.deleted | scan.dirs_removed)
         return Status(
@@ -1740,6 +1802,11 @@ def _file_sig(path: Path) -> tuple[int, int, int] | None:
     return (st.st_ino, st.st_mtime_ns, st.st_size)
 
 
+#: A file a commit publishes: its record, the stat it had when read, whether to hash it
+#: again at the next scan.
+_Put = tuple[FileRecord, Signature | SigTuple | bytes, bool]
+
+
 @dataclass
 class _Published:
     """How a commit changes the index once its entry has landed."""
@@ -1748,7 +1815,7 @@ class _Published:
     removed_dirs: list[str]
     dirs_added: list[str]
     #: Path -> (its record, the stat it had when read, hash it again at the next scan).
-    puts: dict[str, tuple[FileRecord, Signature, bool]]
+    puts: dict[str, _Put]
 
 
 #: The signature of a file of the volume this copy saw but holds no match of (deleted
@@ -1825,6 +1892,41 @@ class _Staging:
             with contextlib.suppress(OSError):  # gone, or not ours (not a directory)
                 if stat.S_ISDIR(os.stat(name, dir_fd=root_fd, follow_symlinks=False).st_mode):
                     fsops.remove_tree_at(root_fd, name)
+
+
+def _release_freed_memory() -> None:
+    """Give the system back the heap memory freed so far. glibc keeps freed blocks of the
+    heap for reuse, and after a large commit phase (16 MiB pack buffers, the encoded
+    journal and log entry) that is tens of MiB the next phase, made of small objects
+    Python keeps elsewhere, never reuses. A no-op where the C library has no
+    malloc_trim."""
+    import ctypes  # only large commits come here
+
+    try:
+        trim = ctypes.CDLL(None).malloc_trim
+    except (AttributeError, OSError):
+        return
+    trim(0)
+
+
+def _sharing(key: SigTuple, record: FileRecord) -> SigTuple:
+    """``key`` made of the record's own ints where they are equal (its size, its mtime as
+    the ctime of a file not changed since it was written, its mode): after a commit of
+    100,000 files the index then holds one int of each file's stat, not five."""
+    size, mtime_ns, ino, ctime_ns, mode = key
+    return (
+        record.size if size == record.size else size,
+        record.mtime_ns if mtime_ns == record.mtime_ns else mtime_ns,
+        ino,
+        record.mtime_ns if ctime_ns == record.mtime_ns else ctime_ns,
+        record.mode if mode == record.mode else mode,
+    )
+
+
+def _sig_list(sig: Signature | SigTuple | bytes) -> list[int]:
+    if isinstance(sig, bytes):
+        return list(unpack_sig(sig))
+    return list(sig) if isinstance(sig, tuple) else sig.to_list()
 
 
 def _ops_payload(ops: list[Op] | tuple[Op, ...]) -> Any:

@@ -5,12 +5,10 @@ from __future__ import annotations
 
 import argparse
 import importlib
-import logging
 import os
 import sys
 from collections.abc import Sequence
 
-from kvol import progress
 from kvol.errors import KvolError
 
 DESCRIPTION = """\
@@ -150,9 +148,20 @@ def _version() -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    if argv is None:
+        # The kvol program itself (not a caller passing arguments): no metrics, unless
+        # something in this process loaded them already.
+        import kvol
+
+        kvol._METRICS = False
     argv = sys.argv[1:] if argv is None else list(argv)
     parser = build_parser(_command_of(argv), every=False)
     args = parser.parse_args(argv)
+    # Imported once a command runs: help, version and usage errors end in the parser.
+    import logging
+
+    from kvol import progress
+
     debug = bool(getattr(args, "debug", False))
     logging.basicConfig(
         level=logging.DEBUG if debug else logging.WARNING,

@@ -8,25 +8,27 @@ import logging
 import shutil
 import stat
 import sys
-import tarfile
-import tempfile
 from collections.abc import Callable, Iterator
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from kvol import fsck, mounted, paths
-from kvol.catalog import Catalog
+from kvol import mounted, paths
 from kvol.cli import output
 from kvol.cli.output import emit_json, plural, say, size, warn, when
 from kvol.content import REFRESH_AFTER_SECONDS, min_gc_grace
 from kvol.errors import AlreadyExists, CorruptData, InvalidArgument, KvolError, NotFound
-from kvol.model import Limits
 from kvol.progress import bar
 from kvol.repo import DEFAULT_GC_GRACE_SECONDS
 from kvol.retention import format_duration, parse_duration, prune_history, read_policy
 from kvol.store import Store, open_store
-from kvol.volume import FileEntry, FileEntryType, Volume
+
+# The SDK, the catalog and fsck are imported by the commands that use them: a command on
+# a working copy (commit, reload, status) needs none of them.
+if TYPE_CHECKING:
+    from kvol.catalog import Catalog
+    from kvol.fsck import FsckReport
+    from kvol.volume import FileEntry, Volume
 
 Handler = Callable[[argparse.Namespace], int]
 
@@ -313,6 +315,8 @@ def namespace_of(args: argparse.Namespace) -> str | None:
 
 
 def catalog_of(args: argparse.Namespace) -> Catalog:
+    from kvol.catalog import Catalog
+
     namespace = namespace_of(args)
     store = store_of(args)
     return Catalog(store) if namespace is None else Catalog.for_namespace(store, namespace)
@@ -332,6 +336,8 @@ def _retention_options(p: argparse.ArgumentParser) -> None:
 
 
 def volume_of(args: argparse.Namespace, name: str) -> Volume:
+    from kvol.volume import Volume
+
     return Volume.from_name(name, store=store_of(args), namespace=namespace_of(args)).hydrate()
 
 
@@ -359,6 +365,9 @@ def _entry_json(entry: FileEntry) -> dict[str, Any]:
 
 
 def cmd_create(args: argparse.Namespace) -> int:
+    from kvol.model import Limits
+    from kvol.volume import Volume
+
     for option, value in (
         ("--limit-files", args.limit_files),
         ("--limit-files-per-directory", args.limit_files_per_directory),
@@ -483,6 +492,8 @@ def cmd_info(args: argparse.Namespace) -> int:
 
 
 def cmd_rename(args: argparse.Namespace) -> int:
+    from kvol.volume import Volume
+
     store = store_of(args)
     volume_of(args, args.old)  # NotFound before asking
     output.confirm(f"Rename volume {args.old!r} to {args.new!r}?", args.yes)
@@ -492,6 +503,8 @@ def cmd_rename(args: argparse.Namespace) -> int:
 
 
 def cmd_delete(args: argparse.Namespace) -> int:
+    from kvol.volume import Volume
+
     store = store_of(args)
     try:
         # Only the name must be readable: a volume with damaged metadata can go too.
@@ -539,6 +552,8 @@ def _is_terminal(stream: Any) -> bool:
 
 
 def _shown(entry: FileEntry) -> str:
+    from kvol.volume import FileEntryType
+
     return entry.path + ("/" if entry.type == FileEntryType.DIRECTORY else "")
 
 
@@ -550,6 +565,8 @@ def cmd_put(args: argparse.Namespace) -> int:
             target = paths.normalize(remote, allow_root=True)
             if not target or remote.endswith("/"):
                 raise InvalidArgument("put - (stdin) needs a REMOTE file path, like /notes.txt")
+            import tempfile
+
             # Spooled to disk, so a large stream is never held in memory.
             spool = stack.enter_context(tempfile.NamedTemporaryFile(prefix="kvol-stdin-"))
             shutil.copyfileobj(sys.stdin.buffer, spool, 1 << 20)
@@ -592,6 +609,8 @@ def _directory_target(local: str, remote: str) -> str:
 
 def _file_target(vol: Volume, name: str, remote: str) -> str:
     """Like cp: into REMOTE if it is the root, ends with '/' or is a directory."""
+    from kvol.volume import FileEntryType
+
     target = paths.normalize(remote, allow_root=True)
     if not target or remote.endswith("/"):
         return f"{target}/{name}".lstrip("/")
@@ -640,6 +659,8 @@ def _get_to_stdout(vol: Volume, remote: str, *, as_tar: bool) -> None:
                     out.write(chunk)
                     advance(len(chunk))
         else:
+            import tarfile
+
             with tarfile.open(fileobj=out, mode="w|", format=tarfile.PAX_FORMAT) as tar:
                 for d in dirs:
                     info = tarfile.TarInfo(d)
@@ -832,6 +853,8 @@ def cmd_fsck(args: argparse.Namespace) -> int:
         raise InvalidArgument("--repair needs a copy to repair from: --from DIR")
     if args.sources and not args.repair:
         raise InvalidArgument("--from is only used with --repair")
+    from kvol.volume import Volume
+
     vol = Volume.from_name(args.name, store=store_of(args), namespace=namespace_of(args))
     with contextlib.ExitStack() as stack:
         advance: Callable[[int], None] | None = None
@@ -861,7 +884,9 @@ def cmd_fsck(args: argparse.Namespace) -> int:
     return 0
 
 
-def _say_fsck(name: str, report: fsck.FsckReport) -> None:
+def _say_fsck(name: str, report: FsckReport) -> None:
+    from kvol import fsck
+
     say(
         f"Checked volume {name!r} (id {report.volume_id}): {plural(report.head, 'commit')}, "
         f"{plural(report.checkpoints_checked, 'checkpoint')}, "

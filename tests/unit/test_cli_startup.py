@@ -91,6 +91,76 @@ def test_a_volume_command_does_not_load_the_other_commands(tmp_path: Path) -> No
     assert "kvol.cli.completion" not in modules
 
 
+def test_help_loads_no_logging_or_progress_machinery() -> None:
+    """Help, version and usage errors end in the parser: logging and progress bars are
+    set up only for a command that runs."""
+    code, _out, modules = run_child("--help")
+    assert code == 0
+    assert [m for m in ("logging", "kvol.progress") if loaded(modules, m)] == []
+
+
+def test_a_working_copy_command_loads_neither_the_sdk_nor_fsck(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    store = str(tmp_path / "store")
+    assert main(["--store", store, "volume", "create", "v"]) == 0
+    assert main(["--store", store, "volume", "mount", "v", str(tmp_path / "copy")]) == 0
+    capsys.readouterr()
+    # (status names the volume, so it reads the catalog; reload and commit need not.)
+    for command, unneeded in (
+        ("reload", ("kvol.volume", "kvol.fsck", "kvol.catalog")),
+        ("commit", ("kvol.volume", "kvol.fsck", "kvol.catalog")),
+        ("status", ("kvol.volume", "kvol.fsck")),
+    ):
+        code, out, modules = run_child("--store", store, "volume", command, str(tmp_path / "copy"))
+        assert code == 0, out
+        assert "kvol.workcopy" in modules
+        assert [m for m in unneeded if m in modules] == []
+    code, out, _ = run_child("--store", store, "volume", "reload", str(tmp_path / "copy"))
+    assert out == "Already up to date (commit 0).\n"
+
+
+#: Runs the kvol program as its entry point does (``main()``, no arguments given).
+PROGRAM = """
+import json, runpy, sys
+sys.argv = ["kvol", *sys.argv[1:]]
+try:
+    runpy.run_module("kvol.cli.main", run_name="__main__")
+except SystemExit as exc:
+    code = exc.code
+print(json.dumps({"code": code, "modules": sorted(sys.modules)}))
+"""
+
+
+def test_the_kvol_program_records_no_metrics_and_talks_no_http_on_a_plain_copy(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """One command, then exit: nothing scrapes the program's metrics, so it never loads
+    prometheus_client; a plain working copy needs no HTTP client either."""
+    store = str(tmp_path / "store")
+    assert main(["--store", store, "volume", "create", "v"]) == 0
+    assert main(["--store", store, "volume", "mount", "v", str(tmp_path / "copy")]) == 0
+    capsys.readouterr()
+    (tmp_path / "copy" / "new.txt").write_text("new")
+    for command in ("commit", "reload"):
+        proc = subprocess.run(
+            [sys.executable, "-c", PROGRAM, "--store", store, "volume", command],
+            cwd=tmp_path / "copy",
+            env={**os.environ, "PYTHONSAFEPATH": "1"},
+            capture_output=True,
+            text=True,
+            check=True,
+            timeout=60,
+        )
+        result = json.loads(proc.stdout.splitlines()[-1])
+        assert result["code"] == 0, proc.stderr
+        modules = set(result["modules"])
+        assert "kvol.metrics" in modules  # the core still counts, into nothing
+        assert [m for m in ("prometheus_client", "http.client") if loaded(modules, m)] == []
+    assert main(["--store", store, "volume", "ls", "v", "/"]) == 0
+    assert capsys.readouterr().out == "new.txt\n"
+
+
 def test_the_listed_help_of_each_command_is_its_own() -> None:
     """The one-line help ``kvol --help`` shows without importing a command is the help
     the command gives itself."""
