@@ -1361,6 +1361,8 @@ class WorkingCopy:
                     continue
                 st = fsops.lstat(root_fd, rel)
                 if rel in index.dirs and rel not in index.files:
+                    if rel in emptied_here:
+                        continue  # this copy's own change (touched when the base was pruned)
                     if st is not None and stat.S_ISDIR(st.st_mode):
                         fsops.remove_empty_dir(root_fd, rel)  # local new files keep it
                     continue
@@ -1388,8 +1390,11 @@ class WorkingCopy:
                 if _under_any(rel, blocked):
                     continue
                 st = fsops.lstat(root_fd, rel)
-                if st is None and rel in index.dirs:
-                    continue  # removed here and not committed: the removal is the last write
+                if st is None and rel in index.dirs and rel in index.explicit_dirs:
+                    # Removed here and not committed: the removal is the last write. (A
+                    # directory the volume only implied goes with its files, which is no
+                    # change of its own: made explicit since, it is made here.)
+                    continue
                 if st is not None and not stat.S_ISDIR(st.st_mode):
                     entry = index.files.get(rel)
                     if entry is not None and self._is_clean(root_fd, rel, entry, st):

@@ -725,3 +725,45 @@ def test_a_file_committed_over_a_directory_the_copy_never_had_replaces_it(
             ("reload", {"i": 0}),
         ],
     )
+
+
+def test_a_directory_the_copy_emptied_stays_when_its_base_was_pruned(fs_env: Env) -> None:
+    # Copy 0 deletes "b/a/b" and keeps the emptied "b/a" (its own change), while the volume
+    # removes the same files and prunes the copy's base: the reload from the retained
+    # state keeps "b/a" and "b", and the next commit publishes them.
+    replay(
+        fs_env,
+        [
+            ("sdk_put", {"paths": {"a/a/a", "a/b", "b/a/b", "b/b"}, "tag": 0, "large": False}),
+            ("reload", {"i": 0}),
+            ("sdk_rm", {"chosen": "b/a/b"}),
+            ("sdk_rm", {"chosen": "b"}),
+            ("prune", {"keep": 1}),
+            ("prune", {"keep": 3}),
+            ("delete", {"i": 0, "chosen": "b/a/b"}),
+            ("commit", {"i": 0}),
+        ],
+    )
+
+
+def test_removing_a_directory_the_volume_only_implied_does_not_remove_it_once_made(
+    fs_env: Env,
+) -> None:
+    # Copy 2 removes "a/a" (its file "a/a/a" was all that made it); copy 0 meanwhile
+    # writes a newer "a/a/a" into a directory "a/a" it made itself. Copy 2's deletion of
+    # the file is the later write, but it never removed a directory of the volume's: the
+    # reload makes "a/a".
+    replay(
+        fs_env,
+        [
+            ("sdk_put", {"paths": {"a/a/a", "a/b", "b/a/b", "b/b"}, "tag": 0, "large": False}),
+            ("reload", {"i": 2}),
+            ("reload", {"i": 0}),
+            ("delete", {"i": 0, "chosen": "a"}),
+            ("commit", {"i": 0}),
+            ("rename", {"i": 0, "chosen": "b/a/b", "dst": "a/a/a"}),
+            ("commit", {"i": 0}),
+            ("delete", {"i": 2, "chosen": "a/a"}),
+            ("reload", {"i": 2}),
+        ],
+    )
