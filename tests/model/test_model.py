@@ -11,18 +11,12 @@ from tests.model.machine import LONG, Env, machine_for, model_settings
 
 pytestmark = pytest.mark.model
 
-# Bounded runs: about a minute on the filesystem store, twenty seconds on MinIO (shrinking
-# a failure takes minutes more). KVOL_MODEL_LONG=1 runs twenty times the examples, each
-# twice as long.
+# Bounded runs: under two minutes on the filesystem store, under a minute on MinIO
+# (shrinking a failure takes minutes more). `make test` runs them beside the e2e tier
+# (hack/run-tests.sh). KVOL_MODEL_LONG=1 runs twenty times the examples, each twice as
+# long, random rather than fixed.
 
 
-@pytest.mark.skipif(
-    not LONG,
-    reason="open (issue 10): in clean-clone runs the bounded exploration on a filesystem "
-    "store still finds divergences after killed reloads and commits (which empty "
-    "directories exist); run with KVOL_MODEL_LONG=1. Every divergence found and fixed is "
-    "replayed by tests/model/test_regressions.py",
-)
 @pytest.mark.timeout(0 if LONG else 1800)
 def test_working_copies_follow_the_model_on_a_filesystem_store(fs_env: Env) -> None:
     run_state_machine_as_test(machine_for(fs_env), settings=model_settings(100, 40))
