@@ -1390,7 +1390,11 @@ class WorkingCopy:
                 if _under_any(rel, blocked):
                     continue
                 st = fsops.lstat(root_fd, rel)
-                if st is None and rel in index.dirs and rel in index.explicit_dirs:
+                if (
+                    st is None
+                    and rel in index.dirs
+                    and (rel in index.explicit_dirs or rel not in view.dirs)
+                ):
                     # Removed here and not committed: the removal is the last write. (A
                     # directory the volume only implied goes with its files, which is no
                     # change of its own: made explicit since, it is made here.)

@@ -767,3 +767,25 @@ def test_removing_a_directory_the_volume_only_implied_does_not_remove_it_once_ma
             ("reload", {"i": 2}),
         ],
     )
+
+
+def test_a_directory_removed_here_stays_gone_when_only_a_file_deleted_here_implies_it(
+    fs_env: Env,
+) -> None:
+    # Copy 2 moves "b" away while another writer replaces "b" with a file and copy 0 then
+    # commits a newer "b/a" (which makes "b" a directory again). Copy 2's deletion of
+    # "b/a" is the later write, and nothing else makes "b": its reload does not make it.
+    replay(
+        fs_env,
+        [
+            ("sdk_put", {"paths": {"b/a", "a/a", "b/b", "a/a/a"}, "tag": 0, "large": False}),
+            ("reload", {"i": 2}),
+            ("reload", {"i": 0}),
+            ("edit", {"i": 0, "large": False, "tag": 0, "chosen": "b/a"}),
+            ("sdk_rm", {"chosen": "b"}),
+            ("sdk_put", {"paths": {"b/a", "b"}, "tag": 0, "large": False}),
+            ("rename", {"dst": "a", "i": 2, "chosen": "b"}),
+            ("commit", {"i": 0}),
+            ("reload", {"i": 2}),
+        ],
+    )
