@@ -1,0 +1,129 @@
+"""Turn a divergence the model exploration reported into a short replay.
+
+    .venv/bin/python -m tests.model.shrink LOG [TEXT]   (from the repository root)
+
+LOG holds pytest's output of a failed exploration. The first "Failing test case" listing
+in it becomes ``replay()`` steps (see tests/model/machine.py); steps are then dropped, one
+at a time, as long as the replay still fails with TEXT in its message (by default, the
+first line of the first divergence in LOG). Prints the steps left, ready to paste into
+tests/model/test_regressions.py. Runs on a filesystem store.
+"""
+
+from __future__ import annotations
+
+import ast
+import contextlib
+import io
+import re
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from kvol.store import FilesystemStore, Store
+from tests.model.machine import Env, replay
+
+Step = tuple[str, dict[str, Any]]
+
+#: Rules that draw a path from the copy's tree (``chosen`` in a replay).
+DRAWING = {"rename", "delete", "edit", "sdk_rm", "rewrite_same"}
+#: Rules hypothesis lists that only check.
+CHECKS = {"bases_match", "copies_match", "head_matches", "store_whole", "teardown"}
+#: Rules that are another name for the same step.
+SAME_AS = {"commit_another": "commit", "reload_another": "reload"}
+
+
+def _call_arguments(text: str) -> dict[str, Any]:
+    """``i=0, path='a'`` as a dict, literals only."""
+    call = ast.parse(f"f({text})", mode="eval").body
+    assert isinstance(call, ast.Call)
+    return {kw.arg: ast.literal_eval(kw.value) for kw in call.keywords if kw.arg}
+
+
+def steps_of(log: str) -> list[Step]:
+    """The steps of the first "Failing test case" listing in ``log``."""
+    steps: list[Step] = []
+    drawn: Any = None
+    started = False
+    for raw in log.splitlines():
+        line = raw.strip().lstrip("E|").strip()
+        if line.startswith("state = "):
+            if started:
+                break
+            started = True
+            continue
+        if not started:
+            continue
+        if found := re.match(r"Draw \d+ \(\w+\): (.*)$", line):
+            drawn = ast.literal_eval(found.group(1))
+            continue
+        found = re.match(r"state\.(\w+)\((.*)\)$", line)
+        if not found or found.group(1) in CHECKS:
+            continue
+        name = SAME_AS.get(found.group(1), found.group(1))
+        arguments = _call_arguments(found.group(2).replace("data=data(...)", "").strip(", "))
+        if name in DRAWING:
+            if drawn is None:
+                continue  # nothing to draw from: the rule did nothing
+            arguments["chosen"] = drawn
+        drawn = None
+        steps.append((name, arguments))
+    return steps
+
+
+def first_divergence(log: str) -> str:
+    for line in log.splitlines():
+        if found := re.search(r"(Divergence|AssertionError): (.*)$", line):
+            return found.group(2).strip()
+    raise SystemExit("no divergence in the log")
+
+
+def _filesystem_env(base: Path) -> Env:
+    def new_store(directory: Path) -> tuple[Store, dict[str, Any]]:
+        root = directory / "store"
+        return FilesystemStore(root, durable=False), {"kind": "fs", "root": str(root)}
+
+    return Env("fs", base, new_store, can_age=True)
+
+
+def fails(env: Env, steps: list[Step], text: str) -> bool:
+    """Does replaying ``steps`` fail with ``text`` (in the error or what it followed)?"""
+    try:
+        with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+            replay(env, steps)
+    except Exception as exc:  # any failure is looked at
+        error: BaseException | None = exc
+        while error is not None:
+            if text in str(error).split("steps so far")[0]:
+                return True
+            error = error.__context__
+    return False
+
+
+def shrink(env: Env, steps: list[Step], text: str) -> list[Step]:
+    """Drop steps, last first, while the failure stays; again until none can go."""
+    if not fails(env, steps, text):
+        raise SystemExit("the listing does not fail when replayed (timing, or another store?)")
+    dropped = True
+    while dropped:
+        dropped = False
+        for i in reversed(range(len(steps))):
+            trial = steps[:i] + steps[i + 1 :]
+            if fails(env, trial, text):
+                steps, dropped = trial, True
+    return steps
+
+
+def main(argv: list[str]) -> None:
+    if not argv or argv[0] in ("-h", "--help"):
+        print(__doc__)
+        return
+    log = Path(argv[0]).read_text()
+    text = argv[1] if len(argv) > 1 else first_divergence(log)
+    with tempfile.TemporaryDirectory(prefix="kvol-shrink-") as base:
+        for step in shrink(_filesystem_env(Path(base)), steps_of(log), text):
+            print(f"            {step!r},")
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
