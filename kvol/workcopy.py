@@ -370,16 +370,25 @@ class WorkingCopy:
         process holds the lock: that process settles it."""
         if not os.path.lexists(self.meta_dir / JOURNAL_FILE):
             return
+        with self._lock_file(wait=False) as held:
+            if held:
+                self._refresh_index()
+                if os.path.lexists(self.meta_dir / JOURNAL_FILE):
+                    self._recover()
+
+    @contextlib.contextmanager
+    def _lock_file(self, *, wait: bool = True) -> Iterator[bool]:
+        """The copy's lock across threads and processes; yields whether it is held
+        (``wait=False``: not if another process holds it)."""
         with self._thread_lock:
             fd = os.open(self.meta_dir / LOCK_FILE, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
             try:
                 try:
-                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    fcntl.flock(fd, fcntl.LOCK_EX if wait else fcntl.LOCK_EX | fcntl.LOCK_NB)
                 except BlockingIOError:
+                    yield False
                     return
-                self._refresh_index()
-                if os.path.lexists(self.meta_dir / JOURNAL_FILE):
-                    self._recover()
+                yield True
             finally:
                 os.close(fd)
 
@@ -389,28 +398,21 @@ class WorkingCopy:
 
         ``settle=False`` (only looking): a commit journal that cannot be settled now
         (the store is unreachable) is left for the next commit instead of failing."""
-        with self._thread_lock:
-            fd = os.open(self.meta_dir / LOCK_FILE, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX)
-                # Another process may have committed or reloaded while we waited.
-                self._refresh_index()
-                # A journal left under a free lock is a commit or reload that died: settle
-                # it first.
-                if os.path.lexists(self.meta_dir / COMMIT_JOURNAL_FILE):
-                    try:
-                        self._recover_commit()
-                    except KvolError as exc:
-                        if settle:
-                            raise
-                        log.warning(
-                            "an unfinished commit of %s is not settled yet: %s", self.root, exc
-                        )
-                if os.path.lexists(self.meta_dir / JOURNAL_FILE):
-                    self._recover()
-                yield
-            finally:
-                os.close(fd)
+        with self._lock_file():
+            # Another process may have committed or reloaded while we waited.
+            self._refresh_index()
+            # A journal left under a free lock is a commit or reload that died: settle
+            # it first.
+            if os.path.lexists(self.meta_dir / COMMIT_JOURNAL_FILE):
+                try:
+                    self._recover_commit()
+                except KvolError as exc:
+                    if settle:
+                        raise
+                    log.warning("an unfinished commit of %s is not settled yet: %s", self.root, exc)
+            if os.path.lexists(self.meta_dir / JOURNAL_FILE):
+                self._recover()
+            yield
 
     def _save_index(self) -> None:
         path = self.meta_dir / INDEX_FILE
