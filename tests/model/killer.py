@@ -1,8 +1,11 @@
 """Run one working-copy operation in this process and SIGKILL it at a chosen point.
 
 The points are every store call and every filesystem mutation of the copy (file written,
-path removed, directory made or removed, index saved), counted in the order they happen
-(the copy runs with one worker so the order is the same on every run). At point ``k`` the
+path removed, directory made or removed, index saved), counted in the order they happen.
+Every task kvol hands to a thread pool runs at once in the submitting thread here, so the
+order is the same on every run: a kill at point ``k`` leaves the same state each time,
+which hypothesis needs to replay a case (with worker threads, how far the other threads
+got when one reached point ``k`` varied from run to run). At point ``k`` the
 process kills itself, just before that call or just after it returns: what is on disk and
 in the store then is exactly what a crash there leaves. Every performed point is appended
 to a record file first, so the test knows, for instance, whether the log entry landed.
@@ -26,6 +29,7 @@ import os
 import signal
 import sys
 from collections.abc import Callable
+from concurrent.futures import Executor, Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -91,6 +95,30 @@ class Points:
             self._stop(n, kind, detail, "after")
 
 
+class InlinePool(Executor):
+    """A pool whose tasks run in the submitting thread, in submission order (one valid
+    interleaving of what worker threads would do)."""
+
+    def __init__(self, *args: object, **kwargs: object) -> None:
+        pass
+
+    def submit(self, fn: Callable[..., T], /, *args: Any, **kwargs: Any) -> Future[T]:
+        future: Future[T] = Future()
+        try:
+            future.set_result(fn(*args, **kwargs))
+        except BaseException as exc:
+            future.set_exception(exc)
+        return future
+
+
+def inline_pools() -> None:
+    for name, module in list(sys.modules.items()):
+        if name.startswith("kvol") and getattr(module, "ThreadPoolExecutor", None) is (
+            ThreadPoolExecutor
+        ):
+            module.ThreadPoolExecutor = InlinePool  # type: ignore[attr-defined]
+
+
 def _show(value: Any) -> Any:
     return value if isinstance(value, bool | int | str | type(None)) else type(value).__name__
 
@@ -135,6 +163,7 @@ def main() -> int:
         int(args["k"]), str(args["when"]), Path(args["record"]), args.get("pause", False)
     )
     install(points)
+    inline_pools()
     if args["op"] == "prune":
         repo = Repo(store, args["volume"])
         grace = float(args["grace"])
