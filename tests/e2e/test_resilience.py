@@ -92,7 +92,7 @@ def test_plugin_killed_while_a_pod_writes_loses_nothing(cluster: Cluster, namesp
     restarts = before["status"]["containerStatuses"][0]["restartCount"]  # type: ignore[index]
 
     def kill() -> None:
-        out = cluster.kubectl(
+        done = cluster.kubectl(
             "exec",
             "-n",
             RELEASE_NAMESPACE,
@@ -103,8 +103,15 @@ def test_plugin_killed_while_a_pod_writes_loses_nothing(cluster: Cluster, namesp
             "python3",
             "-c",
             KILL_PLUGIN,
-        ).stdout
-        assert out.startswith("killed"), out
+            check=False,
+        )
+        # The plugin is the container's main process: its death tears the container
+        # down, and that may kill this very exec (137) before it reports. The restart
+        # count checked below proves the kill either way.
+        if done.returncode != 137:
+            assert done.returncode == 0 and done.stdout.startswith("killed"), (
+                f"exit {done.returncode}: {done.stdout} {done.stderr}"
+            )
 
     write_through(cluster, namespace, kill)
     after = plugin(cluster)
