@@ -11,6 +11,7 @@ from typing import Any
 
 import pytest
 
+from kvol.overlay import overlay_supported
 from kvol.store import FilesystemStore, Store
 from tests.minio import MinioServer, minio, s3_bucket  # noqa: F401 (fixtures)
 from tests.model.machine import Env
@@ -23,6 +24,19 @@ def fs_env(tmp_path: Path) -> Env:
         return FilesystemStore(root, durable=False), {"kind": "fs", "root": str(root)}
 
     return Env("fs", tmp_path, new_store, can_age=True)
+
+
+@pytest.fixture
+def overlay_env(tmp_path: Path) -> Env:
+    """The node plugin's copy-on-write copies (overlay mounts) on a filesystem store."""
+    if not overlay_supported():
+        pytest.fail("the overlay layout needs root and overlayfs (run as root)", pytrace=False)
+
+    def new_store(directory: Path) -> tuple[Store, dict[str, Any]]:
+        root = directory / "store"
+        return FilesystemStore(root, durable=False), {"kind": "fs", "root": str(root)}
+
+    return Env("fs_overlay", tmp_path, new_store, can_age=True, layout="overlay")
 
 
 @pytest.fixture

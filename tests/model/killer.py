@@ -35,6 +35,7 @@ from typing import Any, TypeVar
 
 from kvol import fsops, index
 from kvol.errors import Conflict, StaleBase
+from kvol.overlay import ContentCache, Lowers, OverlayWorkingCopy
 from kvol.repo import Repo
 from kvol.retention import prune_history
 from kvol.store import FilesystemStore, Store, open_store
@@ -156,6 +157,21 @@ def open_spec(spec: dict[str, Any]) -> Store:
     return open_store(spec["url"])
 
 
+def open_copy(args: dict[str, Any], store: Store) -> WorkingCopy:
+    """The copy, as a restarted process opens it: a plain one from its directory, an
+    overlay one re-adopted (still mounted) from its layers over its snapshot."""
+    overlay = args.get("overlay")
+    if overlay is None:
+        return WorkingCopy.open(args["root"], store=store, concurrency=1)
+    lowers = Lowers(overlay["lowers"], ContentCache(overlay["cache"]))
+    family, seq = overlay["lower"]
+    lower = lowers.get(family, seq)
+    if lower is None:
+        raise SystemExit(f"snapshot {family}/{seq} is missing")
+    repo = Repo(store, overlay["volume"])
+    return OverlayWorkingCopy.mount(repo, lowers, lower, overlay["layers"], concurrency=1)
+
+
 def main() -> int:
     args = json.loads(sys.argv[1])
     store = open_spec(args["store"])
@@ -171,7 +187,7 @@ def main() -> int:
         collected = repo.gc(grace)
         print(json.dumps({"horizon": report.horizon, "deleted": collected.objects_deleted}))
         return 0
-    copy = WorkingCopy.open(args["root"], store=store, concurrency=1)
+    copy = open_copy(args, store)
     if args["op"] == "commit":
         try:
             result: Any = copy.commit()

@@ -2,16 +2,22 @@
 
 Each step changes one copy's files (write, delete, ``rm -r``, rename, file <-> directory),
 or commits, reloads, reopens or crashes it (the object dropped unclosed, or the process
-SIGKILLed at a chosen store call or filesystem mutation of a commit or reload), or runs
+SIGKILLed at a chosen store call or filesystem mutation of a commit or reload), replaces
+it with a new one as a pod that ends and one that starts do, or runs
 the SDK's ``rm -r``, a garbage collection, or ``kvol volume gc`` with a retention policy
 (prune, then collect: in this process, killed at one of its store calls, or while a
 commit in another process stands still at one of its points). After every step the real
 trees, each copy's base, the head as a fresh reader sees it, and the store's integrity
 are checked against :mod:`tests.model.reference`; any difference fails the run.
+
+The copies are plain working copies, or (``Env.layout == "overlay"``) the node plugin's
+copy-on-write ones: an overlay mount over a snapshot of the volume on this machine, whose
+changes are read from the upper layer alone.
 """
 
 from __future__ import annotations
 
+import errno
 import functools
 import hashlib
 import io
@@ -36,6 +42,7 @@ from kvol import repo as repo_module
 from kvol.content import min_gc_grace
 from kvol.errors import HistoryPruned, StaleBase
 from kvol.layout import parse_seq
+from kvol.overlay import ContentCache, Lower, Lowers, OverlayWorkingCopy, unmount
 from kvol.repo import Repo
 from kvol.retention import prune_history
 from kvol.store import Store
@@ -113,6 +120,8 @@ class Env:
     #: Stores can be aged (the filesystem's object times) to make GC collect with the
     #: default grace; otherwise GC runs with the shortest grace it accepts.
     can_age: bool = False
+    #: "plain" working copies, or "overlay" ones (root, overlayfs).
+    layout: str = "plain"
 
 
 def read_tree(root: Path) -> Tree:
@@ -185,12 +194,70 @@ class VolumeMachine(RuleBasedStateMachine):
         self.steps: list[str] = []
         self.models: list[CopyModel] = []
         self.copies: list[WorkingCopy] = []
+        # The overlay layout: this machine's snapshots, and each copy's layers and snapshot
+        # (every copy a pod ever had, so that teardown unmounts them all).
+        self.lowers: Lowers | None = None
+        if self.env.layout == "overlay":
+            self.lowers = Lowers(self.dir / "lowers", ContentCache(self.dir / "cache"))
+        self.layers: dict[int, Path] = {}
+        self.lower_of: dict[int, Lower] = {}
+        self.every_layer: list[Path] = []
         for i in range(COPIES):
-            self.copies.append(WorkingCopy.create(self.repo, self.root(i), concurrency=CONCURRENCY))
+            self.copies.append(self._new_copy(i))
             self.models.append(self.log.new_copy())
 
     def root(self, i: int) -> Path:
-        return self.dir / f"copy{i}"
+        if self.lowers is None:
+            return self.dir / f"copy{i}"
+        return self.layers[i] / "merged"
+
+    def _new_copy(self, i: int, reuse: bool = False) -> WorkingCopy:
+        """A new copy of the head, as a publish makes it: plain, or an overlay over a
+        snapshot of the head (or, with ``reuse``, the newest one here, then reloaded)."""
+        if self.lowers is None:
+            return WorkingCopy.create(self.repo, self.root(i), concurrency=CONCURRENCY)
+        head = Repo(self.store, self.repo.volume_id).head()
+        lower = self.lowers.newest(self.repo.volume_id, at_most=head) if reuse else None
+        if lower is None:
+            lower = self.lowers.build(self.repo, head)
+        layer = self.dir / f"copy{i}-{len(self.every_layer)}"
+        self.every_layer.append(layer)
+        self.layers[i], self.lower_of[i] = layer, lower
+        copy = OverlayWorkingCopy.mount(
+            self.repo, self.lowers, lower, layer, concurrency=CONCURRENCY
+        )
+        if lower.seq < head:
+            copy.reload()
+        return copy
+
+    def _open(self, i: int) -> WorkingCopy:
+        """Copy ``i`` opened again from disk (the plugin re-adopts an overlay copy)."""
+        if self.lowers is None:
+            return WorkingCopy.open(self.root(i), store=self.store, concurrency=CONCURRENCY)
+        return OverlayWorkingCopy.mount(
+            self.repo, self.lowers, self.lower_of[i], self.layers[i], concurrency=CONCURRENCY
+        )
+
+    def _remove_copy(self, i: int) -> None:
+        if self.lowers is None:
+            shutil.rmtree(self.root(i))
+            return
+        unmount(self.root(i))
+        shutil.rmtree(self.layers[i])
+
+    def _copy_args(self, i: int) -> dict[str, Any]:
+        """How a child process opens copy ``i``."""
+        args: dict[str, Any] = {"root": str(self.root(i))}
+        if self.lowers is not None:
+            lower = self.lower_of[i]
+            args["overlay"] = {
+                "volume": self.repo.volume_id,
+                "lowers": str(self.lowers.root),
+                "cache": str(self.lowers.cache.root),
+                "layers": str(self.layers[i]),
+                "lower": [lower.volume_id, lower.seq],
+            }
+        return args
 
     def note(self, step: str) -> None:
         self.steps.append(step)
@@ -202,6 +269,8 @@ class VolumeMachine(RuleBasedStateMachine):
         finally:
             for copy in self.copies:
                 copy.close(final_commit=False)
+            for layer in self.every_layer:
+                unmount(layer / "merged", lazy=True)
             self.store.close()
             shutil.rmtree(self.dir, ignore_errors=True)
 
@@ -328,7 +397,15 @@ class VolumeMachine(RuleBasedStateMachine):
         elif target.exists():
             target.unlink()
         self._clear_way(i, dst)
-        os.rename(root / src, target)
+        try:
+            os.rename(root / src, target)
+        except OSError as exc:
+            # An overlay without redirect_dir refuses to rename a directory the lower
+            # layer has: `mv` copies it and removes the original instead, so do that.
+            if exc.errno != errno.EXDEV:
+                raise
+            shutil.copytree(root / src, target, symlinks=True)
+            shutil.rmtree(root / src)
 
         def change(files: dict[str, bytes], dirs: set[str]) -> None:
             moved_files = {p: d for p, d in files.items() if p == src or under(p, src)}
@@ -426,7 +503,20 @@ class VolumeMachine(RuleBasedStateMachine):
         self.note(f"reopen(copy={i}, crash={crash})")
         if not crash:
             self.copies[i].close(final_commit=False)
-        self.copies[i] = WorkingCopy.open(self.root(i), store=self.store, concurrency=CONCURRENCY)
+        self.copies[i] = self._open(i)
+
+    @rule(i=COPY, reuse=st.booleans())
+    def replace_pod(self, i: int, reuse: bool) -> None:
+        """The pod of copy ``i`` ends and a new one starts: the final commit as the node
+        plugin makes it, the copy is removed, and a new copy of the head takes its place
+        (overlay: over a new snapshot of the head, or with ``reuse`` the newest snapshot
+        here, reloaded)."""
+        self.note(f"replace_pod(copy={i}, reuse={reuse})")
+        self._commit(i, retry=True)
+        self.copies[i].close(final_commit=False)
+        self._remove_copy(i)
+        self.models[i] = self.log.new_copy()
+        self.copies[i] = self._new_copy(i, reuse)
 
     def _child_args(self, op: str, k: int, when: str, **extra: Any) -> dict[str, Any]:
         record = self.dir / "points.jsonl"
@@ -470,11 +560,9 @@ class VolumeMachine(RuleBasedStateMachine):
         """Run ``op`` on copy ``i`` in a child killed at point ``k``; True if it finished."""
         self.copies[i].close(final_commit=False)
         try:
-            return self._run_killed(op, k, when, root=str(self.root(i)))
+            return self._run_killed(op, k, when, **self._copy_args(i))
         finally:
-            self.copies[i] = WorkingCopy.open(
-                self.root(i), store=self.store, concurrency=CONCURRENCY
-            )
+            self.copies[i] = self._open(i)
 
     def _journal(self, i: int) -> bytes | None:
         """The copy's commit journal: there while a commit is not settled."""
@@ -763,7 +851,7 @@ class VolumeMachine(RuleBasedStateMachine):
         base, horizon_before, changed = model.base, self.log.horizon, bool(model.local_changes())
         self.copies[i].close(final_commit=False)
         child, paused, first = self._paused_child(
-            self._child_args("commit", k, when, root=str(self.root(i)))
+            self._child_args("commit", k, when, **self._copy_args(i))
         )
         collected = 0
         try:
@@ -776,9 +864,7 @@ class VolumeMachine(RuleBasedStateMachine):
             if child.poll() is None:
                 child.kill()
                 child.wait()
-            self.copies[i] = WorkingCopy.open(
-                self.root(i), store=self.store, concurrency=CONCURRENCY
-            )
+            self.copies[i] = self._open(i)
         points = self._points()
         # Did the entry land, and did the commit check the horizon, before the prune ran?
         landed = _landed(points)
