@@ -169,7 +169,9 @@ def open_copy(args: dict[str, Any], store: Store) -> WorkingCopy:
     if lower is None:
         raise SystemExit(f"snapshot {family}/{seq} is missing")
     repo = Repo(store, overlay["volume"])
-    return OverlayWorkingCopy.mount(repo, lowers, lower, overlay["layers"], concurrency=1)
+    return OverlayWorkingCopy.mount(
+        repo, lowers, lower, overlay["layers"], concurrency=1, group=overlay.get("group")
+    )
 
 
 def main() -> int:

@@ -42,7 +42,7 @@ from kvol import repo as repo_module
 from kvol.content import min_gc_grace
 from kvol.errors import HistoryPruned, StaleBase
 from kvol.layout import parse_seq
-from kvol.overlay import ContentCache, Lower, Lowers, OverlayWorkingCopy, unmount
+from kvol.overlay import ContentCache, Lower, Lowers, OverlayWorkingCopy, lower_family, unmount
 from kvol.repo import Repo
 from kvol.retention import prune_history
 from kvol.store import Store
@@ -78,6 +78,8 @@ WHEN = st.sampled_from(["before", "after"])
 KEEP = st.integers(1, 4)
 KILLED = ["commit", "reload", "commit", "reload", "prune", "race", "race_prune"]
 REPO_ROOT = Path(__file__).resolve().parents[2]
+#: The mount group of overlay copies made for pods with an fsGroup.
+MOUNT_GROUP = 4321
 
 
 #: KVOL_MODEL_LONG=1: the long run (many more examples and steps).
@@ -201,6 +203,7 @@ class VolumeMachine(RuleBasedStateMachine):
             self.lowers = Lowers(self.dir / "lowers", ContentCache(self.dir / "cache"))
         self.layers: dict[int, Path] = {}
         self.lower_of: dict[int, Lower] = {}
+        self.group_of: dict[int, int | None] = {}
         self.every_layer: list[Path] = []
         for i in range(COPIES):
             self.copies.append(self._new_copy(i))
@@ -211,20 +214,23 @@ class VolumeMachine(RuleBasedStateMachine):
             return self.dir / f"copy{i}"
         return self.layers[i] / "merged"
 
-    def _new_copy(self, i: int, reuse: bool = False) -> WorkingCopy:
+    def _new_copy(self, i: int, reuse: bool = False, grouped: bool = False) -> WorkingCopy:
         """A new copy of the head, as a publish makes it: plain, or an overlay over a
-        snapshot of the head (or, with ``reuse``, the newest one here, then reloaded)."""
+        snapshot of the head (or, with ``reuse``, the newest one here, then reloaded);
+        ``grouped``: for a pod with an fsGroup (the snapshot is that group's)."""
         if self.lowers is None:
             return WorkingCopy.create(self.repo, self.root(i), concurrency=CONCURRENCY)
+        group = MOUNT_GROUP if grouped else None
         head = Repo(self.store, self.repo.volume_id).head()
-        lower = self.lowers.newest(self.repo.volume_id, at_most=head) if reuse else None
+        family = lower_family(self.repo.volume_id, group)
+        lower = self.lowers.newest(family, at_most=head) if reuse else None
         if lower is None:
-            lower = self.lowers.build(self.repo, head)
+            lower = self.lowers.build(self.repo, head, group=group)
         layer = self.dir / f"copy{i}-{len(self.every_layer)}"
         self.every_layer.append(layer)
-        self.layers[i], self.lower_of[i] = layer, lower
+        self.layers[i], self.lower_of[i], self.group_of[i] = layer, lower, group
         copy = OverlayWorkingCopy.mount(
-            self.repo, self.lowers, lower, layer, concurrency=CONCURRENCY
+            self.repo, self.lowers, lower, layer, concurrency=CONCURRENCY, group=group
         )
         if lower.seq < head:
             copy.reload()
@@ -235,7 +241,12 @@ class VolumeMachine(RuleBasedStateMachine):
         if self.lowers is None:
             return WorkingCopy.open(self.root(i), store=self.store, concurrency=CONCURRENCY)
         return OverlayWorkingCopy.mount(
-            self.repo, self.lowers, self.lower_of[i], self.layers[i], concurrency=CONCURRENCY
+            self.repo,
+            self.lowers,
+            self.lower_of[i],
+            self.layers[i],
+            concurrency=CONCURRENCY,
+            group=self.group_of[i],
         )
 
     def _remove_copy(self, i: int) -> None:
@@ -256,6 +267,7 @@ class VolumeMachine(RuleBasedStateMachine):
                 "cache": str(self.lowers.cache.root),
                 "layers": str(self.layers[i]),
                 "lower": [lower.volume_id, lower.seq],
+                "group": self.group_of[i],
             }
         return args
 
@@ -505,18 +517,25 @@ class VolumeMachine(RuleBasedStateMachine):
             self.copies[i].close(final_commit=False)
         self.copies[i] = self._open(i)
 
-    @rule(i=COPY, reuse=st.booleans())
-    def replace_pod(self, i: int, reuse: bool) -> None:
+    @rule(i=COPY)
+    def track(self, i: int) -> None:
+        """Copy ``i``'s commits and reloads find changes from inotify events, as under
+        autocommit (kvol.tracker), until it is reopened; overlay copies have their own way."""
+        self.note(f"track(copy={i})")
+        self.copies[i].track_changes()
+
+    @rule(i=COPY, reuse=st.booleans(), grouped=st.booleans())
+    def replace_pod(self, i: int, reuse: bool, grouped: bool = False) -> None:
         """The pod of copy ``i`` ends and a new one starts: the final commit as the node
         plugin makes it, the copy is removed, and a new copy of the head takes its place
         (overlay: over a new snapshot of the head, or with ``reuse`` the newest snapshot
-        here, reloaded)."""
-        self.note(f"replace_pod(copy={i}, reuse={reuse})")
+        here, reloaded; ``grouped``: the new pod has an fsGroup)."""
+        self.note(f"replace_pod(copy={i}, reuse={reuse}, grouped={grouped})")
         self._commit(i, retry=True)
         self.copies[i].close(final_commit=False)
         self._remove_copy(i)
         self.models[i] = self.log.new_copy()
-        self.copies[i] = self._new_copy(i, reuse)
+        self.copies[i] = self._new_copy(i, reuse, grouped)
 
     def _child_args(self, op: str, k: int, when: str, **extra: Any) -> dict[str, Any]:
         record = self.dir / "points.jsonl"

@@ -6,7 +6,8 @@ LOG holds pytest's output of a failed exploration. The first "Failing test case"
 in it becomes ``replay()`` steps (see tests/model/machine.py); steps are then dropped, one
 at a time, as long as the replay still fails with TEXT in its message (by default, the
 first line of the first divergence in LOG). Prints the steps left, ready to paste into
-tests/model/test_regressions.py. Runs on a filesystem store.
+tests/model/test_regressions.py. Runs on a filesystem store, with the layout of the
+listing's machine (plain copies, or overlay ones).
 """
 
 from __future__ import annotations
@@ -78,12 +79,19 @@ def first_divergence(log: str) -> str:
     raise SystemExit("no divergence in the log")
 
 
-def _filesystem_env(base: Path) -> Env:
+def layout_of(log: str) -> str:
+    """The layout of the first listing's machine (``state = VolumeMachine_<kind>()``)."""
+    found = re.search(r"state = VolumeMachine_(\w+)\(\)", log)
+    return "overlay" if found and found.group(1).endswith("overlay") else "plain"
+
+
+def _filesystem_env(base: Path, layout: str) -> Env:
     def new_store(directory: Path) -> tuple[Store, dict[str, Any]]:
         root = directory / "store"
         return FilesystemStore(root, durable=False), {"kind": "fs", "root": str(root)}
 
-    return Env("fs", base, new_store, can_age=True)
+    kind = "fs" if layout == "plain" else f"fs_{layout}"
+    return Env(kind, base, new_store, can_age=True, layout=layout)
 
 
 def fails(env: Env, steps: list[Step], text: str) -> bool:
@@ -121,7 +129,8 @@ def main(argv: list[str]) -> None:
     log = Path(argv[0]).read_text()
     text = argv[1] if len(argv) > 1 else first_divergence(log)
     with tempfile.TemporaryDirectory(prefix="kvol-shrink-") as base:
-        for step in shrink(_filesystem_env(Path(base)), steps_of(log), text):
+        env = _filesystem_env(Path(base), layout_of(log))
+        for step in shrink(env, steps_of(log), text):
             print(f"            {step!r},")
 
 
