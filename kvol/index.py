@@ -91,8 +91,10 @@ class IndexEntry:
 
     @property
     def record(self) -> FileRecord | None:
-        if self._lazy is not None:
-            self._record, self._lazy = _lazy_record(self._lazy), None
+        if self._record is None and self._lazy is not None:
+            # Parsed once; the loaded row stays, so saving copies it rather than
+            # encoding the record again (a reload parses every record).
+            self._record = _lazy_record(self._lazy)
         return self._record
 
     @record.setter
@@ -170,7 +172,12 @@ class Index:
     # -- persistence (atomic: temp file, fsync, rename) ---------------------------------------
 
     def save(self, path: Path) -> None:
-        write_atomically(path, _encoded(self))
+        encoded = _Encoded(self)
+        write_atomically(path, encoded.pieces)
+        if encoded.one_by_one > max(_REBIND_AT, len(self.files) // 4):
+            # Many entries were encoded one by one (a new copy, a large commit): point
+            # them at the columns just written, so the next saves copy them instead.
+            encoded.rebind(self)
 
     @classmethod
     def load(cls, path: Path) -> Index:
@@ -205,26 +212,35 @@ class KnownContent:
 
     def __init__(self, index: Index) -> None:
         self._index = index
-        self._by_hash: dict[str, IndexEntry] | None = None
+        #: By the content id's 32 bytes (sliced from the loaded column: no hex per file).
+        self._by_hash: dict[bytes, IndexEntry] | None = None
 
     def get(self, content_id: str) -> tuple[Part, ...] | None:
         if self._by_hash is None:
-            self._by_hash = {}
+            self._by_hash = by_hash = {}
             for entry in self._index.files.values():
-                h = _hash_of(entry)
-                if h is not None:
-                    self._by_hash[h] = entry
-        found = self._by_hash.get(content_id)
+                lazy = entry._lazy
+                if lazy is not None:
+                    table, row, _ = lazy
+                    by_hash[table.hashes[row * 32 : row * 32 + 32]] = entry
+                elif (known := entry._record) is not None:
+                    by_hash[bytes.fromhex(known.hash)] = entry
+        try:
+            found = self._by_hash.get(bytes.fromhex(content_id))
+        except ValueError:
+            return None  # not a content id
         record = None if found is None else found.record
         return None if record is None else record.parts
 
 
-def _hash_of(entry: IndexEntry) -> str | None:
+def record_size(entry: IndexEntry) -> int:
+    """The size of the file as the volume has it (0 without a record), without parsing a
+    record not parsed yet."""
     lazy = entry._lazy
     if lazy is not None:
-        return _lazy_hash(lazy)
+        return _lazy_columns(lazy)[0]
     record = entry._record
-    return None if record is None else record.hash
+    return 0 if record is None else record.size
 
 
 # -- encoding ------------------------------------------------------------------------------
@@ -261,60 +277,172 @@ def _encode(index: Index) -> bytes:
 def _encoded(index: Index) -> list[bytes | memoryview]:
     """The encoding of ``index`` in pieces, in order. They are written one after the other,
     never joined: at 100,000 files a copy of the whole would cost tens of MiB."""
-    objects: dict[tuple[str, str], int] = {}
-    ints = array("q")
-    parts = array("q")
-    hashes = bytearray()
+    return _Encoded(index).pieces
+
+
+#: Entries encoded one by one in a save from which the index is pointed at what was saved.
+_REBIND_AT = 4096
+
+
+class _Encoded:
+    """An index encoded: its columns, and the pieces written.
+
+    Every commit and reload saves the whole index, so entries unchanged since their
+    columns were loaded (same signature object, same racy flag, record not replaced) are
+    copied from those columns a run of rows at a time, with the loaded numbering of content
+    objects; only the others are encoded one by one (counted in ``one_by_one``)."""
+
+    def __init__(self, index: Index) -> None:
+        self.one_by_one = 0
+        self.objects, self.ints, self.hashes, self.parts = self._columns(index)
+        self.pieces = self._pieces(index)
+
+    def rebind(self, index: Index) -> None:
+        """Make every entry's row the one just encoded (the order of ``index.files``)."""
+        table = _Table(list(self.objects), self.ints, bytes(self.hashes), self.parts)
+        keys, ints = table.keys, self.ints
+        first = 0
+        for row, entry in enumerate(index.files.values()):
+            keys.append(entry.stat_key)
+            if entry._lazy is not None or entry._record is not None:
+                entry._lazy = (table, row, first)
+                first += ints[row * _INTS + 9]
+
+    def _columns(
+        self, index: Index
+    ) -> tuple[dict[tuple[str, str], int], array[int], bytearray, array[int]]:
+        objects: dict[tuple[str, str], int] = {}
+        ints = array("q")
+        parts = array("q")
+        hashes = bytearray()
+        table = _loaded_table(index)
+        if table is not None:
+            objects = {key: number for number, key in enumerate(table.objects)}
+            if len(objects) != len(table.objects):
+                table, objects = None, {}  # a content object listed twice: renumber all
+        t_ints = table.ints if table is not None else array("q")
+        t_keys = table.keys if table is not None else []
+        # The run of unchanged rows waiting to be copied: rows [row0, row1), parts [part0, part1).
+        row0 = row1 = part0 = part1 = 0
+        for entry in index.files.values():
+            lazy = entry._lazy
+            if lazy is not None and lazy[0] is table:
+                _, row, first = lazy
+                o = row * _INTS
+                if entry.stat_key is t_keys[row] and entry.racy == bool(t_ints[o] & _RACY):
+                    if row != row1 or first != part1:
+                        _copy_rows(table, row0, row1, part0, part1, ints, hashes, parts)
+                        row0, part0 = row, first
+                    row1, part1 = row + 1, first + t_ints[o + 9]
+                    continue
+            _copy_rows(table, row0, row1, part0, part1, ints, hashes, parts)
+            row0 = row1 = part0 = part1 = 0
+            _encode_entry(entry, objects, ints, hashes, parts)
+            self.one_by_one += 1
+        _copy_rows(table, row0, row1, part0, part1, ints, hashes, parts)
+        if table is not None:
+            objects = _drop_unused(objects, parts)
+        return objects, ints, hashes, parts
+
+    def _pieces(self, index: Index) -> list[bytes | memoryview]:
+        header = {
+            "volume_id": index.volume_id,
+            "base": index.base,
+            "count": len(index.files),
+            "dirs": sorted(index.dirs),
+            "explicit_dirs": sorted(index.explicit_dirs),
+            "ahead": index.ahead,
+            "objects": [kind + obj for kind, obj in self.objects],
+        }
+        pieces: list[bytes | memoryview] = []
+        digest = hashlib.sha256()
+        for section in (
+            _json_bytes(header),
+            "\x00".join(index.files).encode("utf-8", "surrogateescape"),
+            _little(self.ints),
+            memoryview(self.hashes),
+            _little(self.parts),
+        ):
+            for piece in (struct.pack("<Q", len(section)), section):
+                digest.update(piece)
+                pieces.append(piece)
+        return [b"%s %d %s\n" % (_MAGIC, FORMAT, digest.hexdigest().encode()), *pieces]
+
+
+def _loaded_table(index: Index) -> _Table | None:
+    """The columns most entries were loaded from (None if no record is unparsed)."""
     for entry in index.files.values():
-        flags = _RACY if entry.racy else 0
-        sig = entry.stat_key
-        if sig is not None:
-            flags |= _HAS_SIG
-        else:
-            sig = (0, 0, 0, 0, 0)
-        lazy = entry._lazy
-        if lazy is not None:
-            # Never parsed: copy its columns as they were read.
-            size, mtime_ns, mode, nparts = _lazy_columns(lazy)
-            ints.extend((flags | _HAS_RECORD, *sig, size, mtime_ns, mode, nparts))
-            hashes += bytes.fromhex(_lazy_hash(lazy))
-            for kind, obj, offset, length in _lazy_parts(lazy):
-                number = objects.setdefault((kind, obj), len(objects))
-                parts.extend((number, offset, length))
-            continue
-        record = entry.record
-        if record is None:
-            ints.extend((flags, *sig, 0, 0, 0, 0))
-            hashes += _ZERO_HASH
-            continue
-        flags |= _HAS_RECORD
-        ints.extend((flags, *sig, record.size, record.mtime_ns, record.mode, len(record.parts)))
-        hashes += bytes.fromhex(record.hash)
-        for part in record.parts:
-            number = objects.setdefault((part.kind, part.obj), len(objects))
-            parts.extend((number, part.offset, part.length))
-    header = {
-        "volume_id": index.volume_id,
-        "base": index.base,
-        "count": len(index.files),
-        "dirs": sorted(index.dirs),
-        "explicit_dirs": sorted(index.explicit_dirs),
-        "ahead": index.ahead,
-        "objects": [kind + obj for kind, obj in objects],
-    }
-    pieces: list[bytes | memoryview] = []
-    digest = hashlib.sha256()
-    for section in (
-        _json_bytes(header),
-        "\x00".join(index.files).encode("utf-8", "surrogateescape"),
-        _little(ints),
-        memoryview(hashes),
-        _little(parts),
-    ):
-        for piece in (struct.pack("<Q", len(section)), section):
-            digest.update(piece)
-            pieces.append(piece)
-    return [b"%s %d %s\n" % (_MAGIC, FORMAT, digest.hexdigest().encode()), *pieces]
+        if entry._lazy is not None:
+            return entry._lazy[0]
+    return None
+
+
+def _copy_rows(
+    table: _Table | None,
+    row0: int,
+    row1: int,
+    part0: int,
+    part1: int,
+    ints: array[int],
+    hashes: bytearray,
+    parts: array[int],
+) -> None:
+    if table is None or row0 == row1:
+        return
+    ints.extend(table.ints[row0 * _INTS : row1 * _INTS])
+    hashes += table.hashes[row0 * 32 : row1 * 32]
+    parts.extend(table.parts[part0 * 3 : part1 * 3])
+
+
+def _encode_entry(
+    entry: IndexEntry,
+    objects: dict[tuple[str, str], int],
+    ints: array[int],
+    hashes: bytearray,
+    parts: array[int],
+) -> None:
+    flags = _RACY if entry.racy else 0
+    sig = entry.stat_key
+    if sig is not None:
+        flags |= _HAS_SIG
+    else:
+        sig = (0, 0, 0, 0, 0)
+    lazy = entry._lazy
+    if lazy is not None:
+        # Never parsed (but its signature changed, or it came from other columns).
+        size, mtime_ns, mode, nparts = _lazy_columns(lazy)
+        ints.extend((flags | _HAS_RECORD, *sig, size, mtime_ns, mode, nparts))
+        hashes += bytes.fromhex(_lazy_hash(lazy))
+        for kind, obj, offset, length in _lazy_parts(lazy):
+            number = objects.setdefault((kind, obj), len(objects))
+            parts.extend((number, offset, length))
+        return
+    record = entry.record
+    if record is None:
+        ints.extend((flags, *sig, 0, 0, 0, 0))
+        hashes += _ZERO_HASH
+        return
+    flags |= _HAS_RECORD
+    ints.extend((flags, *sig, record.size, record.mtime_ns, record.mode, len(record.parts)))
+    hashes += bytes.fromhex(record.hash)
+    for part in record.parts:
+        number = objects.setdefault((part.kind, part.obj), len(objects))
+        parts.extend((number, part.offset, part.length))
+
+
+def _drop_unused(
+    objects: dict[tuple[str, str], int], parts: array[int]
+) -> dict[tuple[str, str], int]:
+    """The loaded numbering keeps objects no file refers to any more (their files were
+    changed or deleted): once they are many, drop them and number the rest again."""
+    used = set(parts[0::3])
+    if len(objects) - len(used) <= max(64, len(objects) // 8):
+        return objects
+    order = sorted(used)
+    new_number = {old: new for new, old in enumerate(order)}
+    by_number = {number: key for key, number in objects.items()}
+    parts[0::3] = array("q", [new_number[n] for n in parts[0::3]])
+    return {by_number[old]: new for new, old in enumerate(order)}
 
 
 def _decode(raw: bytes) -> Index:
@@ -354,9 +482,9 @@ def _decode(raw: bytes) -> Index:
     text = bytes(sections[1]).decode("utf-8", "surrogateescape")
     paths = text.split("\x00") if count else []
     ints = _from_little(sections[2])
-    hex_hashes = bytes(sections[3]).hex()
-    table = _Table(objects, ints, hex_hashes, _from_little(sections[4]))
-    if len(paths) != count or len(ints) != count * _INTS or len(hex_hashes) != count * 64:
+    raw_hashes = bytes(sections[3])
+    table = _Table(objects, ints, raw_hashes, _from_little(sections[4]))
+    if len(paths) != count or len(ints) != count * _INTS or len(raw_hashes) != count * 32:
         raise CorruptData("index sections disagree on the number of files")
     if len(table.parts) % 3:
         raise CorruptData("index parts are malformed")
@@ -368,6 +496,8 @@ def _decode(raw: bytes) -> Index:
     files: dict[str, IndexEntry] = {}
     first_part = 0
     new = IndexEntry.__new__
+    keys = table.keys
+    add_key = keys.append
     sigs = zip(
         ints[1::_INTS], ints[2::_INTS], ints[3::_INTS], ints[4::_INTS], ints[5::_INTS], strict=True
     )
@@ -376,7 +506,8 @@ def _decode(raw: bytes) -> Index:
     ):
         entry = new(IndexEntry)
         entry._record = None
-        entry.stat_key = sig if flags & _HAS_SIG else None
+        entry.stat_key = key = sig if flags & _HAS_SIG else None
+        add_key(key)
         entry.racy = bool(flags & _RACY)
         if flags & _HAS_RECORD:
             if nparts < 0:
@@ -410,15 +541,18 @@ def _decode_v1(raw: bytes) -> Index:
 class _Table:
     """The columns of a loaded index, shared by the records not parsed yet."""
 
-    __slots__ = ("hashes", "ints", "objects", "parts")
+    __slots__ = ("hashes", "ints", "keys", "objects", "parts")
 
     def __init__(
-        self, objects: list[tuple[str, str]], ints: array[int], hashes: str, parts: array[int]
+        self, objects: list[tuple[str, str]], ints: array[int], hashes: bytes, parts: array[int]
     ) -> None:
         self.objects = objects
         self.ints = ints
-        #: Content ids, 64 hex digits per row.
+        #: Content ids, 32 bytes per row.
         self.hashes = hashes
+        #: Each row's signature as its entry got it: an entry still holding that very
+        #: object has the stat it was loaded with (see _encoded).
+        self.keys: list[SigTuple | None] = []
         self.parts = parts
 
 
@@ -428,7 +562,7 @@ _Lazy = tuple[_Table, int, int]
 
 def _lazy_hash(lazy: _Lazy) -> str:
     table, row, _ = lazy
-    return table.hashes[row * 64 : row * 64 + 64]
+    return table.hashes[row * 32 : row * 32 + 32].hex()
 
 
 def _lazy_columns(lazy: _Lazy) -> tuple[int, int, int, int]:

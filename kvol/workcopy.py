@@ -43,11 +43,12 @@ import secrets
 import stat
 import threading
 import time
+from collections import Counter
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import IO, Any, cast
+from typing import IO, TYPE_CHECKING, Any, cast
 
 from kvol import fsops, metrics, paths
 from kvol.busy import find_holders
@@ -78,6 +79,7 @@ from kvol.index import (
     SigTuple,
     as_stat_key,
     packed_sig,
+    record_size,
     sig_tuple,
     unpack_sig,
 )
@@ -95,6 +97,9 @@ from kvol.model import (
 )
 from kvol.repo import Repo, this_writer
 from kvol.store import Store, open_store
+
+if TYPE_CHECKING:
+    from kvol.tracker import ChangeTracker
 
 log = logging.getLogger(__name__)
 
@@ -182,6 +187,8 @@ class ScanResult:
     dirs_removed: set[str] = field(default_factory=set)
     #: Paths that are not regular files or directories: never committed.
     skipped: set[str] = field(default_factory=set)
+    #: Regular files with more than one link (found by a full scan of a plain copy).
+    linked: list[str] = field(default_factory=list)
 
 
 class WorkingCopy:
@@ -206,6 +213,8 @@ class WorkingCopy:
         self._thread_lock = threading.RLock()
         self._autocommit: threading.Thread | None = None
         self._stop = threading.Event()
+        #: Finds changes from inotify events while this process holds the copy open.
+        self._tracker: ChangeTracker | None = None
         self._closed = False
         self._uncommitted = 0
         #: Highest seq this process knows is taken; later commits probe after it.
@@ -429,6 +438,15 @@ class WorkingCopy:
     # -- finding changes --------------------------------------------------------------------
 
     def _scan(self) -> ScanResult:
+        """What changed: from the change tracker while one runs (see kvol.tracker), else
+        by a full scan. Code that changes the index in place outside a commit must call
+        ``_forget_tracked_changes`` first: the tracker only follows the tree."""
+        tracker = self._tracker
+        if tracker is not None:
+            return tracker.scan(self.index, self._scan_everything)
+        return self._scan_everything()
+
+    def _scan_everything(self) -> ScanResult:
         """Compare the whole tree with the index by stat.
 
         This is every commit's floor (one lstat per file), so the loop is lean: directories
@@ -478,6 +496,8 @@ class WorkingCopy:
                             if not is_reg(st.st_mode):
                                 result.skipped.add(rel)
                                 continue
+                            if st.st_nlink > 1:
+                                result.linked.append(rel)
                             known = files.get(rel)
                             if known is None:
                                 candidates[rel] = packed_sig(st)
@@ -954,40 +974,51 @@ class WorkingCopy:
         limits: Limits = self.repo.meta.limits
         if limits == Limits():
             return
-        sizes = {p: e.record.size for p, e in self.index.files.items() if e.record is not None}
-        for d in removed_dirs:
-            for p in [p for p in sizes if paths.is_under(p, d)]:
-                del sizes[p]
-        for p in file_deletes:
-            sizes.pop(p, None)
         for rel, (record, _, _) in puts.items():
-            sizes[rel] = record.size
             if limits.max_file_size is not None and record.size > limits.max_file_size:
                 raise LimitExceeded(
                     f"{rel} is {record.size:,} bytes, over the volume's file size limit of "
                     f"{limits.max_file_size:,}; nothing was published and your files are unchanged"
                 )
-        if limits.max_files is not None and len(sizes) > limits.max_files:
+        # The files the volume would hold: this runs at every commit and looks at every
+        # file, so records are read without being parsed, and only for what is checked.
+        files = self.index.files
+        gone = set(file_deletes)
+        under_removed = tuple(d + "/" for d in removed_dirs)
+        if removed_dirs:
+            gone.update(p for p in files if p in removed_dirs or p.startswith(under_removed))
+        kept = [p for p, e in files.items() if e.has_record and p not in gone and p not in puts]
+        count = len(kept) + len(puts)
+        if limits.max_files is not None and count > limits.max_files:
             raise LimitExceeded(
-                f"the volume would hold {len(sizes):,} files, over its limit of {limits.max_files:,}; "
+                f"the volume would hold {count:,} files, over its limit of {limits.max_files:,}; "
                 "nothing was published and your files are unchanged"
             )
-        total = sum(sizes.values())
-        if limits.max_bytes is not None and total > limits.max_bytes:
-            raise LimitExceeded(
-                f"the volume would hold {total:,} bytes, over its limit of {limits.max_bytes:,}; "
-                "nothing was published and your files are unchanged"
-            )
+        if limits.max_bytes is not None:
+            total = sum(record_size(files[p]) for p in kept)
+            total += sum(r.size for r, _, _ in puts.values())
+            if total > limits.max_bytes:
+                raise LimitExceeded(
+                    f"the volume would hold {total:,} bytes, over its limit of {limits.max_bytes:,}; "
+                    "nothing was published and your files are unchanged"
+                )
         if limits.max_files_per_directory is not None:
-            # The directories as this commit leaves them: removed trees gone, new ones in.
+            # The directories as this commit leaves them: removed trees gone, new ones in,
+            # and every one a file or directory implies.
             dirs = {
-                d for d in self.index.dirs if not any(paths.is_under(d, r) for r in removed_dirs)
+                d
+                for d in self.index.dirs
+                if d not in removed_dirs and not d.startswith(under_removed)
             }
-            counts = State(
-                0,
-                {p: r for p, (r, _, _) in puts.items()} | {p: _placeholder for p in sizes},
-                dirs | dirs_added,
-            ).children_counts()
+            dirs |= dirs_added
+            kept += puts
+            counts = Counter(p.rpartition("/")[0] for p in kept)
+            implied = set(counts) | {a for d in dirs for a in paths.ancestors(d)}
+            for d in list(implied):
+                implied.update(paths.ancestors(d))
+            implied.discard("")
+            for d in dirs | implied:
+                counts[d.rpartition("/")[0]] += 1
             for directory, count in counts.items():
                 if count > limits.max_files_per_directory:
                     raise LimitExceeded(
@@ -1063,6 +1094,8 @@ class WorkingCopy:
         if pruned:
             # The head's state, and every path where it differs from what the copy saw.
             view = self._retained_view(touched)
+        # The index changes in place from here: only a full scan compares it with the tree.
+        self._forget_tracked_changes()
         # Written (and synced) before the tree is touched: a reload that dies midway is
         # settled from it at the next lock (see _recover), so files it wrote never look
         # like local changes that a commit would publish over newer commits.
@@ -1747,13 +1780,16 @@ class WorkingCopy:
 
     # -- autocommit and closing -------------------------------------------------------------
 
-    def start_autocommit(self, interval_seconds: float) -> None:
-        """Commit in the background every ``interval_seconds``."""
+    def start_autocommit(self, interval_seconds: float, *, track_changes: bool = True) -> None:
+        """Commit in the background every ``interval_seconds``; with ``track_changes``,
+        finding changes from inotify events meanwhile (see :meth:`track_changes`)."""
         if interval_seconds <= 0:
             raise InvalidArgument("autocommit interval must be positive")
         if self.read_only or self._autocommit is not None:
             return
         self._stop.clear()
+        if track_changes:
+            self.track_changes()
         self._autocommit = threading.Thread(
             target=self._autocommit_loop,
             args=(interval_seconds,),
@@ -1781,6 +1817,43 @@ class WorkingCopy:
         self._stop.set()
         thread.join()
         self._autocommit = None
+        # Changes the events may not show (see kvol.tracker) are found by the full scan
+        # of whatever commit comes next, such as a final one.
+        self.stop_tracking()
+
+    def track_changes(self, full_scan_seconds: float | None = None) -> bool:
+        """Find changes from inotify events rather than a stat of every file, for as long
+        as this process holds the copy open (autocommit does; see kvol.tracker), with a
+        full scan at least every ``full_scan_seconds``. Returns whether tracking is on: not
+        where inotify is unavailable, nor for a layout that finds changes its own way."""
+        from kvol import tracker
+
+        if type(self)._scan is not WorkingCopy._scan:
+            return False
+        with self._thread_lock:
+            if self._tracker is None:
+                try:
+                    self._tracker = tracker.ChangeTracker(
+                        self.root,
+                        full_scan_seconds=full_scan_seconds or tracker.DEFAULT_FULL_SCAN_SECONDS,
+                    )
+                except tracker.TrackingUnavailable as exc:
+                    log.warning("commits of %s scan every file: %s", self.root, exc)
+                    return False
+            elif full_scan_seconds:
+                self._tracker.full_scan_seconds = full_scan_seconds
+            return self._tracker.active
+
+    def stop_tracking(self) -> None:
+        with self._thread_lock:
+            tracker, self._tracker = self._tracker, None
+        if tracker is not None:
+            tracker.close()
+
+    def _forget_tracked_changes(self) -> None:
+        """The index is about to change in place outside a commit: scan everything next."""
+        if self._tracker is not None:
+            self._tracker.request_full_scan("the index changed outside a commit")
 
     def close(self, final_commit: bool = True) -> CommitResult | None:
         """Stop autocommit and make the final commit. If it fails, the error is raised and
@@ -1788,6 +1861,7 @@ class WorkingCopy:
         if self._closed:
             return None
         self.stop_autocommit()
+        self.stop_tracking()  # the final commit scans every file
         result = self.commit() if final_commit and not self.read_only else None
         self._closed = True
         if not self.read_only:
@@ -1800,9 +1874,6 @@ class WorkingCopy:
 
     def __exit__(self, *exc: object) -> None:
         self.close(final_commit=exc[0] is None)
-
-
-_placeholder = FileRecord(0, 0, 0, "0" * 64, ())
 
 
 def _file_sig(path: Path) -> tuple[int, int, int] | None:

@@ -1,0 +1,187 @@
+"""A small change in a large copy costs what it changes: a copy held open finds changes
+without reading every directory, a commit of one file reads no record of the files it
+leaves alone, and saving the index copies unparsed records as they were loaded."""
+
+from __future__ import annotations
+
+import json
+import os
+import struct
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from kvol.catalog import Catalog
+from kvol.errors import LimitExceeded
+from kvol.index import Index, IndexEntry, _encode
+from kvol.model import FileRecord, Limits, Part
+from kvol.workcopy import WorkingCopy
+
+_AN_HOUR_AGO = time.time_ns() - 3600 * 10**9
+
+
+def test_a_one_file_commit_parses_no_record_of_the_files_it_leaves_alone(
+    catalog: Catalog, tmp_path: Path
+) -> None:
+    # Every kind of limit, so that the limits check has all of them to do.
+    limits = Limits(max_files=1000, max_bytes=1 << 20, max_files_per_directory=100)
+    catalog.create("big", limits=limits)
+    wc = WorkingCopy.create(catalog.repo("big"), tmp_path / "wc")
+    for i in range(300):
+        (wc.root / f"d{i % 3}").mkdir(exist_ok=True)
+        (wc.root / f"d{i % 3}/f{i}").write_text(f"file {i}")
+        # Older than the racy window: otherwise the next scan hashes every file again.
+        os.utime(wc.root / f"d{i % 3}/f{i}", ns=(_AN_HOUR_AGO, _AN_HOUR_AGO))
+    wc.commit()
+    wc.close(final_commit=False)
+
+    wc = WorkingCopy.open(tmp_path / "wc")
+    (wc.root / "d1/f1").write_text("changed")
+    assert wc.commit().files == 1
+    parsed = [p for p, e in wc.index.files.items() if e._record is not None]
+    assert parsed == ["d1/f1"]
+    wc.close(final_commit=False)
+
+
+def test_limits_still_count_every_file_and_directory(catalog: Catalog, tmp_path: Path) -> None:
+    catalog.create("limited", limits=Limits(max_files=5, max_bytes=100, max_files_per_directory=3))
+    wc = WorkingCopy.create(catalog.repo("limited"), tmp_path / "wc")
+    (wc.root / "a/b").mkdir(parents=True)
+    (wc.root / "a/b/one").write_text("1" * 40)
+    (wc.root / "a/two").write_text("2" * 40)
+    wc.commit()
+    wc.close(final_commit=False)
+    wc = WorkingCopy.open(tmp_path / "wc")  # records unparsed, as after a restart
+    (wc.root / "a/c/d").mkdir(parents=True)  # a/ would hold b, two, c and e
+    (wc.root / "a/e").mkdir()
+    with pytest.raises(LimitExceeded, match="directory a would hold 4 entries"):
+        wc.commit()
+    (wc.root / "a/e").rmdir()
+    (wc.root / "r").mkdir()
+    (wc.root / "r/three").write_text("3" * 21)  # 101 bytes in all
+    with pytest.raises(LimitExceeded, match="101 bytes"):
+        wc.commit()
+    (wc.root / "r/three").write_text("3" * 20)
+    assert wc.commit().files == 1
+    for name in ("r/x", "r/y", "a/b/z"):
+        (wc.root / name).write_text("")
+    with pytest.raises(LimitExceeded, match="6 files"):
+        wc.commit()
+    (wc.root / "a/two").unlink()  # deletions count too: five files again
+    assert wc.commit().files == 3
+    wc.close(final_commit=False)
+
+
+def test_an_index_saved_unparsed_is_the_index_saved_parsed(
+    catalog: Catalog, tmp_path: Path
+) -> None:
+    catalog.create("v")
+    wc = WorkingCopy.create(catalog.repo("v"), tmp_path / "wc")
+    for i in range(40):
+        (wc.root / f"f{i}").write_bytes(b"x" * (i * 100))
+    wc.commit()
+    wc.close(final_commit=False)
+    index_path = tmp_path / "wc/.kvol/index"
+    loaded = Index.load(index_path)
+    unparsed = _encode(loaded)
+    loaded.committed_state()  # parses every record
+    assert all(e._record is not None for e in loaded.files.values())
+    assert _encode(loaded) == unparsed == index_path.read_bytes()
+
+
+def test_an_idle_commit_of_a_copy_held_open_reads_no_directory(
+    wc: WorkingCopy, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With autocommit on, a commit when nothing changed costs nothing per file."""
+    for i in range(50):
+        (wc.root / f"d{i % 5}").mkdir(exist_ok=True)
+        (wc.root / f"d{i % 5}/f{i}").write_text(str(i))
+    wc.commit()
+    wc.start_autocommit(3600)
+    try:
+        wc.commit()  # the first scan of a tracked copy reads everything
+        listed: list[object] = []
+        real_scandir = os.scandir
+
+        def counting_scandir(path: Any = ".") -> Any:
+            # The copy's scan lists directories by descriptor; the store is elsewhere.
+            if isinstance(path, int) or str(path).startswith(str(wc.root)):
+                listed.append(path)
+            return real_scandir(path)
+
+        monkeypatch.setattr(os, "scandir", counting_scandir)
+        assert wc.commit().seq is None
+        assert listed == []
+        (wc.root / "d1/f1").write_text("changed")
+        assert wc.commit().files == 1
+        assert listed == []
+    finally:
+        wc.stop_autocommit()
+
+
+def _record(i: int, pack: int) -> FileRecord:
+    return FileRecord(
+        64 + i, 10**18 + i, 0o644, f"{i:064x}", (Part("p", f"{pack:064x}", i, 64 + i),)
+    )
+
+
+def _fields(index: Index) -> list[tuple[object, ...]]:
+    """Every entry's values, read from copies: the index's own records stay unparsed."""
+    copies = [(p, e.copy()) for p, e in index.files.items()]
+    return [(p, e.record, e.stat_key, e.racy) for p, e in copies]
+
+
+def test_an_index_changed_after_loading_saves_every_change(tmp_path: Path) -> None:
+    """Rows copied from the loaded columns and entries encoded alone, mixed in any order,
+    make the index in memory; content objects no file uses any more are dropped."""
+    index = Index("v" * 32, 7)
+    for i in range(400):
+        index.files[f"d/f{i:03d}"] = IndexEntry(_record(i, i), (64 + i, i, i, i, 0o644))
+    index.files["new-never-committed"] = IndexEntry(None, (1, 2, 3, 4, 0o600), True)
+    path = tmp_path / "index"
+    index.save(path)
+    loaded = Index.load(path)
+    loaded.files["d/f003"].stat_key = (1, 1, 1, 1, 0o644)  # restat'ed
+    loaded.files["d/f005"].racy = True
+    del loaded.files["d/f007"]
+    assert loaded.files["d/f009"].record is not None  # parsed
+    loaded.files["d/f011"] = IndexEntry(_record(11, 999), (9, 9, 9, 9, 0o644))
+    loaded.files["d/f000"] = loaded.files.pop("d/f000")  # moved to the end
+    loaded.files["added"] = IndexEntry(_record(1000, 1000), None)
+    path2 = tmp_path / "index2"
+    loaded.save(path2)
+    assert _fields(Index.load(path2)) == _fields(loaded)
+
+    # Most files gone: their packs are dropped from the saved list of content objects.
+    for p in [p for p in loaded.files if p.startswith("d/f1") or p.startswith("d/f2")]:
+        del loaded.files[p]
+    assert any(e._record is None for e in loaded.files.values())
+    loaded.save(path2)
+    again = Index.load(path2)
+    assert _fields(again) == _fields(loaded)
+    packs = {part.obj for e in loaded.files.values() if e.record for part in e.record.parts}
+    body = path2.read_bytes().split(b"\n", 1)[1]
+    (length,) = struct.unpack_from("<Q", body)
+    listed = json.loads(body[8 : 8 + length])["objects"]
+    assert sorted(name[1:] for name in listed) == sorted(packs)
+
+
+def test_after_a_save_of_many_new_entries_the_next_save_copies_them(tmp_path: Path) -> None:
+    """A new copy, or one after a large commit, holds records made in memory: once saved,
+    they are saved again by copying what was written, not encoded one by one."""
+    from kvol.index import _Encoded
+
+    index = Index("v" * 32, 1)
+    for i in range(5000):
+        index.files[f"d/f{i:05d}"] = IndexEntry(_record(i, i // 100), (64 + i, i, i, i, 0o644))
+    index.files["no-record"] = IndexEntry(None, (1, 2, 3, 4, 0o600), True)
+    path = tmp_path / "index"
+    assert _Encoded(index).one_by_one == 5001
+    index.save(path)
+    index.files["d/f00010"].stat_key = (5, 5, 5, 5, 0o644)
+    index.files["d/f00020"] = IndexEntry(_record(20, 7777), None)
+    assert _Encoded(index).one_by_one == 3  # the two changed, and the one without a record
+    index.save(path)
+    assert _fields(Index.load(path)) == _fields(index)
