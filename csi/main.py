@@ -96,6 +96,13 @@ def parser() -> argparse.ArgumentParser:
         "never evicting what a snapshot uses; bytes or with a Ki, Mi, Gi or Ti suffix "
         "(0: no limit; default: %(default)s bytes)",
     )
+    p.add_argument(
+        "--lazy-fetch",
+        action="store_true",
+        help="experimental: publish a volume before its content is on the node; files are "
+        "fetched on first open and in the background (overlay layout; needs kernel 6.14+ "
+        "and a cache on ext4, xfs or btrfs; see docs/kubernetes.md for its limits)",
+    )
     p.add_argument("--log-level", default="INFO", choices=("DEBUG", "INFO", "WARNING", "ERROR"))
     registration.add_arguments(p)
     return p
@@ -121,6 +128,7 @@ def main(argv: list[str] | None = None) -> int:
                 layout=args.layout,
                 keep_warm_seconds=args.keep_warm_seconds,
                 cache_max_bytes=args.cache_max_bytes,
+                lazy_fetch=args.lazy_fetch,
             ),
             resolver,
             EventReporter.in_cluster(args.node_id),

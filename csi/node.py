@@ -95,6 +95,9 @@ class NodeConfig:
     keep_warm_seconds: float = 600.0
     #: Size the node's content cache is trimmed to, least recently used first (0: none).
     cache_max_bytes: int = 10 << 30
+    #: Publish before the volume's content is here: files are fetched on first open and
+    #: in the background (kvol.lazy; overlay layout, root, kernel 6.14+).
+    lazy_fetch: bool = False
 
 
 class Live:
@@ -167,7 +170,8 @@ class NodeService:
                 f"keep-warm time must be 0 (off) or more seconds, not {config.keep_warm_seconds}"
             )
         self.lowers = Lowers(
-            state_dir / "lowers", ContentCache(state_dir / "cache", config.cache_max_bytes)
+            state_dir / "lowers",
+            ContentCache(state_dir / "cache", config.cache_max_bytes, lazy=config.lazy_fetch),
         )
         # The janitor drops expired warm snapshots and trims the content cache.
         self._janitor: threading.Thread | None = None
@@ -354,6 +358,9 @@ class NodeService:
             self._live.clear()
         for live in lives:
             live.pause()
+        # Lazy fetches stop; the group stays with its holder, so opens of files not fetched
+        # yet wait for the next process instead of reading placeholders.
+        self.lowers.cache.close(release=False)
 
     def copy_samples(self) -> list[metrics.CopySample]:
         """The copies this process serves, for the per-volume metrics."""
@@ -372,7 +379,10 @@ class NodeService:
         ]
 
     def resolver_repo(self, pub: Publication) -> Repo:
-        return Repo(self.resolver.store(pub.backend), pub.kvol_id)
+        repo = Repo(self.resolver.store(pub.backend), pub.kvol_id)
+        # After a restart, placeholders of this volume left unfilled are filled from it.
+        self.lowers.cache.adopt(repo)
+        return repo
 
     # -- Node service ----------------------------------------------------------------------
 

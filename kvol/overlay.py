@@ -28,6 +28,8 @@ from typing import Any
 from kvol import fsops, layout, metrics, paths
 from kvol.errors import CorruptData, InvalidArgument, KvolError
 from kvol.index import Index, IndexEntry, Signature
+from kvol.lazy import STATE_DIR as LAZY_STATE_DIR
+from kvol.lazy import LazyFiller, is_placeholder
 from kvol.model import FileRecord, State
 from kvol.repo import Repo
 from kvol.workcopy import (
@@ -257,9 +259,17 @@ class ContentCache:
     kept in memory; a new process orders what it finds by each entry's last access or
     link change (``max(atime, ctime)``: the mtime is part of the entry's identity, and a
     snapshot built or dropped changes the ctime of every entry it links).
+
+    With ``lazy`` (root, kernel 6.14+, see :mod:`kvol.lazy`) :meth:`place` makes missing
+    entries placeholders that are filled on first open and in the background
+    (``prefetch``), instead of :meth:`fill` downloading them first. A cache that finds
+    placeholders a previous process left starts filling them whatever ``lazy`` says:
+    none may ever be opened unwatched by this process.
     """
 
-    def __init__(self, root: str | Path, max_bytes: int = 0) -> None:
+    def __init__(
+        self, root: str | Path, max_bytes: int = 0, *, lazy: bool = False, prefetch: bool = True
+    ) -> None:
         if max_bytes < 0:
             raise InvalidArgument(f"cache size limit must be 0 (none) or more, not {max_bytes}")
         self.root = Path(root)
@@ -274,6 +284,47 @@ class ContentCache:
         #: Whether something may have become evictable since a trim last found nothing.
         self._dirty = True
         metrics.NODE_CACHE_LIMIT_BYTES.set(max_bytes)
+        self.prefetch = prefetch
+        self.lazy: LazyFiller | None = None
+        if lazy or any((self.root / LAZY_STATE_DIR).glob("*.json")):
+            self.lazy = LazyFiller(self.root).start()
+
+    def close(self, *, release: bool = True) -> None:
+        """Stop the lazy filler, if any (placeholders left are filled by the next one).
+        Without ``release`` its fanotify group lives on: opens of placeholders wait for
+        the next process instead (see :meth:`LazyFiller.stop`)."""
+        if self.lazy is not None:
+            self.lazy.stop(release=release)
+
+    def adopt(self, repo: Repo) -> None:
+        """Placeholders of ``repo``'s volume may be filled from it (a restarted process
+        knows which volumes its placeholders belong to, not how to reach their store)."""
+        if self.lazy is not None:
+            self.lazy.register(repo)
+
+    def place(self, repo: Repo, records: list[FileRecord], hold: list[str]) -> list[Path]:
+        """Lazy :meth:`fill`: a placeholder for every missing entry, nothing downloaded;
+        returns the placeholders made (for :meth:`LazyFiller.prefetch`)."""
+        if self.lazy is None:
+            raise InvalidArgument("this content cache is not lazy")
+        self._hold(records, hold)
+        items = [(self.path(r), r) for r in records]
+        placed = self.lazy.place(repo, items)
+        new = set(placed)
+        self._touch([p.name for p, _ in items if p not in new])
+        for path, record in items:
+            if path in new:
+                self._added(path.name, record.size)
+        metrics.NODE_CACHE_MISSES.inc(len(placed))
+        metrics.NODE_CACHE_HITS.inc(len(records) - len(placed))
+        return placed
+
+    def _hold(self, records: list[FileRecord], hold: list[str]) -> None:
+        names = [_entry_name(r) for r in records]
+        with self._lock:
+            for name in names:
+                self._held[name] = self._held.get(name, 0) + 1
+        hold.extend(names)
 
     def path(self, record: FileRecord) -> Path:
         h = record.hash
@@ -321,11 +372,7 @@ class ContentCache:
         """Make sure every record has an entry; returns the number fetched from the store.
         With ``hold`` (from :meth:`holding`), the entries stay until the hold ends."""
         if hold is not None:
-            names = [_entry_name(r) for r in records]
-            with self._lock:
-                for name in names:
-                    self._held[name] = self._held.get(name, 0) + 1
-            hold.extend(names)
+            self._hold(records, hold)
         missing: dict[Path, FileRecord] = {}
         hits: list[str] = []
         for record in records:
@@ -337,6 +384,9 @@ class ContentCache:
             else:
                 missing[path] = record
         self._touch(hits)
+        if self.lazy is not None:
+            # Placeholders among the hits are filled when opened, from this repo if need be.
+            self.lazy.claim(repo, [p for p in (self.path(r) for r in records) if p not in missing])
         if not missing:
             metrics.NODE_CACHE_HITS.inc(len(hits))
             return 0
@@ -434,6 +484,8 @@ class ContentCache:
         found: list[tuple[int, str, int]] = []
         stale = time.time() - STALE_TEMP_SECONDS
         for sub in sorted(os.listdir(self.root)):
+            if sub == LAZY_STATE_DIR:
+                continue  # the lazy filler's manifests, not entries
             directory = self.root / sub
             try:
                 names = os.listdir(directory)
@@ -463,6 +515,8 @@ class ContentCache:
         except FileNotFoundError:
             return False
         for sibling in siblings:
+            if is_placeholder(sibling):
+                continue  # no content yet: the store has it
             try:
                 src = os.open(sibling, os.O_RDONLY | os.O_CLOEXEC)
             except FileNotFoundError:
@@ -611,7 +665,12 @@ class Lowers:
             if existing is not None:
                 return existing
             state = repo.state(seq)
-            self.cache.fill(repo, list(state.files.values()), concurrency, held)
+            placed: list[Path] = []
+            if self.cache.lazy is not None and group is None:
+                placed = self.cache.place(repo, list(state.files.values()), held)
+            else:
+                # A group's snapshot copies its files: lazy entries would be filled now.
+                self.cache.fill(repo, list(state.files.values()), concurrency, held)
             final = self.root / family / layout.seq_name(seq)
             staging = final.with_name(
                 f"{fsops.TEMP_PREFIX}{layout.seq_name(seq)}-{secrets.token_hex(4)}"
@@ -638,6 +697,8 @@ class Lowers:
             except BaseException:
                 shutil.rmtree(staging, ignore_errors=True)
                 raise
+            if placed and self.cache.lazy is not None and self.cache.prefetch:
+                self.cache.lazy.prefetch(placed)
             return Lower(final, family, seq)
 
     def _materialize(self, state: State, tree: Path) -> None:

@@ -1,0 +1,781 @@
+"""Lazy cache entries: visible at once as placeholders, filled on first open (DESIGN: Fast path).
+
+A placeholder is a content-cache entry (``<hash>.<mode>.<mtime_ns>``) with the file's
+size, mode and mtime and no data yet. Lower snapshots hard-link it like any entry, so a
+pod sees the whole tree before a byte is fetched. The placeholder's inode carries a
+fanotify mark (pre-content class) for ``FAN_OPEN_PERM`` and ``FAN_PRE_ACCESS``: an open
+of it (through an overlay too: overlayfs opens the lower file on the pod's behalf) waits
+until the whole file is fetched, verified and written into that inode, then proceeds at
+local-disk speed; a failed or corrupt fetch fails the open with EIO. The whole file is
+filled on open, not the range read, because an overlay's ``mmap`` of a lower file reaches
+the page cache without a pre-content event: nothing may map a file still holding holes.
+
+Every byte written into a placeholder was verified first (the reader checks each part
+against its id). An entry is a placeholder while it carries the ``trusted.kvol.lazy``
+xattr; the xattr goes only after the data is on disk, so an entry without it is whole.
+What each placeholder holds is written beforehand to a manifest in ``<cache>/.lazy``: a
+new :class:`LazyFiller` on the same cache (the process restarted) marks every placeholder
+left unfilled again and fetches it, before anything of this process may open it.
+
+Limits: the marks live as long as the fanotify group, i.e. this process. Between its death
+and the restart's :meth:`LazyFiller.start`, an open of a placeholder is not intercepted and
+reads zeros (the kernel allows pending events of a closed group); the fill on restart
+begins by marking them again. Needs root (``CAP_SYS_ADMIN``) and a filesystem that
+supports pre-content events (ext4, xfs, btrfs) under the cache, kernel 6.14 or later.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import ctypes.util
+import errno
+import fcntl
+import heapq
+import itertools
+import json
+import logging
+import os
+import resource
+import secrets
+import select
+import shutil
+import signal
+import struct
+import subprocess
+import sys
+import threading
+from collections.abc import Iterable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from kvol import fsops
+from kvol.content import ContentReader
+from kvol.errors import CorruptData, InvalidArgument, KvolError
+from kvol.model import FileRecord
+from kvol.repo import Repo
+
+log = logging.getLogger(__name__)
+
+# fanotify ABI (linux/fanotify.h).
+FAN_CLOEXEC = 0x1
+FAN_NONBLOCK = 0x2
+FAN_CLASS_PRE_CONTENT = 0x8
+FAN_UNLIMITED_QUEUE = 0x10
+FAN_UNLIMITED_MARKS = 0x20
+FAN_REPORT_TID = 0x100
+FAN_MARK_ADD = 0x1
+FAN_MARK_REMOVE = 0x2
+FAN_OPEN_PERM = 0x10000
+FAN_PRE_ACCESS = 0x100000
+FAN_ALLOW = 0x1
+FAN_DENY = 0x2
+FAN_ERRNO_SHIFT = 24
+AT_FDCWD = -100
+_EVENT = struct.Struct("IBBHQii")
+_RESPONSE = struct.Struct("iI")
+MASK = FAN_OPEN_PERM | FAN_PRE_ACCESS
+
+#: The xattr that makes an entry a placeholder (its data is not there yet).
+PLACEHOLDER_XATTR = "trusted.kvol.lazy"
+#: The cache's directory of manifests (what each placeholder must be filled with).
+STATE_DIR = ".lazy"
+#: In the state directory: who holds the group, and the lock of the one filler.
+HOLDER_FILE = "holder"
+LOCK_FILE = "lock"
+#: Directories where placeholders are made before they get their names.
+SPOOL_PREFIX = "spool-"
+#: Descriptor numbers a successor answers orphaned events for, at most.
+MAX_ORPHAN_FD = 1 << 16
+SYS_PIDFD_GETFD = 438  # the same number on every architecture
+
+#: Records (and bytes) per background batch: small files of one pack come in one request,
+#: and an open never waits long behind a batch that holds its file.
+BATCH = 64
+BATCH_BYTES = 8 << 20
+
+_DEMAND = 0
+_BACKGROUND = 1
+
+
+class LazyUnavailable(KvolError):
+    """Lazy entries cannot work here (not root, an old kernel, or a filesystem without
+    pre-content events)."""
+
+
+def is_placeholder(path: str | Path, *, follow: bool = False) -> bool:
+    """Whether the cache entry at ``path`` still waits for its data (reads no data)."""
+    try:
+        os.getxattr(path, PLACEHOLDER_XATTR, follow_symlinks=follow)
+    except OSError as exc:
+        if exc.errno in (errno.ENODATA, errno.ENOTSUP, errno.ENOENT):
+            return False
+        raise
+    return True
+
+
+_libc: ctypes.CDLL | None = None
+
+
+def _c() -> ctypes.CDLL:
+    global _libc
+    if _libc is None:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+        libc.fanotify_init.argtypes = [ctypes.c_uint, ctypes.c_uint]
+        libc.fanotify_init.restype = ctypes.c_int
+        libc.fanotify_mark.argtypes = [
+            ctypes.c_int,
+            ctypes.c_uint,
+            ctypes.c_uint64,
+            ctypes.c_int,
+            ctypes.c_char_p,
+        ]
+        libc.fanotify_mark.restype = ctypes.c_int
+        _libc = libc
+    return _libc
+
+
+def _mark(group: int, flags: int, fd: int, path: str | None = None) -> None:
+    """Mark the inode open as ``fd`` (or at ``path``: an O_PATH descriptor must be named
+    through /proc, the call wants a real open file)."""
+    where = (AT_FDCWD, os.fsencode(path)) if path is not None else (fd, None)
+    if _c().fanotify_mark(group, flags, MASK, *where) != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, f"fanotify_mark: {os.strerror(err)}")
+
+
+@dataclass(eq=False)
+class _Job:
+    """One placeholder: the inode to fill and what to fill it with."""
+
+    path: Path
+    volume_id: str
+    record: FileRecord
+    inode: tuple[int, int]
+    manifest: Path
+    lock: threading.Lock = field(default_factory=threading.Lock)
+    #: Event descriptors waiting for this fill (answered when it ends).
+    waiters: list[int] = field(default_factory=list)
+    done: bool = False
+    running: bool = False
+    queued: int | None = None  # the best priority it is queued at
+
+
+class LazyFiller:
+    """The fanotify group that fills one content cache's placeholders.
+
+    ``place`` makes placeholders; an open of one waits for its fill; ``prefetch`` queues
+    fills in the background. Fills need the volume's :class:`Repo`: ``register`` it (a
+    restarted filler marks placeholders at once, and fills them once their volume is
+    registered; an open before that waits for it).
+    """
+
+    def __init__(self, cache_root: str | Path, workers: int = 4) -> None:
+        if workers < 2:
+            raise InvalidArgument("a lazy filler needs 2 workers or more (one serves opens only)")
+        self.root = Path(cache_root)
+        self.state = self.root / STATE_DIR
+        self.workers = workers
+        self._lock = threading.Lock()
+        self._wake = threading.Condition(self._lock)
+        self._jobs: dict[tuple[int, int], _Job] = {}
+        self._by_path: dict[Path, _Job] = {}
+        self._queue: list[tuple[int, int, _Job]] = []
+        self._order = itertools.count()
+        self._repos: dict[str, Repo] = {}
+        #: Jobs queued before their volume's repo was registered (after a restart).
+        self._parked: dict[str, list[_Job]] = {}
+        self._manifest_left: dict[Path, int] = {}
+        self._filler_tids: set[int] = set()
+        self._group = -1
+        self._stop_r, self._stop_w = -1, -1
+        self._threads: list[threading.Thread] = []
+        self._stopping = False
+        self._lock_fd = -1
+        self._holder: subprocess.Popen[bytes] | None = None
+        self._holder_pid: int | None = None
+        self.failures = 0
+
+    # -- life cycle ----------------------------------------------------------------------
+
+    def start(self) -> LazyFiller:
+        """Take the cache's group over from its holder (a previous filler died) or open a
+        new one with a holder, start the listener and the fillers, and mark every
+        placeholder a previous process left unfilled."""
+        self.state.mkdir(parents=True, exist_ok=True)
+        self._lock_fd = os.open(
+            self.state / LOCK_FILE, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600
+        )
+        try:
+            fcntl.flock(self._lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(self._lock_fd)
+            self._lock_fd = -1
+            raise KvolError(f"another process fills the placeholders of {self.root}") from None
+        try:
+            self._stop_r, self._stop_w = os.pipe2(os.O_CLOEXEC)
+            adopted = self._adopt_group()
+            if adopted is None:
+                self._group = self._new_group()
+                self._probe()
+                self._spawn_holder()
+            else:
+                self._group, orphans = adopted
+                self._answer_orphans(orphans)
+            self._resume()
+        except BaseException:
+            self._close_fds()
+            raise
+        listener = threading.Thread(target=self._listen, name="kvol-lazy-events", daemon=True)
+        self._threads = [listener]
+        for i in range(self.workers):
+            # The first filler only serves opens: one never waits behind prefetching.
+            worker = threading.Thread(
+                target=self._work, args=(i == 0,), name=f"kvol-lazy-fill-{i}", daemon=True
+            )
+            self._threads.append(worker)
+        for t in self._threads:
+            t.start()
+        return self
+
+    def _new_group(self) -> int:
+        flags = FAN_CLOEXEC | FAN_NONBLOCK | FAN_CLASS_PRE_CONTENT | FAN_UNLIMITED_QUEUE
+        flags |= FAN_UNLIMITED_MARKS | FAN_REPORT_TID
+        group = int(_c().fanotify_init(flags, os.O_RDONLY | os.O_LARGEFILE | os.O_CLOEXEC))
+        if group < 0:
+            err = ctypes.get_errno()
+            raise LazyUnavailable(f"fanotify pre-content group: {os.strerror(err)}")
+        return group
+
+    def _spawn_holder(self) -> None:
+        """A process that only keeps the group open: when this one dies, the group (and
+        its marks) live on, opens of placeholders wait for the next filler instead of
+        being let through (the kernel allows what a closed group had pending)."""
+        sleep = shutil.which("sleep")
+        cmd = (
+            [sleep, "infinity"]
+            if sleep
+            else [sys.executable, "-c", "import signal; signal.pause()"]
+        )
+        self._holder = subprocess.Popen(
+            cmd,
+            pass_fds=(self._group,),
+            start_new_session=True,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        record = {
+            "pid": self._holder.pid,
+            "fd": self._group,
+            "start": _start_time(self._holder.pid),
+            # Event descriptors of this process are below its limit: a successor answers
+            # the events this one read and left unanswered by their numbers.
+            "max_fd": min(resource.getrlimit(resource.RLIMIT_NOFILE)[0], MAX_ORPHAN_FD),
+        }
+        fsops.write_atomically(self.state / HOLDER_FILE, json.dumps(record).encode())
+
+    def _adopt_group(self) -> tuple[int, int] | None:
+        """The group a live holder keeps, and how many descriptor numbers its previous
+        filler may have used; None if there is no holder."""
+        try:
+            record = json.loads((self.state / HOLDER_FILE).read_bytes())
+            pid, fd, start, max_fd = (int(record[k]) for k in ("pid", "fd", "start", "max_fd"))
+        except (FileNotFoundError, ValueError, KeyError, TypeError):
+            return None
+        if _start_time(pid) != start:
+            return None  # the holder is gone (its group with it)
+        try:
+            if os.readlink(f"/proc/{pid}/fd/{fd}") != "anon_inode:[fanotify]":
+                return None
+            pidfd = os.pidfd_open(pid)
+        except OSError:
+            return None
+        try:
+            group = int(_c().syscall(SYS_PIDFD_GETFD, pidfd, fd, 0))
+        finally:
+            os.close(pidfd)
+        if group < 0:
+            return None
+        self._holder_pid = pid
+        return group, max_fd
+
+    def _answer_orphans(self, max_fd: int) -> None:
+        """Events the dead filler read but never answered: their opens fail with EIO
+        (never a placeholder's zeros); the next open is filled as usual. The kernel
+        matches a response by the event's descriptor number in the reader's process."""
+        response = FAN_DENY | (errno.EIO << FAN_ERRNO_SHIFT)
+        for fd in range(max_fd):
+            with contextlib.suppress(OSError):  # ENOENT: no event had that number
+                os.write(self._group, _RESPONSE.pack(fd, response))
+
+    def _probe(self) -> None:
+        # A filesystem without pre-content events refuses the mark: fail now, not later.
+        probe = self.state / f"{fsops.TEMP_PREFIX}probe-{secrets.token_hex(4)}"
+        fd = os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+        try:
+            try:
+                _mark(self._group, FAN_MARK_ADD, fd)
+            except OSError as exc:
+                raise LazyUnavailable(
+                    f"no pre-content events on the cache's filesystem: {exc.strerror}"
+                ) from exc
+            _mark(self._group, FAN_MARK_REMOVE, fd)
+        finally:
+            os.close(fd)
+            probe.unlink(missing_ok=True)
+
+    def stop(self, *, release: bool = True) -> None:
+        """Stop listening. Opens still waiting fail with EIO; placeholders stay
+        placeholders (a new filler marks and fills them).
+
+        ``release`` ends the holder too, and with it the marks: only when no mount uses a
+        placeholder any more (an open of one would then read its zeros). Without it the
+        group lives on and opens wait for the next filler on this cache."""
+        with self._lock:
+            if self._stopping or self._group < 0:
+                if release:
+                    self._release_holder()  # stopped before, the group left to the holder
+                return
+            self._stopping = True
+            self._wake.notify_all()
+        os.write(self._stop_w, b"x")
+        for t in self._threads:
+            t.join()
+        with self._lock:
+            jobs = list(self._jobs.values())
+        for job in jobs:
+            with job.lock:
+                waiters, job.waiters = job.waiters, []
+            self._answer(waiters, ok=False)
+        if release:
+            self._release_holder()
+        self._close_fds()
+
+    def _release_holder(self) -> None:
+        if self._holder is not None:
+            self._holder.kill()
+            self._holder.wait()
+        elif self._holder_pid is not None and _start_time(self._holder_pid) is not None:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(self._holder_pid, signal.SIGKILL)
+        self._holder = None
+        self._holder_pid = None
+        (self.state / HOLDER_FILE).unlink(missing_ok=True)
+
+    def _close_fds(self) -> None:
+        for fd in (self._group, self._stop_r, self._stop_w, self._lock_fd):
+            if fd >= 0:
+                os.close(fd)
+        self._group = self._stop_r = self._stop_w = self._lock_fd = -1
+
+    def register(self, repo: Repo) -> None:
+        """Fills of ``repo``'s volume may use it from now on."""
+        with self._lock:
+            self._repos[repo.volume_id] = repo
+            for job in self._parked.pop(repo.volume_id, []):
+                if job.queued is not None and not job.done:
+                    heapq.heappush(self._queue, (job.queued, next(self._order), job))
+            self._wake.notify_all()
+
+    def claim(self, repo: Repo, paths: Iterable[Path]) -> None:
+        """These entries are ``repo``'s files too: a placeholder among them whose own
+        volume is not registered (left by a previous process) may be filled from
+        ``repo`` (the content is the same, by its id), so nobody waits on a volume that
+        may never be registered again."""
+        self.register(repo)
+        with self._lock:
+            for path in paths:
+                job = self._by_path.get(path)
+                if job is None or job.done or job.volume_id in self._repos:
+                    continue
+                parked = self._parked.get(job.volume_id, [])
+                if job in parked:
+                    parked.remove(job)
+                job.volume_id = repo.volume_id
+                if job.queued is not None:
+                    heapq.heappush(self._queue, (job.queued, next(self._order), job))
+            self._wake.notify_all()
+
+    # -- placing -------------------------------------------------------------------------
+
+    def place(
+        self, repo: Repo, items: list[tuple[Path, FileRecord]], concurrency: int = 4
+    ) -> list[Path]:
+        """Make a placeholder for each ``(path, record)`` whose entry is missing; returns the
+        paths placed. The manifest is durable before any placeholder appears."""
+        self.claim(repo, (p for p, _ in items))
+        todo: dict[Path, FileRecord] = {}
+        for path, record in items:
+            if path not in todo and not os.path.lexists(path):
+                todo[path] = record
+        if not todo:
+            return []
+        manifest = self.state / f"{secrets.token_hex(8)}.json"
+        body = {
+            "format": 1,
+            "volume": repo.volume_id,
+            "records": [r.to_list() for r in todo.values()],
+        }
+        fsops.write_atomically(manifest, json.dumps(body).encode())
+        with self._lock:
+            # Counted before any is placed: a fill that ends early must not drop it.
+            self._manifest_left[manifest] = len(todo)
+        for directory in {str(p.parent) for p in todo}:
+            os.makedirs(directory, exist_ok=True)
+        volume_id = repo.volume_id
+        # Placeholders are made in one private directory, then linked to their names:
+        # inodes made side by side cost ext4 far less than inodes made across the
+        # cache's hashed directories.
+        spool = self.state / f"{SPOOL_PREFIX}{secrets.token_hex(4)}"
+        spool.mkdir()
+
+        def one(item: tuple[int, tuple[Path, FileRecord]]) -> Path | None:
+            i, (path, record) = item
+            placed = self._place_one(f"{spool}/{i}", path, record, volume_id, manifest)
+            return path if placed else None
+
+        placed: list[Path] = []
+        try:
+            # The system calls release the GIL: a few threads make a large tree faster.
+            with ThreadPoolExecutor(concurrency, thread_name_prefix="kvol-lazy-place") as pool:
+                placed = [p for p in pool.map(one, enumerate(todo.items())) if p is not None]
+        finally:
+            shutil.rmtree(spool, ignore_errors=True)
+            with self._lock:
+                left = self._manifest_left.get(manifest, 0) - (len(todo) - len(placed))
+                self._manifest_left[manifest] = left
+            if left <= 0:
+                self._drop_manifest(manifest)
+        return placed
+
+    def _place_one(
+        self, tmp: str, path: Path, record: FileRecord, volume_id: str, manifest: Path
+    ) -> bool:
+        # Marked under a private name before it gets its own: nobody can open it
+        # unwatched.
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+        try:
+            os.ftruncate(fd, record.size)
+            os.setxattr(fd, PLACEHOLDER_XATTR, b"1")
+            os.fchmod(fd, fsops.safe_mode(record.mode))
+            os.utime(fd, ns=(record.mtime_ns, record.mtime_ns))
+            _mark(self._group, FAN_MARK_ADD, fd)
+            st = os.fstat(fd)
+            job = _Job(path, volume_id, record, (st.st_dev, st.st_ino), manifest)
+            with self._lock:
+                self._jobs[job.inode] = job
+                self._by_path[path] = job
+            try:
+                # A link, never a rename: an entry that appeared meanwhile is never
+                # replaced (snapshots may link its inode).
+                os.link(tmp, path)
+            except FileExistsError:
+                with self._lock:
+                    del self._jobs[job.inode]
+                    if self._by_path.get(path) is job:
+                        del self._by_path[path]
+                _mark(self._group, FAN_MARK_REMOVE, fd)
+                return False
+            finally:
+                os.unlink(tmp)
+        finally:
+            os.close(fd)
+        return True
+
+    def _resume(self) -> None:
+        """Mark every placeholder the manifests name (a previous process left them)."""
+        for spool in self.state.glob(f"{SPOOL_PREFIX}*"):
+            # Left by a killed place(): what got its name is in the cache, the rest is not.
+            shutil.rmtree(spool, ignore_errors=True)
+        for manifest in sorted(self.state.glob("*.json")):
+            try:
+                body = json.loads(manifest.read_bytes())
+                volume_id = body["volume"]
+                records = [FileRecord.from_list(r) for r in body["records"]]
+            except (ValueError, KeyError, TypeError, CorruptData):
+                log.warning(
+                    "unreadable lazy manifest %s: its placeholders stay unfillable", manifest
+                )
+                continue
+            left = 0
+            for record in records:
+                path = self._entry_path(record)
+                try:
+                    # O_PATH: no open event (an adopted group still has its marks, and
+                    # nobody answers them yet).
+                    fd = os.open(path, os.O_PATH | os.O_CLOEXEC | os.O_NOFOLLOW)
+                except FileNotFoundError:
+                    continue
+                try:
+                    if not is_placeholder(f"/proc/self/fd/{fd}", follow=True):
+                        continue
+                    _mark(self._group, FAN_MARK_ADD, -1, f"/proc/self/fd/{fd}")
+                    st = os.fstat(fd)
+                finally:
+                    os.close(fd)
+                job = _Job(path, volume_id, record, (st.st_dev, st.st_ino), manifest)
+                with self._lock:
+                    self._jobs[job.inode] = job
+                    self._by_path[path] = job
+                    self._push(job, _BACKGROUND)
+                left += 1
+            if left:
+                self._manifest_left[manifest] = left
+            else:
+                self._drop_manifest(manifest)
+
+    def _entry_path(self, record: FileRecord) -> Path:
+        name = f"{record.hash}.{fsops.safe_mode(record.mode):o}.{record.mtime_ns}"
+        return self.root / record.hash[:2] / name
+
+    # -- filling -------------------------------------------------------------------------
+
+    def prefetch(self, paths: Iterable[Path]) -> None:
+        """Queue the fills of these placeholders behind any an open waits for."""
+        with self._lock:
+            for path in paths:
+                job = self._by_path.get(path)
+                if job is not None and not job.done:
+                    self._push(job, _BACKGROUND)
+            self._wake.notify_all()
+
+    def pending(self) -> int:
+        """Placeholders not filled yet."""
+        with self._lock:
+            return sum(1 for j in self._jobs.values() if not j.done)
+
+    def wait_idle(self, timeout: float | None = None) -> bool:
+        """Wait until nothing is queued or being filled; whether that happened in time."""
+        with self._wake:
+            return self._wake.wait_for(
+                lambda: not self._queue and not any(j.running for j in self._jobs.values()),
+                timeout,
+            )
+
+    def _push(self, job: _Job, priority: int) -> None:
+        # Under self._lock. A job queued twice is filled once (the later pop skips it).
+        if job.queued is not None and job.queued <= priority:
+            return
+        job.queued = priority
+        if job.volume_id not in self._repos:
+            self._parked.setdefault(job.volume_id, []).append(job)  # until registered
+            return
+        heapq.heappush(self._queue, (priority, next(self._order), job))
+        self._wake.notify_all()
+
+    def _work(self, demand_only: bool) -> None:
+        self._filler_tids.add(threading.get_native_id())
+        while True:
+            with self._wake:
+                while True:
+                    if self._stopping:
+                        return
+                    batch = self._take(demand_only)
+                    if batch:
+                        break
+                    self._wake.wait()
+            try:
+                self._fill_batch(batch)
+            finally:
+                with self._wake:
+                    for job in batch:
+                        job.running = False
+                    self._wake.notify_all()
+
+    def _take(self, demand_only: bool) -> list[_Job]:
+        """Under the lock: the next job an open waits for, else a batch of background
+        jobs of one volume (its repo registered), up to BATCH files or BATCH_BYTES."""
+        deferred: list[tuple[int, int, _Job]] = []
+        batch: list[_Job] = []
+        size = 0
+        while self._queue:
+            item = heapq.heappop(self._queue)
+            priority, _, job = item
+            if job.done or job.queued != priority:
+                continue  # filled, or queued again at a better priority
+            if job.running:
+                # Queued again while a fill runs (it failed, or it is about to end): once
+                # that fill is over, the opens waiting now get one of their own.
+                deferred.append(item)
+                continue
+            if demand_only and priority != _DEMAND:
+                deferred.append(item)
+                break  # the rest are background jobs too
+            if batch and (
+                priority == _DEMAND
+                or job.volume_id != batch[0].volume_id
+                or len(batch) >= BATCH
+                or size >= BATCH_BYTES
+            ):
+                deferred.append(item)
+                break
+            job.queued = None
+            job.running = True
+            batch.append(job)
+            size += job.record.size
+            if priority == _DEMAND:
+                break
+        for item in deferred:
+            heapq.heappush(self._queue, item)
+        return batch
+
+    def _fill_batch(self, batch: list[_Job]) -> None:
+        with self._lock:
+            repo = self._repos[batch[0].volume_id]
+        reader = repo.reader()
+        try:
+            with contextlib.suppress(KvolError, OSError):
+                reader.prefetch(j.record for j in batch if len(batch) > 1)
+            for job in batch:
+                ok = False
+                try:
+                    ok = self._fill(job, reader)
+                except _Gone:
+                    self._forget(job)
+                    continue
+                except (KvolError, OSError) as exc:
+                    self.failures += 1
+                    log.warning("fetch of %s failed: %s", job.path.name, exc)
+                self._finish(job, ok)
+        finally:
+            reader.release()
+
+    def _fill(self, job: _Job, reader: ContentReader) -> bool:
+        """Fill the job's inode; raises _Gone if it is no longer the entry (evicted)."""
+        try:
+            fd = os.open(job.path, os.O_WRONLY | os.O_CLOEXEC | os.O_NOFOLLOW)
+        except FileNotFoundError:
+            raise _Gone from None
+        try:
+            st = os.fstat(fd)
+            if (st.st_dev, st.st_ino) != job.inode:
+                raise _Gone
+            _write_parts(reader, job.record, fd)
+            os.fsync(fd)
+            # The writes moved the mtime, which is part of the entry's identity.
+            os.utime(fd, ns=(job.record.mtime_ns, job.record.mtime_ns))
+            with contextlib.suppress(OSError):
+                os.removexattr(fd, PLACEHOLDER_XATTR)
+            os.fsync(fd)
+            with contextlib.suppress(OSError):
+                _mark(self._group, FAN_MARK_REMOVE, fd)
+        finally:
+            os.close(fd)
+        return True
+
+    def _forget(self, job: _Job) -> None:
+        # Evicted: only entries no snapshot links are, so nobody can open that inode now.
+        with job.lock:
+            job.done = True
+            waiters, job.waiters = job.waiters, []
+        self._answer(waiters, ok=False)
+        self._retire(job)
+
+    def _finish(self, job: _Job, ok: bool) -> None:
+        with job.lock:
+            if ok:
+                job.done = True
+            waiters, job.waiters = job.waiters, []
+        self._answer(waiters, ok=ok)
+        if ok:
+            self._retire(job)
+
+    def _retire(self, job: _Job) -> None:
+        with self._lock:
+            self._jobs.pop(job.inode, None)
+            if self._by_path.get(job.path) is job:
+                del self._by_path[job.path]
+            left = self._manifest_left.get(job.manifest, 1) - 1
+            self._manifest_left[job.manifest] = left
+        if left <= 0:
+            self._drop_manifest(job.manifest)
+
+    def _drop_manifest(self, manifest: Path) -> None:
+        with self._lock:
+            self._manifest_left.pop(manifest, None)
+        manifest.unlink(missing_ok=True)
+
+    # -- events --------------------------------------------------------------------------
+
+    def _answer(self, fds: list[int], *, ok: bool) -> None:
+        response = FAN_ALLOW if ok else FAN_DENY | (errno.EIO << FAN_ERRNO_SHIFT)
+        for fd in fds:
+            try:
+                os.write(self._group, _RESPONSE.pack(fd, response))
+            except OSError as exc:
+                log.error("fanotify response failed: %s", exc)
+            finally:
+                os.close(fd)
+
+    def _listen(self) -> None:
+        poller = select.poll()
+        poller.register(self._group, select.POLLIN)
+        poller.register(self._stop_r, select.POLLIN)
+        while True:
+            ready = {fd for fd, _ in poller.poll()}
+            if self._stop_r in ready:
+                return
+            try:
+                buf = os.read(self._group, 64 * 1024)
+            except BlockingIOError:
+                continue
+            offset = 0
+            while offset + _EVENT.size <= len(buf):
+                length, _, _, _, _, fd, tid = _EVENT.unpack_from(buf, offset)
+                offset += length
+                if fd >= 0:
+                    self._on_event(fd, tid)
+
+    def _on_event(self, fd: int, tid: int) -> None:
+        if tid in self._filler_tids:
+            self._answer([fd], ok=True)  # a filler writing the placeholder it owns
+            return
+        try:
+            st = os.fstat(fd)
+        except OSError:
+            self._answer([fd], ok=False)
+            return
+        with self._lock:
+            job = self._jobs.get((st.st_dev, st.st_ino))
+        if job is None:
+            self._answer([fd], ok=True)  # filled meanwhile, its mark on the way out
+            return
+        with job.lock:
+            if not job.done:
+                job.waiters.append(fd)
+                with self._lock:
+                    self._push(job, _DEMAND)
+                return
+        self._answer([fd], ok=True)
+
+
+class _Gone(Exception):
+    """The placeholder is no longer the cache's entry."""
+
+
+def _start_time(pid: int) -> int | None:
+    """A process's start time (clock ticks since boot): tells it from a reused pid."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            stat = f.read()
+    except OSError:
+        return None
+    # Fields after the command name, which is in parentheses and may hold spaces.
+    fields = stat[stat.rindex(b")") + 2 :].split()
+    if fields[0] == b"Z":
+        return None  # a zombie holds no descriptors
+    return int(fields[19])
+
+
+def _write_parts(reader: ContentReader, record: FileRecord, fd: int) -> None:
+    offset = 0
+    for data in reader.iter_parts(record):  # each part verified before it is written
+        view = memoryview(data)
+        while view:
+            n = os.pwrite(fd, view, offset)
+            view = view[n:]
+            offset += n
+    if offset != record.size:
+        raise CorruptData(f"content of {record.hash} has {offset} bytes, not {record.size}")
