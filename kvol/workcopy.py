@@ -1311,6 +1311,12 @@ class WorkingCopy:
             return fsops.safe_mode(record.mode)
         return mode
 
+    def _shows_mode(self, st_mode: int, record: FileRecord) -> bool:
+        """Would a commit record ``record``'s mode for a file with ``st_mode``? (A mount
+        group's view shows a committed 0644 as 0664, but a file the pod made 0644 itself
+        and committed is as clean as one showing the view.)"""
+        return self._committed_mode(st_mode, record) == fsops.safe_mode(record.mode)
+
     def _holds(self, root_fd: int, rel: str, record: FileRecord) -> os.stat_result | None:
         """The stat of the file at ``rel`` if it holds exactly ``record``'s content and mode,
         unchanged while it was read; else None."""
@@ -1320,9 +1326,7 @@ class WorkingCopy:
             return None
         try:
             before = os.fstat(fd)
-            if before.st_size != record.size or fsops.safe_mode(before.st_mode) != self._view_mode(
-                record.mode
-            ):
+            if before.st_size != record.size or not self._shows_mode(before.st_mode, record):
                 return None
             digest = hash_file(fd, before.st_size, self.repo.meta.chunk_size)
             after = os.fstat(fd)
@@ -1695,7 +1699,7 @@ class WorkingCopy:
             return False
         if entry.is_clean(st):
             return True
-        if st.st_size != record.size or fsops.safe_mode(st.st_mode) != self._view_mode(record.mode):
+        if st.st_size != record.size or not self._shows_mode(st.st_mode, record):
             return False
         fd = fsops.open_file(root_fd, rel)
         try:

@@ -72,6 +72,52 @@ def steps_of(log: str) -> list[Step]:
     return steps
 
 
+#: A note's argument names that are the rule's under another name.
+_NOTE_NAMES = {"copy": "i", "keep_last": "keep"}
+#: What a note's unnamed path is, by rule (the rest draw it as ``chosen``).
+_NOTE_PATH = {"write": "path", "mkdir": "path"}
+
+
+def steps_of_notes(log: str) -> list[Step]:
+    """The steps of the first "steps so far:" block in ``log`` (the machine's own notes,
+    which a divergence carries even when hypothesis could not replay its example)."""
+    lines = log.splitlines()
+    try:
+        start = next(n for n, raw in enumerate(lines) if raw.strip(" E|") == "steps so far:")
+    except StopIteration:
+        raise SystemExit("no listing and no steps in the log") from None
+    steps: list[Step] = []
+    for raw in lines[start + 1 :]:
+        line = raw.strip(" E|")
+        if line.startswith("->"):
+            continue
+        found = re.match(r"(\w+)\((.*)\)$", line)
+        if not found:
+            break
+        name, text = found.groups()
+        text = re.sub(r"('[^']*') -> ('[^']*')", r"\1, dst=\2", text)
+        text = re.sub(r"(^|, )(before|after)$", r"\1when='\2'", text)
+        text = re.sub(r"^(copy=\d+), (.+)$", r"\2, \1", text)  # positional ones first
+        call = ast.parse(f"f({text})", mode="eval").body
+        assert isinstance(call, ast.Call)
+        arguments = {
+            _NOTE_NAMES.get(kw.arg, kw.arg): ast.literal_eval(kw.value)
+            for kw in call.keywords
+            if kw.arg
+        }
+        positional = [ast.literal_eval(a) for a in call.args]
+        if name == "sdk_put":
+            arguments["paths"] = set(positional.pop())
+        if positional:
+            arguments[_NOTE_PATH.get(name, "chosen")] = positional.pop()
+        if name in ("kill_commit", "kill_reload"):
+            name, arguments["op"] = "kill", name.removeprefix("kill_")
+        if name == "commit" and steps and steps[-1] == (name, arguments):
+            continue  # a commit refused, then retried after a reload: one step
+        steps.append((name, arguments))
+    return steps
+
+
 def first_divergence(log: str) -> str:
     for line in log.splitlines():
         if found := re.search(r"(Divergence|AssertionError): (.*)$", line):
@@ -82,7 +128,9 @@ def first_divergence(log: str) -> str:
 def layout_of(log: str) -> str:
     """The layout of the first listing's machine (``state = VolumeMachine_<kind>()``)."""
     found = re.search(r"state = VolumeMachine_(\w+)\(\)", log)
-    return "overlay" if found and found.group(1).endswith("overlay") else "plain"
+    if found is None:  # no listing: the failing test's name
+        found = re.search(r"_ (test_\w+) _", log)
+    return "overlay" if found and "overlay" in found.group(1) else "plain"
 
 
 def _filesystem_env(base: Path, layout: str) -> Env:
@@ -128,9 +176,10 @@ def main(argv: list[str]) -> None:
         return
     log = Path(argv[0]).read_text()
     text = argv[1] if len(argv) > 1 else first_divergence(log)
+    steps = steps_of(log) if "state = VolumeMachine_" in log else steps_of_notes(log)
     with tempfile.TemporaryDirectory(prefix="kvol-shrink-") as base:
         env = _filesystem_env(Path(base), layout_of(log))
-        for step in shrink(env, steps_of(log), text):
+        for step in shrink(env, steps, text):
             print(f"            {step!r},")
 
 

@@ -789,3 +789,22 @@ def test_a_directory_removed_here_stays_gone_when_only_a_file_deleted_here_impli
             ("reload", {"i": 2}),
         ],
     )
+
+
+def test_a_file_a_grouped_pod_made_and_committed_takes_a_newer_commit_on_reload(
+    overlay_env: Env,
+) -> None:
+    # A mount group's view shows committed files group-writable (0664 for 0644); copy 1
+    # made "b/a/b" 0644 itself. Its reload, within the racy window, took that mode for a
+    # local change: the newer put was "kept local" and the next commit reverted it.
+    replay(
+        overlay_env,
+        [
+            ("replace_pod", {"i": 1, "reuse": False, "grouped": True}),
+            ("write", {"i": 1, "path": "b/a/b", "tag": 4, "large": True}),
+            ("commit", {"i": 1}),
+            ("sdk_put", {"paths": {"a/b", "b/a/b"}, "tag": 3, "large": False}),
+            ("reload", {"i": 1}),
+            ("commit", {"i": 1}),
+        ],
+    )
