@@ -13,16 +13,15 @@ from kvol.catalog import Catalog
 from kvol.csi import mounts
 from kvol.csi.main import parser
 from kvol.csi.node import NodeConfig, NodeService
-from kvol.csi.proto import csi_pb2
 from kvol.csi.resolver import StaticResolver
 from kvol.lazy import is_placeholder
 from kvol.overlay import overlay_supported
 from kvol.repo import Repo
 from kvol.store import FilesystemStore
 from kvol.workcopy import WorkingCopy
+from tests.unit.csi.pods import publish as publish_pod
 
 NAMESPACE = "team-a"
-MODE = csi_pb2.VolumeCapability.AccessMode.Mode
 
 
 @pytest.fixture(autouse=True)
@@ -46,31 +45,13 @@ def files(tmp_path: Path) -> Iterator[dict[str, bytes]]:
     mounts.unmount_tree(tmp_path)
 
 
+def publish(node: NodeService, tmp_path: Path) -> Path:
+    return publish_pod(node, tmp_path, NAMESPACE)
+
+
 def service(tmp_path: Path) -> NodeService:
     config = NodeConfig("node-1", tmp_path / "state", layout="overlay", lazy_fetch=True)
     return NodeService(config, StaticResolver(f"file://{tmp_path / 'store'}", 0))
-
-
-def publish(node: NodeService, tmp_path: Path) -> Path:
-    uid = secrets.token_hex(6)
-    target = tmp_path / "pods" / uid / "volumes" / "kubernetes.io~csi" / "data" / "mount"
-    target.parent.mkdir(parents=True)
-    node.NodePublishVolume(
-        csi_pb2.NodePublishVolumeRequest(
-            volume_id=f"csi-{uid}",
-            target_path=str(target),
-            volume_capability=csi_pb2.VolumeCapability(
-                mount=csi_pb2.VolumeCapability.MountVolume(),
-                access_mode=csi_pb2.VolumeCapability.AccessMode(mode=MODE.MULTI_NODE_MULTI_WRITER),
-            ),
-            volume_context={
-                "volume": "data",
-                "csi.storage.k8s.io/pod.namespace": NAMESPACE,
-                "csi.storage.k8s.io/pod.uid": uid,
-            },
-        )
-    )
-    return target
 
 
 def cache_entries(tmp_path: Path) -> list[Path]:

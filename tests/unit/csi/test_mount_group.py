@@ -4,7 +4,6 @@ the copy-on-write view, with no file changed at publish, and root pods see what 
 from __future__ import annotations
 
 import os
-import secrets
 import stat
 import subprocess
 from collections.abc import Iterator
@@ -23,10 +22,15 @@ from kvol.overlay import overlay_supported
 from kvol.repo import Repo
 from kvol.store import FilesystemStore
 from kvol.workcopy import WorkingCopy
+from tests.unit.csi.pods import publish as publish_pod
+from tests.unit.csi.pods import unpublish
 
 NAMESPACE = "team-a"
 GROUP = 1000
-MODE = csi_pb2.VolumeCapability.AccessMode.Mode
+
+
+def publish(node: NodeService, tmp_path: Path, group: str = "") -> Path:
+    return publish_pod(node, tmp_path, NAMESPACE, group=group)
 
 
 @pytest.fixture(autouse=True)
@@ -58,36 +62,6 @@ def repo(tmp_path: Path) -> Iterator[Repo]:
 def node(tmp_path: Path, repo: Repo) -> NodeService:
     config = NodeConfig("node-1", tmp_path / "state", layout="overlay")
     return NodeService(config, StaticResolver(f"file://{tmp_path / 'store'}", 0))
-
-
-def publish(node: NodeService, tmp_path: Path, group: str = "") -> Path:
-    uid = secrets.token_hex(6)
-    target = tmp_path / "pods" / uid / "volumes" / "kubernetes.io~csi" / "data" / "mount"
-    target.parent.mkdir(parents=True)
-    node.NodePublishVolume(
-        csi_pb2.NodePublishVolumeRequest(
-            volume_id=f"csi-{uid}",
-            target_path=str(target),
-            volume_capability=csi_pb2.VolumeCapability(
-                mount=csi_pb2.VolumeCapability.MountVolume(volume_mount_group=group),
-                access_mode=csi_pb2.VolumeCapability.AccessMode(mode=MODE.MULTI_NODE_MULTI_WRITER),
-            ),
-            volume_context={
-                "volume": "data",
-                "csi.storage.k8s.io/pod.namespace": NAMESPACE,
-                "csi.storage.k8s.io/pod.name": f"pod-{uid}",
-                "csi.storage.k8s.io/pod.uid": uid,
-            },
-        )
-    )
-    return target
-
-
-def unpublish(node: NodeService, target: Path) -> None:
-    volume_id = f"csi-{target.parts[-5]}"
-    node.NodeUnpublishVolume(
-        csi_pb2.NodeUnpublishVolumeRequest(volume_id=volume_id, target_path=str(target))
-    )
 
 
 def as_member(target: Path, script: str) -> subprocess.CompletedProcess[str]:

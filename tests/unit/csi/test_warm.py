@@ -18,15 +18,15 @@ from kvol.catalog import Catalog
 from kvol.csi import mounts
 from kvol.csi.main import parser
 from kvol.csi.node import NodeConfig, NodeService
-from kvol.csi.proto import csi_pb2
 from kvol.csi.resolver import StaticResolver
 from kvol.overlay import overlay_supported
 from kvol.repo import Repo
 from kvol.store import FilesystemStore, Store
 from kvol.workcopy import WorkingCopy
+from tests.unit.csi.pods import publish as publish_pod
+from tests.unit.csi.pods import unpublish
 
 NAMESPACE = "team-a"
-MODE = csi_pb2.VolumeCapability.AccessMode.Mode
 
 
 class CountingStore(FilesystemStore):
@@ -88,39 +88,13 @@ def repo_of(store: Store) -> Repo:
     return Catalog.for_namespace(store, NAMESPACE).repo("data")
 
 
+def publish(node: NodeService, tmp_path: Path) -> Path:
+    return publish_pod(node, tmp_path, NAMESPACE)
+
+
 def service(tmp_path: Path, store: CountingStore, **config: object) -> NodeService:
     cfg = NodeConfig("node-1", tmp_path / "state", layout="overlay", **config)  # type: ignore[arg-type]
     return NodeService(cfg, CountingResolver(store))
-
-
-def publish(node: NodeService, tmp_path: Path) -> Path:
-    uid = secrets.token_hex(6)
-    target = tmp_path / "pods" / uid / "volumes" / "kubernetes.io~csi" / "data" / "mount"
-    target.parent.mkdir(parents=True)
-    node.NodePublishVolume(
-        csi_pb2.NodePublishVolumeRequest(
-            volume_id=f"csi-{uid}",
-            target_path=str(target),
-            volume_capability=csi_pb2.VolumeCapability(
-                mount=csi_pb2.VolumeCapability.MountVolume(),
-                access_mode=csi_pb2.VolumeCapability.AccessMode(mode=MODE.MULTI_NODE_MULTI_WRITER),
-            ),
-            volume_context={
-                "volume": "data",
-                "csi.storage.k8s.io/pod.namespace": NAMESPACE,
-                "csi.storage.k8s.io/pod.uid": uid,
-            },
-        )
-    )
-    return target
-
-
-def unpublish(node: NodeService, target: Path) -> None:
-    node.NodeUnpublishVolume(
-        csi_pb2.NodeUnpublishVolumeRequest(
-            volume_id=f"csi-{target.parts[-5]}", target_path=str(target)
-        )
-    )
 
 
 def snapshots(tmp_path: Path) -> list[Path]:
