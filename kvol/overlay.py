@@ -893,6 +893,8 @@ class OverlayWorkingCopy(WorkingCopy):
         # Pods see this mount through bind mounts in their own namespaces: find their
         # open files by device, not by path.
         wc.busy_device = os.stat(merged).st_dev
+        # As WorkingCopy.open does: a re-adopted copy settles a reload killed midway now.
+        wc._settle_stopped_reload()
         return wc
 
     def unmount(self) -> None:

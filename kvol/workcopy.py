@@ -1201,6 +1201,20 @@ class WorkingCopy:
                 removed.add(rel)
         return removed
 
+    def _finish_emptied_dirs(self, root_fd: int, kept: set[str], removed: set[str]) -> None:
+        """Remove the directories a stopped reload emptied and was about to remove: those
+        the volume no longer has (not in ``kept``), empty now, with a file the reload
+        removed (``removed``) below them. Left, one would read as a directory this copy
+        emptied itself, a change of its own that its next commit would publish."""
+        index = self.index
+        candidates = {a for rel in removed for a in paths.ancestors(rel)}
+        for rel in sorted(candidates, reverse=True):  # deepest first
+            if rel not in index.dirs or rel in kept or rel in index.files:
+                continue
+            if fsops.is_empty_dir(root_fd, rel) and fsops.remove_empty_dir(root_fd, rel):
+                index.dirs.discard(rel)
+                index.explicit_dirs.discard(rel)
+
     def _recover(self) -> None:
         """Settle a reload that stopped midway (killed, or failed), from its journal.
 
@@ -1292,6 +1306,7 @@ class WorkingCopy:
                 landed = self._holds(root_fd, rel, record)
                 if landed is not None:
                     index.files[rel] = IndexEntry(record, Signature.of(landed))
+            self._finish_emptied_dirs(root_fd, set(dirs), removed_by_reload)
             self._remove_temporaries(root_fd, {paths.parent(p) for p in files})
             _Staging.remove_stale(root_fd)
         finally:

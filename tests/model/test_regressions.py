@@ -808,3 +808,37 @@ def test_a_file_a_grouped_pod_made_and_committed_takes_a_newer_commit_on_reload(
             ("commit", {"i": 1}),
         ],
     )
+
+
+#: Another writer removes "a" (and "a/b", which implied it); copy 1's reload of that is
+#: killed after removing "a/b", right before removing the emptied "a".
+_RELOAD_KILLED_BEFORE_AN_EMPTIED_DIR: list[Step] = [
+    ("sdk_put", {"paths": {"a/b", "b/b"}, "tag": 0, "large": False}),
+    ("replace_pod", {"i": 1, "reuse": False, "grouped": False}),
+    ("sdk_rm", {"chosen": "a"}),
+    ("kill", {"i": 1, "op": "reload", "k": 5, "when": "before"}),
+]
+
+
+def test_a_directory_a_killed_reload_emptied_goes_when_the_reload_is_settled(
+    fs_env: Env,
+) -> None:
+    # Settled, "a" passed for a directory copy 1 emptied itself: the next reload kept it
+    # and the next commit published it again, over the other writer's removal.
+    replay(fs_env, [*_RELOAD_KILLED_BEFORE_AN_EMPTIED_DIR, ("reload", {"i": 1})])
+
+
+def test_a_reopened_overlay_copy_settles_a_killed_reload_before_anything_else(
+    overlay_env: Env,
+) -> None:
+    # Re-adopted (as a restarted node plugin does), the copy left the killed reload for
+    # its next lock; then the emptied "a" passed for the copy's own, and the pod's final
+    # commit (with its own deletion of "b/b") published it again.
+    replay(
+        overlay_env,
+        [
+            *_RELOAD_KILLED_BEFORE_AN_EMPTIED_DIR,
+            ("delete", {"i": 1, "chosen": "b/b"}),
+            ("replace_pod", {"i": 1, "reuse": False}),
+        ],
+    )
