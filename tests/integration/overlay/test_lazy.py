@@ -62,6 +62,21 @@ def lazy_cache(tmp_path: Path, caches: list[ContentCache], **kw: bool) -> Conten
     return cache
 
 
+def mount_lazily(
+    repo: Repo,
+    seq: int,
+    tmp_path: Path,
+    caches: list[ContentCache],
+    mounted: list[OverlayWorkingCopy],
+) -> tuple[OverlayWorkingCopy, ContentCache]:
+    """A pod's copy of ``seq`` over a snapshot built on a new lazy cache."""
+    cache = lazy_cache(tmp_path, caches)
+    lowers = Lowers(tmp_path / "lowers", cache)
+    wc = OverlayWorkingCopy.mount(repo, lowers, lowers.build(repo, seq), tmp_path / "pod")
+    mounted.append(wc)
+    return wc, cache
+
+
 def entries(cache: ContentCache) -> list[Path]:
     return [p for p in cache.root.glob("??/*") if not p.name.startswith(".")]
 
@@ -74,11 +89,7 @@ def test_tree_is_visible_before_any_byte_is_fetched_and_a_read_fills_it(
 ) -> None:
     files = files_of()
     seq = seed(repo, tmp_path, files)
-    cache = lazy_cache(tmp_path, caches)
-    lowers = Lowers(tmp_path / "lowers", cache)
-    lower = lowers.build(repo, seq)
-    wc = OverlayWorkingCopy.mount(repo, lowers, lower, tmp_path / "pod")
-    mounted.append(wc)
+    wc, cache = mount_lazily(repo, seq, tmp_path, caches, mounted)
     state = repo.state(seq)
 
     # Names, sizes, modes and mtimes as committed; no entry holds a byte yet.
@@ -135,10 +146,7 @@ def test_a_corrupt_object_fails_the_read_with_eio_and_the_entry_stays_a_placehol
     good = blob.read_bytes()
     blob.write_bytes(bytes(b ^ 0xFF for b in good[:16]) + good[16:])  # same size, wrong bytes
 
-    cache = lazy_cache(tmp_path, caches)
-    lowers = Lowers(tmp_path / "lowers", cache)
-    wc = OverlayWorkingCopy.mount(repo, lowers, lowers.build(repo, seq), tmp_path / "pod")
-    mounted.append(wc)
+    wc, cache = mount_lazily(repo, seq, tmp_path, caches, mounted)
     for _ in range(2):  # a failed fill is tried again on the next open, and fails again
         with pytest.raises(OSError) as exc:
             (wc.root / "big/model.bin").read_bytes()
@@ -162,11 +170,7 @@ def test_a_restarted_cache_marks_and_refills_what_the_previous_one_left(
 ) -> None:
     files = files_of()
     seq = seed(repo, tmp_path, files)
-    first = lazy_cache(tmp_path, caches)
-    lowers = Lowers(tmp_path / "lowers", first)
-    lower = lowers.build(repo, seq)
-    wc = OverlayWorkingCopy.mount(repo, lowers, lower, tmp_path / "pod")
-    mounted.append(wc)
+    wc, first = mount_lazily(repo, seq, tmp_path, caches, mounted)
     assert (wc.root / "d0/f0.bin").read_bytes() == files["d0/f0.bin"]
     first.close()  # the process holding the group goes away with placeholders left
 
@@ -198,10 +202,7 @@ def test_a_commit_after_a_lazy_publish_publishes_only_real_changes(
     files = files_of()
     seq = seed(repo, tmp_path, files)
     before = repo.state(seq).files
-    cache = lazy_cache(tmp_path, caches)
-    lowers = Lowers(tmp_path / "lowers", cache)
-    wc = OverlayWorkingCopy.mount(repo, lowers, lowers.build(repo, seq), tmp_path / "pod")
-    mounted.append(wc)
+    wc, cache = mount_lazily(repo, seq, tmp_path, caches, mounted)
     assert wc.commit().seq is None  # nothing changed, nothing fetched
 
     with open(wc.root / "big/model.bin", "r+b") as f:  # copied up from a placeholder
@@ -318,10 +319,7 @@ def test_a_placeholder_left_for_an_unknown_volume_is_filled_from_another_with_th
 ) -> None:
     files = files_of(2)
     seq = seed(repo, tmp_path, files)
-    first = lazy_cache(tmp_path, caches)
-    lowers = Lowers(tmp_path / "lowers", first)
-    wc = OverlayWorkingCopy.mount(repo, lowers, lowers.build(repo, seq), tmp_path / "pod")
-    mounted.append(wc)
+    wc, first = mount_lazily(repo, seq, tmp_path, caches, mounted)
     first.close(release=False)
 
     # The same files in another volume (same content, mode and mtime: the same entries).
