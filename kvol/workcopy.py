@@ -323,6 +323,9 @@ class WorkingCopy:
                 wc._apply(state, touched)
                 wc.index.base = state.seq
                 wc._save_index()
+                # Its records of what landed are done with: a later reload stopped midway
+                # must never take them for its own (see _landed_then_removed).
+                wc._drop_journal()
         except BaseException:
             wc.close(final_commit=False)  # no copy was made: not a writer
             raise
@@ -1131,6 +1134,11 @@ class WorkingCopy:
     # -- the reload journal -----------------------------------------------------------------
 
     def _write_journal(self, base: int, view: State, touched: set[str]) -> None:
+        # Records a finished reload (or a copy's creation) left are not this reload's: a
+        # file they name as landed and gone since would pass for a deletion made here.
+        for leftover in (LANDING_FILE, REMOVAL_FILE):
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(self.meta_dir / leftover)
         all_dirs = view.all_dirs()
         # The directories the reload may make: those it touches, and those that hold what
         # it writes (a directory only files imply is named by no operation).

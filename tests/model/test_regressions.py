@@ -842,3 +842,24 @@ def test_a_reopened_overlay_copy_settles_a_killed_reload_before_anything_else(
             ("replace_pod", {"i": 1, "reuse": False}),
         ],
     )
+
+
+def test_a_reload_killed_midway_never_takes_a_file_the_copy_was_made_with_for_a_deletion(
+    fs_env: Env,
+) -> None:
+    # The copy's creation left its records of the files it landed ("a/b"). Copy 0 then
+    # deleted "a/b" and committed; another writer put a new "a/b"; settling copy 0's
+    # killed reload read the old record as "landed, then deleted here", and the next
+    # commit deleted the other writer's new file.
+    replay(
+        fs_env,
+        [
+            ("sdk_put", {"paths": {"a/b"}, "tag": 0, "large": False}),
+            ("replace_pod", {"i": 0, "reuse": False}),
+            ("delete", {"i": 0, "chosen": "a/b"}),
+            ("commit", {"i": 0}),
+            ("sdk_put", {"paths": {"a/b"}, "tag": 2, "large": True}),
+            ("kill", {"i": 0, "op": "reload", "k": 5, "when": "before"}),
+            ("commit", {"i": 0}),
+        ],
+    )
