@@ -1136,9 +1136,7 @@ class WorkingCopy:
     def _write_journal(self, base: int, view: State, touched: set[str]) -> None:
         # Records a finished reload (or a copy's creation) left are not this reload's: a
         # file they name as landed and gone since would pass for a deletion made here.
-        for leftover in (LANDING_FILE, REMOVAL_FILE):
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(self.meta_dir / leftover)
+        self._drop_reload_records()
         all_dirs = view.all_dirs()
         # The directories the reload may make: those it touches, and those that hold what
         # it writes (a directory only files imply is named by no operation).
@@ -1165,9 +1163,13 @@ class WorkingCopy:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(self.meta_dir / name)
         if name == JOURNAL_FILE:
-            for leftover in (LANDING_FILE, REMOVAL_FILE):
-                with contextlib.suppress(FileNotFoundError):
-                    os.unlink(self.meta_dir / leftover)
+            self._drop_reload_records()
+
+    def _drop_reload_records(self) -> None:
+        """Remove a reload's notes of what it landed and removed (LANDING_FILE, REMOVAL_FILE)."""
+        for leftover in (LANDING_FILE, REMOVAL_FILE):
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(self.meta_dir / leftover)
 
     def _reload_records(self, name: str) -> list[Any]:
         """The lines of a reload's record file (LANDING_FILE, REMOVAL_FILE), parsed; the
