@@ -968,7 +968,7 @@ def _kind(path: Path) -> str | None:
 def cmd_commit(args: argparse.Namespace) -> int:
     mount = mount_of(args.dir)
     quiet = _CoreSkipLine()
-    core_log = logging.getLogger("kvol.workcopy")
+    core_log = logging.getLogger("kvol.committing")
     core_log.addFilter(quiet)
     try:
         result = mount.commit(args.message)

@@ -1,0 +1,618 @@
+"""Commit: publish what changed in a working copy since it last matched the volume,
+found by stat (untouched files are never read), journaled so that a commit that dies
+midway is settled by the next one (see docs/data-safety.md)."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+from collections import Counter
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import IO, Any, cast
+
+from kvol import fsops, metrics, paths
+from kvol.content import PACK_THRESHOLD, ContentWriter, SmallReader, Uploaded, same_stat
+from kvol.copybase import (
+    COMMIT_JOURNAL_FILE,
+    CommitResult,
+    CopyBase,
+    Found,
+    ScanResult,
+    found_key,
+    under_any,
+)
+from kvol.errors import CorruptData, KvolError, LimitExceeded, ReadOnly
+from kvol.index import (
+    RACY_NS,
+    IndexEntry,
+    Signature,
+    SigTuple,
+    as_stat_key,
+    packed_sig,
+    record_size,
+    unpack_sig,
+)
+from kvol.model import Entry, FileRecord, Limits, MkdirOp, Op, PutOp, RmdirOp, UnlinkOp, Writer
+
+log = logging.getLogger(__name__)
+
+#: Small files read and packed by one task of a commit.
+SMALL_BATCH = 256
+
+
+#: Files whose part of a commit journal is encoded at a time.
+JOURNAL_SLICE = 1024
+
+
+#: A commit of this many changed files gives the memory its phases freed back to the
+#: system between them (see _release_freed_memory).
+_LARGE_COMMIT_FILES = 10_000
+
+
+class Committing(CopyBase):
+    """A working copy's commit."""
+
+    def commit(self, message: str | None = None) -> CommitResult:
+        """Publish every change since the copy last matched the volume."""
+        if self.read_only:
+            raise ReadOnly("this working copy is read-only")
+        started = time.perf_counter()
+        try:
+            with self._locked():
+                result = self._commit_locked(message)
+        except Exception:
+            metrics.COMMITS.labels("failed").inc()
+            raise
+        if result.seq is None:
+            metrics.COMMITS.labels("empty").inc()
+        else:
+            metrics.COMMITS.labels("published").inc()
+            metrics.COMMIT_SECONDS.observe(time.perf_counter() - started)
+            metrics.COMMITTED_BYTES.inc(result.bytes)
+            metrics.COMMITTED_FILES.inc(result.files + result.deleted)
+        self._set_uncommitted(0 if not result.deferred else self._uncommitted)
+        return result
+
+    def _commit_locked(self, message: str | None) -> CommitResult:
+        scan_started_ns = time.time_ns()
+        scan = self._scan()
+        # What this commit is about to publish is uncommitted until it lands: a failing
+        # commit leaves it counted, so data piling up in the copy shows.
+        self._set_uncommitted(sum(found_key(f)[0] for f in scan.candidates.values()))
+        index = self.index
+        removed_dirs = _outermost(scan.dirs_removed)
+        # A deletion names what this copy saw at its base: every file of a removed tree the
+        # index has a record of, then its explicit directories, deepest first. A file
+        # another writer added under such a directory meanwhile is not named and survives
+        # (and keeps its directory). Files this copy never published need no deletion.
+        gone = set(scan.deleted)
+        gone_dirs: set[str] = set()
+        if removed_dirs:
+            gone.update(p for p in index.files if under_any(p, removed_dirs))
+            gone_dirs = {
+                d for d in index.explicit_dirs if d in removed_dirs or under_any(d, removed_dirs)
+            }
+        # Files of the volume this copy never had (kept out by a local file in the way of
+        # their directory, or by something not regular at their path): not this copy's
+        # to delete. A file or directory this commit publishes in their place replaces
+        # them; the others stay on record, to be written here by a later reload.
+        never_had = {
+            p for p in gone if index.files[p].stat_key is None and index.files[p].has_record
+        }
+        # Nor is a directory of theirs that only looked removed here (a local file stood
+        # where it goes): it holds files this copy never had.
+        gone_dirs -= {a for p in never_had for a in paths.ancestors(p)}
+        file_deletes = sorted(p for p in gone - never_had if index.files[p].has_record)
+        rmdirs = sorted(gone_dirs, reverse=True)  # a directory after everything under it
+        ops: list[Op] = [UnlinkOp(p) for p in file_deletes]
+        ops += [RmdirOp(d) for d in rmdirs]
+        # A directory here that the volume has only through files this copy never had:
+        # the copy made it as far as it saw the volume, so it is published as made.
+        made = scan.dirs_added | self._implied_only_by_hidden(scan, never_had)
+        ops += [MkdirOp(d) for d in sorted(made)]
+
+        large = len(scan.candidates) >= _LARGE_COMMIT_FILES
+        uploads, stats, unreadable = self._upload(scan.candidates)
+        if large:
+            _release_freed_memory()  # the upload's buffers, before records take their place
+        skipped = sorted(scan.skipped | unreadable)
+        if skipped:
+            shown = ", ".join(skipped[:5]) + (
+                f" and {len(skipped) - 5} more" if len(skipped) > 5 else ""
+            )
+            log.warning("not committed from %s (not regular files): %s", self.root, shown)
+
+        def racy(sig: SigTuple) -> bool:
+            return sig[1] >= scan_started_ns - RACY_NS
+
+        puts: dict[str, _Put] = {}
+        refreshed: dict[str, SigTuple] = {}
+        deferred: list[str] = []
+        sent_bytes = sum(u.sent_bytes for u in uploads.values())
+        modes: dict[int, int] = {}  # one int per distinct mode, not one per file
+        # Each upload and stat goes once its record is made: at 100,000 files they are
+        # tens of MiB, which the journal and the log entry would otherwise come on top of.
+        for rel in sorted(uploads):
+            up, packed = uploads.pop(rel), stats.pop(rel)
+            if not up.stable:
+                deferred.append(rel)
+                continue
+            sig = unpack_sig(packed)
+            # Only permission bits are published: set-id and sticky bits are never applied
+            # by a copy (see fsops.safe_mode), so they are not recorded either.
+            entry = index.files.get(rel)
+            mode = self._committed_mode(sig[4], entry.record if entry is not None else None)
+            mode = modes.setdefault(mode, mode)
+            if (
+                entry is not None
+                and entry.record is not None
+                and entry.sig is not None  # a file this copy never had is a new write
+                and entry.record.hash == up.hash
+                and fsops.safe_mode(entry.record.mode) == mode
+            ):
+                refreshed[rel] = sig  # touched, not changed: nothing to publish
+                continue
+            record = FileRecord(up.size, sig[1], mode, up.hash, up.parts)
+            puts[rel] = (record, packed, racy(sig))
+            ops.append(PutOp(rel, record))
+        del uploads, stats  # emptied, but their tables stay until they go
+
+        # A directory only its files implied, kept here while this commit removes its last
+        # file, is published as a directory: else it would leave the volume with the file.
+        kept_dirs = [
+            d
+            for d in self._dirs_left_empty(scan, file_deletes, gone_dirs, puts, never_had)
+            if d not in made
+        ]
+        ops += [MkdirOp(d) for d in kept_dirs]
+
+        for rel, sig in refreshed.items():
+            entry = index.files[rel]
+            entry.stat_key, entry.racy = sig, racy(sig)
+        gone -= {
+            p
+            for p in never_had
+            if p not in scan.dirs_added and not any(a in puts for a in paths.ancestors(p))
+        }
+        if not ops:
+            # Entries of files never published that are gone locally need no deletion.
+            forgotten = gone.difference(file_deletes)
+            for p in forgotten:
+                del index.files[p]
+            if refreshed or forgotten:
+                self._save_index()
+            return CommitResult(None, deferred=tuple(deferred), skipped=tuple(skipped))
+
+        self._check_limits(removed_dirs, file_deletes, puts, made)
+        done = _Published(
+            gone=sorted(gone),
+            removed_dirs=sorted(removed_dirs),
+            dirs_added=sorted(made.union(kept_dirs)),
+            puts=puts,
+        )
+        # Written (and synced) before publishing: a commit that dies after its entry
+        # landed but before the index records it is settled from this at the next lock
+        # (see _recover_commit); else its files would look changed and be published
+        # again, over whatever other writers committed meanwhile.
+        self._write_commit_journal(ops, index.base, self._known_head, done)
+        if large:
+            _release_freed_memory()
+        seq = self.repo.publish(
+            ops, index.base, message, known_head=self._known_head, writer=self.writer
+        )
+        self._known_head = seq
+        result = CommitResult(
+            seq,
+            files=len(puts),
+            deleted=len(file_deletes) + len(rmdirs),
+            bytes=sum(r.size for r, _, _ in puts.values()),
+            sent_bytes=sent_bytes,
+            deferred=tuple(deferred),
+            skipped=tuple(skipped),
+        )
+        del ops  # the index holds the records from here on
+        if large:
+            _release_freed_memory()  # the log entry's encoding, before the index grows
+        self._record_published(seq, done)
+        done.puts.clear()
+        self._save_index()
+        self._drop_journal(COMMIT_JOURNAL_FILE)
+        return result
+
+    def _dirs_left_empty(
+        self,
+        scan: ScanResult,
+        file_deletes: list[str],
+        gone_dirs: set[str],
+        puts: dict[str, _Put],
+        never_had: set[str],
+    ) -> list[str]:
+        """Directories still here that only files implied in the volume, and that no file
+        or explicit directory of the volume keeps once this commit's deletions apply (the
+        files this copy never had do not count: it cannot see them keep anything)."""
+        index = self.index
+        here = (index.dirs - scan.dirs_removed) | scan.dirs_added
+        candidates = {
+            a
+            for p in [*file_deletes, *gone_dirs]
+            for a in paths.ancestors(p)
+            if a in here and a not in index.explicit_dirs and a not in scan.dirs_added
+        }
+        if not candidates:
+            return []
+        deleted = set(file_deletes) | never_had
+        kept = [p for p, e in index.files.items() if e.has_record and p not in deleted]
+        kept += list(puts)
+        kept += [d for d in index.explicit_dirs | scan.dirs_added if d not in gone_dirs]
+        filled = {a for p in kept for a in paths.ancestors(p)}
+        return sorted(candidates - filled)
+
+    def _implied_only_by_hidden(self, scan: ScanResult, never_had: set[str]) -> set[str]:
+        """Directories here, known to the volume, that only files this copy never had
+        imply (a local directory or file stands where they go): they were not the volume's
+        as this copy saw it, so it made them."""
+        if not never_had:
+            return set()
+        index = self.index
+        candidates = {
+            a
+            for p in never_had
+            for a in paths.ancestors(p)
+            if a in index.dirs and a not in scan.dirs_removed and a not in index.explicit_dirs
+        }
+        if not candidates:
+            return set()
+        implied = {a for d in index.explicit_dirs for a in paths.ancestors(d)}
+        implied.update(
+            a
+            for p, e in index.files.items()
+            if e.has_record and p not in never_had
+            for a in paths.ancestors(p)
+        )
+        return candidates - implied
+
+    def _record_published(self, seq: int, done: _Published) -> None:
+        """Bring the index up to a commit of this copy that landed at ``seq``; applying
+        it twice changes nothing."""
+        index = self.index
+        if seq == index.base + 1:
+            # Nobody published in between: the copy now matches the volume at seq, and
+            # the next commit need not probe the log positions this one took.
+            index.base = seq
+        elif seq > index.base:
+            index.ahead = max(index.ahead, seq)
+        for p in done.gone:
+            index.files.pop(p, None)
+        for d in done.removed_dirs:
+            index.dirs = {x for x in index.dirs if not paths.is_under(x, d)}
+            index.explicit_dirs = {x for x in index.explicit_dirs if not paths.is_under(x, d)}
+        index.dirs.update(done.dirs_added)
+        index.explicit_dirs.update(done.dirs_added)
+        if done.puts:
+            # A file put where the volume has a directory replaces that directory and
+            # everything under it (one this copy kept a local file over: not on disk here,
+            # but still on record as the volume's until now).
+            known = index.dirs | index.explicit_dirs
+            known.update(a for d in index.explicit_dirs for a in paths.ancestors(d))
+            for rel in [rel for rel in done.puts if rel in known]:
+                index.dirs = {x for x in index.dirs if not paths.is_under(x, rel)}
+                index.explicit_dirs = {x for x in index.explicit_dirs if not paths.is_under(x, rel)}
+        for rel, (record, sig, racy) in done.puts.items():
+            index.files[rel] = IndexEntry(record, _sharing(as_stat_key(sig), record), racy)
+            index.dirs.update(paths.ancestors(rel))
+
+    def _write_commit_journal(
+        self, ops: list[Op], base: int, known_head: int, done: _Published
+    ) -> None:
+        head = {
+            "format": 1,
+            "base": base,
+            "known_head": known_head,
+            # Another writer may publish the very same operations (the same files
+            # extracted in two copies): only an entry of this writer is this commit.
+            "writer": self.writer.id,
+        }
+
+        def dumps(value: Any) -> str:
+            return json.dumps(value, separators=(",", ":"))
+
+        def pieces() -> Iterator[bytes]:
+            # The JSON of one object holding head, ops, gone, removed_dirs, dirs_added and
+            # puts, made a slice of files at a time: at 100,000 files the whole (and its
+            # lists) would be hundreds of MiB, and its bytes are only ever read back.
+            yield dumps(head)[:-1].encode()
+            yield b',"ops":['
+            for i in range(0, len(ops), JOURNAL_SLICE):
+                # As an entry stores them (no JSON round trip: a copy of every record).
+                some = Entry(tuple(ops[i : i + JOURNAL_SLICE]), 0.0, Writer("", "", 0), 0)
+                yield (b"," if i else b"") + dumps(some.to_payload()["ops"])[1:-1].encode()
+            yield (
+                f'],"gone":{dumps(done.gone)},"removed_dirs":{dumps(done.removed_dirs)},'
+                f'"dirs_added":{dumps(done.dirs_added)},"puts":{{'
+            ).encode()
+            puts = list(done.puts.items())
+            for i in range(0, len(puts), JOURNAL_SLICE):
+                some_puts = {
+                    rel: [record.to_list(), _sig_list(sig), racy]
+                    for rel, (record, sig, racy) in puts[i : i + JOURNAL_SLICE]
+                }
+                yield (b"," if i else b"") + dumps(some_puts)[1:-1].encode()
+            yield b"}}"
+
+        fsops.write_atomically(self.meta_dir / COMMIT_JOURNAL_FILE, pieces())
+
+    def _recover_commit(self) -> None:
+        """Settle a commit that stopped after writing its journal (killed, or failed).
+
+        If its entry is in the log (the same operations, after the base it was made on),
+        the index records it as a finished commit would have; otherwise nothing was
+        published and the next commit publishes the same changes.
+        """
+        path = self.meta_dir / COMMIT_JOURNAL_FILE
+        try:
+            journal = json.loads(path.read_bytes())
+            base = int(journal["base"])
+            start = max(base, int(journal["known_head"]))
+            ops = journal["ops"]
+            if not isinstance(ops, list):
+                raise TypeError("ops is not a list")
+            writer = journal.get("writer")  # absent in journals of older versions
+            done = _Published(
+                gone=[paths.check(str(p)) for p in journal["gone"]],
+                removed_dirs=[paths.check(str(p)) for p in journal["removed_dirs"]],
+                dirs_added=[paths.check(str(p)) for p in journal["dirs_added"]],
+                puts={
+                    paths.check(str(rel)): (
+                        FileRecord.from_list(record),
+                        Signature(*(int(v) for v in sig)),
+                        bool(racy),
+                    )
+                    for rel, (record, sig, racy) in journal["puts"].items()
+                },
+            )
+        except FileNotFoundError:
+            return
+        except (ValueError, KeyError, TypeError, AttributeError, KvolError) as exc:
+            raise CorruptData(f"commit journal {path} is unreadable: {exc}") from exc
+        landed = None
+        # A commit that landed before the pruning horizon is out of reach: it is taken as
+        # not landed, so its changes stay local changes (never lost). The horizon's own
+        # entry is retained history, so the search starts right before it.
+        for seq, entry in self.repo.entries_after(max(start, self.repo.horizon() - 1)):
+            if (writer is None or entry.writer.id == writer) and _ops_payload(entry.ops) == ops:
+                landed = seq
+                break
+        self._load_saved_index()
+        if landed is not None:
+            self._known_head = max(self._known_head, landed)
+            self._record_published(landed, done)
+            self._save_index()
+        self._drop_journal(COMMIT_JOURNAL_FILE)
+
+    def _upload(
+        self, candidates: dict[str, Found]
+    ) -> tuple[dict[str, Uploaded], dict[str, bytes], set[str]]:
+        """Read and send the candidates. Returns what was sent, the stat each file had when
+        opened (as a packed signature: a whole stat is ten times its size), and the paths
+        found not to be regular files (never read)."""
+        unreadable: set[str] = set()
+        if not candidates:
+            return {}, {}, unreadable
+        root_fd = fsops.open_root(str(self.root))
+        stats: dict[str, bytes] = {}
+
+        def opener(rel: str) -> Any:
+            def open_it() -> tuple[IO[bytes], os.stat_result]:
+                fd = fsops.open_file(root_fd, rel)
+                st = os.fstat(fd)
+                stats[rel] = packed_sig(st)
+                return cast(IO[bytes], os.fdopen(fd, "rb", buffering=0)), st
+
+            return open_it
+
+        sizes = {rel: found_key(found)[0] for rel, found in candidates.items()}
+        small = sorted(rel for rel, size in sizes.items() if size <= PACK_THRESHOLD)
+        large = [rel for rel, size in sizes.items() if size > PACK_THRESHOLD]
+        del sizes
+        # Each read takes its own stat: the scan's (tens of MiB at 100,000 files) go now,
+        # before the reads fill memory with theirs.
+        candidates.clear()
+
+        def read_small(rels: list[str]) -> SmallReader:
+            return lambda: self._read_small(root_fd, rels, stats)
+
+        meta = self.repo.meta
+        try:
+            with ContentWriter(
+                self.repo.store,
+                self.repo.keys,
+                meta.chunk_size,
+                known=self.index.known_content(),
+                concurrency=self.concurrency,
+            ) as writer:
+                # Large files first, so workers send them while this thread reads the
+                # small ones in batches (sorted: a batch spans few directories).
+                futures = {rel: writer.add(opener(rel)) for rel in large}
+                batches = [
+                    writer.add_small_files(read_small(small[i : i + SMALL_BATCH]))
+                    for i in range(0, len(small), SMALL_BATCH)
+                ]
+                writer.finish()
+                results: dict[str, Uploaded] = {}
+                failures: dict[str, BaseException | None] = {}
+                for batch in batches:
+                    done = batch.result()
+                    results.update(done.uploaded)
+                    failures.update(done.errors)
+                for rel, future in futures.items():
+                    failures[rel] = future.exception()
+                    if failures[rel] is None:
+                        results[rel] = future.result()
+                for rel, exc in failures.items():
+                    if isinstance(exc, fsops.NotRegularFile):
+                        unreadable.add(rel)  # replaced by a FIFO, socket or device
+                        continue
+                    if isinstance(exc, FileNotFoundError | IsADirectoryError | NotADirectoryError):
+                        continue  # removed or replaced since the scan: the next commit sees it
+                    if exc is not None:
+                        raise exc
+        finally:
+            os.close(root_fd)
+        return results, stats, unreadable
+
+    @staticmethod
+    def _read_small(
+        root_fd: int, rels: list[str], stats: dict[str, bytes]
+    ) -> Iterator[tuple[str, bytes | BaseException, bool]]:
+        """Read small files, each directory opened once (without symlinks) per batch."""
+        dirs: dict[str, int] = {}
+        try:
+            for rel in rels:
+                head, _, name = rel.rpartition("/")
+                try:
+                    dir_fd = dirs.get(head)
+                    if dir_fd is None:
+                        dir_fd = dirs[head] = fsops.open_dir(root_fd, head)
+                    fd = fsops.open_regular_at(dir_fd, name, rel)
+                except OSError as exc:
+                    yield rel, exc, False
+                    continue
+                try:
+                    before = os.fstat(fd)
+                    data = fsops.read_up_to(fd, PACK_THRESHOLD + 1)
+                    after = os.fstat(fd)
+                finally:
+                    os.close(fd)
+                stats[rel] = packed_sig(before)
+                # A file that grew past the pack size since the scan changed meanwhile.
+                stable = same_stat(before, after) and len(data) == before.st_size
+                yield rel, data, stable and len(data) <= PACK_THRESHOLD
+        finally:
+            for dir_fd in dirs.values():
+                os.close(dir_fd)
+
+    def _check_limits(
+        self,
+        removed_dirs: set[str],
+        file_deletes: list[str],
+        puts: dict[str, _Put],
+        dirs_added: set[str],
+    ) -> None:
+        limits: Limits = self.repo.meta.limits
+        if limits == Limits():
+            return
+        for rel, (record, _, _) in puts.items():
+            if limits.max_file_size is not None and record.size > limits.max_file_size:
+                raise LimitExceeded(
+                    f"{rel} is {record.size:,} bytes, over the volume's file size limit of "
+                    f"{limits.max_file_size:,}; nothing was published and your files are unchanged"
+                )
+        # The files the volume would hold: this runs at every commit and looks at every
+        # file, so records are read without being parsed, and only for what is checked.
+        files = self.index.files
+        gone = set(file_deletes)
+        under_removed = tuple(d + "/" for d in removed_dirs)
+        if removed_dirs:
+            gone.update(p for p in files if p in removed_dirs or p.startswith(under_removed))
+        kept = [p for p, e in files.items() if e.has_record and p not in gone and p not in puts]
+        count = len(kept) + len(puts)
+        if limits.max_files is not None and count > limits.max_files:
+            raise LimitExceeded(
+                f"the volume would hold {count:,} files, over its limit of {limits.max_files:,}; "
+                "nothing was published and your files are unchanged"
+            )
+        if limits.max_bytes is not None:
+            total = sum(record_size(files[p]) for p in kept)
+            total += sum(r.size for r, _, _ in puts.values())
+            if total > limits.max_bytes:
+                raise LimitExceeded(
+                    f"the volume would hold {total:,} bytes, over its limit of {limits.max_bytes:,}; "
+                    "nothing was published and your files are unchanged"
+                )
+        if limits.max_files_per_directory is not None:
+            # The directories as this commit leaves them: removed trees gone, new ones in,
+            # and every one a file or directory implies.
+            dirs = {
+                d
+                for d in self.index.dirs
+                if d not in removed_dirs and not d.startswith(under_removed)
+            }
+            dirs |= dirs_added
+            kept += puts
+            counts = Counter(p.rpartition("/")[0] for p in kept)
+            implied = set(counts) | {a for d in dirs for a in paths.ancestors(d)}
+            for d in list(implied):
+                implied.update(paths.ancestors(d))
+            implied.discard("")
+            for d in dirs | implied:
+                counts[d.rpartition("/")[0]] += 1
+            for directory, count in counts.items():
+                if count > limits.max_files_per_directory:
+                    raise LimitExceeded(
+                        f"directory {directory or '/'} would hold {count:,} entries, over the volume's "
+                        f"limit of {limits.max_files_per_directory:,} per directory; nothing was published"
+                    )
+
+
+#: A file a commit publishes: its record, the stat it had when read, whether to hash it
+#: again at the next scan.
+_Put = tuple[FileRecord, Signature | SigTuple | bytes, bool]
+
+
+@dataclass
+class _Published:
+    """How a commit changes the index once its entry has landed."""
+
+    gone: list[str]
+    removed_dirs: list[str]
+    dirs_added: list[str]
+    #: Path -> (its record, the stat it had when read, hash it again at the next scan).
+    puts: dict[str, _Put]
+
+
+def _release_freed_memory() -> None:
+    """Give the system back the heap memory freed so far. glibc keeps freed blocks of the
+    heap for reuse, and after a large commit phase (16 MiB pack buffers, the encoded
+    journal and log entry) that is tens of MiB the next phase, made of small objects
+    Python keeps elsewhere, never reuses. A no-op where the C library has no
+    malloc_trim."""
+    import ctypes  # only large commits come here
+
+    try:
+        trim = ctypes.CDLL(None).malloc_trim
+    except (AttributeError, OSError):
+        return
+    trim(0)
+
+
+def _sharing(key: SigTuple, record: FileRecord) -> SigTuple:
+    """``key`` made of the record's own ints where they are equal (its size, its mtime as
+    the ctime of a file not changed since it was written, its mode): after a commit of
+    100,000 files the index then holds one int of each file's stat, not five."""
+    size, mtime_ns, ino, ctime_ns, mode = key
+    return (
+        record.size if size == record.size else size,
+        record.mtime_ns if mtime_ns == record.mtime_ns else mtime_ns,
+        ino,
+        record.mtime_ns if ctime_ns == record.mtime_ns else ctime_ns,
+        record.mode if mode == record.mode else mode,
+    )
+
+
+def _sig_list(sig: Signature | SigTuple | bytes) -> list[int]:
+    if isinstance(sig, bytes):
+        return list(unpack_sig(sig))
+    return list(sig) if isinstance(sig, tuple) else sig.to_list()
+
+
+def _ops_payload(ops: list[Op] | tuple[Op, ...]) -> Any:
+    """Operations as an entry stores them, as JSON reads them back (lists, not tuples)."""
+    payload = Entry(tuple(ops), 0.0, Writer("", "", 0), 0).to_payload()["ops"]
+    return json.loads(json.dumps(payload))
+
+
+def _outermost(dirs: set[str]) -> set[str]:
+    return {d for d in dirs if not any(a in dirs for a in paths.ancestors(d))}
