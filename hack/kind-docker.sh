@@ -21,6 +21,8 @@
 # KVOL_KIND_RUN (/run/kvol-kind, socket, pid, log).
 # Needs root and the Debian package docker.io (apt-get install docker.io).
 set -euo pipefail
+# shellcheck source=lib.sh
+. "$(dirname "$0")/lib.sh"
 
 NETNS="${KVOL_KIND_NETNS:-kvol-kind}"
 DATA="${KVOL_KIND_DIR:-/var/lib/kvol-kind}"
@@ -32,12 +34,7 @@ LOG="$RUN/dockerd.log"
 say() { printf '[kind-docker] %s\n' "$*" >&2; }
 die() { say "error: $*"; exit 1; }
 
-running_pid() {
-  local pid
-  [ -f "$PIDFILE" ] || return 0
-  pid=$(cat "$PIDFILE")
-  if [ -n "$pid" ] && kill -0 "$pid" 2>/dev/null; then echo "$pid"; fi
-}
+running_pid() { live_pid "$PIDFILE"; }
 
 answers() { DOCKER_HOST="unix://$SOCKET" /usr/bin/docker info >/dev/null 2>&1; }
 

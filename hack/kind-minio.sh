@@ -11,9 +11,10 @@
 # Credentials are made on first start and kept in $KVOL_KIND_DIR/minio.env
 # (MINIO_ROOT_USER, MINIO_ROOT_PASSWORD). Needs root and a running hack/kind-up.sh cluster.
 set -euo pipefail
+# shellcheck source=lib.sh
+. "$(dirname "$0")/lib.sh"
 
 ROOT="$(cd "$(dirname "$0")/.." && pwd)"
-KVOL_BIN="${KVOL_CACHE:-$HOME/.cache/kvol}/bin"
 DATA="${KVOL_KIND_DIR:-/var/lib/kvol-kind}"
 RUN="${KVOL_KIND_RUN:-/run/kvol-kind}"
 NETNS="${KVOL_KIND_NETNS:-kvol-kind}"
@@ -26,12 +27,7 @@ PORT=9000
 say() { printf '[kind-minio] %s\n' "$*" >&2; }
 die() { say "error: $*"; exit 1; }
 
-running_pid() {
-  local pid
-  [ -f "$PIDFILE" ] || return 0
-  pid=$(cat "$PIDFILE")
-  if [ -n "$pid" ] && kill -0 "$pid" 2>/dev/null; then echo "$pid"; fi
-}
+running_pid() { live_pid "$PIDFILE"; }
 
 in_netns() { nsenter --net="/var/run/netns/$NETNS" "$@"; }
 

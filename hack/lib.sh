@@ -53,3 +53,11 @@ busybox_stage() {
   printf 'root:x:0:0:root:/root:/bin/sh\nnobody:x:65534:65534:nobody:/:/bin/false\n' >"$dir/etc/passwd"
   printf 'root:x:0:\nnobody:x:65534:\n' >"$dir/etc/group"
 }
+
+# live_pid FILE: the pid FILE records, if that process is alive; nothing otherwise.
+live_pid() {
+  local pid
+  [ -f "$1" ] || return 0
+  pid=$(cat "$1")
+  if [ -n "$pid" ] && kill -0 "$pid" 2>/dev/null; then echo "$pid"; fi
+}
