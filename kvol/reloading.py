@@ -233,6 +233,15 @@ class Reloading(ReloadJournal):
                     fsops.make_dirs(root_fd, rel)
                 except NotADirectoryError:
                     blocked.add(rel)  # a kept local file above it
+            # A local file an earlier reload kept in the way of a directory of the volume
+            # (one this copy never had), untouched now (this reload retries what it kept
+            # out): it still blocks it.
+            for rel in sorted(near - touched):
+                if rel in all_dirs and rel not in index.dirs and not under_any(rel, blocked):
+                    st = fsops.lstat(root_fd, rel)
+                    if st is not None and not stat.S_ISDIR(st.st_mode):
+                        blocked.add(rel)
+                        kept.append(rel)
             known_dirs = index.dirs
             # Directories of the volume under a local file kept in their way are not here:
             # this copy never had them, so its commits must not remove them (they stay on

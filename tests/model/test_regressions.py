@@ -863,3 +863,27 @@ def test_a_reload_killed_midway_never_takes_a_file_the_copy_was_made_with_for_a_
             ("commit", {"i": 0}),
         ],
     )
+
+
+def test_a_reload_retrying_what_a_kept_local_file_blocked_never_takes_that_directory(
+    fs_env: Env,
+) -> None:
+    # Copy 1's edited file "a" kept out the volume's new directory "a" (with "a/b"). The
+    # next reload retried "a/b" and recorded "a" as a directory it had, although the local
+    # file still stood there; once the volume removed "a" and copy 1 made its own
+    # directory "a" in place of its file, a reload removed that directory as the volume's.
+    replay(
+        fs_env,
+        [
+            ("sdk_put", {"paths": {"a", "b"}, "tag": 0, "large": False}),
+            ("reload", {"i": 1}),
+            ("edit", {"i": 1, "chosen": "a", "tag": 0, "large": False}),
+            ("sdk_put", {"paths": {"a/b"}, "tag": 1, "large": False}),
+            ("reload", {"i": 1}),
+            ("reload", {"i": 1}),
+            ("sdk_rm", {"chosen": "a"}),
+            ("delete", {"i": 1, "chosen": "a"}),
+            ("mkdir", {"i": 1, "path": "a"}),
+            ("reload", {"i": 1}),
+        ],
+    )
