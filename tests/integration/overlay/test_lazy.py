@@ -23,23 +23,11 @@ from kvol.lazy import HOLDER_FILE, STATE_DIR, is_placeholder
 from kvol.overlay import ContentCache, Lowers, OverlayWorkingCopy, mount_overlay, umount
 from kvol.repo import Repo
 from kvol.workcopy import WorkingCopy
+from tests.integration.overlay.seeding import seed
 
 pytestmark = pytest.mark.root
 
 BIG = 600 * 1024  # above the pack threshold: stored as its own blob
-
-
-def seed(repo: Repo, tmp_path: Path, files: dict[str, bytes]) -> int:
-    wc = WorkingCopy.create(repo, tmp_path / "seed")
-    for rel, data in files.items():
-        p = wc.root / rel
-        p.parent.mkdir(parents=True, exist_ok=True)
-        p.write_bytes(data)
-    os.chmod(wc.root / next(iter(files)), 0o751)
-    seq = wc.commit().seq
-    wc.close(final_commit=False)
-    assert seq is not None
-    return seq
 
 
 def files_of(n: int = 6) -> dict[str, bytes]:
@@ -88,7 +76,7 @@ def test_tree_is_visible_before_any_byte_is_fetched_and_a_read_fills_it(
     mounted: list[OverlayWorkingCopy],
 ) -> None:
     files = files_of()
-    seq = seed(repo, tmp_path, files)
+    seq = seed(repo, tmp_path, files, first_mode=0o751)
     wc, cache = mount_lazily(repo, seq, tmp_path, caches, mounted)
     state = repo.state(seq)
 
@@ -140,7 +128,7 @@ def test_a_corrupt_object_fails_the_read_with_eio_and_the_entry_stays_a_placehol
     mounted: list[OverlayWorkingCopy],
 ) -> None:
     files = files_of(2)
-    seq = seed(repo, tmp_path, files)
+    seq = seed(repo, tmp_path, files, first_mode=0o751)
     record = repo.state(seq).files["big/model.bin"]
     (blob,) = (tmp_path / "store").rglob(record.parts[0].obj)
     good = blob.read_bytes()
@@ -169,7 +157,7 @@ def test_a_restarted_cache_marks_and_refills_what_the_previous_one_left(
     mounted: list[OverlayWorkingCopy],
 ) -> None:
     files = files_of()
-    seq = seed(repo, tmp_path, files)
+    seq = seed(repo, tmp_path, files, first_mode=0o751)
     wc, first = mount_lazily(repo, seq, tmp_path, caches, mounted)
     assert (wc.root / "d0/f0.bin").read_bytes() == files["d0/f0.bin"]
     first.close()  # the process holding the group goes away with placeholders left
@@ -200,7 +188,7 @@ def test_a_commit_after_a_lazy_publish_publishes_only_real_changes(
     mounted: list[OverlayWorkingCopy],
 ) -> None:
     files = files_of()
-    seq = seed(repo, tmp_path, files)
+    seq = seed(repo, tmp_path, files, first_mode=0o751)
     before = repo.state(seq).files
     wc, cache = mount_lazily(repo, seq, tmp_path, caches, mounted)
     assert wc.commit().seq is None  # nothing changed, nothing fetched
@@ -248,7 +236,7 @@ def test_opens_of_a_killed_fillers_placeholders_fail_or_wait_never_read_zeros(
     caches: list[ContentCache],
 ) -> None:
     files = files_of(2)
-    seq = seed(repo, tmp_path, files)
+    seq = seed(repo, tmp_path, files, first_mode=0o751)
     child = subprocess.Popen(
         [
             sys.executable,
@@ -318,7 +306,7 @@ def test_a_placeholder_left_for_an_unknown_volume_is_filled_from_another_with_th
     mounted: list[OverlayWorkingCopy],
 ) -> None:
     files = files_of(2)
-    seq = seed(repo, tmp_path, files)
+    seq = seed(repo, tmp_path, files, first_mode=0o751)
     wc, first = mount_lazily(repo, seq, tmp_path, caches, mounted)
     first.close(release=False)
 

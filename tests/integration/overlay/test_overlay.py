@@ -13,21 +13,9 @@ from kvol.overlay import (
     is_mountpoint,
 )
 from kvol.repo import Repo
-from kvol.workcopy import WorkingCopy
+from tests.integration.overlay.seeding import seed
 
 pytestmark = pytest.mark.root
-
-
-def seed(repo: Repo, tmp_path: Path, files: dict[str, bytes]) -> int:
-    wc = WorkingCopy.create(repo, tmp_path / "seed")
-    for rel, data in files.items():
-        p = wc.root / rel
-        p.parent.mkdir(parents=True, exist_ok=True)
-        p.write_bytes(data)
-    seq = wc.commit().seq
-    wc.close(final_commit=False)
-    assert seq is not None
-    return seq
 
 
 def state_files(repo: Repo) -> dict[str, bytes]:
