@@ -4,6 +4,7 @@ events may not tell everything."""
 
 from __future__ import annotations
 
+import mmap
 import os
 import random
 import shutil
@@ -230,6 +231,37 @@ def test_stopping_autocommit_leaves_the_final_commit_a_full_scan(
     result = wc.close()
     assert wc._tracker is None
     assert result is not None and result.files == 1
+
+
+def test_a_write_through_a_memory_map_reaches_the_final_commit(repo: Repo, tmp_path: Path) -> None:
+    # inotify never hears of a write through a shared mapping: tracked commits miss it
+    # until the safety net, so the final commit must scan every file (a pod's unpublish
+    # stops autocommit, then commits, then removes the copy).
+    wc = WorkingCopy.create(repo, tmp_path / "wc")
+    path = wc.root / "f"
+    path.write_bytes(b"a" * 4096)
+    long_ago = time.time() - 3600
+    os.utime(path, (long_ago, long_ago))  # not racy: only its stat says it is clean
+    wc.start_autocommit(3600)
+    assert wc.commit().files == 1  # tracking's first scan is a full one
+    with open(path, "r+b") as handle:
+        mapped = mmap.mmap(handle.fileno(), 0)
+    assert wc.commit().seq is None  # the close raised an event; nothing changed yet
+    mapped[:5] = b"hello"
+    mapped.flush()
+    try:
+        # No event until the mapping's own descriptor closes: no change found.
+        assert wc.commit().seq is None
+
+        wc.stop_autocommit()
+        result = wc.commit()
+    finally:
+        mapped.close()
+
+    assert result.files == 1
+    record = repo.state().files["f"]
+    assert repo.reader().read(record) == b"hello" + b"a" * 4091
+    wc.close(final_commit=False)
 
 
 def test_a_copy_that_cannot_be_watched_is_scanned_whole(tracked: WorkingCopy) -> None:
