@@ -79,6 +79,22 @@ def events(cluster: Cluster, namespace: str, name: str) -> list[tuple[str, str]]
     return [(e["type"], e["reason"]) for e in (found or {}).get("items", [])]
 
 
+def wait_event(
+    cluster: Cluster, namespace: str, name: str, *wanted: tuple[str, str], timeout: float = 15
+) -> list[tuple[str, str]]:
+    """Wait until every ``(type, reason)`` in ``wanted`` was posted about ``name``.
+
+    The operator posts events from a queue of its own, after the status patch that a test
+    usually waits for, so reading them once right after would race.
+    """
+
+    def posted() -> list[tuple[str, str]] | None:
+        seen = events(cluster, namespace, name)
+        return seen if all(w in seen for w in wanted) else None
+
+    return wait_for(posted, timeout, f"events {wanted} on {namespace}/{name}")
+
+
 def assert_status_matches_store(volume: dict[str, Any], store: Store) -> None:
     """The status of a Ready Volume says what the store holds."""
     meta, status = volume["metadata"], volume["status"]

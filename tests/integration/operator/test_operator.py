@@ -27,10 +27,10 @@ from tests.integration.operator.helpers import (
     apply_storage_class,
     assert_status_matches_store,
     condition,
-    events,
     get_volume,
     volume_yaml,
     wait_condition,
+    wait_event,
     wait_gone,
     wait_ready,
     write_files,
@@ -157,8 +157,7 @@ def test_examples_reach_ready_with_status_matching_the_store(
         assert pv["spec"]["csi"]["volumeAttributes"]["volume"] == name
         pvc = cluster.get_json("pvc", "-n", ns, name)
         assert pvc["spec"]["volumeName"] == pv["metadata"]["name"]
-        reasons = [reason for _, reason in events(cluster, ns, name)]
-        assert "Provisioned" in reasons and "Ready" in reasons
+        wait_event(cluster, ns, name, ("Normal", "Provisioned"), ("Normal", "Ready"))
     print(f"examples Ready in {time.monotonic() - started:.2f}s")
     scratch = get_volume(cluster, ns, "scratch")
     assert scratch is not None
@@ -295,7 +294,7 @@ def test_filesystem_backend_outage_shows_and_recovers(
         "the backend to show Unreachable",
     )
     assert "not mounted" in backend["status"]["message"]
-    assert ("Warning", "BackendUnreachable") in events(cluster, namespace, "v")
+    wait_event(cluster, namespace, "v", ("Warning", "BackendUnreachable"))
     (tmp_path / "away").rename(path)
     up = wait_condition(cluster, namespace, "v", "BackendReachable", "True", timeout=30)
     assert condition(up, "Ready")["status"] == "True"
@@ -513,7 +512,7 @@ def test_spec_the_store_refuses_is_a_permanent_failure(
     assert failed["status"]["phase"] == "Failed"
     assert "version 1, not 2" in condition(failed, "Ready")["message"]
     assert failed["status"]["volumeId"] == first["status"]["volumeId"]
-    assert ("Warning", "InvalidSpec") in events(cluster, namespace, "old")
+    wait_event(cluster, namespace, "old", ("Warning", "InvalidSpec"))
 
 
 def test_operator_works_with_the_shipped_rbac_only(
@@ -530,14 +529,14 @@ def test_operator_works_with_the_shipped_rbac_only(
     try:
         cluster.apply(volume_yaml("rbac", reclaimPolicy="Delete"), namespace)
         volume = wait_ready(cluster, namespace, "rbac")
-        assert ("Normal", "Provisioned") in events(cluster, namespace, "rbac")
+        wait_event(cluster, namespace, "rbac", ("Normal", "Provisioned"))
         cluster.kubectl("delete", "volume", "-n", namespace, "rbac", "--timeout=30s")
         assert not Repo(FilesystemStore(default_store), volume["status"]["volumeId"]).exists()
         # Provisioning: it reads the StorageClass, makes the claim's Volume and deletes it
         # with the claim.
         apply_claim(cluster, namespace, "claimed", apply_storage_class(cluster, "Delete"))
         wait_ready(cluster, namespace, "claimed")
-        assert ("Normal", "Provisioning") in events(cluster, namespace, "claimed")
+        wait_event(cluster, namespace, "claimed", ("Normal", "Provisioning"))
         cluster.kubectl("delete", "pvc", "-n", namespace, "claimed", "--wait=false")
         wait_gone(cluster, "volume", "-n", namespace, "claimed")
         log = op.log_tail(1000)

@@ -19,7 +19,7 @@ from tests.integration.operator.cluster import Cluster, Operator, Process, wait_
 from tests.integration.operator.helpers import (
     apply_claim,
     apply_storage_class,
-    events,
+    wait_event,
     wait_gone,
     wait_ready,
 )
@@ -89,7 +89,7 @@ def test_a_claim_of_the_kvol_class_gets_a_volume_and_follows_delete(
     assert volume["spec"]["autocommitIntervalSeconds"] == 2
     assert volume["spec"]["accessModes"] == ["ReadWriteMany"]
     assert volume["spec"]["size"] == "2Gi"
-    assert ("Normal", "Provisioning") in events(cluster, namespace, "data")
+    wait_event(cluster, namespace, "data", ("Normal", "Provisioning"))
     store = FilesystemStore(default_store)
     volume_id = volume["status"]["volumeId"]
     assert Repo(store, volume_id).exists()
@@ -157,9 +157,5 @@ def test_claims_kvol_cannot_serve_are_told_why(
 ) -> None:
     storage_class = apply_storage_class(cluster, "Delete", version="7")
     apply_claim(cluster, namespace, "odd", storage_class)
-    wait_for(
-        lambda: ("Warning", "ProvisioningFailed") in events(cluster, namespace, "odd"),
-        15,
-        "a ProvisioningFailed event on the claim",
-    )
+    wait_event(cluster, namespace, "odd", ("Warning", "ProvisioningFailed"))
     assert cluster.get_json("volume", "-n", namespace, "odd") is None

@@ -23,9 +23,9 @@ from kvol.retention import RetentionPolicy, read_policy
 from kvol.store import FilesystemStore
 from tests.integration.operator.cluster import Cluster, Operator, wait_for
 from tests.integration.operator.helpers import (
-    events,
     get_volume,
     volume_yaml,
+    wait_event,
     wait_ready,
     write_files,
 )
@@ -140,7 +140,7 @@ def test_spec_retention_is_applied_pruned_on_schedule_and_reported(
     assert report["headBytes"] == SIZE and report["waitingCommits"] == 0
     assert _log_seqs(default_store, volume_id) == [4, 5]
     assert Repo(store, volume_id).state().files["model.ckpt"].size == SIZE
-    assert ("Normal", "Pruned") in events(cluster, namespace, "ckpt")
+    wait_event(cluster, namespace, "ckpt", ("Normal", "Pruned"))
     # Each pass reports only what it deleted itself; the ones that did add up.
     pruned = [
         e
