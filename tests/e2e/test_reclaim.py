@@ -39,7 +39,11 @@ def test_retain_keeps_the_data_for_a_volume_of_the_same_name(
     _write(cluster, namespace, vol)
     cluster.kubectl("delete", "volumes.kvol.dev", vol, "-n", namespace, "--wait=true")
     _gone(cluster, namespace, vol)
-    assert any(e.startswith("Retained") for e in cluster.events(namespace, vol))
+    wait_for(
+        lambda: any(e.startswith("Retained") for e in cluster.events(namespace, vol)),
+        30,
+        "the Retained event",
+    )
     cluster.create_volume(namespace, vol, reclaimPolicy="Retain")
     assert _listing(cluster, namespace, vol) == ["kept.txt"]
 
@@ -73,6 +77,10 @@ def test_delete_waits_for_the_last_pod_then_removes_the_data(
     assert cluster.get("volumes.kvol.dev", vol, namespace) is not None
     cluster.delete_pod(namespace, "user")
     _gone(cluster, namespace, vol)
-    assert any(e.startswith("Deleted") for e in cluster.events(namespace, vol))
+    wait_for(
+        lambda: any(e.startswith("Deleted") for e in cluster.events(namespace, vol)),
+        30,
+        "the Deleted event",
+    )
     cluster.create_volume(namespace, vol, reclaimPolicy="Delete")
     assert _listing(cluster, namespace, vol) == []
