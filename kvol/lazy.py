@@ -84,7 +84,7 @@ STATE_DIR = ".lazy"
 #: In the state directory: who holds the group, and the lock of the one filler.
 HOLDER_FILE = "holder"
 LOCK_FILE = "lock"
-#: Directories where placeholders are made before they get their names.
+#: Directories where older versions made placeholders before they got their names.
 SPOOL_PREFIX = "spool-"
 #: Descriptor numbers a successor answers orphaned events for, at most.
 MAX_ORPHAN_FD = 1 << 16
@@ -401,61 +401,70 @@ class LazyFiller:
     # -- placing -------------------------------------------------------------------------
 
     def place(
-        self, repo: Repo, items: list[tuple[Path, FileRecord]], concurrency: int = 4
+        self, repo: Repo, items: list[tuple[Path, Path, FileRecord]], concurrency: int = 4
     ) -> list[Path]:
-        """Make a placeholder for each ``(path, record)`` whose entry is missing; returns the
-        paths placed. The manifest is durable before any placeholder appears."""
-        self.claim(repo, (p for p, _ in items))
-        todo: dict[Path, FileRecord] = {}
-        for path, record in items:
-            if path not in todo and not os.path.lexists(path):
-                todo[path] = record
-        if not todo:
-            return []
+        """Put each ``(name, entry, record)``'s file at ``name``, a path in a directory
+        nobody else can see yet (a snapshot being built): a link of the cache's ``entry``
+        where it exists, else a new placeholder, linked to ``entry`` too. Returns the
+        entries placed. The manifest is durable before any placeholder appears in the cache.
+        """
+        self.claim(repo, (e for _, e, _ in items))
+        names: dict[Path, list[Path]] = {}
+        records: dict[Path, FileRecord] = {}
+        for name, entry, record in items:
+            names.setdefault(entry, []).append(name)
+            records.setdefault(entry, record)
+        # What the cache has is linked (the caller holds those entries against eviction).
+        todo = {e: r for e, r in records.items() if not os.path.lexists(e)}
         manifest = self.state / f"{secrets.token_hex(8)}.json"
-        body = {
-            "format": 1,
-            "volume": repo.volume_id,
-            "records": [r.to_list() for r in todo.values()],
-        }
-        fsops.write_atomically(manifest, json.dumps(body).encode())
-        with self._lock:
-            # Counted before any is placed: a fill that ends early must not drop it.
-            self._manifest_left[manifest] = len(todo)
-        for directory in {str(p.parent) for p in todo}:
+        if todo:
+            body = {
+                "format": 1,
+                "volume": repo.volume_id,
+                "records": [r.to_list() for r in todo.values()],
+            }
+            fsops.write_atomically(manifest, json.dumps(body).encode())
+            with self._lock:
+                # Counted before any is placed: a fill that ends early must not drop it.
+                self._manifest_left[manifest] = len(todo)
+        for directory in {str(e.parent) for e in todo}:
             os.makedirs(directory, exist_ok=True)
         volume_id = repo.volume_id
-        # Placeholders are made in one private directory, then linked to their names:
-        # inodes made side by side cost ext4 far less than inodes made across the
-        # cache's hashed directories.
-        spool = self.state / f"{SPOOL_PREFIX}{secrets.token_hex(4)}"
-        spool.mkdir()
+        work = list(records.items())
+        # The system calls release the GIL: a few threads make a large tree faster, and
+        # each takes a run of files, so that handing them out costs little.
+        step = max(1, -(-len(work) // (concurrency * 8)))
+        placed: list[Path] = []  # appended from the pool's threads (atomic)
 
-        def one(item: tuple[int, tuple[Path, FileRecord]]) -> Path | None:
-            i, (path, record) = item
-            placed = self._place_one(f"{spool}/{i}", path, record, volume_id, manifest)
-            return path if placed else None
+        def run(start: int) -> None:
+            for entry, record in work[start : start + step]:
+                if entry not in todo:
+                    for name in names[entry]:
+                        os.link(entry, name)
+                elif self._place_one(names[entry], entry, record, volume_id, manifest):
+                    placed.append(entry)
 
-        placed: list[Path] = []
         try:
-            # The system calls release the GIL: a few threads make a large tree faster.
             with ThreadPoolExecutor(concurrency, thread_name_prefix="kvol-lazy-place") as pool:
-                placed = [p for p in pool.map(one, enumerate(todo.items())) if p is not None]
+                for _ in pool.map(run, range(0, len(work), step)):
+                    pass
         finally:
-            shutil.rmtree(spool, ignore_errors=True)
-            with self._lock:
-                left = self._manifest_left.get(manifest, 0) - (len(todo) - len(placed))
-                self._manifest_left[manifest] = left
-            if left <= 0:
-                self._drop_manifest(manifest)
+            if todo:
+                with self._lock:
+                    left = self._manifest_left.get(manifest, 0) - (len(todo) - len(placed))
+                    self._manifest_left[manifest] = left
+                if left <= 0:
+                    self._drop_manifest(manifest)
         return placed
 
     def _place_one(
-        self, tmp: str, path: Path, record: FileRecord, volume_id: str, manifest: Path
+        self, names: list[Path], entry: Path, record: FileRecord, volume_id: str, manifest: Path
     ) -> bool:
-        # Marked under a private name before it gets its own: nobody can open it
-        # unwatched.
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+        first, rest = names[0], names[1:]
+        # Made and marked at a name nobody can see yet (inodes made side by side also
+        # cost ext4 far less than inodes made across the cache's hashed directories):
+        # nobody can open it unwatched.
+        fd = os.open(first, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
         try:
             os.ftruncate(fd, record.size)
             os.setxattr(fd, PLACEHOLDER_XATTR, b"1")
@@ -463,31 +472,35 @@ class LazyFiller:
             os.utime(fd, ns=(record.mtime_ns, record.mtime_ns))
             _mark(self._group, FAN_MARK_ADD, fd)
             st = os.fstat(fd)
-            job = _Job(path, volume_id, record, (st.st_dev, st.st_ino), manifest)
+            job = _Job(entry, volume_id, record, (st.st_dev, st.st_ino), manifest)
             with self._lock:
                 self._jobs[job.inode] = job
-                self._by_path[path] = job
+                self._by_path[entry] = job
             try:
                 # A link, never a rename: an entry that appeared meanwhile is never
                 # replaced (snapshots may link its inode).
-                os.link(tmp, path)
+                os.link(first, entry)
             except FileExistsError:
                 with self._lock:
                     del self._jobs[job.inode]
-                    if self._by_path.get(path) is job:
-                        del self._by_path[path]
+                    if self._by_path.get(entry) is job:
+                        del self._by_path[entry]
                 _mark(self._group, FAN_MARK_REMOVE, fd)
+                os.unlink(first)
+                for name in names:
+                    os.link(entry, name)
                 return False
-            finally:
-                os.unlink(tmp)
         finally:
             os.close(fd)
+        for name in rest:
+            os.link(first, name)
         return True
 
     def _resume(self) -> None:
         """Mark every placeholder the manifests name (a previous process left them)."""
         for spool in self.state.glob(f"{SPOOL_PREFIX}*"):
-            # Left by a killed place(): what got its name is in the cache, the rest is not.
+            # Left by an older version's killed place(): what got its name is in the
+            # cache, the rest is not.
             shutil.rmtree(spool, ignore_errors=True)
         for manifest in sorted(self.state.glob("*.json")):
             try:

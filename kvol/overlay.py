@@ -302,19 +302,25 @@ class ContentCache:
         if self.lazy is not None:
             self.lazy.register(repo)
 
-    def place(self, repo: Repo, records: list[FileRecord], hold: list[str]) -> list[Path]:
-        """Lazy :meth:`fill`: a placeholder for every missing entry, nothing downloaded;
-        returns the placeholders made (for :meth:`LazyFiller.prefetch`)."""
+    def place(
+        self, repo: Repo, files: dict[str, FileRecord], tree: Path, hold: list[str]
+    ) -> list[Path]:
+        """Lazy :meth:`fill` and link: every file of ``files`` at its path under ``tree``
+        (a directory nobody else sees yet, its directories made), linked from its entry,
+        a placeholder where the entry was missing; nothing downloaded. Returns the
+        placeholders made (for :meth:`LazyFiller.prefetch`)."""
         if self.lazy is None:
             raise InvalidArgument("this content cache is not lazy")
+        records = list(files.values())
         self._hold(records, hold)
-        items = [(self.path(r), r) for r in records]
+        base = str(tree)
+        items = [(Path(base, rel), self.path(r), r) for rel, r in files.items()]
         placed = self.lazy.place(repo, items)
         new = set(placed)
-        self._touch([p.name for p, _ in items if p not in new])
-        for path, record in items:
-            if path in new:
-                self._added(path.name, record.size)
+        self._touch([e.name for _, e, _ in items if e not in new])
+        sizes = {e: r.size for _, e, r in items}
+        for entry in placed:
+            self._added(entry.name, sizes[entry])
         metrics.NODE_CACHE_MISSES.inc(len(placed))
         metrics.NODE_CACHE_HITS.inc(len(records) - len(placed))
         return placed
@@ -665,10 +671,8 @@ class Lowers:
             if existing is not None:
                 return existing
             state = repo.state(seq)
-            placed: list[Path] = []
-            if self.cache.lazy is not None and group is None:
-                placed = self.cache.place(repo, list(state.files.values()), held)
-            else:
+            lazy = self.cache.lazy is not None and group is None
+            if not lazy:
                 # A group's snapshot copies its files: lazy entries would be filled now.
                 self.cache.fill(repo, list(state.files.values()), concurrency, held)
             final = self.root / family / layout.seq_name(seq)
@@ -676,8 +680,13 @@ class Lowers:
                 f"{fsops.TEMP_PREFIX}{layout.seq_name(seq)}-{secrets.token_hex(4)}"
             )
             tree = staging / LOWER_TREE
+            placed: list[Path] = []
             try:
-                if group is None:
+                if lazy:
+                    # Placeholders are made in the tree itself, then linked into the cache.
+                    self._make_dirs(state, tree)
+                    placed = self.cache.place(repo, state.files, tree, held)
+                elif group is None:
                     self._materialize(state, tree)
                 else:
                     self._materialize_for_group(
@@ -701,11 +710,16 @@ class Lowers:
                 self.cache.lazy.prefetch(placed)
             return Lower(final, family, seq)
 
-    def _materialize(self, state: State, tree: Path) -> None:
+    @staticmethod
+    def _make_dirs(state: State, tree: Path) -> None:
         tree.mkdir(parents=True)
         base = str(tree)
         for d in sorted(state.all_dirs()):
             os.makedirs(os.path.join(base, d), exist_ok=True)
+
+    def _materialize(self, state: State, tree: Path) -> None:
+        self._make_dirs(state, tree)
+        base = str(tree)
         for rel, record in state.files.items():
             os.link(self.cache.path(record), os.path.join(base, rel))
 

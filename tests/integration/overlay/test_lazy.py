@@ -121,6 +121,43 @@ def test_tree_is_visible_before_any_byte_is_fetched_and_a_read_fills_it(
             assert (wc.root / rel).read_bytes() == data
 
 
+def test_one_content_is_one_placeholder_shared_by_its_files_and_by_later_snapshots(
+    repo: Repo,
+    tmp_path: Path,
+    caches: list[ContentCache],
+    mounted: list[OverlayWorkingCopy],
+) -> None:
+    same = os.urandom(BIG)
+    wc = WorkingCopy.create(repo, tmp_path / "seed")
+    for rel, data in (("a/x.bin", same), ("b/y.bin", same), ("c/z.bin", b"other")):
+        (wc.root / rel).parent.mkdir(parents=True, exist_ok=True)
+        (wc.root / rel).write_bytes(data)
+        os.utime(wc.root / rel, ns=(10**18, 10**18))  # one mtime: one cache entry
+    first = wc.commit().seq
+    assert first is not None
+    pod, cache = mount_lazily(repo, first, tmp_path, caches, mounted)
+    lowers = Lowers(tmp_path / "lowers", cache)
+    tree = lowers.build(repo, first).tree
+    entry = cache.path(repo.state(first).files["a/x.bin"])
+    inode = os.stat(entry).st_ino
+    assert is_placeholder(entry) and len(entries(cache)) == 2
+    assert os.stat(tree / "a/x.bin").st_ino == os.stat(tree / "b/y.bin").st_ino == inode
+
+    # A later snapshot on the same node links the placeholder still pending: no new one.
+    (wc.root / "d.bin").write_bytes(b"new")
+    second = wc.commit().seq
+    wc.close(final_commit=False)
+    assert second is not None
+    later = lowers.build(repo, second).tree
+    assert os.stat(later / "a/x.bin").st_ino == inode and is_placeholder(entry)
+    assert len(entries(cache)) == 3
+
+    # One read fills the one inode every name shares.
+    assert (pod.root / "b/y.bin").read_bytes() == same
+    assert not is_placeholder(entry)
+    assert (later / "a/x.bin").read_bytes() == same
+
+
 def test_a_corrupt_object_fails_the_read_with_eio_and_the_entry_stays_a_placeholder(
     repo: Repo,
     tmp_path: Path,
