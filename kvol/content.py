@@ -704,6 +704,13 @@ class ContentReader:
     def read(self, record: FileRecord) -> bytes:
         return b"".join(self.iter_parts(record))
 
+    def read_part(self, record: FileRecord, index: int) -> bytes:
+        """Part ``index`` of the file's content, verified (and the record's parts against
+        its content id, so that a part list that is not the file's fails)."""
+        if not matches_content_id(record):
+            raise CorruptData("file record's parts do not match its content id")
+        return self._read_part(record.parts[index], record)
+
     def write_to(self, record: FileRecord, fd: int) -> None:
         for data in self.iter_parts(record):
             view = memoryview(data)

@@ -1,0 +1,408 @@
+"""Filling a snapshot's blob (see :mod:`kvol.erofs`) as the kernel reads it.
+
+The blob starts sparse. It carries a fanotify mark for pre-content access, made before
+the image is mounted (the mount opens the blob once, and only a file opened while a mark
+exists raises those events). Every read of the blob by the filesystem then waits for an
+event that names the range it reads; the filler fetches the parts of the files under
+that range, verifies each against its id, writes them into the blob and lets the read
+go on. A part is the unit: the first read of a large file waits for one part (a chunk of
+at most the volume's chunk size), not for the file. A page fault of a mapped file reads
+the blob the same way, so mappings need no special case.
+
+Meanwhile a background fill works through the rest. What is filled is recorded beside
+the blob (``<blob>.filled``, the start offsets of filled parts) once the blob's data is on
+disk, so a new filler on the same blob fetches only what is missing. When everything is
+filled the mark goes, and reads run at local-disk speed with no event at all.
+
+Limits (today): the marks live as long as this filler's fanotify group, i.e. its process.
+"""
+
+from __future__ import annotations
+
+import bisect
+import collections
+import contextlib
+import ctypes
+import errno
+import logging
+import os
+import select
+import struct
+import threading
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from kvol.content import ContentReader
+from kvol.errors import CorruptData, InvalidArgument, KvolError
+from kvol.lazy import (
+    FAN_ALLOW,
+    FAN_CLASS_PRE_CONTENT,
+    FAN_CLOEXEC,
+    FAN_DENY,
+    FAN_ERRNO_SHIFT,
+    FAN_MARK_ADD,
+    FAN_MARK_REMOVE,
+    FAN_NONBLOCK,
+    FAN_PRE_ACCESS,
+    FAN_REPORT_TID,
+    FAN_UNLIMITED_QUEUE,
+    LazyUnavailable,
+    _c,
+)
+from kvol.model import FileRecord
+from kvol.repo import Repo
+
+log = logging.getLogger(__name__)
+
+_EVENT = struct.Struct("IBBHQii")
+_INFO_HEADER = struct.Struct("BBH")
+_RANGE = struct.Struct("BBHIQQ")
+_INFO_TYPE_RANGE = 6
+_RESPONSE = struct.Struct("iI")
+_FILLED = struct.Struct("<Q")
+#: Background parts per batch: small files of one pack come in one request.
+BATCH = 64
+
+
+@dataclass(eq=False)
+class _Part:
+    """One part of one file: where it goes in the blob and what it must be."""
+
+    start: int
+    end: int
+    record: FileRecord
+    index: int
+    filled: bool = False
+    running: bool = False
+    #: Events waiting for this part (answered once every part they wait for is in).
+    waiters: list[_Wait] = field(default_factory=list)
+
+
+@dataclass(eq=False)
+class _Wait:
+    """A read of the blob, held until the parts under its range are filled."""
+
+    fd: int
+    left: int
+    ok: bool = True
+
+
+@dataclass(eq=False)
+class _Blob:
+    path: Path
+    repo: Repo
+    fd: int
+    log_fd: int
+    parts: list[_Part]
+    starts: list[int]
+    left: int
+
+    def under(self, offset: int, count: int) -> list[_Part]:
+        """The parts a read of ``count`` bytes at ``offset`` touches."""
+        i = max(0, bisect.bisect_right(self.starts, offset) - 1)
+        found = []
+        while i < len(self.parts) and self.parts[i].start < offset + count:
+            if self.parts[i].end > offset:
+                found.append(self.parts[i])
+            i += 1
+        return found
+
+
+class BlobFiller:
+    """The fanotify group that fills blobs as they are read, and in the background."""
+
+    def __init__(self, workers: int = 4) -> None:
+        if workers < 2:
+            raise InvalidArgument("a blob filler needs 2 workers or more (one serves reads only)")
+        self.workers = workers
+        self._lock = threading.Lock()
+        self._wake = threading.Condition(self._lock)
+        self._blobs: dict[tuple[int, int], _Blob] = {}
+        self._demand: collections.deque[tuple[_Blob, _Part]] = collections.deque()
+        self._background: collections.deque[tuple[_Blob, _Part]] = collections.deque()
+        self._filler_tids: set[int] = set()
+        self._threads: list[threading.Thread] = []
+        self._stopping = False
+        self._group = -1
+        self._stop_r = self._stop_w = -1
+        self.failures = 0
+
+    def start(self) -> BlobFiller:
+        flags = FAN_CLOEXEC | FAN_NONBLOCK | FAN_CLASS_PRE_CONTENT | FAN_UNLIMITED_QUEUE
+        group = int(_c().fanotify_init(flags | FAN_REPORT_TID, os.O_RDWR | os.O_LARGEFILE))
+        if group < 0:
+            raise LazyUnavailable(f"fanotify pre-content group: {os.strerror(_errno())}")
+        self._group = group
+        self._stop_r, self._stop_w = os.pipe2(os.O_CLOEXEC)
+        self._spawn("kvol-blob-events", self._listen)
+        self._spawn("kvol-blob-demand", lambda: self._work(demand_only=True))
+        for i in range(self.workers - 1):
+            self._spawn(f"kvol-blob-fill_{i}", lambda: self._work(demand_only=False))
+        return self
+
+    def _spawn(self, name: str, target: Callable[[], None]) -> None:
+        thread = threading.Thread(target=target, name=name, daemon=True)
+        thread.start()
+        self._threads.append(thread)
+
+    def stop(self) -> None:
+        """Stop filling; reads still waiting fail with EIO, later ones are not held."""
+        with self._wake:
+            self._stopping = True
+            self._wake.notify_all()
+            blobs = list(self._blobs.values())
+        if self._stop_w >= 0:
+            os.write(self._stop_w, b"x")
+        for thread in self._threads:
+            thread.join()
+        for blob in blobs:
+            for part in blob.parts:
+                self._answer(part.waiters, ok=False)
+            os.close(blob.fd)
+            os.close(blob.log_fd)
+        for fd in (self._group, self._stop_r, self._stop_w):
+            if fd >= 0:
+                os.close(fd)
+        self._group = self._stop_r = self._stop_w = -1
+
+    # -- blobs -------------------------------------------------------------------------
+
+    def add(self, blob: Path, repo: Repo, contents: Iterable[tuple[int, FileRecord]]) -> int:
+        """Watch ``blob`` (made and sized by the caller, not yet mounted), whose
+        ``contents`` are ``(blob offset, record)`` pairs filled from ``repo``. Returns the
+        parts still to fill (those ``<blob>.filled`` does not list)."""
+        done = _read_filled(_filled_path(blob))
+        parts: list[_Part] = []
+        for offset, record in sorted(contents, key=lambda c: c[0]):
+            at = offset
+            for i, p in enumerate(record.parts):
+                if p.length:
+                    parts.append(_Part(at, at + p.length, record, i, filled=at in done))
+                at += p.length
+        fd = os.open(blob, os.O_RDWR | os.O_CLOEXEC | os.O_NOFOLLOW)
+        log_fd = os.open(
+            _filled_path(blob), os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o600
+        )
+        st = os.fstat(fd)
+        left = sum(1 for p in parts if not p.filled)
+        state = _Blob(blob, repo, fd, log_fd, parts, [p.start for p in parts], left)
+        with self._lock:
+            self._blobs[st.st_dev, st.st_ino] = state
+        if left and _c().fanotify_mark(self._group, FAN_MARK_ADD, FAN_PRE_ACCESS, fd, None):
+            err = _errno()
+            raise OSError(err, f"fanotify_mark: {os.strerror(err)}")
+        return left
+
+    def prefetch(self, blob: Path) -> None:
+        """Fill everything of ``blob`` in the background (reads still come first)."""
+        with self._wake:
+            for state in self._blobs.values():
+                if state.path == blob:
+                    self._background.extend((state, p) for p in state.parts if not p.filled)
+            self._wake.notify_all()
+
+    def pending(self, blob: Path) -> int:
+        with self._lock:
+            return sum(s.left for s in self._blobs.values() if s.path == blob)
+
+    def wait_idle(self, timeout: float | None = None) -> bool:
+        """Wait until nothing is queued or being filled; whether that happened in time."""
+        with self._wake:
+            return self._wake.wait_for(
+                lambda: (
+                    not self._demand
+                    and not self._background
+                    and not any(p.running for s in self._blobs.values() for p in s.parts)
+                ),
+                timeout,
+            )
+
+    # -- filling -----------------------------------------------------------------------
+
+    def _work(self, demand_only: bool) -> None:
+        self._filler_tids.add(threading.get_native_id())
+        while True:
+            with self._wake:
+                while True:
+                    if self._stopping:
+                        return
+                    batch = self._take(demand_only)
+                    if batch:
+                        break
+                    self._wake.wait()
+            try:
+                self._fill(batch)
+            finally:
+                with self._wake:
+                    for _, part in batch:
+                        part.running = False
+                    self._wake.notify_all()
+
+    def _take(self, demand_only: bool) -> list[tuple[_Blob, _Part]]:
+        """Under the lock: the next part a read waits for, else background parts of one
+        blob. A part already filled or being filled is skipped (its waiters are kept)."""
+        for queue in (self._demand,) if demand_only else (self._demand, self._background):
+            batch: list[tuple[_Blob, _Part]] = []
+            while queue and len(batch) < (1 if queue is self._demand else BATCH):
+                blob, part = queue[0]
+                if part.filled or part.running:
+                    queue.popleft()
+                    continue
+                if batch and blob is not batch[0][0]:
+                    break
+                queue.popleft()
+                part.running = True
+                batch.append((blob, part))
+            if batch:
+                return batch
+        return []
+
+    def _fill(self, batch: list[tuple[_Blob, _Part]]) -> None:
+        blob = batch[0][0]
+        reader = blob.repo.reader()
+        outcome: dict[int, bool] = {}
+        try:
+            if len(batch) > 1:
+                with contextlib.suppress(KvolError, OSError):
+                    reader.prefetch(p.record for _, p in batch)
+            for _, part in batch:
+                outcome[id(part)] = self._fill_part(blob, part, reader)
+        finally:
+            reader.release()
+        filled = [p for _, p in batch if outcome.get(id(p))]
+        if filled:
+            # Recorded once the data is on disk: a crash before forgets it, never lies.
+            with contextlib.suppress(OSError):
+                os.fdatasync(blob.fd)
+                os.write(blob.log_fd, b"".join(_FILLED.pack(p.start) for p in filled))
+                os.fsync(blob.log_fd)
+        for _, part in batch:
+            self._settle(blob, part, outcome.get(id(part), False))
+
+    def _fill_part(self, blob: _Blob, part: _Part, reader: ContentReader) -> bool:
+        try:
+            data = reader.read_part(part.record, part.index)
+            if len(data) != part.end - part.start:
+                raise CorruptData("a part's content has the wrong size")
+            view = memoryview(data)
+            at = part.start
+            while view:
+                n = os.pwrite(blob.fd, view, at)
+                view, at = view[n:], at + n
+            return True
+        except (KvolError, OSError) as exc:
+            self.failures += 1
+            log.warning("fetch of part %d of %s failed: %s", part.index, part.record.hash, exc)
+            return False
+
+    def _settle(self, blob: _Blob, part: _Part, ok: bool) -> None:
+        answered: list[_Wait] = []
+        with self._lock:
+            if ok and not part.filled:
+                part.filled = True
+                blob.left -= 1
+            waiters, part.waiters = part.waiters, []
+            for wait in waiters:
+                wait.ok = wait.ok and ok
+                wait.left -= 1
+                if wait.left == 0:
+                    answered.append(wait)
+            everything = ok and blob.left == 0
+        for wait in answered:
+            self._respond(wait.fd, wait.ok)
+        if everything:
+            # All there: reads need no event any more.
+            with contextlib.suppress(OSError):
+                _c().fanotify_mark(self._group, FAN_MARK_REMOVE, FAN_PRE_ACCESS, blob.fd, None)
+
+    # -- events ------------------------------------------------------------------------
+
+    def _respond(self, fd: int, ok: bool) -> None:
+        response = FAN_ALLOW if ok else FAN_DENY | (errno.EIO << FAN_ERRNO_SHIFT)
+        try:
+            os.write(self._group, _RESPONSE.pack(fd, response))
+        except OSError as exc:
+            log.error("fanotify response failed: %s", exc)
+        finally:
+            os.close(fd)
+
+    def _answer(self, waits: list[_Wait], *, ok: bool) -> None:
+        for wait in waits:
+            if wait.left > 0:
+                wait.left = 0
+                self._respond(wait.fd, ok)
+
+    def _listen(self) -> None:
+        poller = select.poll()
+        poller.register(self._group, select.POLLIN)
+        poller.register(self._stop_r, select.POLLIN)
+        while True:
+            ready = {fd for fd, _ in poller.poll()}
+            if self._stop_r in ready:
+                return
+            try:
+                buf = os.read(self._group, 64 * 1024)
+            except BlockingIOError:
+                continue
+            at = 0
+            while at + _EVENT.size <= len(buf):
+                length, _, _, meta_len, _, fd, tid = _EVENT.unpack_from(buf, at)
+                if fd >= 0:
+                    self._on_event(fd, tid, _range_of(buf, at + meta_len, at + length))
+                at += length
+
+    def _on_event(self, fd: int, tid: int, where: tuple[int, int] | None) -> None:
+        if tid in self._filler_tids:
+            self._respond(fd, True)  # a filler writing the blob
+            return
+        try:
+            st = os.fstat(fd)
+        except OSError:
+            self._respond(fd, False)
+            return
+        with self._wake:
+            blob = self._blobs.get((st.st_dev, st.st_ino))
+            if blob is None:
+                ok = True  # not a blob of this filler's (a mark on its way out)
+            else:
+                parts = blob.parts if where is None else blob.under(*where)
+                wanted = [p for p in parts if not p.filled]
+                if wanted and not self._stopping:
+                    wait = _Wait(fd, len(wanted))
+                    for part in wanted:
+                        part.waiters.append(wait)
+                        self._demand.append((blob, part))
+                    self._wake.notify_all()
+                    return
+                ok = not wanted  # stopping with parts missing: fail the read, never zeros
+        self._respond(fd, ok)
+
+
+def _range_of(buf: bytes, at: int, end: int) -> tuple[int, int] | None:
+    while at + _INFO_HEADER.size <= end:
+        kind, _, length = _INFO_HEADER.unpack_from(buf, at)
+        if length == 0:
+            break
+        if kind == _INFO_TYPE_RANGE:
+            _, _, _, _, offset, count = _RANGE.unpack_from(buf, at)
+            return offset, count
+        at += length
+    return None
+
+
+def _filled_path(blob: Path) -> Path:
+    return blob.with_name(blob.name + ".filled")
+
+
+def _read_filled(path: Path) -> set[int]:
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        return set()
+    whole = len(data) - len(data) % _FILLED.size  # a torn last record is not counted
+    return {v for (v,) in _FILLED.iter_unpack(data[:whole])}
+
+
+def _errno() -> int:
+    return ctypes.get_errno()

@@ -1,0 +1,181 @@
+"""A snapshot's blob filled as the kernel reads it (kvol/blobfill.py) under a real EROFS
+mount of its image, an overlay on top (root only): a read waits for the parts under it,
+fetched and verified, and no more; a corrupt object fails the read with EIO and never
+shows wrong bytes; the background fill completes the blob, and a new filler on the same
+blob fetches nothing again."""
+
+from __future__ import annotations
+
+import errno
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from kvol.blobfill import BlobFiller
+from kvol.erofs import BlobLayout, ImageFile, mount_image, write_image
+from kvol.overlay import mount_overlay, unmount
+from kvol.repo import Repo
+from tests.integration.overlay.seeding import seed
+
+pytestmark = pytest.mark.root
+
+LARGE = 20 << 20  # three parts of the default 8 MiB chunk size
+READER = """
+import mmap, os, sys
+path, offset, length, mapped = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4]
+try:
+    with open(path, "rb") as f:
+        if mapped == "1":
+            with mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as m:
+                sys.stdout.buffer.write(m[offset : offset + length])
+        else:
+            sys.stdout.buffer.write(os.pread(f.fileno(), length, offset))
+except OSError as exc:
+    sys.exit(exc.errno)
+"""
+
+
+def read(path: Path, offset: int = 0, length: int = 1 << 30, *, mapped: bool = True) -> bytes:
+    """Read in another process (through a mapping unless told): a page fault that waits
+    for the filler must not hold this process's GIL, which the filler's threads need.
+    A failed read of a mapping is a SIGBUS: ask for a plain read to see its errno."""
+    done = subprocess.run(
+        [sys.executable, "-c", READER, str(path), str(offset), str(length), str(int(mapped))],
+        capture_output=True,
+        timeout=60,
+    )
+    if done.returncode:
+        raise OSError(done.returncode, f"reading {path} failed")
+    return done.stdout
+
+
+@pytest.fixture
+def filler() -> Iterator[BlobFiller]:
+    started = BlobFiller().start()
+    yield started
+    started.stop()
+
+
+@pytest.fixture
+def mounts(tmp_path: Path) -> Iterator[list[Path]]:
+    made: list[Path] = []
+    yield made
+    for target in reversed(made):
+        unmount(target, lazy=True)
+
+
+def publish(
+    repo: Repo, seq: int, where: Path, filler: BlobFiller, mounts: list[Path]
+) -> tuple[Path, Path]:
+    """The image and blob of ``seq``, watched by ``filler`` and mounted; returns the
+    mount and the blob."""
+    state = repo.state(seq)
+    layout = BlobLayout()
+    files, contents = {}, {}
+    for rel, record in state.files.items():
+        offset = layout.place(record.hash, record.size)
+        files[rel] = ImageFile(record.size, record.mode, record.mtime_ns, offset)
+        contents[offset] = record
+    where.mkdir()
+    image, blob, target = where / "meta.img", where / "blob", where / "tree"
+    write_image(image, files, state.all_dirs(), blob_bytes=layout.size)
+    with open(blob, "wb") as out:
+        out.truncate(layout.size)
+    filler.add(blob, repo, contents.items())
+    target.mkdir()
+    mount_image(image, blob, target)
+    mounts.append(target)
+    return target, blob
+
+
+def test_a_read_waits_for_just_the_parts_under_it_and_the_background_fills_the_rest(
+    repo: Repo, tmp_path: Path, filler: BlobFiller, mounts: list[Path]
+) -> None:
+    files = {f"small/f{i}": os.urandom(1000 + i) for i in range(20)}
+    files["large.bin"] = os.urandom(LARGE)
+    files["copy/of-f3"] = files["small/f3"]
+    seq = seed(repo, tmp_path, files)
+    tree, blob = publish(repo, seq, tmp_path / "snap", filler, mounts)
+    total = filler.pending(blob)
+    assert total == 20 + 3  # one part per distinct small file, three of the large one
+    assert sorted(os.listdir(tree / "small")) == sorted(
+        p.split("/")[1] for p in files if "small/" in p
+    )
+    assert filler.pending(blob) == total  # names and sizes need no byte
+
+    assert read(tree / "small/f3") == files["small/f3"]
+    assert filler.pending(blob) == total - 1
+    assert read(tree / "copy/of-f3") == files["small/f3"]  # the same content: filled already
+    assert filler.pending(blob) == total - 1
+
+    middle = 10 << 20  # in the large file's second part
+    assert read(tree / "large.bin", middle, 100) == files["large.bin"][middle : middle + 100]
+    assert filler.pending(blob) == total - 2
+
+    # An overlay on top (a pod's copy): reads and copy-up of a lower file fill it.
+    upper, work, merged = (tmp_path / n for n in ("upper", "work", "merged"))
+    for d in (upper, work, merged):
+        d.mkdir()
+    mount_overlay(tree, upper, work, merged)
+    mounts.append(merged)
+    with open(merged / "small/f7", "ab") as out:
+        out.write(b"+")
+    assert (upper / "small/f7").read_bytes() == files["small/f7"] + b"+"
+
+    filler.prefetch(blob)
+    assert filler.wait_idle(30)
+    assert filler.pending(blob) == 0 and filler.failures == 0
+    for rel, data in files.items():
+        if rel != "small/f7":
+            assert (merged / rel).read_bytes() == data, rel
+
+
+def test_a_corrupt_object_fails_the_read_with_eio_until_the_store_is_repaired(
+    repo: Repo, tmp_path: Path, filler: BlobFiller, mounts: list[Path]
+) -> None:
+    files = {"good": os.urandom(5000), "large.bin": os.urandom(LARGE)}
+    seq = seed(repo, tmp_path, files)
+    record = repo.state(seq).files["large.bin"]
+    (stored,) = (tmp_path / "store").rglob(record.parts[0].obj)
+    good = stored.read_bytes()
+    stored.write_bytes(good[:-1] + bytes([good[-1] ^ 1]))
+    tree, blob = publish(repo, seq, tmp_path / "snap", filler, mounts)
+    left = filler.pending(blob)
+
+    with pytest.raises(OSError) as exc:
+        read(tree / "large.bin", 0, 10, mapped=False)
+    assert exc.value.errno == errno.EIO
+    assert filler.failures >= 1 and filler.pending(blob) == left  # nothing recorded
+    assert read(tree / "good") == files["good"]  # others unaffected
+
+    stored.write_bytes(good)
+    assert read(tree / "large.bin", 0, 10) == files["large.bin"][:10]
+
+
+def test_a_new_filler_on_a_filled_blob_fetches_nothing_again(
+    repo: Repo, tmp_path: Path, mounts: list[Path]
+) -> None:
+    files = {f"f{i}": os.urandom(3000 + i) for i in range(10)}
+    seq = seed(repo, tmp_path, files)
+    first = BlobFiller().start()
+    try:
+        tree, blob = publish(repo, seq, tmp_path / "snap", first, mounts)
+        assert read(tree / "f1") == files["f1"]
+        first.prefetch(blob)
+        assert first.wait_idle(30) and first.pending(blob) == 0
+    finally:
+        first.stop()
+    second = BlobFiller().start()
+    try:
+        state = repo.state(seq)
+        layout = BlobLayout()
+        contents = [(layout.place(r.hash, r.size), r) for r in state.files.values()]
+        assert second.add(blob, repo, contents) == 0
+        for rel, data in files.items():
+            assert read(tree / rel) == data
+    finally:
+        second.stop()
