@@ -44,7 +44,7 @@ from kvol.csi.node import NodeConfig, NodeService
 from kvol.csi.proto import csi_pb2, csi_pb2_grpc
 from kvol.csi.resolver import StaticResolver
 from kvol.csi.server import build_server
-from kvol.overlay import mounts_under, overlay_supported, umount
+from kvol.mounting import mounts_under, overlay_supported, umount
 from kvol.store import open_store
 from kvol.workcopy import WorkingCopy
 

@@ -14,7 +14,7 @@ import shutil
 from pathlib import Path
 
 from kvol.errors import KvolError
-from kvol.overlay import (
+from kvol.mounting import (
     MS_BIND,
     MS_NODEV,
     MS_NOEXEC,

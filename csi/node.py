@@ -41,6 +41,7 @@ from kvol.csi.proto import csi_pb2
 from kvol.csi.resolver import Resolver
 from kvol.csi.state import TEARING_DOWN, Publication, StateFile
 from kvol.errors import CorruptData, InvalidArgument, KvolError, StaleBase
+from kvol.mounting import overlay_supported
 from kvol.overlay import (
     GROUP_DIR_MODE,
     ContentCache,
@@ -48,7 +49,6 @@ from kvol.overlay import (
     Lowers,
     OverlayWorkingCopy,
     lower_family,
-    overlay_supported,
 )
 from kvol.repo import Repo
 from kvol.workcopy import WorkingCopy

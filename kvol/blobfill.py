@@ -14,7 +14,8 @@ the blob (``<blob>.filled``, the start offsets of filled parts) once the blob's 
 disk, so a new filler on the same blob fetches only what is missing. When everything is
 filled the mark goes, and reads run at local-disk speed with no event at all.
 
-Limits (today): the marks live as long as this filler's fanotify group, i.e. its process.
+The group outlives the filler (kvol/fangroup.py): when the filler dies, reads wait for
+the next one, which adds the blobs again and serves them.
 """
 
 from __future__ import annotations
@@ -22,8 +23,6 @@ from __future__ import annotations
 import bisect
 import collections
 import contextlib
-import ctypes
-import errno
 import logging
 import os
 import select
@@ -35,20 +34,15 @@ from pathlib import Path
 
 from kvol.content import ContentReader
 from kvol.errors import CorruptData, InvalidArgument, KvolError
-from kvol.lazy import (
+from kvol.fangroup import (
+    DENY_EIO,
     FAN_ALLOW,
-    FAN_CLASS_PRE_CONTENT,
-    FAN_CLOEXEC,
-    FAN_DENY,
-    FAN_ERRNO_SHIFT,
     FAN_MARK_ADD,
     FAN_MARK_REMOVE,
-    FAN_NONBLOCK,
     FAN_PRE_ACCESS,
-    FAN_REPORT_TID,
-    FAN_UNLIMITED_QUEUE,
-    LazyUnavailable,
-    _c,
+    RESPONSE,
+    HeldGroup,
+    mark,
 )
 from kvol.model import FileRecord
 from kvol.repo import Repo
@@ -59,10 +53,13 @@ _EVENT = struct.Struct("IBBHQii")
 _INFO_HEADER = struct.Struct("BBH")
 _RANGE = struct.Struct("BBHIQQ")
 _INFO_TYPE_RANGE = 6
-_RESPONSE = struct.Struct("iI")
 _FILLED = struct.Struct("<Q")
 #: Background parts per batch: small files of one pack come in one request.
 BATCH = 64
+#: Parts of a file fetched ahead of a read that waits for one of them.
+READAHEAD = 4
+#: Seconds between records of what was filled (and syncs of the blob's data).
+LOG_INTERVAL = 1.0
 
 
 @dataclass(eq=False)
@@ -97,6 +94,18 @@ class _Blob:
     parts: list[_Part]
     starts: list[int]
     left: int
+    #: Starts of parts filled and not recorded yet (see BlobFiller._log).
+    unlogged: list[int] = field(default_factory=list)
+    log_lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def after(self, part: _Part, count: int) -> list[_Part]:
+        """Up to ``count`` parts of the same file after ``part`` not filled or filling."""
+        i = bisect.bisect_left(self.starts, part.start)
+        return [
+            q
+            for q in self.parts[i + 1 : i + 1 + count]
+            if q.record is part.record and not q.filled and not q.running
+        ]
 
     def under(self, offset: int, count: int) -> list[_Part]:
         """The parts a read of ``count`` bytes at ``offset`` touches."""
@@ -112,59 +121,91 @@ class _Blob:
 class BlobFiller:
     """The fanotify group that fills blobs as they are read, and in the background."""
 
-    def __init__(self, workers: int = 4) -> None:
+    def __init__(self, state: Path, workers: int = 4) -> None:
         if workers < 2:
             raise InvalidArgument("a blob filler needs 2 workers or more (one serves reads only)")
+        self.state = state
         self.workers = workers
         self._lock = threading.Lock()
         self._wake = threading.Condition(self._lock)
         self._blobs: dict[tuple[int, int], _Blob] = {}
         self._demand: collections.deque[tuple[_Blob, _Part]] = collections.deque()
         self._background: collections.deque[tuple[_Blob, _Part]] = collections.deque()
+        #: Reads of blobs not added yet, from before a restart: they wait for add().
+        self._parked: dict[tuple[int, int], list[tuple[int, tuple[int, int] | None]]] = {}
+        self._settled = True
         self._filler_tids: set[int] = set()
         self._threads: list[threading.Thread] = []
         self._stopping = False
+        self._held: HeldGroup | None = None
         self._group = -1
         self._stop_r = self._stop_w = -1
+        self._log_stop = threading.Event()
         self.failures = 0
 
     def start(self) -> BlobFiller:
-        flags = FAN_CLOEXEC | FAN_NONBLOCK | FAN_CLASS_PRE_CONTENT | FAN_UNLIMITED_QUEUE
-        group = int(_c().fanotify_init(flags | FAN_REPORT_TID, os.O_RDWR | os.O_LARGEFILE))
-        if group < 0:
-            raise LazyUnavailable(f"fanotify pre-content group: {os.strerror(_errno())}")
-        self._group = group
+        """Take the group over from its holder (a previous filler died: reads it left
+        waiting wait for :meth:`add` of their blob, or :meth:`settle`) or open a new one."""
+        self._held = HeldGroup(self.state, f"the blobs of {self.state}").open(FAN_PRE_ACCESS)
+        self._group = self._held.fd
+        self._settled = not self._held.adopted
         self._stop_r, self._stop_w = os.pipe2(os.O_CLOEXEC)
         self._spawn("kvol-blob-events", self._listen)
+        self._spawn("kvol-blob-log", self._log_every)
         self._spawn("kvol-blob-demand", lambda: self._work(demand_only=True))
         for i in range(self.workers - 1):
             self._spawn(f"kvol-blob-fill_{i}", lambda: self._work(demand_only=False))
         return self
+
+    def settle(self) -> None:
+        """Every blob there is was added: reads of any other fail from now on (EIO)."""
+        with self._lock:
+            self._settled = True
+            parked = [fd for waiting in self._parked.values() for fd, _ in waiting]
+            self._parked.clear()
+        for fd in parked:
+            self._respond(fd, False)
 
     def _spawn(self, name: str, target: Callable[[], None]) -> None:
         thread = threading.Thread(target=target, name=name, daemon=True)
         thread.start()
         self._threads.append(thread)
 
-    def stop(self) -> None:
-        """Stop filling; reads still waiting fail with EIO, later ones are not held."""
+    def stop(self, *, release: bool = True) -> None:
+        """Stop filling; reads still waiting fail with EIO. ``release`` ends the group's
+        holder too, and with it the marks (unfilled ranges would then read as holes: only
+        once nothing mounts these blobs); without it reads wait for the next filler."""
         with self._wake:
+            if self._stopping:
+                return
             self._stopping = True
             self._wake.notify_all()
             blobs = list(self._blobs.values())
+            self._blobs.clear()
         if self._stop_w >= 0:
             os.write(self._stop_w, b"x")
+        self._log_stop.set()
         for thread in self._threads:
             thread.join()
+        self.settle()
         for blob in blobs:
-            for part in blob.parts:
-                self._answer(part.waiters, ok=False)
-            os.close(blob.fd)
-            os.close(blob.log_fd)
-        for fd in (self._group, self._stop_r, self._stop_w):
+            self._close(blob)
+        for fd in (self._stop_r, self._stop_w):
             if fd >= 0:
                 os.close(fd)
-        self._group = self._stop_r = self._stop_w = -1
+        self._stop_r = self._stop_w = self._group = -1
+        if self._held is not None:
+            if release:
+                self._held.release()
+            self._held.close()
+
+    def _close(self, blob: _Blob) -> None:
+        self._log(blob)
+        for part in blob.parts:
+            self._answer(part.waiters, ok=False)
+            part.waiters = []
+        os.close(blob.fd)
+        os.close(blob.log_fd)
 
     # -- blobs -------------------------------------------------------------------------
 
@@ -187,24 +228,46 @@ class BlobFiller:
         st = os.fstat(fd)
         left = sum(1 for p in parts if not p.filled)
         state = _Blob(blob, repo, fd, log_fd, parts, [p.start for p in parts], left)
+        if left:
+            try:
+                mark(self._group, FAN_MARK_ADD, FAN_PRE_ACCESS, fd)
+            except OSError:
+                os.close(fd)
+                os.close(log_fd)
+                raise
+        key = (st.st_dev, st.st_ino)
         with self._lock:
-            self._blobs[st.st_dev, st.st_ino] = state
-        if left and _c().fanotify_mark(self._group, FAN_MARK_ADD, FAN_PRE_ACCESS, fd, None):
-            err = _errno()
-            raise OSError(err, f"fanotify_mark: {os.strerror(err)}")
+            self._blobs[key] = state
+            parked = self._parked.pop(key, [])
+        for event_fd, where in parked:
+            self._on_event(event_fd, 0, where)
         return left
+
+    def remove(self, blob: Path) -> None:
+        """Stop watching ``blob`` (its image unmounted); reads still waiting fail."""
+        st = os.stat(blob)
+        with self._lock:
+            state = self._blobs.pop((st.st_dev, st.st_ino), None)
+        if state is not None:
+            with contextlib.suppress(OSError):
+                mark(self._group, FAN_MARK_REMOVE, FAN_PRE_ACCESS, state.fd)
+            self._close(state)
 
     def prefetch(self, blob: Path) -> None:
         """Fill everything of ``blob`` in the background (reads still come first)."""
+        st = os.stat(blob)
         with self._wake:
-            for state in self._blobs.values():
-                if state.path == blob:
-                    self._background.extend((state, p) for p in state.parts if not p.filled)
+            state = self._blobs.get((st.st_dev, st.st_ino))
+            if state is not None:
+                self._background.extend((state, p) for p in state.parts if not p.filled)
             self._wake.notify_all()
 
     def pending(self, blob: Path) -> int:
+        """Parts of ``blob`` still to fill."""
+        st = os.stat(blob)
         with self._lock:
-            return sum(s.left for s in self._blobs.values() if s.path == blob)
+            state = self._blobs.get((st.st_dev, st.st_ino))
+            return 0 if state is None else state.left
 
     def wait_idle(self, timeout: float | None = None) -> bool:
         """Wait until nothing is queued or being filled; whether that happened in time."""
@@ -270,15 +333,35 @@ class BlobFiller:
                 outcome[id(part)] = self._fill_part(blob, part, reader)
         finally:
             reader.release()
-        filled = [p for _, p in batch if outcome.get(id(p))]
+        filled = [p.start for _, p in batch if outcome.get(id(p))]
         if filled:
-            # Recorded once the data is on disk: a crash before forgets it, never lies.
-            with contextlib.suppress(OSError):
-                os.fdatasync(blob.fd)
-                os.write(blob.log_fd, b"".join(_FILLED.pack(p.start) for p in filled))
-                os.fsync(blob.log_fd)
+            with self._lock:
+                blob.unlogged.extend(filled)
         for _, part in batch:
             self._settle(blob, part, outcome.get(id(part), False))
+
+    def _log(self, blob: _Blob) -> None:
+        """Record what was filled, once it is on disk: a crash before forgets it (the
+        part is fetched again), never lies. In batches: a sync per part would make a
+        large file's first read crawl."""
+        with blob.log_lock:
+            with self._lock:
+                starts, blob.unlogged = blob.unlogged, []
+            if not starts:
+                return
+            try:
+                os.fdatasync(blob.fd)
+                os.write(blob.log_fd, b"".join(_FILLED.pack(s) for s in starts))
+                os.fsync(blob.log_fd)
+            except OSError as exc:
+                log.warning("recording the filled parts of %s failed: %s", blob.path, exc)
+
+    def _log_every(self) -> None:
+        while not self._log_stop.wait(LOG_INTERVAL):
+            with self._lock:
+                blobs = [b for b in self._blobs.values() if b.unlogged]
+            for blob in blobs:
+                self._log(blob)
 
     def _fill_part(self, blob: _Blob, part: _Part, reader: ContentReader) -> bool:
         try:
@@ -312,16 +395,16 @@ class BlobFiller:
         for wait in answered:
             self._respond(wait.fd, wait.ok)
         if everything:
+            self._log(blob)
             # All there: reads need no event any more.
             with contextlib.suppress(OSError):
-                _c().fanotify_mark(self._group, FAN_MARK_REMOVE, FAN_PRE_ACCESS, blob.fd, None)
+                mark(self._group, FAN_MARK_REMOVE, FAN_PRE_ACCESS, blob.fd)
 
     # -- events ------------------------------------------------------------------------
 
     def _respond(self, fd: int, ok: bool) -> None:
-        response = FAN_ALLOW if ok else FAN_DENY | (errno.EIO << FAN_ERRNO_SHIFT)
         try:
-            os.write(self._group, _RESPONSE.pack(fd, response))
+            os.write(self._group, RESPONSE.pack(fd, FAN_ALLOW if ok else DENY_EIO))
         except OSError as exc:
             log.error("fanotify response failed: %s", exc)
         finally:
@@ -364,7 +447,11 @@ class BlobFiller:
         with self._wake:
             blob = self._blobs.get((st.st_dev, st.st_ino))
             if blob is None:
-                ok = True  # not a blob of this filler's (a mark on its way out)
+                if not self._settled and not self._stopping:
+                    # A blob of the previous filler's, not added again yet.
+                    self._parked.setdefault((st.st_dev, st.st_ino), []).append((fd, where))
+                    return
+                ok = False  # a blob nobody fills (removed): never its holes
             else:
                 parts = blob.parts if where is None else blob.under(*where)
                 wanted = [p for p in parts if not p.filled]
@@ -373,6 +460,9 @@ class BlobFiller:
                     for part in wanted:
                         part.waiters.append(wait)
                         self._demand.append((blob, part))
+                    # A read of a large file goes on to its next parts: fetch them now,
+                    # side by side, rather than one at a time as the reads come.
+                    self._demand.extend((blob, q) for q in blob.after(wanted[-1], READAHEAD))
                     self._wake.notify_all()
                     return
                 ok = not wanted  # stopping with parts missing: fail the read, never zeros
@@ -402,7 +492,3 @@ def _read_filled(path: Path) -> set[int]:
         return set()
     whole = len(data) - len(data) % _FILLED.size  # a torn last record is not counted
     return {v for (v,) in _FILLED.iter_unpack(data[:whole])}
-
-
-def _errno() -> int:
-    return ctypes.get_errno()

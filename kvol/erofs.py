@@ -22,7 +22,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
 from kvol.errors import InvalidArgument
-from kvol.overlay import MS_NODEV, MS_NOSUID, MS_RDONLY, mount
+from kvol.mounting import MS_NODEV, MS_NOSUID, MS_RDONLY, mount
 
 BLOCK_BITS = 12
 BLOCK = 1 << BLOCK_BITS

@@ -27,23 +27,16 @@ supports pre-content events (ext4, xfs, btrfs) under the cache, kernel 6.14 or l
 from __future__ import annotations
 
 import contextlib
-import ctypes
-import ctypes.util
 import errno
-import fcntl
 import heapq
 import itertools
 import json
 import logging
 import os
-import resource
 import secrets
 import select
 import shutil
-import signal
 import struct
-import subprocess
-import sys
 import threading
 from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
@@ -53,42 +46,31 @@ from pathlib import Path
 from kvol import fsops
 from kvol.content import ContentReader
 from kvol.errors import CorruptData, InvalidArgument, KvolError
+from kvol.fangroup import (
+    DENY_EIO,
+    FAN_ALLOW,
+    FAN_MARK_ADD,
+    FAN_MARK_REMOVE,
+    FAN_OPEN_PERM,
+    FAN_PRE_ACCESS,
+    RESPONSE,
+    HeldGroup,
+    mark,
+)
 from kvol.model import FileRecord
 from kvol.repo import Repo
 
 log = logging.getLogger(__name__)
 
-# fanotify ABI (linux/fanotify.h).
-FAN_CLOEXEC = 0x1
-FAN_NONBLOCK = 0x2
-FAN_CLASS_PRE_CONTENT = 0x8
-FAN_UNLIMITED_QUEUE = 0x10
-FAN_UNLIMITED_MARKS = 0x20
-FAN_REPORT_TID = 0x100
-FAN_MARK_ADD = 0x1
-FAN_MARK_REMOVE = 0x2
-FAN_OPEN_PERM = 0x10000
-FAN_PRE_ACCESS = 0x100000
-FAN_ALLOW = 0x1
-FAN_DENY = 0x2
-FAN_ERRNO_SHIFT = 24
-AT_FDCWD = -100
 _EVENT = struct.Struct("IBBHQii")
-_RESPONSE = struct.Struct("iI")
 MASK = FAN_OPEN_PERM | FAN_PRE_ACCESS
 
 #: The xattr that makes an entry a placeholder (its data is not there yet).
 PLACEHOLDER_XATTR = "trusted.kvol.lazy"
 #: The cache's directory of manifests (what each placeholder must be filled with).
 STATE_DIR = ".lazy"
-#: In the state directory: who holds the group, and the lock of the one filler.
-HOLDER_FILE = "holder"
-LOCK_FILE = "lock"
 #: Directories where older versions made placeholders before they got their names.
 SPOOL_PREFIX = "spool-"
-#: Descriptor numbers a successor answers orphaned events for, at most.
-MAX_ORPHAN_FD = 1 << 16
-SYS_PIDFD_GETFD = 438  # the same number on every architecture
 
 #: Records (and bytes) per background batch: small files of one pack come in one request,
 #: and an open never waits long behind a batch that holds its file.
@@ -97,11 +79,6 @@ BATCH_BYTES = 8 << 20
 
 _DEMAND = 0
 _BACKGROUND = 1
-
-
-class LazyUnavailable(KvolError):
-    """Lazy entries cannot work here (not root, an old kernel, or a filesystem without
-    pre-content events)."""
 
 
 def is_placeholder(path: str | Path, *, follow: bool = False) -> bool:
@@ -115,34 +92,8 @@ def is_placeholder(path: str | Path, *, follow: bool = False) -> bool:
     return True
 
 
-_libc: ctypes.CDLL | None = None
-
-
-def _c() -> ctypes.CDLL:
-    global _libc
-    if _libc is None:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
-        libc.fanotify_init.argtypes = [ctypes.c_uint, ctypes.c_uint]
-        libc.fanotify_init.restype = ctypes.c_int
-        libc.fanotify_mark.argtypes = [
-            ctypes.c_int,
-            ctypes.c_uint,
-            ctypes.c_uint64,
-            ctypes.c_int,
-            ctypes.c_char_p,
-        ]
-        libc.fanotify_mark.restype = ctypes.c_int
-        _libc = libc
-    return _libc
-
-
 def _mark(group: int, flags: int, fd: int, path: str | None = None) -> None:
-    """Mark the inode open as ``fd`` (or at ``path``: an O_PATH descriptor must be named
-    through /proc, the call wants a real open file)."""
-    where = (AT_FDCWD, os.fsencode(path)) if path is not None else (fd, None)
-    if _c().fanotify_mark(group, flags, MASK, *where) != 0:
-        err = ctypes.get_errno()
-        raise OSError(err, f"fanotify_mark: {os.strerror(err)}")
+    mark(group, flags, MASK, fd, path)
 
 
 @dataclass(eq=False)
@@ -192,9 +143,7 @@ class LazyFiller:
         self._stop_r, self._stop_w = -1, -1
         self._threads: list[threading.Thread] = []
         self._stopping = False
-        self._lock_fd = -1
-        self._holder: subprocess.Popen[bytes] | None = None
-        self._holder_pid: int | None = None
+        self._held: HeldGroup | None = None
         self.failures = 0
 
     # -- life cycle ----------------------------------------------------------------------
@@ -203,26 +152,10 @@ class LazyFiller:
         """Take the cache's group over from its holder (a previous filler died) or open a
         new one with a holder, start the listener and the fillers, and mark every
         placeholder a previous process left unfilled."""
-        self.state.mkdir(parents=True, exist_ok=True)
-        self._lock_fd = os.open(
-            self.state / LOCK_FILE, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600
-        )
-        try:
-            fcntl.flock(self._lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            os.close(self._lock_fd)
-            self._lock_fd = -1
-            raise KvolError(f"another process fills the placeholders of {self.root}") from None
+        self._held = HeldGroup(self.state, f"the placeholders of {self.root}").open(MASK)
+        self._group = self._held.fd
         try:
             self._stop_r, self._stop_w = os.pipe2(os.O_CLOEXEC)
-            adopted = self._adopt_group()
-            if adopted is None:
-                self._group = self._new_group()
-                self._probe()
-                self._spawn_holder()
-            else:
-                self._group, orphans = adopted
-                self._answer_orphans(orphans)
             self._resume()
         except BaseException:
             self._close_fds()
@@ -238,93 +171,6 @@ class LazyFiller:
         for t in self._threads:
             t.start()
         return self
-
-    def _new_group(self) -> int:
-        flags = FAN_CLOEXEC | FAN_NONBLOCK | FAN_CLASS_PRE_CONTENT | FAN_UNLIMITED_QUEUE
-        flags |= FAN_UNLIMITED_MARKS | FAN_REPORT_TID
-        group = int(_c().fanotify_init(flags, os.O_RDONLY | os.O_LARGEFILE | os.O_CLOEXEC))
-        if group < 0:
-            err = ctypes.get_errno()
-            raise LazyUnavailable(f"fanotify pre-content group: {os.strerror(err)}")
-        return group
-
-    def _spawn_holder(self) -> None:
-        """A process that only keeps the group open: when this one dies, the group (and
-        its marks) live on, opens of placeholders wait for the next filler instead of
-        being let through (the kernel allows what a closed group had pending)."""
-        sleep = shutil.which("sleep")
-        cmd = (
-            [sleep, "infinity"]
-            if sleep
-            else [sys.executable, "-c", "import signal; signal.pause()"]
-        )
-        self._holder = subprocess.Popen(
-            cmd,
-            pass_fds=(self._group,),
-            start_new_session=True,
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        record = {
-            "pid": self._holder.pid,
-            "fd": self._group,
-            "start": _start_time(self._holder.pid),
-            # Event descriptors of this process are below its limit: a successor answers
-            # the events this one read and left unanswered by their numbers.
-            "max_fd": min(resource.getrlimit(resource.RLIMIT_NOFILE)[0], MAX_ORPHAN_FD),
-        }
-        fsops.write_atomically(self.state / HOLDER_FILE, json.dumps(record).encode())
-
-    def _adopt_group(self) -> tuple[int, int] | None:
-        """The group a live holder keeps, and how many descriptor numbers its previous
-        filler may have used; None if there is no holder."""
-        try:
-            record = json.loads((self.state / HOLDER_FILE).read_bytes())
-            pid, fd, start, max_fd = (int(record[k]) for k in ("pid", "fd", "start", "max_fd"))
-        except (FileNotFoundError, ValueError, KeyError, TypeError):
-            return None
-        if _start_time(pid) != start:
-            return None  # the holder is gone (its group with it)
-        try:
-            if os.readlink(f"/proc/{pid}/fd/{fd}") != "anon_inode:[fanotify]":
-                return None
-            pidfd = os.pidfd_open(pid)
-        except OSError:
-            return None
-        try:
-            group = int(_c().syscall(SYS_PIDFD_GETFD, pidfd, fd, 0))
-        finally:
-            os.close(pidfd)
-        if group < 0:
-            return None
-        self._holder_pid = pid
-        return group, max_fd
-
-    def _answer_orphans(self, max_fd: int) -> None:
-        """Events the dead filler read but never answered: their opens fail with EIO
-        (never a placeholder's zeros); the next open is filled as usual. The kernel
-        matches a response by the event's descriptor number in the reader's process."""
-        response = FAN_DENY | (errno.EIO << FAN_ERRNO_SHIFT)
-        for fd in range(max_fd):
-            with contextlib.suppress(OSError):  # ENOENT: no event had that number
-                os.write(self._group, _RESPONSE.pack(fd, response))
-
-    def _probe(self) -> None:
-        # A filesystem without pre-content events refuses the mark: fail now, not later.
-        probe = self.state / f"{fsops.TEMP_PREFIX}probe-{secrets.token_hex(4)}"
-        fd = os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
-        try:
-            try:
-                _mark(self._group, FAN_MARK_ADD, fd)
-            except OSError as exc:
-                raise LazyUnavailable(
-                    f"no pre-content events on the cache's filesystem: {exc.strerror}"
-                ) from exc
-            _mark(self._group, FAN_MARK_REMOVE, fd)
-        finally:
-            os.close(fd)
-            probe.unlink(missing_ok=True)
 
     def stop(self, *, release: bool = True) -> None:
         """Stop listening. Opens still waiting fail with EIO; placeholders stay
@@ -354,21 +200,16 @@ class LazyFiller:
         self._close_fds()
 
     def _release_holder(self) -> None:
-        if self._holder is not None:
-            self._holder.kill()
-            self._holder.wait()
-        elif self._holder_pid is not None and _start_time(self._holder_pid) is not None:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(self._holder_pid, signal.SIGKILL)
-        self._holder = None
-        self._holder_pid = None
-        (self.state / HOLDER_FILE).unlink(missing_ok=True)
+        if self._held is not None:
+            self._held.release()
 
     def _close_fds(self) -> None:
-        for fd in (self._group, self._stop_r, self._stop_w, self._lock_fd):
+        for fd in (self._stop_r, self._stop_w):
             if fd >= 0:
                 os.close(fd)
-        self._group = self._stop_r = self._stop_w = self._lock_fd = -1
+        self._stop_r = self._stop_w = self._group = -1
+        if self._held is not None:
+            self._held.close()
 
     def register(self, repo: Repo) -> None:
         """Fills of ``repo``'s volume may use it from now on."""
@@ -713,10 +554,10 @@ class LazyFiller:
     # -- events --------------------------------------------------------------------------
 
     def _answer(self, fds: list[int], *, ok: bool) -> None:
-        response = FAN_ALLOW if ok else FAN_DENY | (errno.EIO << FAN_ERRNO_SHIFT)
+        response = FAN_ALLOW if ok else DENY_EIO
         for fd in fds:
             try:
-                os.write(self._group, _RESPONSE.pack(fd, response))
+                os.write(self._group, RESPONSE.pack(fd, response))
             except OSError as exc:
                 log.error("fanotify response failed: %s", exc)
             finally:
@@ -766,20 +607,6 @@ class LazyFiller:
 
 class _Gone(Exception):
     """The placeholder is no longer the cache's entry."""
-
-
-def _start_time(pid: int) -> int | None:
-    """A process's start time (clock ticks since boot): tells it from a reused pid."""
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            stat = f.read()
-    except OSError:
-        return None
-    # Fields after the command name, which is in parentheses and may hold spaces.
-    fields = stat[stat.rindex(b")") + 2 :].split()
-    if fields[0] == b"Z":
-        return None  # a zombie holds no descriptors
-    return int(fields[19])
 
 
 def _write_parts(reader: ContentReader, record: FileRecord, fd: int) -> None:

@@ -159,7 +159,7 @@ def _logs_to(path: Path) -> None:
 
 
 def _point_process(request: dict[str, Any], d: Path) -> None:
-    from kvol.overlay import mounts_under, umount
+    from kvol.mounting import mounts_under, umount
 
     if request.get("mounts"):
         _private_mounts()

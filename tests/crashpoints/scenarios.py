@@ -851,7 +851,7 @@ def _pod_changes(t: Tree) -> Tree:
 
 
 def _no_mounts_left(check: Checker, ctx: Ctx) -> None:
-    from kvol.overlay import mounts_under
+    from kvol.mounting import mounts_under
 
     left = mounts_under(ctx.dir)
     check.expect(not left, f"mounts left after unpublishing: {left}")

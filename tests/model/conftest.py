@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from kvol.overlay import overlay_supported
+from kvol.mounting import overlay_supported
 from kvol.store import FilesystemStore, Store
 from tests.minio import MinioServer, minio, s3_bucket  # noqa: F401 (fixtures)
 from tests.model.machine import Env

@@ -42,7 +42,8 @@ from kvol import repo as repo_module
 from kvol.content import min_gc_grace
 from kvol.errors import HistoryPruned, StaleBase
 from kvol.layout import parse_seq
-from kvol.overlay import ContentCache, Lower, Lowers, OverlayWorkingCopy, lower_family, unmount
+from kvol.mounting import unmount
+from kvol.overlay import ContentCache, Lower, Lowers, OverlayWorkingCopy, lower_family
 from kvol.repo import Repo
 from kvol.retention import prune_history
 from kvol.store import Store

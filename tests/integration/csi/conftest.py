@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from kvol.catalog import Catalog
-from kvol.overlay import overlay_supported
+from kvol.mounting import overlay_supported
 from kvol.store import FilesystemStore
 from tests.integration.csi.plugin import Kubelet, Plugin, unmount_all
 from tests.minio import minio, s3_bucket  # noqa: F401

@@ -17,7 +17,7 @@ from pathlib import Path
 import grpc
 
 from kvol.csi.proto import csi_pb2, csi_pb2_grpc
-from kvol.overlay import mounts_under, umount
+from kvol.mounting import mounts_under, umount
 from kvol.repo import Repo
 from tests.tools import stop_process
 

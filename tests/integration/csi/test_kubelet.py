@@ -15,7 +15,7 @@ import pytest
 from kvol import errors
 from kvol.catalog import Catalog
 from kvol.mounted import ControlMount
-from kvol.overlay import is_mountpoint, mounts_under
+from kvol.mounting import is_mountpoint, mounts_under
 from kvol.store import FilesystemStore
 from tests.integration.csi.conftest import NAMESPACE
 from tests.integration.csi.plugin import Kubelet, Plugin, publications, volume_files

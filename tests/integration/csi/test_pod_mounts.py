@@ -15,7 +15,7 @@ import pytest
 from kvol import errors
 from kvol.catalog import Catalog
 from kvol.mounted import ControlMount
-from kvol.overlay import mount_table
+from kvol.mounting import mount_table
 from kvol.store import FilesystemStore
 from kvol.volume import Volume
 from tests.integration.csi.conftest import NAMESPACE

@@ -12,7 +12,7 @@ import pytest
 
 from kvol.catalog import Catalog
 from kvol.mounted import ControlMount
-from kvol.overlay import mounts_under
+from kvol.mounting import mounts_under
 from tests.integration.csi.conftest import NAMESPACE
 from tests.integration.csi.plugin import Kubelet, Plugin, publications, volume_files
 from tests.unit.core.helpers import write

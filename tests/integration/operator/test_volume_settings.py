@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from kvol.overlay import overlay_supported
+from kvol.mounting import overlay_supported
 from kvol.repo import Repo
 from kvol.store import FilesystemStore
 from tests.integration.csi.plugin import Kubelet, Plugin, publications, unmount_all

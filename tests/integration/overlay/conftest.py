@@ -8,7 +8,8 @@ from pathlib import Path
 import pytest
 
 from kvol.catalog import Catalog
-from kvol.overlay import ContentCache, Lowers, OverlayWorkingCopy, overlay_supported
+from kvol.mounting import overlay_supported
+from kvol.overlay import ContentCache, Lowers, OverlayWorkingCopy
 from kvol.repo import Repo
 from kvol.store import FilesystemStore
 

@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 
 from kvol.erofs import BLOCK, BlobLayout, ImageFile, mount_image, write_image
-from kvol.overlay import unmount
+from kvol.mounting import unmount
 
 pytestmark = pytest.mark.root
 

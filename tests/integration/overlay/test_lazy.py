@@ -19,8 +19,10 @@ from pathlib import Path
 import pytest
 
 from kvol.catalog import Catalog
-from kvol.lazy import HOLDER_FILE, STATE_DIR, is_placeholder
-from kvol.overlay import ContentCache, Lowers, OverlayWorkingCopy, mount_overlay, umount
+from kvol.fangroup import HOLDER_FILE
+from kvol.lazy import STATE_DIR, is_placeholder
+from kvol.mounting import mount_overlay, umount
+from kvol.overlay import ContentCache, Lowers, OverlayWorkingCopy
 from kvol.repo import Repo
 from kvol.workcopy import WorkingCopy
 from tests.integration.overlay.seeding import seed

@@ -7,11 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from kvol.overlay import (
-    Lowers,
-    OverlayWorkingCopy,
-    is_mountpoint,
-)
+from kvol.mounting import is_mountpoint
+from kvol.overlay import Lowers, OverlayWorkingCopy
 from kvol.repo import Repo
 from tests.integration.overlay.seeding import seed
 

@@ -11,11 +11,8 @@ from pathlib import Path
 import pytest
 
 from kvol.model import FileRecord, PutOp
-from kvol.overlay import (
-    Lowers,
-    MountError,
-    OverlayWorkingCopy,
-)
+from kvol.mounting import MountError
+from kvol.overlay import Lowers, OverlayWorkingCopy
 from kvol.repo import Repo
 from kvol.upload import publish
 from kvol.workcopy import WorkingCopy

@@ -18,7 +18,7 @@ from kvol.csi.node import NodeConfig, NodeService
 from kvol.csi.proto import csi_pb2
 from kvol.csi.resolver import StaticResolver
 from kvol.errors import InvalidArgument
-from kvol.overlay import overlay_supported
+from kvol.mounting import overlay_supported
 from kvol.repo import Repo
 from kvol.store import FilesystemStore
 from kvol.workcopy import WorkingCopy

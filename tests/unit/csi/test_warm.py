@@ -19,7 +19,7 @@ from kvol.csi import mounts
 from kvol.csi.main import parser
 from kvol.csi.node import NodeConfig, NodeService
 from kvol.csi.resolver import StaticResolver
-from kvol.overlay import overlay_supported
+from kvol.mounting import overlay_supported
 from kvol.repo import Repo
 from kvol.store import FilesystemStore, Store
 from kvol.workcopy import WorkingCopy
