@@ -139,7 +139,8 @@ def _image_path(repo: Repo, seq: int, where: Path, picks: list[str]) -> _ImagePa
         write_image(where / "meta.img", files, state.all_dirs(), blob_bytes=layout.size)
         with open(blob, "wb") as out:
             out.truncate(layout.size)
-        filler.add(blob, repo, contents.items())
+        filler.register(repo)
+        filler.add(blob, repo.volume_id, contents.items())
         mount_image(where / "meta.img", blob, target)
         os.listdir(target)
 

@@ -100,8 +100,17 @@ def parser() -> argparse.ArgumentParser:
         "--lazy-fetch",
         action="store_true",
         help="experimental: publish a volume before its content is on the node; files are "
-        "fetched on first open and in the background (overlay layout; needs kernel 6.14+ "
-        "and a cache on ext4, xfs or btrfs; see docs/kubernetes.md for its limits)",
+        "fetched when first read and in the background (overlay layout; needs kernel 6.14+ "
+        "and a state directory on ext4, xfs or btrfs; see docs/kubernetes.md for its limits)",
+    )
+    p.add_argument(
+        "--lazy-fetch-as",
+        default="auto",
+        choices=("auto", "image", "entries"),
+        help="how --lazy-fetch works: image (a snapshot is an image mounted at once whose "
+        "data is fetched range by range as it is read), entries (a placeholder file per "
+        "file in the content cache, fetched whole on first open) or auto (image where the "
+        "kernel mounts one from a file, Linux 6.12+; default)",
     )
     p.add_argument("--log-level", default="INFO", choices=("DEBUG", "INFO", "WARNING", "ERROR"))
     registration.add_arguments(p)
@@ -129,6 +138,7 @@ def main(argv: list[str] | None = None) -> int:
                 keep_warm_seconds=args.keep_warm_seconds,
                 cache_max_bytes=args.cache_max_bytes,
                 lazy_fetch=args.lazy_fetch,
+                lazy_fetch_as=args.lazy_fetch_as,
             ),
             resolver,
             EventReporter.in_cluster(args.node_id),

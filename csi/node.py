@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from kvol import fsops, metrics, paths
+from kvol.blobfill import BlobFiller
 from kvol.csi import mounts
 from kvol.csi.control import MAX_CONNECTIONS, SOCKET_NAME, ConnectionBudget, ControlServer
 from kvol.csi.errors import Forbidden, MissingField, NotPublished, PublishedElsewhere
@@ -40,6 +41,7 @@ from kvol.csi.mounts import LiveMount, MountError
 from kvol.csi.proto import csi_pb2
 from kvol.csi.resolver import Resolver
 from kvol.csi.state import TEARING_DOWN, Publication, StateFile
+from kvol.erofs import images_supported
 from kvol.errors import CorruptData, InvalidArgument, KvolError, StaleBase
 from kvol.mounting import overlay_supported
 from kvol.overlay import (
@@ -95,9 +97,14 @@ class NodeConfig:
     keep_warm_seconds: float = 600.0
     #: Size the node's content cache is trimmed to, least recently used first (0: none).
     cache_max_bytes: int = 10 << 30
-    #: Publish before the volume's content is here: files are fetched on first open and
-    #: in the background (kvol.lazy; overlay layout, root, kernel 6.14+).
+    #: Publish before the volume's content is here: files are fetched when first read
+    #: and in the background (overlay layout, root, kernel 6.14+).
     lazy_fetch: bool = False
+    #: How: "image" (each snapshot an EROFS image whose data is fetched range by range
+    #: as it is read: kvol.image_lowers), "entries" (placeholder files in the content
+    #: cache, each fetched whole on first open: kvol.lazy) or "auto" (image where the
+    #: kernel mounts one from a file, 6.12+).
+    lazy_fetch_as: str = "auto"
 
 
 class Live:
@@ -169,9 +176,15 @@ class NodeService:
             raise InvalidArgument(
                 f"keep-warm time must be 0 (off) or more seconds, not {config.keep_warm_seconds}"
             )
+        images = self._lazy_images(config, state_dir)
         self.lowers = Lowers(
             state_dir / "lowers",
-            ContentCache(state_dir / "cache", config.cache_max_bytes, lazy=config.lazy_fetch),
+            ContentCache(
+                state_dir / "cache",
+                config.cache_max_bytes,
+                lazy=config.lazy_fetch and images is None,
+            ),
+            images=images,
         )
         # The janitor drops expired warm snapshots and trims the content cache.
         self._janitor: threading.Thread | None = None
@@ -194,6 +207,20 @@ class NodeService:
             self.layout = config.layout
         else:
             raise InvalidArgument(f"layout must be auto, overlay or plain, not {config.layout!r}")
+
+    @staticmethod
+    def _lazy_images(config: NodeConfig, state_dir: Path) -> BlobFiller | None:
+        """The blob filler of image snapshots, if lazy fetching is on and goes by images."""
+        if config.lazy_fetch_as not in ("auto", "image", "entries"):
+            raise InvalidArgument(
+                f"lazy fetch must go by auto, image or entries, not {config.lazy_fetch_as!r}"
+            )
+        if not config.lazy_fetch or config.lazy_fetch_as == "entries":
+            return None
+        if config.lazy_fetch_as == "auto" and not images_supported(state_dir):
+            log.info("lazy fetch goes by cache entries: this kernel mounts no image from a file")
+            return None
+        return BlobFiller(state_dir / "blobs").start()
 
     # -- lifecycle -----------------------------------------------------------------------
 
@@ -248,6 +275,7 @@ class NodeService:
                 if lower.key not in used and lower.key not in warm:
                     self._drop_lower(lower)
             for partial in self.lowers.root.glob(f"*/{fsops.TEMP_PREFIX}*"):
+                self.lowers.release_partial(partial)
                 mounts.remove_tree(partial)
 
     # -- warm snapshots and the content cache ------------------------------------------
@@ -360,7 +388,7 @@ class NodeService:
             live.pause()
         # Lazy fetches stop; the group stays with its holder, so opens of files not fetched
         # yet wait for the next process instead of reading placeholders.
-        self.lowers.cache.close(release=False)
+        self.lowers.close(release=False)
 
     def copy_samples(self) -> list[metrics.CopySample]:
         """The copies this process serves, for the per-volume metrics."""
@@ -381,7 +409,7 @@ class NodeService:
     def resolver_repo(self, pub: Publication) -> Repo:
         repo = Repo(self.resolver.store(pub.backend), pub.kvol_id)
         # After a restart, placeholders of this volume left unfilled are filled from it.
-        self.lowers.cache.adopt(repo)
+        self.lowers.adopt(repo)
         return repo
 
     # -- Node service ----------------------------------------------------------------------

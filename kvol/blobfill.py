@@ -88,12 +88,13 @@ class _Wait:
 @dataclass(eq=False)
 class _Blob:
     path: Path
-    repo: Repo
+    volume_id: str
     fd: int
     log_fd: int
     parts: list[_Part]
     starts: list[int]
     left: int
+    repo: Repo | None = None  # None until the volume is registered
     #: Starts of parts filled and not recorded yet (see BlobFiller._log).
     unlogged: list[int] = field(default_factory=list)
     log_lock: threading.Lock = field(default_factory=threading.Lock)
@@ -133,6 +134,9 @@ class BlobFiller:
         self._background: collections.deque[tuple[_Blob, _Part]] = collections.deque()
         #: Reads of blobs not added yet, from before a restart: they wait for add().
         self._parked: dict[tuple[int, int], list[tuple[int, tuple[int, int] | None]]] = {}
+        self._repos: dict[str, Repo] = {}
+        #: Parts asked for before their volume was registered.
+        self._unregistered: dict[str, list[tuple[_Blob, _Part]]] = {}
         self._settled = True
         self._filler_tids: set[int] = set()
         self._threads: list[threading.Thread] = []
@@ -177,6 +181,8 @@ class BlobFiller:
         once nothing mounts these blobs); without it reads wait for the next filler."""
         with self._wake:
             if self._stopping:
+                if release and self._held is not None:
+                    self._held.release()  # stopped before, the group left to its holder
                 return
             self._stopping = True
             self._wake.notify_all()
@@ -209,10 +215,16 @@ class BlobFiller:
 
     # -- blobs -------------------------------------------------------------------------
 
-    def add(self, blob: Path, repo: Repo, contents: Iterable[tuple[int, FileRecord]]) -> int:
+    def add(self, blob: Path, volume_id: str, contents: Iterable[tuple[int, FileRecord]]) -> int:
         """Watch ``blob`` (made and sized by the caller, not yet mounted), whose
-        ``contents`` are ``(blob offset, record)`` pairs filled from ``repo``. Returns the
-        parts still to fill (those ``<blob>.filled`` does not list)."""
+        ``contents`` are ``(blob offset, record)`` pairs of volume ``volume_id``'s files,
+        fetched once that volume is :meth:`register`-ed. Returns the parts still to fill
+        (those ``<blob>.filled`` does not list). Adding a blob again changes nothing."""
+        st = os.stat(blob)
+        with self._lock:
+            known = self._blobs.get((st.st_dev, st.st_ino))
+            if known is not None:
+                return known.left
         done = _read_filled(_filled_path(blob))
         parts: list[_Part] = []
         for offset, record in sorted(contents, key=lambda c: c[0]):
@@ -227,7 +239,7 @@ class BlobFiller:
         )
         st = os.fstat(fd)
         left = sum(1 for p in parts if not p.filled)
-        state = _Blob(blob, repo, fd, log_fd, parts, [p.start for p in parts], left)
+        state = _Blob(blob, volume_id, fd, log_fd, parts, [p.start for p in parts], left)
         if left:
             try:
                 mark(self._group, FAN_MARK_ADD, FAN_PRE_ACCESS, fd)
@@ -237,11 +249,23 @@ class BlobFiller:
                 raise
         key = (st.st_dev, st.st_ino)
         with self._lock:
+            state.repo = self._repos.get(volume_id)
             self._blobs[key] = state
             parked = self._parked.pop(key, [])
         for event_fd, where in parked:
             self._on_event(event_fd, 0, where)
         return left
+
+    def register(self, repo: Repo) -> None:
+        """Parts of ``repo``'s volume may be fetched from it from now on (after a
+        restart, reads of its blobs wait until then)."""
+        with self._wake:
+            self._repos[repo.volume_id] = repo
+            for blob in self._blobs.values():
+                if blob.volume_id == repo.volume_id:
+                    blob.repo = repo
+            self._demand.extendleft(reversed(self._unregistered.pop(repo.volume_id, [])))
+            self._wake.notify_all()
 
     def remove(self, blob: Path) -> None:
         """Stop watching ``blob`` (its image unmounted); reads still waiting fail."""
@@ -312,6 +336,9 @@ class BlobFiller:
                 if part.filled or part.running:
                     queue.popleft()
                     continue
+                if blob.repo is None:  # its volume is not registered yet
+                    self._unregistered.setdefault(blob.volume_id, []).append(queue.popleft())
+                    continue
                 if batch and blob is not batch[0][0]:
                     break
                 queue.popleft()
@@ -323,6 +350,7 @@ class BlobFiller:
 
     def _fill(self, batch: list[tuple[_Blob, _Part]]) -> None:
         blob = batch[0][0]
+        assert blob.repo is not None  # _take hands out parts of registered volumes only
         reader = blob.repo.reader()
         outcome: dict[int, bool] = {}
         try:

@@ -17,12 +17,15 @@ mounts") with ``-o device=<blob>``.
 from __future__ import annotations
 
 import os
+import shutil
 import struct
+import tempfile
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 
-from kvol.errors import InvalidArgument
-from kvol.mounting import MS_NODEV, MS_NOSUID, MS_RDONLY, mount
+from kvol.errors import InvalidArgument, KvolError
+from kvol.mounting import MS_NODEV, MS_NOSUID, MS_RDONLY, mount, umount
 
 BLOCK_BITS = 12
 BLOCK = 1 << BLOCK_BITS
@@ -300,3 +303,24 @@ def mount_image(
         MS_RDONLY | MS_NOSUID | MS_NODEV,
         f"device={blob_path}",
     )
+
+
+def images_supported(scratch: Path) -> bool:
+    """Whether this kernel mounts an image from a file with its blob (EROFS, file-backed:
+    Linux 6.12+) here; tried for real in a directory made under ``scratch``."""
+    where = Path(tempfile.mkdtemp(prefix=".erofs-probe-", dir=scratch))
+    try:
+        layout = BlobLayout()
+        offset = layout.place("probe", 1)
+        write_image(where / "image", {"f": ImageFile(1, 0o644, 0, offset)}, blob_bytes=layout.size)
+        with open(where / "blob", "wb") as blob:
+            blob.truncate(layout.size)
+        (where / "mnt").mkdir()
+        try:
+            mount_image(where / "image", where / "blob", where / "mnt")
+        except (KvolError, OSError):
+            return False
+        umount(where / "mnt")
+        return True
+    finally:
+        shutil.rmtree(where, ignore_errors=True)

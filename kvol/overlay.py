@@ -8,6 +8,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import json
+import logging
 import os
 import secrets
 import shutil
@@ -21,8 +22,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from kvol import fsops, layout, metrics, paths
-from kvol.errors import CorruptData, InvalidArgument
+from kvol import fsops, image_lowers, layout, metrics, paths
+from kvol.blobfill import BlobFiller
+from kvol.errors import CorruptData, InvalidArgument, KvolError
 from kvol.index import Index, IndexEntry, Signature
 from kvol.lazy import STATE_DIR as LAZY_STATE_DIR
 from kvol.lazy import LazyFiller, is_placeholder
@@ -44,6 +46,8 @@ from kvol.workcopy import (
     ScanResult,
     WorkingCopy,
 )
+
+log = logging.getLogger(__name__)
 
 # -- the node's content cache -----------------------------------------------------------
 
@@ -440,13 +444,20 @@ class Lowers:
     O(files) and never O(bytes) once the cache holds the content.
     """
 
-    def __init__(self, root: str | Path, cache: ContentCache) -> None:
+    def __init__(
+        self, root: str | Path, cache: ContentCache, *, images: BlobFiller | None = None
+    ) -> None:
         self.root = Path(root)
         self.cache = cache
+        #: With a blob filler, a snapshot is an image filled as it is read (lazy fetch:
+        #: see kvol/image_lowers.py), not a tree of the cache's entries.
+        self.images = images
         self._lock = threading.Lock()
         self._building: dict[str, threading.Lock] = {}
         #: Parsed snapshot indexes: a new copy starts from one without parsing it again.
         self._templates: dict[Path, _Template] = {}
+        if images is not None:
+            self._resume_images()
 
     def get(self, volume_id: str, seq: int) -> Lower | None:
         lower = Lower(self.root / volume_id / layout.seq_name(seq), volume_id, seq)
@@ -481,8 +492,9 @@ class Lowers:
             if existing is not None:
                 return existing
             state = repo.state(seq)
-            lazy = self.cache.lazy is not None and group is None
-            if not lazy:
+            image = self.images is not None and group is None
+            lazy = self.cache.lazy is not None and group is None and not image
+            if not lazy and not image:
                 # A group's snapshot copies its files: lazy entries would be filled now.
                 self.cache.fill(repo, list(state.files.values()), concurrency, held)
             final = self.root / family / layout.seq_name(seq)
@@ -492,7 +504,13 @@ class Lowers:
             tree = staging / LOWER_TREE
             placed: list[Path] = []
             try:
-                if lazy:
+                if image:
+                    assert self.images is not None
+                    staging.mkdir(parents=True)
+                    contents = image_lowers.write(state, staging)
+                    self.images.register(repo)
+                    image_lowers.attach(staging, tree, repo.volume_id, self.images, contents)
+                elif lazy:
                     # Placeholders are made in the tree itself, then linked into the cache.
                     self._make_dirs(state, tree)
                     placed = self.cache.place(repo, state.files, tree, held)
@@ -514,11 +532,52 @@ class Lowers:
                 with self._lock:
                     self._templates[final] = _Template.of(index)
             except BaseException:
+                self.release_partial(staging)
                 shutil.rmtree(staging, ignore_errors=True)
                 raise
             if placed and self.cache.lazy is not None and self.cache.prefetch:
                 self.cache.lazy.prefetch(placed)
+            if image and self.cache.prefetch:
+                assert self.images is not None
+                self.images.prefetch(final / image_lowers.BLOB)
             return Lower(final, family, seq)
+
+    def release_partial(self, staging: Path) -> None:
+        """Unmount the image of a snapshot whose build did not finish, if it has one."""
+        if self.images is not None and is_mountpoint(staging / LOWER_TREE):
+            image_lowers.detach(staging, staging / LOWER_TREE, self.images)
+
+    def ready(self, lower: Lower) -> None:
+        """Make sure an image snapshot is mounted and its blob watched (after the node
+        restarted, or a plugin that never had it); other snapshots are always ready."""
+        if self.images is not None and image_lowers.is_image(lower.path):
+            image_lowers.attach(lower.path, lower.tree, lower.volume_id, self.images)
+
+    def adopt(self, repo: Repo) -> None:
+        """What this node still has to fetch for ``repo``'s volume (left by a previous
+        process) may be fetched from it."""
+        self.cache.adopt(repo)
+        if self.images is not None:
+            self.images.register(repo)
+
+    def close(self, *, release: bool = True) -> None:
+        """Stop fetching lazily. Without ``release`` the fanotify groups live on: reads of
+        what is not fetched yet wait for the next process (see kvol/fangroup.py)."""
+        self.cache.close(release=release)
+        if self.images is not None:
+            self.images.stop(release=release)
+
+    def _resume_images(self) -> None:
+        """Watch every image snapshot's blob again before anything reads it, then let
+        reads of blobs nobody has any more fail (they were being removed)."""
+        assert self.images is not None
+        for lower in self.all():
+            if image_lowers.is_image(lower.path):
+                try:
+                    self.ready(lower)
+                except (KvolError, OSError) as exc:
+                    log.error("snapshot %s could not be mounted again: %s", lower.path, exc)
+        self.images.settle()
 
     @staticmethod
     def _make_dirs(state: State, tree: Path) -> None:
@@ -594,8 +653,13 @@ class Lowers:
     def detach(self, lower: Lower) -> Path | None:
         """The first, quick half of :meth:`drop`: the snapshot is renamed aside (no
         publish finds it from then on); returns where, for :meth:`discard`."""
-        if mounts_under(lower.path) or overlays_on(lower.tree):
+        image = self.images is not None and image_lowers.is_image(lower.path)
+        own = {os.path.realpath(lower.tree)} if image else set()
+        if set(mounts_under(lower.path)) - own or overlays_on(lower.tree):
             raise MountError(f"snapshot {lower.path} is still mounted")
+        if image and is_mountpoint(lower.tree):
+            assert self.images is not None
+            image_lowers.detach(lower.path, lower.tree, self.images)
         with self._lock:
             self._templates.pop(lower.path, None)
         # Renamed first so that a half-removed snapshot never looks complete.
@@ -706,6 +770,7 @@ class OverlayWorkingCopy(WorkingCopy):
             }
             fsops_write_json(config_path, config)
         if not is_mountpoint(merged):
+            lowers.ready(lower)
             mount_overlay(lower.tree, upper, work, merged)
         wc = cls(repo, merged, meta, index, read_only=read_only, concurrency=concurrency)
         wc.upper = upper

@@ -40,6 +40,19 @@ def overlay_env(tmp_path: Path) -> Env:
 
 
 @pytest.fixture
+def image_env(tmp_path: Path) -> Env:
+    """Overlay copies over image snapshots whose data is fetched as it is read."""
+    if not overlay_supported():
+        pytest.fail("the overlay layout needs root and overlayfs (run as root)", pytrace=False)
+
+    def new_store(directory: Path) -> tuple[Store, dict[str, Any]]:
+        root = directory / "store"
+        return FilesystemStore(root, durable=False), {"kind": "fs", "root": str(root)}
+
+    return Env("fs_image", tmp_path, new_store, can_age=True, layout="overlay", images=True)
+
+
+@pytest.fixture
 def s3_env(tmp_path: Path, minio: MinioServer, s3_bucket: str) -> Env:  # noqa: F811
     def new_store(directory: Path) -> tuple[Store, dict[str, Any]]:
         prefix = f"{directory.name}/"

@@ -39,10 +39,11 @@ from hypothesis.stateful import RuleBasedStateMachine, invariant, rule
 
 from kvol import fsck, fsops
 from kvol import repo as repo_module
+from kvol.blobfill import BlobFiller
 from kvol.content import min_gc_grace
 from kvol.errors import HistoryPruned, StaleBase
 from kvol.layout import parse_seq
-from kvol.mounting import unmount
+from kvol.mounting import mounts_under, unmount
 from kvol.overlay import ContentCache, Lower, Lowers, OverlayWorkingCopy, lower_family
 from kvol.repo import Repo
 from kvol.retention import prune_history
@@ -125,6 +126,8 @@ class Env:
     can_age: bool = False
     #: "plain" working copies, or "overlay" ones (root, overlayfs).
     layout: str = "plain"
+    #: Overlay copies over image snapshots filled as they are read (kvol.image_lowers).
+    images: bool = False
 
 
 def read_tree(root: Path) -> Tree:
@@ -201,7 +204,10 @@ class VolumeMachine(RuleBasedStateMachine):
         # (every copy a pod ever had, so that teardown unmounts them all).
         self.lowers: Lowers | None = None
         if self.env.layout == "overlay":
-            self.lowers = Lowers(self.dir / "lowers", ContentCache(self.dir / "cache"))
+            images = BlobFiller(self.dir / "blobs").start() if self.env.images else None
+            self.lowers = Lowers(
+                self.dir / "lowers", ContentCache(self.dir / "cache"), images=images
+            )
         self.layers: dict[int, Path] = {}
         self.lower_of: dict[int, Lower] = {}
         self.group_of: dict[int, int | None] = {}
@@ -284,6 +290,10 @@ class VolumeMachine(RuleBasedStateMachine):
                 copy.close(final_commit=False)
             for layer in self.every_layer:
                 unmount(layer / "merged", lazy=True)
+            for target in mounts_under(self.dir):  # the snapshots' images
+                unmount(target, lazy=True)
+            if self.lowers is not None:
+                self.lowers.close()
             self.store.close()
             shutil.rmtree(self.dir, ignore_errors=True)
 

@@ -27,6 +27,11 @@ def test_overlay_copies_follow_the_model_on_a_filesystem_store(overlay_env: Env)
     run_state_machine_as_test(machine_for(overlay_env), settings=model_settings(60, 40))
 
 
+@pytest.mark.timeout(0 if LONG else 1800)
+def test_overlay_copies_on_image_snapshots_follow_the_model(image_env: Env) -> None:
+    run_state_machine_as_test(machine_for(image_env), settings=model_settings(30, 40))
+
+
 @pytest.mark.s3
 @pytest.mark.timeout(0 if LONG else 1800)
 def test_working_copies_follow_the_model_on_minio(s3_env: Env) -> None:

@@ -86,7 +86,8 @@ def publish(
     write_image(image, files, state.all_dirs(), blob_bytes=layout.size)
     with open(blob, "wb") as out:
         out.truncate(layout.size)
-    filler.add(blob, repo, contents.items())
+    filler.register(repo)
+    filler.add(blob, repo.volume_id, contents.items())
     target.mkdir()
     mount_image(image, blob, target)
     mounts.append(target)
@@ -177,7 +178,8 @@ def test_a_new_filler_on_a_filled_blob_fetches_nothing_again(
         state = repo.state(seq)
         layout = BlobLayout()
         contents = [(layout.place(r.hash, r.size), r) for r in state.files.values()]
-        assert second.add(blob, repo, contents) == 0
+        second.register(repo)
+        assert second.add(blob, repo.volume_id, contents) == 0
         for rel, data in files.items():
             assert read(tree / rel) == data
     finally:
@@ -196,7 +198,8 @@ state, store, image, blob, target, contents = sys.argv[1:7]
 repo = Catalog(FilesystemStore(Path(store))).repo("vol")
 pairs = [(o, FileRecord.from_list(r)) for o, r in json.loads(Path(contents).read_text())]
 filler = BlobFiller(Path(state)).start()
-filler.add(Path(blob), repo, pairs)
+filler.register(repo)
+filler.add(Path(blob), repo.volume_id, pairs)
 mount_image(image, blob, target)
 print("ready", flush=True)
 time.sleep(3600)
@@ -241,7 +244,10 @@ def test_reads_while_the_filler_restarts_wait_for_the_next_one_and_never_see_hol
 
     second = BlobFiller(tmp_path / "filler").start()
     try:
-        second.add(blob, repo, contents.items())
+        second.add(blob, repo.volume_id, contents.items())
+        with pytest.raises(subprocess.TimeoutExpired):
+            reader.wait(0.5)  # its blob is known again, its volume's store not yet
+        second.register(repo)
         out, _ = reader.communicate(timeout=30)
         assert out == files["f1"]
         second.settle()
