@@ -37,10 +37,10 @@ from bench import baselines
 from bench.cli_startup import kvol_command
 from bench.harness import Context, Measurement, Result, Scenario, Target, timed
 from bench.tree import rel_path, write_large_files, write_small_files
+from kvol import image_lowers
 from kvol.blobfill import BlobFiller
 from kvol.catalog import Catalog
-from kvol.erofs import BlobLayout, ImageFile, mount_image, write_image
-from kvol.mounting import mounts_under, overlay_supported, umount, unmount
+from kvol.mounting import mounts_under, overlay_supported, umount
 from kvol.overlay import ContentCache, Lowers, OverlayWorkingCopy
 from kvol.repo import Repo
 from kvol.store import open_store
@@ -84,10 +84,10 @@ def _first_byte(path: Path) -> float:
 
 @contextlib.contextmanager
 def _published(
-    repo: Repo, seq: int, where: Path, cache: ContentCache
+    repo: Repo, seq: int, where: Path, cache: ContentCache, images: BlobFiller | None = None
 ) -> Iterator[tuple[OverlayWorkingCopy, float]]:
     """A copy published on an empty cache; how long until its tree was visible."""
-    lowers = Lowers(where / "lowers", cache)
+    lowers = Lowers(where / "lowers", cache, images=images)
     wc: OverlayWorkingCopy | None = None
 
     def publish() -> None:
@@ -105,7 +105,7 @@ def _published(
         for target in mounts_under(where):
             with contextlib.suppress(OSError):
                 umount(target)
-        cache.close()
+        lowers.close()
 
 
 @dataclass
@@ -123,31 +123,14 @@ class _ImagePath:
 
 
 def _image_path(repo: Repo, seq: int, where: Path, picks: list[str]) -> _ImagePath:
-    where.mkdir()
-    target, blob = where / "tree", where / "blob"
-    target.mkdir()
-    filler = BlobFiller(where / "filler").start()
-
-    def ready() -> None:
-        state = repo.state(seq)
-        layout = BlobLayout()
-        files, contents = {}, {}
-        for rel, r in state.files.items():
-            offset = layout.place(r.hash, r.size)
-            files[rel] = ImageFile(r.size, r.mode, r.mtime_ns, offset)
-            contents[offset] = r
-        write_image(where / "meta.img", files, state.all_dirs(), blob_bytes=layout.size)
-        with open(blob, "wb") as out:
-            out.truncate(layout.size)
-        filler.register(repo)
-        filler.add(blob, repo.volume_id, contents.items())
-        mount_image(where / "meta.img", blob, target)
-        os.listdir(target)
-
-    try:
-        ready_s = timed(ready)
-        first_bytes = [_first_byte(target / p) for p in picks]
-        big = target / LARGE
+    """The publish a node makes with ``--lazy-fetch-as image``, then the same reads."""
+    filler = BlobFiller(where / "blobs").start()
+    cache = ContentCache(where / "cache", prefetch=False)
+    with _published(repo, seq, where, cache, images=filler) as (wc, ready_s):
+        assert wc.lower is not None
+        blob = wc.lower.path / image_lowers.BLOB
+        first_bytes = [_first_byte(wc.root / p) for p in picks]
+        big = wc.root / LARGE
         large_first = _first_byte(big)
         sequential = timed(lambda: _read_all(big))
 
@@ -174,9 +157,6 @@ def _image_path(repo: Repo, seq: int, where: Path, picks: list[str]) -> _ImagePa
             background_all,
             again(),
         )
-    finally:
-        unmount(target, lazy=True)
-        filler.stop()
 
 
 def run_on(ctx: Context, store_url: str, prefix: str) -> list[Result]:
