@@ -318,13 +318,9 @@ class BlobFiller:
                     if batch:
                         break
                     self._wake.wait()
-            try:
-                self._fill(batch)
-            finally:
-                with self._wake:
-                    for _, part in batch:
-                        part.running = False
-                    self._wake.notify_all()
+            self._fill(batch)
+            with self._wake:
+                self._wake.notify_all()
 
     def _take(self, demand_only: bool) -> list[tuple[_Blob, _Part]]:
         """Under the lock: the next part a read waits for, else background parts of one
@@ -349,24 +345,28 @@ class BlobFiller:
         return []
 
     def _fill(self, batch: list[tuple[_Blob, _Part]]) -> None:
+        """Fetch, verify and write the batch's parts; every one of them is settled (its
+        reads answered, and no longer running) whatever happens."""
         blob = batch[0][0]
-        assert blob.repo is not None  # _take hands out parts of registered volumes only
-        reader = blob.repo.reader()
         outcome: dict[int, bool] = {}
         try:
-            if len(batch) > 1:
-                with contextlib.suppress(KvolError, OSError):
-                    reader.prefetch(p.record for _, p in batch)
-            for _, part in batch:
-                outcome[id(part)] = self._fill_part(blob, part, reader)
+            assert blob.repo is not None  # _take hands out parts of registered volumes only
+            reader = blob.repo.reader()
+            try:
+                if len(batch) > 1:
+                    with contextlib.suppress(KvolError, OSError):
+                        reader.prefetch(p.record for _, p in batch)
+                for _, part in batch:
+                    outcome[id(part)] = self._fill_part(blob, part, reader)
+            finally:
+                reader.release()
         finally:
-            reader.release()
-        filled = [p.start for _, p in batch if outcome.get(id(p))]
-        if filled:
-            with self._lock:
-                blob.unlogged.extend(filled)
-        for _, part in batch:
-            self._settle(blob, part, outcome.get(id(part), False))
+            filled = [p.start for _, p in batch if outcome.get(id(p))]
+            if filled:
+                with self._lock:
+                    blob.unlogged.extend(filled)
+            for _, part in batch:
+                self._settle(blob, part, outcome.get(id(part), False))
 
     def _log(self, blob: _Blob) -> None:
         """Record what was filled, once it is on disk: a crash before forgets it (the
@@ -413,6 +413,9 @@ class BlobFiller:
             if ok and not part.filled:
                 part.filled = True
                 blob.left -= 1
+            # Not running from here on, with the same lock held as the waiters are taken:
+            # a read that comes after queues a fetch of its own, never waits on this one.
+            part.running = False
             waiters, part.waiters = part.waiters, []
             for wait in waiters:
                 wait.ok = wait.ok and ok

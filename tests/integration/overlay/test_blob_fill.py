@@ -11,6 +11,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -256,3 +257,68 @@ def test_reads_while_the_filler_restarts_wait_for_the_next_one_and_never_see_hol
     finally:
         unmount(target, lazy=True)
         second.stop()
+
+
+def test_many_readers_at_once_get_their_bytes_or_eio_and_none_waits_forever(
+    repo: Repo, tmp_path: Path, filler: BlobFiller, mounts: list[Path]
+) -> None:
+    """Reads of the same parts race each other and the fetches, a failing one among
+    them (each failure answered, and the next read fetching again), in several rounds."""
+    files = {f"f{i}": os.urandom(9000 + i) for i in range(8)}
+    files["large.bin"] = os.urandom(LARGE)
+    files["bad.bin"] = os.urandom(LARGE)
+    seq = seed(repo, tmp_path, files)
+    bad = repo.state(seq).files["bad.bin"]
+    (stored,) = (tmp_path / "store").rglob(bad.parts[1].obj)
+    stored.write_bytes(b"tampered")
+    tree, _ = publish(repo, seq, tmp_path / "snap", filler, mounts)
+    rounds = []
+    for _ in range(3):
+        readers = []
+        for rel, offset in (
+            [(f"f{i}", 0) for i in range(8)]
+            + [("large.bin", o << 20) for o in (0, 9, 17, 1, 10)]
+            + [("bad.bin", o << 20) for o in (0, 9, 9)]
+        ):
+            args = [str(tree / rel), str(offset), "4096", "0"]
+            readers.append(
+                (
+                    rel,
+                    offset,
+                    subprocess.Popen([sys.executable, "-c", READER, *args], stdout=subprocess.PIPE),
+                )
+            )
+        for rel, offset, proc in readers:
+            out, _ = proc.communicate(timeout=60)
+            rounds.append((rel, offset, proc.returncode))
+            if rel == "bad.bin" and offset >= 8 << 20:
+                assert proc.returncode == errno.EIO, (rel, offset)
+            else:
+                assert proc.returncode == 0, (rel, offset)
+                assert out == files[rel][offset : offset + 4096], (rel, offset)
+    assert len(rounds) == 3 * 16
+
+
+def test_a_read_right_after_a_failed_fetch_settles_gets_a_fetch_of_its_own(
+    repo: Repo, tmp_path: Path, filler: BlobFiller, mounts: list[Path]
+) -> None:
+    """The window between a fetch settling (its reads answered) and its worker moving on
+    is pinned here: a read arriving in it must queue a fetch, not wait on the old one."""
+    files = {"large.bin": os.urandom(LARGE)}
+    seq = seed(repo, tmp_path, files)
+    record = repo.state(seq).files["large.bin"]
+    (stored,) = (tmp_path / "store").rglob(record.parts[0].obj)
+    stored.write_bytes(b"tampered")
+    _, blob = publish(repo, seq, tmp_path / "snap", filler, mounts)
+    (state,) = filler._blobs.values()
+    part = state.parts[0]
+    with filler._lock:
+        part.running = True  # a fetch of it in progress...
+    filler._settle(state, part, ok=False)  # ...fails: its reads are answered
+    before = filler.failures
+    event = os.open(blob, os.O_RDONLY)  # stands for the next read's event descriptor
+    filler._on_event(event, 0, (part.start, 4096))
+    deadline = time.monotonic() + 10
+    while filler.failures == before and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert filler.failures > before  # fetched again (and failed again: still tampered)
