@@ -122,7 +122,7 @@ class _Blob:
 class BlobFiller:
     """The fanotify group that fills blobs as they are read, and in the background."""
 
-    def __init__(self, state: Path, workers: int = 4) -> None:
+    def __init__(self, state: Path, workers: int = 8) -> None:
         if workers < 2:
             raise InvalidArgument("a blob filler needs 2 workers or more (one serves reads only)")
         self.state = state
@@ -146,6 +146,8 @@ class BlobFiller:
         self._stop_r = self._stop_w = -1
         self._log_stop = threading.Event()
         self.failures = 0
+        #: Reads of the blobs held for an answer (every one a round trip through here).
+        self.events = 0
 
     def start(self) -> BlobFiller:
         """Take the group over from its holder (a previous filler died: reads it left
@@ -470,6 +472,7 @@ class BlobFiller:
         if tid in self._filler_tids:
             self._respond(fd, True)  # a filler writing the blob
             return
+        self.events += 1
         try:
             st = os.fstat(fd)
         except OSError:
