@@ -32,6 +32,7 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from bench import baselines
 from bench.cli_startup import kvol_command
@@ -269,121 +270,126 @@ def _measure(
     baselines.drop_dirty_pages()
     image = _image_path(repo, seq, wd / "image", picks)
 
-    def mbps(seconds: float) -> float:
-        return large / seconds / (1 << 20)
+    base = _Baselines(full_ready, local_first, get_s, inproc_s, local_cold, large, len(picks))
+    results = _four(
+        prefix,
+        base,
+        params,
+        _Path(lazy_ready, first_bytes, large_first, lazy_seq, second_cold),
+        ready={
+            "background_fill_of_everything_seconds": background_all,
+            "background_ready_seconds": bg_ready,
+            "placeholders_left_after_background_fill": left,
+        },
+        second={
+            "page_cache_second_read_seconds": second_warm,
+            "page_cache_local_read_seconds": local_warm,
+        },
+    )
+    results += _four(
+        f"{prefix}image.",
+        base,
+        params,
+        _Path(image.ready, image.first_bytes, image.large_first, image.sequential, image.second),
+        ready={"background_fill_of_everything_seconds": image.background_all},
+        second={"before_the_blob_is_whole_seconds": image.second_partial},
+    )
+    for r in results:
+        r.store = store_url
+    return results
 
-    first_median = statistics.median(first_bytes)
-    results = [
+
+@dataclass
+class _Baselines:
+    full_ready: float
+    local_first: float
+    get: float
+    in_process: float
+    local_cold: float
+    large: int
+    picks: int
+
+
+@dataclass
+class _Path:
+    """What one way of lazy publishing measured."""
+
+    ready: float
+    first_bytes: list[float]
+    large_first: float
+    sequential: float
+    second: float
+
+
+def _four(
+    prefix: str,
+    base: _Baselines,
+    params: dict[str, int],
+    path: _Path,
+    *,
+    ready: dict[str, Any],
+    second: dict[str, Any],
+) -> list[Result]:
+    def mbps(seconds: float) -> float:
+        return base.large / seconds / (1 << 20)
+
+    return [
         Result(
             f"{prefix}ready_tree",
-            lazy_ready,
-            Measurement("full-download build + mount (today)", full_ready),
+            path.ready,
+            Measurement("full-download build + mount (today)", base.full_ready),
             target=Target(
                 "seconds_at_most", READY_TARGET, f"tree visible in under {READY_TARGET}s"
             ),
             params=params,
-            details={
-                "background_fill_of_everything_seconds": background_all,
-                "background_ready_seconds": bg_ready,
-                "placeholders_left_after_background_fill": left,
-            },
+            details=ready,
         ),
         Result(
             f"{prefix}first_byte",
-            first_median,
-            Measurement("full-download publish, then the byte (today)", full_ready + local_first),
+            statistics.median(path.first_bytes),
+            Measurement(
+                "full-download publish, then the byte (today)", base.full_ready + base.local_first
+            ),
             target=Target(
                 "seconds_at_most",
                 FIRST_BYTE_TARGET,
                 f"first byte of a file not fetched yet in under {FIRST_BYTE_TARGET}s",
             ),
-            params={**params, "files_read": len(picks)},
+            params={**params, "files_read": base.picks},
             details={
-                "first_byte_max_seconds": max(first_bytes),
-                "local_first_byte_median_seconds": local_first,
-                "large_file_first_byte_seconds": large_first,
+                "first_byte_max_seconds": max(path.first_bytes),
+                "local_first_byte_median_seconds": base.local_first,
+                "large_file_first_byte_seconds": path.large_first,
             },
         ),
         Result(
             f"{prefix}sequential_read",
-            lazy_seq,
-            Measurement("kvol volume get of the file (own process)", get_s),
+            path.sequential,
+            Measurement("kvol volume get of the file (own process)", base.get),
             target=Target("speedup_at_least", 0.8, "at least 0.8x the throughput of get"),
             params=params,
-            other_baselines=[Measurement("in-process download (ContentReader.write_to)", inproc_s)],
+            other_baselines=[
+                Measurement("in-process download (ContentReader.write_to)", base.in_process)
+            ],
             details={
-                "lazy_read_mib_per_s": mbps(lazy_seq),
-                "get_mib_per_s": mbps(get_s),
-                "in_process_mib_per_s": mbps(inproc_s),
+                "lazy_read_mib_per_s": mbps(path.sequential),
+                "get_mib_per_s": mbps(base.get),
+                "in_process_mib_per_s": mbps(base.in_process),
             },
         ),
         Result(
             f"{prefix}second_read",
-            second_cold,
-            Measurement("read of a local copy, its pages dropped too", local_cold),
+            path.second,
+            Measurement("read of a local copy, its pages dropped too", base.local_cold),
             target=Target("speedup_at_least", 0.9, "at least 0.9x a local-disk read"),
             params=params,
             details={
-                "second_read_mib_per_s": mbps(second_cold),
-                "local_read_mib_per_s": mbps(local_cold),
-                "page_cache_second_read_seconds": second_warm,
-                "page_cache_local_read_seconds": local_warm,
+                "second_read_mib_per_s": mbps(path.second),
+                "local_read_mib_per_s": mbps(base.local_cold),
+                **second,
             },
         ),
     ]
-    image_first = statistics.median(image.first_bytes)
-    results += [
-        Result(
-            f"{prefix}image.ready_tree",
-            image.ready,
-            Measurement("full-download build + mount (today)", full_ready),
-            target=Target(
-                "seconds_at_most", READY_TARGET, f"tree visible in under {READY_TARGET}s"
-            ),
-            params=params,
-            details={
-                "background_fill_of_everything_seconds": image.background_all,
-                "placeholders_ready_seconds": lazy_ready,
-            },
-        ),
-        Result(
-            f"{prefix}image.first_byte",
-            image_first,
-            Measurement("full-download publish, then the byte (today)", full_ready + local_first),
-            target=Target(
-                "seconds_at_most",
-                FIRST_BYTE_TARGET,
-                f"first byte of a file not fetched yet in under {FIRST_BYTE_TARGET}s",
-            ),
-            params={**params, "files_read": len(picks)},
-            details={
-                "first_byte_max_seconds": max(image.first_bytes),
-                "large_file_first_byte_seconds": image.large_first,
-            },
-        ),
-        Result(
-            f"{prefix}image.sequential_read",
-            image.sequential,
-            Measurement("kvol volume get of the file (own process)", get_s),
-            target=Target("speedup_at_least", 0.8, "at least 0.8x the throughput of get"),
-            params=params,
-            details={"image_read_mib_per_s": mbps(image.sequential)},
-        ),
-        Result(
-            f"{prefix}image.second_read",
-            image.second,
-            Measurement("read of a local copy, its pages dropped too", local_cold),
-            target=Target("speedup_at_least", 0.9, "at least 0.9x a local-disk read"),
-            params=params,
-            details={
-                "second_read_mib_per_s": mbps(image.second),
-                "before_the_blob_is_whole_seconds": image.second_partial,
-            },
-        ),
-    ]
-    for r in results:
-        r.store = store_url
-    return results
 
 
 def on_filesystem(ctx: Context) -> list[Result]:

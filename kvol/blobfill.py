@@ -25,7 +25,6 @@ import collections
 import contextlib
 import logging
 import os
-import select
 import struct
 import threading
 from collections.abc import Callable, Iterable
@@ -35,24 +34,19 @@ from pathlib import Path
 from kvol.content import ContentReader
 from kvol.errors import CorruptData, InvalidArgument, KvolError
 from kvol.fangroup import (
-    DENY_EIO,
-    FAN_ALLOW,
     FAN_MARK_ADD,
     FAN_MARK_REMOVE,
     FAN_PRE_ACCESS,
-    RESPONSE,
     HeldGroup,
+    listen,
     mark,
+    respond,
 )
 from kvol.model import FileRecord
 from kvol.repo import Repo
 
 log = logging.getLogger(__name__)
 
-_EVENT = struct.Struct("IBBHQii")
-_INFO_HEADER = struct.Struct("BBH")
-_RANGE = struct.Struct("BBHIQQ")
-_INFO_TYPE_RANGE = 6
 _FILLED = struct.Struct("<Q")
 #: Background parts per batch: small files of one pack come in one request.
 BATCH = 64
@@ -156,7 +150,7 @@ class BlobFiller:
         self._group = self._held.fd
         self._settled = not self._held.adopted
         self._stop_r, self._stop_w = os.pipe2(os.O_CLOEXEC)
-        self._spawn("kvol-blob-events", self._listen)
+        self._spawn("kvol-blob-events", lambda: listen(self._group, self._stop_r, self._on_event))
         self._spawn("kvol-blob-log", self._log_every)
         self._spawn("kvol-blob-demand", lambda: self._work(demand_only=True))
         for i in range(self.workers - 1):
@@ -436,37 +430,13 @@ class BlobFiller:
     # -- events ------------------------------------------------------------------------
 
     def _respond(self, fd: int, ok: bool) -> None:
-        try:
-            os.write(self._group, RESPONSE.pack(fd, FAN_ALLOW if ok else DENY_EIO))
-        except OSError as exc:
-            log.error("fanotify response failed: %s", exc)
-        finally:
-            os.close(fd)
+        respond(self._group, fd, ok)
 
     def _answer(self, waits: list[_Wait], *, ok: bool) -> None:
         for wait in waits:
             if wait.left > 0:
                 wait.left = 0
                 self._respond(wait.fd, ok)
-
-    def _listen(self) -> None:
-        poller = select.poll()
-        poller.register(self._group, select.POLLIN)
-        poller.register(self._stop_r, select.POLLIN)
-        while True:
-            ready = {fd for fd, _ in poller.poll()}
-            if self._stop_r in ready:
-                return
-            try:
-                buf = os.read(self._group, 64 * 1024)
-            except BlockingIOError:
-                continue
-            at = 0
-            while at + _EVENT.size <= len(buf):
-                length, _, _, meta_len, _, fd, tid = _EVENT.unpack_from(buf, at)
-                if fd >= 0:
-                    self._on_event(fd, tid, _range_of(buf, at + meta_len, at + length))
-                at += length
 
     def _on_event(self, fd: int, tid: int, where: tuple[int, int] | None) -> None:
         if tid in self._filler_tids:
@@ -501,18 +471,6 @@ class BlobFiller:
                     return
                 ok = not wanted  # stopping with parts missing: fail the read, never zeros
         self._respond(fd, ok)
-
-
-def _range_of(buf: bytes, at: int, end: int) -> tuple[int, int] | None:
-    while at + _INFO_HEADER.size <= end:
-        kind, _, length = _INFO_HEADER.unpack_from(buf, at)
-        if length == 0:
-            break
-        if kind == _INFO_TYPE_RANGE:
-            _, _, _, _, offset, count = _RANGE.unpack_from(buf, at)
-            return offset, count
-        at += length
-    return None
 
 
 def _filled_path(blob: Path) -> Path:

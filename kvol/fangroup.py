@@ -16,18 +16,23 @@ import ctypes.util
 import errno
 import fcntl
 import json
+import logging
 import os
 import resource
 import secrets
+import select
 import shutil
 import signal
 import struct
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 from kvol import fsops
 from kvol.errors import KvolError
+
+log = logging.getLogger(__name__)
 
 # fanotify ABI (linux/fanotify.h).
 FAN_CLOEXEC = 0x1
@@ -46,6 +51,10 @@ FAN_ERRNO_SHIFT = 24
 AT_FDCWD = -100
 RESPONSE = struct.Struct("iI")
 DENY_EIO = FAN_DENY | (errno.EIO << FAN_ERRNO_SHIFT)
+_EVENT = struct.Struct("IBBHQii")
+_INFO_HEADER = struct.Struct("BBH")
+_RANGE = struct.Struct("BBHIQQ")
+_INFO_TYPE_RANGE = 6
 
 #: In the state directory: who holds the group, and the lock of its one user.
 HOLDER_FILE = "holder"
@@ -232,6 +241,54 @@ class HeldGroup:
             if fd >= 0:
                 os.close(fd)
         self.fd = self._lock_fd = -1
+
+
+#: What an event handler is told: the event's descriptor, the reader's thread id, and
+#: the range the reader is about to read (pre-access events) if the kernel said.
+EventHandler = Callable[[int, int, "tuple[int, int] | None"], None]
+
+
+def respond(group: int, fd: int, ok: bool) -> None:
+    """Let the access held by the event ``fd`` go on, or fail it with EIO; closes ``fd``."""
+    try:
+        os.write(group, RESPONSE.pack(fd, FAN_ALLOW if ok else DENY_EIO))
+    except OSError as exc:
+        log.error("fanotify response failed: %s", exc)
+    finally:
+        os.close(fd)
+
+
+def listen(group: int, stop: int, handle: EventHandler) -> None:
+    """Read the group's events and hand each to ``handle`` until ``stop`` is readable."""
+    poller = select.poll()
+    poller.register(group, select.POLLIN)
+    poller.register(stop, select.POLLIN)
+    while True:
+        ready = {fd for fd, _ in poller.poll()}
+        if stop in ready:
+            return
+        try:
+            buf = os.read(group, 64 * 1024)
+        except BlockingIOError:
+            continue
+        at = 0
+        while at + _EVENT.size <= len(buf):
+            length, _, _, meta_len, _, fd, tid = _EVENT.unpack_from(buf, at)
+            if fd >= 0:
+                handle(fd, tid, _range_of(buf, at + meta_len, at + length))
+            at += length
+
+
+def _range_of(buf: bytes, at: int, end: int) -> tuple[int, int] | None:
+    while at + _INFO_HEADER.size <= end:
+        kind, _, length = _INFO_HEADER.unpack_from(buf, at)
+        if length == 0:
+            break
+        if kind == _INFO_TYPE_RANGE:
+            _, _, _, _, offset, count = _RANGE.unpack_from(buf, at)
+            return offset, count
+        at += length
+    return None
 
 
 def start_time(pid: int) -> int | None:

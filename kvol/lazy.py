@@ -34,9 +34,7 @@ import json
 import logging
 import os
 import secrets
-import select
 import shutil
-import struct
 import threading
 from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
@@ -47,22 +45,20 @@ from kvol import fsops
 from kvol.content import ContentReader
 from kvol.errors import CorruptData, InvalidArgument, KvolError
 from kvol.fangroup import (
-    DENY_EIO,
-    FAN_ALLOW,
     FAN_MARK_ADD,
     FAN_MARK_REMOVE,
     FAN_OPEN_PERM,
     FAN_PRE_ACCESS,
-    RESPONSE,
     HeldGroup,
+    listen,
     mark,
+    respond,
 )
 from kvol.model import FileRecord
 from kvol.repo import Repo
 
 log = logging.getLogger(__name__)
 
-_EVENT = struct.Struct("IBBHQii")
 MASK = FAN_OPEN_PERM | FAN_PRE_ACCESS
 
 #: The xattr that makes an entry a placeholder (its data is not there yet).
@@ -160,7 +156,12 @@ class LazyFiller:
         except BaseException:
             self._close_fds()
             raise
-        listener = threading.Thread(target=self._listen, name="kvol-lazy-events", daemon=True)
+        listener = threading.Thread(
+            target=listen,
+            args=(self._group, self._stop_r, self._on_event),
+            name="kvol-lazy-events",
+            daemon=True,
+        )
         self._threads = [listener]
         for i in range(self.workers):
             # The first filler only serves opens: one never waits behind prefetching.
@@ -554,35 +555,10 @@ class LazyFiller:
     # -- events --------------------------------------------------------------------------
 
     def _answer(self, fds: list[int], *, ok: bool) -> None:
-        response = FAN_ALLOW if ok else DENY_EIO
         for fd in fds:
-            try:
-                os.write(self._group, RESPONSE.pack(fd, response))
-            except OSError as exc:
-                log.error("fanotify response failed: %s", exc)
-            finally:
-                os.close(fd)
+            respond(self._group, fd, ok)
 
-    def _listen(self) -> None:
-        poller = select.poll()
-        poller.register(self._group, select.POLLIN)
-        poller.register(self._stop_r, select.POLLIN)
-        while True:
-            ready = {fd for fd, _ in poller.poll()}
-            if self._stop_r in ready:
-                return
-            try:
-                buf = os.read(self._group, 64 * 1024)
-            except BlockingIOError:
-                continue
-            offset = 0
-            while offset + _EVENT.size <= len(buf):
-                length, _, _, _, _, fd, tid = _EVENT.unpack_from(buf, offset)
-                offset += length
-                if fd >= 0:
-                    self._on_event(fd, tid)
-
-    def _on_event(self, fd: int, tid: int) -> None:
+    def _on_event(self, fd: int, tid: int, _where: tuple[int, int] | None = None) -> None:
         if tid in self._filler_tids:
             self._answer([fd], ok=True)  # a filler writing the placeholder it owns
             return

@@ -17,39 +17,33 @@ from tests.minio import MinioServer, minio, s3_bucket  # noqa: F401 (fixtures)
 from tests.model.machine import Env
 
 
+def _directory_store(directory: Path) -> tuple[Store, dict[str, Any]]:
+    root = directory / "store"
+    return FilesystemStore(root, durable=False), {"kind": "fs", "root": str(root)}
+
+
+def _needs_overlay() -> None:
+    if not overlay_supported():
+        pytest.fail("the overlay layout needs root and overlayfs (run as root)", pytrace=False)
+
+
 @pytest.fixture
 def fs_env(tmp_path: Path) -> Env:
-    def new_store(directory: Path) -> tuple[Store, dict[str, Any]]:
-        root = directory / "store"
-        return FilesystemStore(root, durable=False), {"kind": "fs", "root": str(root)}
-
-    return Env("fs", tmp_path, new_store, can_age=True)
+    return Env("fs", tmp_path, _directory_store, can_age=True)
 
 
 @pytest.fixture
 def overlay_env(tmp_path: Path) -> Env:
     """The node plugin's copy-on-write copies (overlay mounts) on a filesystem store."""
-    if not overlay_supported():
-        pytest.fail("the overlay layout needs root and overlayfs (run as root)", pytrace=False)
-
-    def new_store(directory: Path) -> tuple[Store, dict[str, Any]]:
-        root = directory / "store"
-        return FilesystemStore(root, durable=False), {"kind": "fs", "root": str(root)}
-
-    return Env("fs_overlay", tmp_path, new_store, can_age=True, layout="overlay")
+    _needs_overlay()
+    return Env("fs_overlay", tmp_path, _directory_store, can_age=True, layout="overlay")
 
 
 @pytest.fixture
 def image_env(tmp_path: Path) -> Env:
     """Overlay copies over image snapshots whose data is fetched as it is read."""
-    if not overlay_supported():
-        pytest.fail("the overlay layout needs root and overlayfs (run as root)", pytrace=False)
-
-    def new_store(directory: Path) -> tuple[Store, dict[str, Any]]:
-        root = directory / "store"
-        return FilesystemStore(root, durable=False), {"kind": "fs", "root": str(root)}
-
-    return Env("fs_image", tmp_path, new_store, can_age=True, layout="overlay", images=True)
+    _needs_overlay()
+    return Env("fs_image", tmp_path, _directory_store, can_age=True, layout="overlay", images=True)
 
 
 @pytest.fixture

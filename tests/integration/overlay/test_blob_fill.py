@@ -7,7 +7,6 @@ blob fetches nothing again."""
 from __future__ import annotations
 
 import errno
-import json
 import os
 import subprocess
 import sys
@@ -17,8 +16,8 @@ from pathlib import Path
 
 import pytest
 
+from kvol import image_lowers
 from kvol.blobfill import BlobFiller
-from kvol.erofs import BlobLayout, ImageFile, mount_image, write_image
 from kvol.mounting import mount_overlay, unmount
 from kvol.repo import Repo
 from tests.integration.overlay.seeding import seed
@@ -73,26 +72,14 @@ def mounts(tmp_path: Path) -> Iterator[list[Path]]:
 def publish(
     repo: Repo, seq: int, where: Path, filler: BlobFiller, mounts: list[Path]
 ) -> tuple[Path, Path]:
-    """The image and blob of ``seq``, watched by ``filler`` and mounted; returns the
-    mount and the blob."""
-    state = repo.state(seq)
-    layout = BlobLayout()
-    files, contents = {}, {}
-    for rel, record in state.files.items():
-        offset = layout.place(record.hash, record.size)
-        files[rel] = ImageFile(record.size, record.mode, record.mtime_ns, offset)
-        contents[offset] = record
+    """The image snapshot of ``seq`` (kvol/image_lowers.py), watched by ``filler`` and
+    mounted; returns the mount and the blob."""
     where.mkdir()
-    image, blob, target = where / "meta.img", where / "blob", where / "tree"
-    write_image(image, files, state.all_dirs(), blob_bytes=layout.size)
-    with open(blob, "wb") as out:
-        out.truncate(layout.size)
+    contents = image_lowers.write(repo.state(seq), where)
     filler.register(repo)
-    filler.add(blob, repo.volume_id, contents.items())
-    target.mkdir()
-    mount_image(image, blob, target)
-    mounts.append(target)
-    return target, blob
+    image_lowers.attach(where, where / "tree", repo.volume_id, filler, contents)
+    mounts.append(where / "tree")
+    return where / "tree", where / image_lowers.BLOB
 
 
 def test_a_read_waits_for_just_the_parts_under_it_and_the_background_fills_the_rest(
@@ -176,10 +163,8 @@ def test_a_new_filler_on_a_filled_blob_fetches_nothing_again(
         first.stop()
     second = BlobFiller(tmp_path / "filler").start()
     try:
-        state = repo.state(seq)
-        layout = BlobLayout()
-        contents = [(layout.place(r.hash, r.size), r) for r in state.files.values()]
         second.register(repo)
+        contents = image_lowers.contents_of(tmp_path / "snap")
         assert second.add(blob, repo.volume_id, contents) == 0
         for rel, data in files.items():
             assert read(tree / rel) == data
@@ -188,20 +173,18 @@ def test_a_new_filler_on_a_filled_blob_fetches_nothing_again(
 
 
 FIRST_FILLER = """
-import json, sys, time
+import sys, time
 from pathlib import Path
+from kvol import image_lowers
+from kvol import image_lowers
 from kvol.blobfill import BlobFiller
 from kvol.catalog import Catalog
-from kvol.erofs import mount_image
-from kvol.model import FileRecord
 from kvol.store import FilesystemStore
-state, store, image, blob, target, contents = sys.argv[1:7]
-repo = Catalog(FilesystemStore(Path(store))).repo("vol")
-pairs = [(o, FileRecord.from_list(r)) for o, r in json.loads(Path(contents).read_text())]
-filler = BlobFiller(Path(state)).start()
+state, store, snapshot = (Path(a) for a in sys.argv[1:4])
+repo = Catalog(FilesystemStore(store)).repo("vol")
+filler = BlobFiller(state).start()
 filler.register(repo)
-filler.add(Path(blob), repo.volume_id, pairs)
-mount_image(image, blob, target)
+image_lowers.attach(snapshot, snapshot / "tree", repo.volume_id, filler)
 print("ready", flush=True)
 time.sleep(3600)
 """
@@ -212,21 +195,11 @@ def test_reads_while_the_filler_restarts_wait_for_the_next_one_and_never_see_hol
 ) -> None:
     files = {f"f{i}": os.urandom(7000 + i) for i in range(5)}
     seq = seed(repo, tmp_path, files)
-    state = repo.state(seq)
-    layout = BlobLayout()
-    image_files, contents = {}, {}
-    for rel, record in state.files.items():
-        offset = layout.place(record.hash, record.size)
-        image_files[rel] = ImageFile(record.size, record.mode, record.mtime_ns, offset)
-        contents[offset] = record
-    image, blob, target = tmp_path / "meta.img", tmp_path / "blob", tmp_path / "tree"
-    write_image(image, image_files, blob_bytes=layout.size)
-    with open(blob, "wb") as out:
-        out.truncate(layout.size)
-    listed = tmp_path / "contents.json"
-    listed.write_text(json.dumps([[o, r.to_list()] for o, r in contents.items()]))
-    target.mkdir()
-    args = [tmp_path / "filler", tmp_path / "store", image, blob, target, listed]
+    snapshot = tmp_path / "snap"
+    snapshot.mkdir()
+    contents = image_lowers.write(repo.state(seq), snapshot)
+    target, blob = snapshot / "tree", snapshot / image_lowers.BLOB
+    args = [tmp_path / "filler", tmp_path / "store", snapshot]
     first = subprocess.Popen(
         [sys.executable, "-c", FIRST_FILLER, *map(str, args)], stdout=subprocess.PIPE
     )
@@ -245,7 +218,7 @@ def test_reads_while_the_filler_restarts_wait_for_the_next_one_and_never_see_hol
 
     second = BlobFiller(tmp_path / "filler").start()
     try:
-        second.add(blob, repo.volume_id, contents.items())
+        second.add(blob, repo.volume_id, contents)
         with pytest.raises(subprocess.TimeoutExpired):
             reader.wait(0.5)  # its blob is known again, its volume's store not yet
         second.register(repo)
