@@ -70,6 +70,15 @@ def _tmpfs(where: Path) -> bool:
 
 
 @pytest.fixture(scope="session")
+def crash_disk_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Points on the machine's disk, not a RAM disk: lazy fetching needs fanotify
+    pre-content events, which tmpfs does not have."""
+    work = tmp_path_factory.mktemp("crash-disk") / "points"
+    work.mkdir()
+    return work
+
+
+@pytest.fixture(scope="session")
 def crash_dir(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     base = tmp_path_factory.mktemp("crash")
     work = base / "points"

@@ -354,10 +354,10 @@ def install(kill: KillAt | None, report_fd: int, strip: str) -> Recorder:
     opener = _wrap_builtin_open(builtins.open)
     builtins.open = opener
     io.open = opener
-    import kvol.overlay
+    import kvol.mounting
 
-    real = kvol.overlay._c()
-    kvol.overlay._libc = _Libc(real)  # type: ignore[assignment]
+    real = kvol.mounting._c()
+    kvol.mounting._libc = _Libc(real)  # type: ignore[assignment]
     return rec
 
 

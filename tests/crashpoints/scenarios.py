@@ -767,8 +767,30 @@ def _node(ctx: Ctx) -> Any:
     from kvol.csi.node import NodeConfig, NodeService
     from kvol.csi.resolver import StaticResolver
 
-    config = NodeConfig("node-1", ctx.dir / "state", layout=ctx.params.get("layout", "auto"))
-    return NodeService(config, StaticResolver(ctx.store_url, autocommit_seconds=0))
+    layout = ctx.params.get("layout", "auto")
+    if layout == "image":
+        # Lazy fetch by image snapshots; dropped with the pod, so that the end has no mount.
+        config = NodeConfig(
+            "node-1",
+            ctx.dir / "state",
+            layout="overlay",
+            lazy_fetch=True,
+            lazy_fetch_as="image",
+            keep_warm_seconds=0,
+        )
+    else:
+        config = NodeConfig("node-1", ctx.dir / "state", layout=layout)
+    node = NodeService(config, StaticResolver(ctx.store_url, autocommit_seconds=0))
+    # No background fetching: what a point reaches must not depend on how far it got.
+    node.lowers.cache.prefetch = False
+    return node
+
+
+def _close_node(node: Any) -> None:
+    """Stop a node's lazy fetching for good (its fanotify group's holder too)."""
+    if node is not None:
+        node.shutdown()
+        node.lowers.close()
 
 
 def _target(ctx: Ctx) -> Path:
@@ -873,19 +895,22 @@ class NodePublish(Scenario):
         new = _pod_changes(old)
         _, repo = _check_crashed(check, ctx, old, old)
         node = _restart_node(check, ctx)
-        if check.failed_step:
-            return
-        with check.step("publish again"):
-            node.NodePublishVolume(_publish_request(ctx))
-            check.equal(read_tree(_target(ctx)), old, "the pod's view after publishing again")
-        if check.failed_step:
-            return
-        write_tree(_target(ctx), new, stamp=5)
-        with check.step("unpublish"):
-            node.NodeUnpublishVolume(_unpublish_request(ctx))
-            check.equal(volume_tree(repo, ctx.dir), new, "the volume after the pod ended")
-            _no_mounts_left(check, ctx)
-        _check_end(check, repo, ctx, old)
+        try:
+            if check.failed_step:
+                return
+            with check.step("publish again"):
+                node.NodePublishVolume(_publish_request(ctx))
+                check.equal(read_tree(_target(ctx)), old, "the pod's view after publishing again")
+            if check.failed_step:
+                return
+            write_tree(_target(ctx), new, stamp=5)
+            with check.step("unpublish"):
+                node.NodeUnpublishVolume(_unpublish_request(ctx))
+                check.equal(volume_tree(repo, ctx.dir), new, "the volume after the pod ended")
+                _no_mounts_left(check, ctx)
+            _check_end(check, repo, ctx, old)
+        finally:
+            _close_node(node)
 
 
 class NodeUnpublish(Scenario):
@@ -907,15 +932,18 @@ class NodeUnpublish(Scenario):
         new = _pod_changes(old)
         _, repo = _check_crashed(check, ctx, old, new)
         node = _restart_node(check, ctx)
-        if check.failed_step:
-            return
-        with check.step("unpublish again (the kubelet retries)"):
-            node.NodeUnpublishVolume(_unpublish_request(ctx))
-        with check.step("read the volume after unpublishing"):
-            check.equal(volume_tree(repo, ctx.dir), new, "the volume after the pod ended")
-            _no_mounts_left(check, ctx)
-            check.expect(not _target(ctx).exists(), "the target path is left behind")
-        _check_end(check, repo, ctx, old)
+        try:
+            if check.failed_step:
+                return
+            with check.step("unpublish again (the kubelet retries)"):
+                node.NodeUnpublishVolume(_unpublish_request(ctx))
+            with check.step("read the volume after unpublishing"):
+                check.equal(volume_tree(repo, ctx.dir), new, "the volume after the pod ended")
+                _no_mounts_left(check, ctx)
+                check.expect(not _target(ctx).exists(), "the target path is left behind")
+            _check_end(check, repo, ctx, old)
+        finally:
+            _close_node(node)
 
 
 class SplitPublish(Scenario):

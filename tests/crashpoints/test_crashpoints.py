@@ -36,6 +36,8 @@ PLAN: list[tuple[str, str | None, int | None, int]] = [
     ("publish", "plain", 25, 0),
     ("unpublish", "overlay", None, 10),
     ("unpublish", "plain", 40, 0),
+    ("publish", "image", 30, 0),
+    ("unpublish", "image", 30, 0),
 ]
 
 
@@ -75,9 +77,11 @@ def test_crash_points_filesystem_store(
     entry: tuple[str, str | None, int | None, int],
     crash_pool: harness.Pool,
     crash_dir: Path,
+    crash_disk_dir: Path,
     crash_long: bool,
 ) -> None:
-    _run(crash_pool, crash_dir, entry, {"kind": "fs"}, entry[2], crash_long)
+    where = crash_disk_dir if entry[1] == "image" else crash_dir
+    _run(crash_pool, where, entry, {"kind": "fs"}, entry[2], crash_long)
 
 
 @pytest.mark.s3
