@@ -252,6 +252,15 @@ class BlobFiller:
             self._on_event(event_fd, 0, where)
         return left
 
+    def knows(self, blob: Path) -> bool:
+        """Whether ``blob`` was added (and not removed)."""
+        try:
+            st = os.stat(blob)
+        except FileNotFoundError:
+            return False
+        with self._lock:
+            return (st.st_dev, st.st_ino) in self._blobs
+
     def register(self, repo: Repo) -> None:
         """Parts of ``repo``'s volume may be fetched from it from now on (after a
         restart, reads of its blobs wait until then)."""
