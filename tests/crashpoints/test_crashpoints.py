@@ -36,8 +36,8 @@ PLAN: list[tuple[str, str | None, int | None, int]] = [
     ("publish", "plain", 25, 0),
     ("unpublish", "overlay", None, 10),
     ("unpublish", "plain", 40, 0),
-    ("publish", "image", 30, 0),
-    ("unpublish", "image", 30, 0),
+    ("publish", "image", 20, 0),
+    ("unpublish", "image", 20, 0),
 ]
 
 
