@@ -131,8 +131,10 @@ class BlobFiller:
         #: Reads of blobs not added yet, from before a restart: they wait for add().
         self._parked: dict[tuple[int, int], list[tuple[int, tuple[int, int] | None]]] = {}
         self._repos: dict[str, Repo] = {}
-        #: Parts asked for before their volume was registered.
+        #: Parts asked for before their volume was registered (by reads, in the
+        #: background).
         self._unregistered: dict[str, list[tuple[_Blob, _Part]]] = {}
+        self._unregistered_later: dict[str, list[tuple[_Blob, _Part]]] = {}
         self._settled = True
         self._filler_tids: set[int] = set()
         self._threads: list[threading.Thread] = []
@@ -272,6 +274,7 @@ class BlobFiller:
                 if blob.volume_id == repo.volume_id:
                     blob.repo = repo
             self._demand.extendleft(reversed(self._unregistered.pop(repo.volume_id, [])))
+            self._background.extend(self._unregistered_later.pop(repo.volume_id, []))
             self._wake.notify_all()
 
     def remove(self, blob: Path) -> None:
@@ -340,7 +343,10 @@ class BlobFiller:
                     queue.popleft()
                     continue
                 if blob.repo is None:  # its volume is not registered yet
-                    self._unregistered.setdefault(blob.volume_id, []).append(queue.popleft())
+                    waiting = (
+                        self._unregistered if queue is self._demand else self._unregistered_later
+                    )
+                    waiting.setdefault(blob.volume_id, []).append(queue.popleft())
                     continue
                 if batch and blob is not batch[0][0]:
                     break

@@ -577,6 +577,9 @@ class Lowers:
                     self.ready(lower)
                 except (KvolError, OSError) as exc:
                     log.error("snapshot %s could not be mounted again: %s", lower.path, exc)
+                    continue
+                if self.cache.prefetch:  # what the previous process had left to fetch
+                    self.images.prefetch(lower.path / image_lowers.BLOB)
         self.images.settle()
 
     @staticmethod
