@@ -9,8 +9,8 @@ demo:
 	hack/setup-venv.sh
 	.venv/bin/kvol demo
 
-# Install every test dependency (Python packages, Go-built tools) and run all tests (the
-# unit tests at the declared minimum versions beside the e2e tier: hack/run-tests.sh).
+# Install every test dependency (Python packages, Go-built tools) and run all tests (some
+# of them beside the e2e tier: hack/run-tests.sh).
 test: test-deps lint
 	hack/run-tests.sh
 

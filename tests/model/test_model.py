@@ -29,7 +29,7 @@ def test_overlay_copies_follow_the_model_on_a_filesystem_store(overlay_env: Env)
 
 @pytest.mark.timeout(0 if LONG else 1800)
 def test_overlay_copies_on_image_snapshots_follow_the_model(image_env: Env) -> None:
-    run_state_machine_as_test(machine_for(image_env), settings=model_settings(20, 40))
+    run_state_machine_as_test(machine_for(image_env), settings=model_settings(15, 40))
 
 
 @pytest.mark.s3
