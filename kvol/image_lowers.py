@@ -66,7 +66,8 @@ def attach(
     """Watch the snapshot's blob, then mount its image at ``tree`` unless it is mounted
     (the watch comes first: only the mount's own open of the blob raises the events)."""
     if not filler.knows(snapshot / BLOB):
-        filler.add(snapshot / BLOB, volume_id, contents or contents_of(snapshot))
+        listed = contents_of(snapshot) if contents is None else contents
+        filler.add(snapshot / BLOB, volume_id, listed)
     if not is_mountpoint(tree):
         os.makedirs(tree, exist_ok=True)
         mount_image(snapshot / IMAGE, snapshot / BLOB, tree)

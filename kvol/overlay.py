@@ -1,6 +1,6 @@
 """Copy-on-write working copies on an overlay mount (DESIGN: Fast path).
 
-The mount primitives are in kvol/mounting.py (and importable from here).
+The mount primitives it stands on are in kvol/mounting.py.
 """
 
 from __future__ import annotations
