@@ -58,6 +58,10 @@ READAHEAD = 4
 LOG_INTERVAL = 10.0
 
 
+#: The index of the one part of a file whose record does not add up (see BlobFiller.add).
+_UNREADABLE = -1
+
+
 @dataclass(eq=False)
 class _Part:
     """One part of one file: where it goes in the blob and what it must be."""
@@ -228,6 +232,11 @@ class BlobFiller:
         done = _read_filled(_filled_path(blob))
         parts: list[_Part] = []
         for offset, record in sorted(contents, key=lambda c: c[0]):
+            if sum(p.length for p in record.parts) != record.size:
+                # Its parts would leave a hole or run into the next extent: every read of
+                # it fails instead (see _fill_part).
+                parts.append(_Part(offset, offset + record.size, record, _UNREADABLE))
+                continue
             at = offset
             for i, p in enumerate(record.parts):
                 if p.length:
@@ -406,6 +415,10 @@ class BlobFiller:
 
     def _fill_part(self, blob: _Blob, part: _Part, reader: ContentReader) -> bool:
         try:
+            if part.index == _UNREADABLE:
+                raise CorruptData(
+                    f"the record of {part.record.hash} has parts that do not add up to its size"
+                )
             data = reader.read_part(part.record, part.index)
             if len(data) != part.end - part.start:
                 raise CorruptData("a part's content has the wrong size")
@@ -487,6 +500,12 @@ class BlobFiller:
                     self._wake.notify_all()
                     return
                 ok = not wanted  # stopping with parts missing: fail the read, never zeros
+                if not parts and where is not None and where[1]:
+                    # Every byte of the image's files lies in a part: this read is of no
+                    # file's (one whose record does not add up): fail it, never zeros.
+                    self.failures += 1
+                    log.error("%s: read of bytes %d+%d, which no file has", blob.path, *where)
+                    ok = False
         self._respond(fd, ok)
 
 

@@ -23,8 +23,9 @@ import tempfile
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import NamedTuple
 
-from kvol.errors import InvalidArgument, KvolError
+from kvol.errors import CorruptData, InvalidArgument, KvolError
 from kvol.mounting import MS_NODEV, MS_NOSUID, MS_RDONLY, mount, umount
 
 BLOCK_BITS = 12
@@ -52,11 +53,12 @@ _S_IFREG, _S_IFDIR = 0o100000, 0o040000
 MAX_BLOB_BYTES = (1 << 32) * BLOCK
 _INODE_STRUCT = struct.Struct("<HHHHQIIIIQII16x")
 _SUPER = struct.Struct("<IIIBBHQQIIII16s16sIHHHBBIQ24x")
+_UUID_FIELD = 12
 
 
-@dataclass(frozen=True, slots=True)
-class ImageFile:
-    """A regular file of the image: its metadata and where its data starts in the blob."""
+class ImageFile(NamedTuple):
+    """A regular file of the image: its metadata and where its data starts in the blob.
+    (A tuple: a volume's image is written from one per file, at every cold start.)"""
 
     size: int
     mode: int
@@ -163,12 +165,16 @@ def write_image(
     *,
     blob_bytes: int,
     mtime_ns: int = 0,
+    uuid: bytes = b"",
 ) -> None:
     """Write the image of ``files`` (by relative path) and ``dirs`` (each directory a
     file implies is made too) whose data is in a blob of ``blob_bytes``; directories
-    get ``mtime_ns`` and mode 0755, everything belongs to root."""
+    get ``mtime_ns`` and mode 0755, everything belongs to root. ``uuid`` (up to 16
+    bytes) is the superblock's, read back by :func:`image_uuid`."""
     if blob_bytes % BLOCK or not 0 <= blob_bytes <= MAX_BLOB_BYTES:
         raise InvalidArgument("the blob's size must be a whole number of blocks")
+    if len(uuid) > 16:
+        raise InvalidArgument("an image's uuid is at most 16 bytes")
     root = _tree(files, dirs)
     # Inodes first (the root's nid must fit 16 bits: it goes first), each file's chunk
     # index right after its inode; then every directory's blocks.
@@ -268,8 +274,8 @@ def write_image(
         block,
         _META_BLOCK,
         0,
-        b"\0" * 16,
-        b"kvol".ljust(16, b"\0"),
+        uuid,
+        b"kvol",
         _INCOMPAT_CHUNKED_FILE | _INCOMPAT_DEVICE_TABLE,
         0,
         1,  # one extra device: the blob
@@ -285,6 +291,18 @@ def write_image(
         out.write(image)
         os.fsync(out.fileno())
     os.replace(tmp, path)
+
+
+def image_uuid(path: str | os.PathLike[str]) -> bytes:
+    """The uuid :func:`write_image` wrote in the image at ``path``."""
+    with open(path, "rb") as image:
+        head = image.read(_SUPER_OFFSET + _SUPER.size)
+    if len(head) < _SUPER_OFFSET + _SUPER.size:
+        raise CorruptData(f"{os.fspath(path)} is not an EROFS image: too short")
+    fields = _SUPER.unpack_from(head, _SUPER_OFFSET)
+    if fields[0] != _MAGIC:
+        raise CorruptData(f"{os.fspath(path)} is not an EROFS image")
+    return bytes(fields[_UUID_FIELD])
 
 
 def mount_image(

@@ -47,6 +47,11 @@ class Signature:
         return [self.size, self.mtime_ns, self.ino, self.ctime_ns, self.mode]
 
 
+#: The signature of a file the copy has seen but whose stat proves nothing: never equal
+#: to a real file's stat (no file has inode 0), so the file is hashed when it is checked.
+UNMATCHED = Signature(0, 0, 0, 0, 0)
+
+
 def sig_tuple(st: os.stat_result) -> SigTuple:
     """The fields of a stat that a clean file must keep, for a quick comparison."""
     return (st.st_size, st.st_mtime_ns, st.st_ino, st.st_ctime_ns, st.st_mode & 0o7777)

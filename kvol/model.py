@@ -19,6 +19,7 @@ from kvol import paths
 from kvol.errors import CorruptData, InvalidArgument, InvalidPath
 
 HASH_RE = re.compile(r"^[0-9a-f]{64}$")
+_is_hash = re.compile(r"[0-9a-f]{64}").fullmatch
 VOLUME_ID_RE = re.compile(r"^[0-9a-f]{32}$")
 #: Sizes, offsets and times must fit the signed 64-bit fields of the system calls that
 #: apply them (a larger mtime would fail in utime halfway through a reload).
@@ -160,13 +161,17 @@ class Part:
 
     @classmethod
     def from_list(cls, data: Any) -> Part:
-        if not (isinstance(data, list) and len(data) == 4):
+        # Checked field by field without helper calls: a volume's state parses one part
+        # per file, and this runs at every cold start.
+        if type(data) is not list or len(data) != 4:
             raise CorruptData(f"malformed content part {data!r}")
         kind, obj, offset, length = data
-        if kind not in ("b", "p") or not isinstance(obj, str) or not HASH_RE.match(obj):
-            raise CorruptData(f"malformed content part {data!r}")
         if (
-            not (_is_int(offset) and _is_int(length))
+            (kind != "p" and kind != "b")
+            or type(obj) is not str
+            or not _is_hash(obj)
+            or type(offset) is not int
+            or type(length) is not int
             or not 0 <= offset < INT64_LIMIT
             or not 0 <= length < INT64_LIMIT
         ):
@@ -195,29 +200,34 @@ class FileRecord:
     def from_list(cls, data: Any, *, check_size: bool = True) -> FileRecord:
         """Parse a stored record. ``check_size=False`` (records of the log) accepts parts
         that do not add up to the size: such a file fails when read, not when parsed."""
-        if not (isinstance(data, list) and len(data) == 5):
+        if type(data) is not list or len(data) != 5:
             raise CorruptData("malformed file record")
         size, mtime_ns, mode, digest, raw_parts = data
+        # Exact types: JSON's booleans are ints to isinstance, never sizes or modes.
         if (
-            not all(_is_int(v) for v in (size, mtime_ns, mode))
+            type(size) is not int
+            or type(mtime_ns) is not int
+            or type(mode) is not int
             or not 0 <= size < INT64_LIMIT
             or not -INT64_LIMIT <= mtime_ns < INT64_LIMIT
             or not 0 <= mode <= 0o7777
+            or type(digest) is not str
+            or not _is_hash(digest)
+            or type(raw_parts) is not list
         ):
             raise CorruptData("malformed file record")
-        if (
-            not isinstance(digest, str)
-            or not HASH_RE.match(digest)
-            or not isinstance(raw_parts, list)
-        ):
-            raise CorruptData("malformed file record")
-        parts = tuple(Part.from_list(p) for p in raw_parts)
         # In the log, parts that do not add up to the size (older versions could publish
         # such a record) make that one file unreadable, checked when it is read: rejecting
         # the whole entry would make every file of the volume unreadable with it.
+        if len(raw_parts) == 1:  # most files: one blob, or one range of a pack
+            part = Part.from_list(raw_parts[0])
+            if check_size and part.length != size:
+                raise CorruptData("file record parts do not add up to its size")
+            return cls(size, mtime_ns, mode, digest, (part,))
+        parts = tuple(Part.from_list(p) for p in raw_parts)
         if check_size and sum(p.length for p in parts) != size:
             raise CorruptData("file record parts do not add up to its size")
-        if any(p.kind == "p" for p in parts) and len(parts) != 1:
+        if any(p.kind == "p" for p in parts):
             raise CorruptData("a packed file must have exactly one part")
         return cls(size, mtime_ns, mode, digest, parts)
 

@@ -25,7 +25,7 @@ from typing import Any
 from kvol import fsops, image_lowers, layout, metrics, paths
 from kvol.blobfill import BlobFiller
 from kvol.errors import CorruptData, InvalidArgument, KvolError
-from kvol.index import Index, IndexEntry, Signature
+from kvol.index import UNMATCHED, Index, IndexEntry
 from kvol.lazy import STATE_DIR as LAZY_STATE_DIR
 from kvol.lazy import LazyFiller, is_placeholder
 from kvol.model import FileRecord, State
@@ -509,7 +509,9 @@ class Lowers:
                     staging.mkdir(parents=True)
                     contents = image_lowers.write(state, staging)
                     self.images.register(repo)
-                    image_lowers.attach(staging, tree, repo.volume_id, self.images, contents)
+                    image_lowers.attach(
+                        staging, tree, repo.volume_id, self.images, lambda: contents
+                    )
                 elif lazy:
                     # Placeholders are made in the tree itself, then linked into the cache.
                     self._make_dirs(state, tree)
@@ -523,10 +525,12 @@ class Lowers:
                 index = Index(repo.volume_id, state.seq)
                 index.dirs = state.all_dirs()
                 index.explicit_dirs = set(state.dirs)
-                tree_str = str(tree)
-                for rel, record in state.files.items():
-                    st = os.lstat(os.path.join(tree_str, rel))
-                    index.files[rel] = IndexEntry(record, Signature.of(st))
+                # A snapshot's stat is no evidence for a copy (a file left in the lower
+                # layer is clean by having nothing in the upper one, and a copied-up file
+                # is a new inode): its files carry a signature no stat matches.
+                index.files = {
+                    rel: IndexEntry(record, UNMATCHED) for rel, record in state.files.items()
+                }
                 index.save(staging / LOWER_INDEX)
                 os.rename(staging, final)
                 with self._lock:
@@ -551,7 +555,17 @@ class Lowers:
         """Make sure an image snapshot is mounted and its blob watched (after the node
         restarted, or a plugin that never had it); other snapshots are always ready."""
         if self.images is not None and image_lowers.is_image(lower.path):
-            image_lowers.attach(lower.path, lower.tree, lower.volume_id, self.images)
+
+            def contents() -> image_lowers.Contents:
+                records: dict[str, FileRecord] = {}
+                for rel, entry in self.template(lower).index.files.items():
+                    record = entry.record
+                    if record is None:
+                        raise CorruptData(f"snapshot {lower.path}: its index lacks a record")
+                    records[rel] = record
+                return image_lowers.contents_of(lower.path, records)
+
+            image_lowers.attach(lower.path, lower.tree, lower.volume_id, self.images, contents)
 
     def adopt(self, repo: Repo) -> None:
         """What this node still has to fetch for ``repo``'s volume (left by a previous

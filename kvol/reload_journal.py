@@ -16,7 +16,7 @@ from typing import IO, Any
 from kvol import fsops, paths
 from kvol.copybase import JOURNAL_FILE, LANDING_FILE, REMOVAL_FILE, SCAN_DIR_FLAGS, CopyBase
 from kvol.errors import CorruptData, KvolError
-from kvol.index import IndexEntry, Signature
+from kvol.index import UNMATCHED, IndexEntry, Signature
 from kvol.model import FileRecord, State
 
 log = logging.getLogger(__name__)
@@ -177,7 +177,7 @@ class ReloadJournal(CopyBase):
                 st = fsops.lstat(root_fd, rel)
                 if st is None and rel in removed_since:
                     # Landed, then deleted here: a deletion to commit, not a file to write.
-                    index.files[rel] = IndexEntry(record, _UNMATCHED)
+                    index.files[rel] = IndexEntry(record, UNMATCHED)
                     continue
                 if st is None or not stat.S_ISREG(st.st_mode):
                     continue
@@ -225,16 +225,13 @@ class ReloadJournal(CopyBase):
 #: matches, and a commit publishes what stands there, or the deletion. (No signature at
 #: all means the copy never had the file: a local change hid it, and no commit of the
 #: copy may delete it.)
-_UNMATCHED = Signature(0, 0, 0, 0, 0)
-
-
 def kept_sig(entry: IndexEntry | None, st: os.stat_result | None) -> Signature | None:
     """The signature to keep for a path where a reload kept what the copy has over the
     volume's file. A local file is a version of that file: the copy has seen the volume's,
     whatever becomes of its own. A local directory hides it, unless the copy had it."""
     sig = None if entry is None else entry.sig
     if sig is None and st is not None and stat.S_ISREG(st.st_mode):
-        return _UNMATCHED
+        return UNMATCHED
     return sig
 
 

@@ -77,7 +77,7 @@ def publish(
     where.mkdir()
     contents = image_lowers.write(repo.state(seq), where)
     filler.register(repo)
-    image_lowers.attach(where, where / "tree", repo.volume_id, filler, contents)
+    image_lowers.attach(where, where / "tree", repo.volume_id, filler, lambda: contents)
     mounts.append(where / "tree")
     return where / "tree", where / image_lowers.BLOB
 
@@ -164,7 +164,7 @@ def test_a_new_filler_on_a_filled_blob_fetches_nothing_again(
     second = BlobFiller(tmp_path / "filler").start()
     try:
         second.register(repo)
-        contents = image_lowers.contents_of(tmp_path / "snap")
+        contents = image_lowers.contents_of(tmp_path / "snap", repo.state(seq).files)
         assert second.add(blob, repo.volume_id, contents) == 0
         for rel, data in files.items():
             assert read(tree / rel) == data
@@ -184,7 +184,11 @@ state, store, snapshot = (Path(a) for a in sys.argv[1:4])
 repo = Catalog(FilesystemStore(store)).repo("vol")
 filler = BlobFiller(state).start()
 filler.register(repo)
-image_lowers.attach(snapshot, snapshot / "tree", repo.volume_id, filler)
+files = repo.state().files
+image_lowers.attach(
+    snapshot, snapshot / "tree", repo.volume_id, filler,
+    lambda: image_lowers.contents_of(snapshot, files),
+)
 print("ready", flush=True)
 time.sleep(3600)
 """
@@ -295,3 +299,18 @@ def test_a_read_right_after_a_failed_fetch_settles_gets_a_fetch_of_its_own(
     while filler.failures == before and time.monotonic() < deadline:
         time.sleep(0.02)
     assert filler.failures > before  # fetched again (and failed again: still tampered)
+
+
+def test_an_empty_file_placed_where_the_next_content_starts_hides_nothing(
+    repo: Repo, tmp_path: Path, filler: BlobFiller, mounts: list[Path]
+) -> None:
+    # An empty file takes no room in the blob: its offset is where the next content
+    # starts. Both sit at that offset, and the content must still be filled there.
+    files = {"pkg/__init__.py": b"", "pkg/mod.py": b"print('hello')\n", "pkg/z/__init__.py": b""}
+    files["pkg/z/data.bin"] = os.urandom(5000)
+    seq = seed(repo, tmp_path, files)
+    tree, blob = publish(repo, seq, tmp_path / "snap", filler, mounts)
+    assert filler.pending(blob) == 2
+    for rel, data in files.items():
+        assert read(tree / rel, mapped=False) == data
+    assert filler.pending(blob) == 0
