@@ -46,7 +46,9 @@ def _layout(records: Mapping[str, FileRecord]) -> tuple[BlobLayout, dict[str, Im
     for rel in sorted(records):
         record = records[rel]
         known = len(placed)
-        offset = place(record.hash, record.size)
+        # By content and size: a record whose size disagrees with its content's (the
+        # log may hold one) must not get a longer view of that content's extent.
+        offset = place(f"{record.hash}:{record.size}", record.size)
         # Only the permission bits are applied (see fsops.safe_mode).
         files[rel] = ImageFile(record.size, record.mode & 0o777, record.mtime_ns, offset)
         # An empty content takes no room: its offset is where the next one starts, so

@@ -18,6 +18,7 @@ import pytest
 
 from kvol import image_lowers
 from kvol.blobfill import BlobFiller
+from kvol.model import FileRecord
 from kvol.mounting import mount_overlay, unmount
 from kvol.repo import Repo
 from tests.integration.overlay.seeding import seed
@@ -178,6 +179,7 @@ from pathlib import Path
 from kvol import image_lowers
 from kvol import image_lowers
 from kvol.blobfill import BlobFiller
+from kvol.model import FileRecord
 from kvol.catalog import Catalog
 from kvol.store import FilesystemStore
 state, store, snapshot = (Path(a) for a in sys.argv[1:4])
@@ -314,3 +316,37 @@ def test_an_empty_file_placed_where_the_next_content_starts_hides_nothing(
     for rel, data in files.items():
         assert read(tree / rel, mapped=False) == data
     assert filler.pending(blob) == 0
+
+
+def test_a_record_whose_parts_do_not_add_up_fails_its_reads_and_spoils_no_neighbour(
+    repo: Repo, tmp_path: Path, filler: BlobFiller, mounts: list[Path]
+) -> None:
+    # The log may hold such records (older versions wrote some): each such file fails
+    # when read, while the files beside it in the blob read whole.
+    files = {"a": os.urandom(6000), "b": os.urandom(6000), "c": os.urandom(6000)}
+    seq = seed(repo, tmp_path, files)
+    state = repo.state(seq)
+    a = state.files["a"]
+    # The content of "a" as a file of another size: parts shorter than the size (a
+    # hole after them) and longer (they would run into the next extent).
+    state.files["a-short"] = FileRecord(a.size * 2, a.mtime_ns, a.mode, a.hash, a.parts)
+    state.files["a-long"] = FileRecord(a.size // 2, a.mtime_ns, a.mode, a.hash, a.parts)
+    where = tmp_path / "snap"
+    where.mkdir()
+    contents = image_lowers.write(state, where)
+    filler.register(repo)
+    image_lowers.attach(where, where / "tree", repo.volume_id, filler, lambda: contents)
+    mounts.append(where / "tree")
+    tree = where / "tree"
+    for bad, offset in (("a-short", 0), ("a-short", 2 * 4096), ("a-long", 0)):
+        with pytest.raises(OSError) as failed:
+            read(tree / bad, offset, mapped=False)
+        assert failed.value.errno == errno.EIO
+    for rel, data in files.items():
+        assert read(tree / rel) == data
+    filler.prefetch(where / image_lowers.BLOB)
+    assert filler.wait_idle(30)
+    assert filler.pending(where / image_lowers.BLOB) == 2  # never filled: they stay marked
+    for bad in ("a-short", "a-long"):
+        with pytest.raises(OSError):
+            read(tree / bad, mapped=False)
