@@ -7,7 +7,6 @@ from __future__ import annotations
 import contextlib
 import errno
 import fcntl
-import gc
 import logging
 import os
 import secrets
@@ -19,7 +18,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from kvol import fsops, metrics, paths
+from kvol import fsops, gcpause, metrics, paths
 from kvol.content import hash_file, same_stat
 from kvol.errors import KvolError
 from kvol.index import (
@@ -278,9 +277,7 @@ class CopyBase:
         seen: list[str] = []  # files of the index found in the tree
         temp_prefix = fsops.TEMP_PREFIX
         is_reg = stat.S_ISREG
-        collecting = gc.isenabled()
-        gc.disable()
-        try:
+        with gcpause.paused():
             stack = [""]
             root = str(self.root)
             while stack:
@@ -330,9 +327,6 @@ class CopyBase:
                                 candidates[rel] = packed_sig(st)
                 finally:
                     os.close(dir_fd)
-        finally:
-            if collecting:
-                gc.enable()
         if len(seen) < len(files):
             result.deleted = files.keys() - set(seen)
         result.dirs_added = seen_dirs - self.index.dirs

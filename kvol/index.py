@@ -8,7 +8,6 @@ one small object per file, and a file's record is parsed only when something ask
 
 from __future__ import annotations
 
-import gc
 import hashlib
 import json
 import os
@@ -19,6 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from kvol import gcpause
 from kvol.errors import CorruptData
 from kvol.fsops import write_atomically
 from kvol.model import HASH_RE, FileRecord, Part, State
@@ -188,10 +188,9 @@ class Index:
     def load(cls, path: Path) -> Index:
         # Loading makes an object or two per file; collections triggered meanwhile would
         # walk them all again and again, to find nothing (they hold no cycles).
-        collecting = gc.isenabled()
-        gc.disable()
         try:
-            return _decode(path.read_bytes())
+            with gcpause.paused():
+                return _decode(path.read_bytes())
         except CorruptData as exc:
             raise CorruptData(f"working copy index {path} is unreadable: {exc}") from exc
         except (
@@ -204,9 +203,6 @@ class Index:
             zlib.error,
         ) as exc:
             raise CorruptData(f"working copy index {path} is unreadable: {exc}") from exc
-        finally:
-            if collecting:
-                gc.enable()
 
 
 class KnownContent:

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from kvol import fsops, image_lowers, layout, metrics, paths
+from kvol import fsops, gcpause, image_lowers, layout, metrics, paths
 from kvol.blobfill import BlobFiller
 from kvol.errors import CorruptData, InvalidArgument, KvolError
 from kvol.index import UNMATCHED, Index, IndexEntry
@@ -486,13 +486,14 @@ class Lowers:
         with self._lock:
             gate = self._building.setdefault(key, threading.Lock())
         # One build per snapshot; others wait for it and reuse it. The cache entries
-        # stay held until the tree links them.
-        with gate, self.cache.holding() as held:
+        # stay held until the tree links them. An image snapshot is made from the state
+        # alone, a few objects per file and none in a cycle: no collection meanwhile.
+        image = self.images is not None and group is None
+        with gate, self.cache.holding() as held, gcpause.paused_if(image):
             existing = self.get(family, seq)
             if existing is not None:
                 return existing
             state = repo.state(seq)
-            image = self.images is not None and group is None
             lazy = self.cache.lazy is not None and group is None and not image
             if not lazy and not image:
                 # A group's snapshot copies its files: lazy entries would be filled now.
@@ -773,7 +774,8 @@ class OverlayWorkingCopy(WorkingCopy):
                 # The view's root is the upper layer's root directory.
                 os.chown(upper, 0, group)
                 os.chmod(upper, GROUP_DIR_MODE)
-            index = lowers.template(lower).fresh_index()
+            with gcpause.paused():  # an entry per file, none in a cycle
+                index = lowers.template(lower).fresh_index()
             # The same bytes as the snapshot's index: copied, not encoded again.
             fsops_copy(lower.index_path, meta / INDEX_FILE)
             config = {

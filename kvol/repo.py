@@ -26,7 +26,7 @@ import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, replace
 
-from kvol import codec, content, metrics
+from kvol import codec, content, gcpause, metrics
 from kvol.content import DEFAULT_CHUNK_SIZE, ContentReader
 from kvol.errors import (
     CorruptData,
@@ -436,9 +436,10 @@ class Repo:
                     f"policy: retained history begins at commit {horizon}"
                 )
         checkpoint = self.latest_checkpoint(at_most=seq)
-        state = self._load_checkpoint(checkpoint) if checkpoint else State()
-        for at, entry in self.entries_after(state.seq, until=seq):
-            state.apply(entry, at)
+        with gcpause.paused():  # a few objects per file, none in a cycle
+            state = self._load_checkpoint(checkpoint) if checkpoint else State()
+            for at, entry in self.entries_after(state.seq, until=seq):
+                state.apply(entry, at)
         if seq is not None and state.seq != seq:
             raise NotFound(f"volume {self.volume_id} has no commit {seq} (head is {state.seq})")
         return state
