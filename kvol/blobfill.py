@@ -27,10 +27,12 @@ import logging
 import os
 import struct
 import threading
+import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from kvol import metrics
 from kvol.content import ContentReader
 from kvol.errors import CorruptData, InvalidArgument, KvolError
 from kvol.fangroup import (
@@ -83,6 +85,7 @@ class _Wait:
     fd: int
     left: int
     ok: bool = True
+    since: float = field(default_factory=time.monotonic)
 
 
 @dataclass(eq=False)
@@ -97,6 +100,8 @@ class _Blob:
     repo: Repo | None = None  # None until the volume is registered
     #: Starts of parts filled and not recorded yet (see BlobFiller._log).
     unlogged: list[int] = field(default_factory=list)
+    #: No longer watched: what is left to fill is no longer counted as pending.
+    closed: bool = False
     log_lock: threading.Lock = field(default_factory=threading.Lock)
 
     def after(self, part: _Part, count: int) -> list[_Part]:
@@ -210,6 +215,9 @@ class BlobFiller:
             self._held.close()
 
     def _close(self, blob: _Blob) -> None:
+        with self._lock:
+            blob.closed = True
+            metrics.LAZY_PENDING_BYTES.dec(_unfilled_bytes(blob))
         self._log(blob)
         for part in blob.parts:
             self._answer(part.waiters, ok=False)
@@ -260,6 +268,7 @@ class BlobFiller:
         with self._lock:
             state.repo = self._repos.get(volume_id)
             self._blobs[key] = state
+            metrics.LAZY_PENDING_BYTES.inc(_unfilled_bytes(state))
             parked = self._parked.pop(key, [])
         for event_fd, where in parked:
             self._on_event(event_fd, 0, where)
@@ -427,11 +436,14 @@ class BlobFiller:
             while view:
                 n = os.pwrite(blob.fd, view, at)
                 view, at = view[n:], at + n
-            return True
         except (KvolError, OSError) as exc:
             self.failures += 1
+            metrics.LAZY_FETCHES.labels("failed").inc()
             log.warning("fetch of part %d of %s failed: %s", part.index, part.record.hash, exc)
             return False
+        metrics.LAZY_FETCHES.labels("ok").inc()
+        metrics.LAZY_FETCHED_BYTES.inc(len(data))
+        return True
 
     def _settle(self, blob: _Blob, part: _Part, ok: bool) -> None:
         answered: list[_Wait] = []
@@ -439,6 +451,8 @@ class BlobFiller:
             if ok and not part.filled:
                 part.filled = True
                 blob.left -= 1
+                if not blob.closed:
+                    metrics.LAZY_PENDING_BYTES.dec(part.end - part.start)
             # Not running from here on, with the same lock held as the waiters are taken:
             # a read that comes after queues a fetch of its own, never waits on this one.
             part.running = False
@@ -450,7 +464,7 @@ class BlobFiller:
                     answered.append(wait)
             everything = ok and blob.left == 0
         for wait in answered:
-            self._respond(wait.fd, wait.ok)
+            self._respond_held(wait, wait.ok)
         if everything:
             self._log(blob)
             # All there: reads need no event any more.
@@ -462,11 +476,16 @@ class BlobFiller:
     def _respond(self, fd: int, ok: bool) -> None:
         respond(self._group, fd, ok)
 
+    def _respond_held(self, wait: _Wait, ok: bool) -> None:
+        self._respond(wait.fd, ok)
+        metrics.LAZY_READS_HELD.labels("ok" if ok else "failed").inc()
+        metrics.LAZY_READ_WAIT_SECONDS.observe(time.monotonic() - wait.since)
+
     def _answer(self, waits: list[_Wait], *, ok: bool) -> None:
         for wait in waits:
             if wait.left > 0:
                 wait.left = 0
-                self._respond(wait.fd, ok)
+                self._respond_held(wait, ok)
 
     def _on_event(self, fd: int, tid: int, where: tuple[int, int] | None) -> None:
         if tid in self._filler_tids:
@@ -507,6 +526,10 @@ class BlobFiller:
                     log.error("%s: read of bytes %d+%d, which no file has", blob.path, *where)
                     ok = False
         self._respond(fd, ok)
+
+
+def _unfilled_bytes(blob: _Blob) -> int:
+    return sum(p.end - p.start for p in blob.parts if not p.filled)
 
 
 def _filled_path(blob: Path) -> Path:

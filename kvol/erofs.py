@@ -111,11 +111,14 @@ def _tree(files: Mapping[str, ImageFile], dirs: Iterable[str]) -> _Dir:
     for rel in dirs:
         if rel:
             directory(rel)
+    found: dict[str, _Dir] = {"": root}  # directories looked up already, by path
     for rel, file in files.items():
         parent, _, name = rel.rpartition("/")
         if not name or name in (".", ".."):
             raise InvalidArgument(f"not a file path: {rel!r}")
-        node = directory(parent) if parent else root
+        node = found.get(parent)
+        if node is None:
+            node = found[parent] = directory(parent)
         if name in node.entries:
             raise InvalidArgument(f"{rel!r} is both a file and a directory")
         node.entries[name] = file

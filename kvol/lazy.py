@@ -36,12 +36,13 @@ import os
 import secrets
 import shutil
 import threading
+import time
 from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from kvol import fsops
+from kvol import fsops, metrics
 from kvol.content import ContentReader
 from kvol.errors import CorruptData, InvalidArgument, KvolError
 from kvol.fangroup import (
@@ -102,8 +103,8 @@ class _Job:
     inode: tuple[int, int]
     manifest: Path
     lock: threading.Lock = field(default_factory=threading.Lock)
-    #: Event descriptors waiting for this fill (answered when it ends).
-    waiters: list[int] = field(default_factory=list)
+    #: Event descriptors waiting for this fill (answered when it ends), and since when.
+    waiters: list[tuple[int, float]] = field(default_factory=list)
     done: bool = False
     running: bool = False
     queued: int | None = None  # the best priority it is queued at
@@ -195,7 +196,7 @@ class LazyFiller:
         for job in jobs:
             with job.lock:
                 waiters, job.waiters = job.waiters, []
-            self._answer(waiters, ok=False)
+            self._answer_held(waiters, ok=False)
         if release:
             self._release_holder()
         self._close_fds()
@@ -493,6 +494,9 @@ class LazyFiller:
                 except (KvolError, OSError) as exc:
                     self.failures += 1
                     log.warning("fetch of %s failed: %s", job.path.name, exc)
+                metrics.LAZY_FETCHES.labels("ok" if ok else "failed").inc()
+                if ok:
+                    metrics.LAZY_FETCHED_BYTES.inc(job.record.size)
                 self._finish(job, ok)
         finally:
             reader.release()
@@ -525,7 +529,7 @@ class LazyFiller:
         with job.lock:
             job.done = True
             waiters, job.waiters = job.waiters, []
-        self._answer(waiters, ok=False)
+        self._answer_held(waiters, ok=False)
         self._retire(job)
 
     def _finish(self, job: _Job, ok: bool) -> None:
@@ -533,7 +537,7 @@ class LazyFiller:
             if ok:
                 job.done = True
             waiters, job.waiters = job.waiters, []
-        self._answer(waiters, ok=ok)
+        self._answer_held(waiters, ok=ok)
         if ok:
             self._retire(job)
 
@@ -558,6 +562,13 @@ class LazyFiller:
         for fd in fds:
             respond(self._group, fd, ok)
 
+    def _answer_held(self, waiters: list[tuple[int, float]], *, ok: bool) -> None:
+        self._answer([fd for fd, _ in waiters], ok=ok)
+        now = time.monotonic()
+        for _, since in waiters:
+            metrics.LAZY_READS_HELD.labels("ok" if ok else "failed").inc()
+            metrics.LAZY_READ_WAIT_SECONDS.observe(now - since)
+
     def _on_event(self, fd: int, tid: int, _where: tuple[int, int] | None = None) -> None:
         if tid in self._filler_tids:
             self._answer([fd], ok=True)  # a filler writing the placeholder it owns
@@ -574,7 +585,7 @@ class LazyFiller:
             return
         with job.lock:
             if not job.done:
-                job.waiters.append(fd)
+                job.waiters.append((fd, time.monotonic()))
                 with self._lock:
                     self._push(job, _DEMAND)
                 return

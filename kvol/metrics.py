@@ -155,6 +155,33 @@ NODE_CACHE_EVICTIONS = Counter(
     "Entries evicted from the node's content cache to keep it within its limit.",
 )
 
+# Lazy fetching (``kvol-csi --lazy-fetch``): content fetched when first read.
+LAZY_FETCHES = Counter(
+    "kvol_lazy_fetches_total",
+    "Pieces of content fetched into not-yet-fetched files (a part of an image snapshot's "
+    "blob, or a whole placeholder file), by result (ok, failed).",
+    ["result"],
+)
+LAZY_FETCHED_BYTES = Counter(
+    "kvol_lazy_fetched_bytes_total",
+    "Bytes written into not-yet-fetched files by lazy fetches.",
+)
+LAZY_READS_HELD = Counter(
+    "kvol_lazy_reads_held_total",
+    "Reads held until the content under them was fetched, by result (ok, failed: the "
+    "read got EIO).",
+    ["result"],
+)
+LAZY_READ_WAIT_SECONDS = Histogram(
+    "kvol_lazy_read_wait_seconds",
+    "How long a read was held for the content under it.",
+    buckets=_LATENCY_BUCKETS,
+)
+LAZY_PENDING_BYTES = Gauge(
+    "kvol_lazy_pending_bytes",
+    "Bytes of the image snapshots on this node not fetched yet.",
+)
+
 
 @dataclass(frozen=True)
 class CopySample:

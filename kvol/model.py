@@ -431,11 +431,13 @@ class State:
         """Apply one entry in place: last write wins. ``touched`` collects changed paths."""
         for op in entry.ops:
             if isinstance(op, PutOp):
-                self._make_room(op.path, touched)
-                if op.path not in self.files:
-                    self._count(op.path, +1)
-                self.files[op.path] = op.record
-                _note(touched, op.path)
+                path = op.path
+                ancestors = paths.ancestors(path)  # once: this runs for every file
+                self._make_room(path, touched, ancestors=ancestors)
+                if path not in self.files:
+                    self._count(path, +1, ancestors)
+                self.files[path] = op.record
+                _note(touched, path)
             elif isinstance(op, UnlinkOp):
                 if op.path in self.files:
                     del self.files[op.path]
@@ -459,10 +461,16 @@ class State:
     def is_dir(self, path: str) -> bool:
         return path in self.dirs or self._under_index().get(path, 0) > 0
 
-    def _make_room(self, path: str, touched: set[str] | None, for_dir: bool = False) -> None:
+    def _make_room(
+        self,
+        path: str,
+        touched: set[str] | None,
+        for_dir: bool = False,
+        ancestors: list[str] | None = None,
+    ) -> None:
         """A file where an ancestor directory must be goes away, and so does a directory
         tree where a file must be, and a file where a directory must be (last write wins)."""
-        for ancestor in paths.ancestors(path):
+        for ancestor in paths.ancestors(path) if ancestors is None else ancestors:
             if ancestor in self.files:
                 self.remove_tree(ancestor, touched)
         if for_dir:
@@ -501,10 +509,10 @@ class State:
             self._under = under
         return self._under
 
-    def _count(self, path: str, delta: int) -> None:
+    def _count(self, path: str, delta: int, ancestors: list[str] | None = None) -> None:
         if self._under is None:
             return
-        for a in paths.ancestors(path):
+        for a in paths.ancestors(path) if ancestors is None else ancestors:
             left = self._under.get(a, 0) + delta
             if left:
                 self._under[a] = left

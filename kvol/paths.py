@@ -22,22 +22,26 @@ def check(path: str) -> str:
         raise InvalidPath(f"invalid volume path {path!r}: empty")
     if "\x00" in path:
         raise InvalidPath(f"invalid volume path {path!r}: contains NUL")
-    if path.startswith("/") or path.endswith("/"):
+    if path[0] == "/" or path[-1] == "/":
         raise InvalidPath(f"invalid volume path {path!r}: not canonical")
-    try:
-        encoded = path.encode("utf-8")
-    except UnicodeEncodeError as exc:
-        raise InvalidPath(f"invalid volume path {path!r}: not valid UTF-8") from exc
-    if len(encoded) > MAX_PATH_BYTES:
+    # Every path of a volume's state is checked when it is parsed: ASCII ones (most)
+    # are measured in characters, which are their bytes, without encoding each name.
+    ascii = path.isascii()
+    if not ascii:
+        try:
+            path.encode("utf-8")
+        except UnicodeEncodeError as exc:
+            raise InvalidPath(f"invalid volume path {path!r}: not valid UTF-8") from exc
+    if (len(path) if ascii else len(path.encode("utf-8"))) > MAX_PATH_BYTES:
         raise InvalidPath(f"invalid volume path: longer than {MAX_PATH_BYTES} bytes")
     parts = path.split("/")
-    for part in parts:
-        if part in ("", ".", ".."):
-            raise InvalidPath(f"invalid volume path {path!r}: '{part}' component")
-        if len(part.encode("utf-8")) > MAX_NAME_BYTES:
-            raise InvalidPath(
-                f"invalid volume path {path!r}: a name is over {MAX_NAME_BYTES} bytes"
-            )
+    if "" in parts or "." in parts or ".." in parts:
+        part = next(p for p in parts if p in ("", ".", ".."))
+        raise InvalidPath(f"invalid volume path {path!r}: '{part}' component")
+    if (
+        max(map(len, parts)) if ascii else max(len(p.encode("utf-8")) for p in parts)
+    ) > MAX_NAME_BYTES:
+        raise InvalidPath(f"invalid volume path {path!r}: a name is over {MAX_NAME_BYTES} bytes")
     if parts[0] == RESERVED:
         raise InvalidPath(f"invalid volume path {path!r}: {RESERVED}/ is reserved")
     return path

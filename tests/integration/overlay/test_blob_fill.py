@@ -15,6 +15,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from prometheus_client import REGISTRY
 
 from kvol import image_lowers
 from kvol.blobfill import BlobFiller
@@ -39,6 +40,19 @@ try:
 except OSError as exc:
     sys.exit(exc.errno)
 """
+
+
+METRICS = [
+    ("kvol_lazy_fetches_total", {"result": "ok"}),
+    ("kvol_lazy_fetched_bytes_total", {}),
+    ("kvol_lazy_reads_held_total", {"result": "ok"}),
+    ("kvol_lazy_read_wait_seconds_count", {}),
+    ("kvol_lazy_pending_bytes", {}),
+]
+
+
+def metric(name: str, labels: dict[str, str] | None = None) -> float:
+    return REGISTRY.get_sample_value(name, labels or {}) or 0.0
 
 
 def read(path: Path, offset: int = 0, length: int = 1 << 30, *, mapped: bool = True) -> bytes:
@@ -90,9 +104,12 @@ def test_a_read_waits_for_just_the_parts_under_it_and_the_background_fills_the_r
     files["large.bin"] = os.urandom(LARGE)
     files["copy/of-f3"] = files["small/f3"]
     seq = seed(repo, tmp_path, files)
+    before = {name: metric(name, labels) for name, labels in METRICS}
     tree, blob = publish(repo, seq, tmp_path / "snap", filler, mounts)
     total = filler.pending(blob)
     assert total == 20 + 3  # one part per distinct small file, three of the large one
+    every_byte = sum(len(d) for r, d in files.items() if r != "copy/of-f3")
+    assert metric("kvol_lazy_pending_bytes") - before["kvol_lazy_pending_bytes"] == every_byte
     assert sorted(os.listdir(tree / "small")) == sorted(
         p.split("/")[1] for p in files if "small/" in p
     )
@@ -108,6 +125,14 @@ def test_a_read_waits_for_just_the_parts_under_it_and_the_background_fills_the_r
     assert filler.wait_idle(30)
     # That part, and the file's next one fetched ahead; never the one before.
     assert filler.pending(blob) == total - 3
+    grew = {name: metric(name, labels) - before[name] for name, labels in METRICS}
+    fetched = len(files["small/f3"]) + LARGE - (8 << 20)  # the large file's last two parts
+    assert grew["kvol_lazy_fetches_total"] == 3
+    assert grew["kvol_lazy_fetched_bytes_total"] == fetched
+    assert grew["kvol_lazy_pending_bytes"] == every_byte - fetched
+    # At least the two reads that found their parts missing were held, each timed.
+    assert grew["kvol_lazy_reads_held_total"] >= 2
+    assert grew["kvol_lazy_read_wait_seconds_count"] == grew["kvol_lazy_reads_held_total"]
 
     # An overlay on top (a pod's copy): reads and copy-up of a lower file fill it.
     upper, work, merged = (tmp_path / n for n in ("upper", "work", "merged"))

@@ -17,6 +17,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from prometheus_client import REGISTRY
 
 from kvol.catalog import Catalog
 from kvol.fangroup import HOLDER_FILE
@@ -69,6 +70,13 @@ def mount_lazily(
 
 def entries(cache: ContentCache) -> list[Path]:
     return [p for p in cache.root.glob("??/*") if not p.name.startswith(".")]
+
+
+FAILURE_METRICS = ("kvol_lazy_fetches_total", "kvol_lazy_reads_held_total")
+
+
+def metric(name: str, labels: dict[str, str]) -> float:
+    return REGISTRY.get_sample_value(name, labels) or 0.0
 
 
 def test_tree_is_visible_before_any_byte_is_fetched_and_a_read_fills_it(
@@ -174,10 +182,17 @@ def test_a_corrupt_object_fails_the_read_with_eio_and_the_entry_stays_a_placehol
     blob.write_bytes(bytes(b ^ 0xFF for b in good[:16]) + good[16:])  # same size, wrong bytes
 
     wc, cache = mount_lazily(repo, seq, tmp_path, caches, mounted)
+    failed_before = [metric(n, {"result": "failed"}) for n in FAILURE_METRICS]
     for _ in range(2):  # a failed fill is tried again on the next open, and fails again
         with pytest.raises(OSError) as exc:
             (wc.root / "big/model.bin").read_bytes()
         assert exc.value.errno == errno.EIO
+    # Each open was held and failed; each fill failed (counted for the node's dashboard).
+    failed = [
+        metric(n, {"result": "failed"}) - b
+        for n, b in zip(FAILURE_METRICS, failed_before, strict=True)
+    ]
+    assert failed == [2, 2]
     with pytest.raises(OSError) as exc, open(wc.root / "big/model.bin", "rb") as f:
         mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
     assert exc.value.errno == errno.EIO
