@@ -240,7 +240,10 @@ class BlobFiller:
         done = _read_filled(_filled_path(blob))
         parts: list[_Part] = []
         for offset, record in sorted(contents, key=lambda c: c[0]):
-            if sum(p.length for p in record.parts) != record.size:
+            rparts = record.parts
+            if (rparts[0].length if len(rparts) == 1 else sum(p.length for p in rparts)) != (
+                record.size
+            ):
                 # Its parts would leave a hole or run into the next extent: every read of
                 # it fails instead (see _fill_part).
                 parts.append(_Part(offset, offset + record.size, record, _UNREADABLE))
