@@ -887,3 +887,18 @@ def test_a_reload_retrying_what_a_kept_local_file_blocked_never_takes_that_direc
             ("reload", {"i": 1}),
         ],
     )
+
+
+def test_a_file_after_an_empty_one_reads_whole_through_an_image_snapshot(
+    image_env: Env,
+) -> None:
+    # The empty "a" took no room in the blob, where "b"'s content starts: "b" read as
+    # zeros through the new pod's image snapshot, and its next commit published them.
+    replay(
+        image_env,
+        [
+            ("sdk_put", {"paths": {"a", "b"}, "tag": 5, "large": False}),
+            ("replace_pod", {"i": 0, "reuse": False, "grouped": False}),
+            ("commit", {"i": 0}),
+        ],
+    )
