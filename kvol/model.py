@@ -11,6 +11,7 @@ import json
 import math
 import re
 import time
+from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, replace
 from typing import Any, Literal
@@ -499,13 +500,15 @@ class State:
 
     def _under_index(self) -> dict[str, int]:
         if self._under is None:
+            # By parent first: a volume has far fewer directories than files, and this
+            # runs over every file the first time a reload asks for a directory.
+            parents = Counter(p.rpartition("/")[0] for p in self.files)
+            parents.update(d.rpartition("/")[0] for d in self.dirs)
             under: dict[str, int] = {}
-            for p in self.files:
-                for a in paths.ancestors(p):
-                    under[a] = under.get(a, 0) + 1
-            for d in self.dirs:
-                for a in paths.ancestors(d):
-                    under[a] = under.get(a, 0) + 1
+            for parent, n in parents.items():
+                while parent:
+                    under[parent] = under.get(parent, 0) + n
+                    parent = parent.rpartition("/")[0]
             self._under = under
         return self._under
 

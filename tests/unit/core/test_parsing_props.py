@@ -256,3 +256,21 @@ def test_record_with_an_unrepresentable_mtime_is_corrupt_data() -> None:
     payload["ops"] = [["put", "f", 0, 10**30, 0o644, "0" * 64, []]]
     with pytest.raises(CorruptData):
         Entry.from_payload(payload)
+
+
+@props()
+@given(files=st.sets(PATH, max_size=30), dirs=st.sets(PATH, max_size=10))
+def test_the_directory_counts_of_a_state_are_those_of_every_ancestor(
+    files: set[str], dirs: set[str]
+) -> None:
+    # Counted by parent and then up (State._under_index): the same as counting every
+    # proper ancestor of every file and explicit directory one by one.
+    record = FileRecord(0, 0, 0o644, "0" * 64, ())
+    state = State(1, dict.fromkeys(files, record), set(dirs))
+    expected: dict[str, int] = {}
+    for p in [*files, *dirs]:
+        for a in paths.ancestors(p):
+            expected[a] = expected.get(a, 0) + 1
+    assert state._under_index() == expected
+    for d in expected:
+        assert state.is_dir(d)
