@@ -510,29 +510,42 @@ class Committing(CopyBase):
                     f"{rel} is {record.size:,} bytes, over the volume's file size limit of "
                     f"{limits.max_file_size:,}; nothing was published and your files are unchanged"
                 )
-        # The files the volume would hold: this runs at every commit and looks at every
-        # file, so records are read without being parsed, and only for what is checked.
+        # The files the volume would hold. A commit is refused only for what it adds: one
+        # that adds no file, no byte and no directory entry is never refused (a volume over
+        # a limit, as racing writers can leave it, can always be brought back under it),
+        # and such a commit (most of them: a few files changed) looks at no other file.
         files = self.index.files
         gone = set(file_deletes)
         under_removed = tuple(d + "/" for d in removed_dirs)
         if removed_dirs:
             gone.update(p for p in files if p in removed_dirs or p.startswith(under_removed))
-        kept = [p for p, e in files.items() if e.has_record and p not in gone and p not in puts]
-        count = len(kept) + len(puts)
-        if limits.max_files is not None and count > limits.max_files:
-            raise LimitExceeded(
-                f"the volume would hold {count:,} files, over its limit of {limits.max_files:,}; "
-                "nothing was published and your files are unchanged"
-            )
-        if limits.max_bytes is not None:
-            total = sum(record_size(files[p]) for p in kept)
-            total += sum(r.size for r, _, _ in puts.values())
-            if total > limits.max_bytes:
+
+        def recorded(p: str) -> bool:
+            entry = files.get(p)
+            return entry is not None and entry.has_record
+
+        new_files = [p for p in puts if not recorded(p)]
+        removed = [p for p in gone if p not in puts and recorded(p)]
+        if limits.max_files is not None and new_files:
+            count = sum(1 for e in files.values() if e.has_record) - len(removed) + len(new_files)
+            if count > limits.max_files:
                 raise LimitExceeded(
-                    f"the volume would hold {total:,} bytes, over its limit of {limits.max_bytes:,}; "
-                    "nothing was published and your files are unchanged"
+                    f"the volume would hold {count:,} files, over its limit of "
+                    f"{limits.max_files:,}; nothing was published and your files are unchanged"
                 )
-        if limits.max_files_per_directory is not None:
+        if limits.max_bytes is not None:
+            replaced = [p for p in puts if recorded(p)]
+            grows = sum(r.size for r, _, _ in puts.values()) - sum(
+                record_size(files[p]) for p in [*replaced, *removed]
+            )
+            if grows > 0:
+                total = sum(record_size(e) for e in files.values()) + grows
+                if total > limits.max_bytes:
+                    raise LimitExceeded(
+                        f"the volume would hold {total:,} bytes, over its limit of "
+                        f"{limits.max_bytes:,}; nothing was published and your files are unchanged"
+                    )
+        if limits.max_files_per_directory is not None and (new_files or dirs_added):
             # The directories as this commit leaves them: removed trees gone, new ones in,
             # and every one a file or directory implies.
             dirs = {
@@ -541,6 +554,7 @@ class Committing(CopyBase):
                 if d not in removed_dirs and not d.startswith(under_removed)
             }
             dirs |= dirs_added
+            kept = [p for p, e in files.items() if e.has_record and p not in gone and p not in puts]
             kept += puts
             counts = Counter(p.rpartition("/")[0] for p in kept)
             implied = set(counts) | {a for d in dirs for a in paths.ancestors(d)}
@@ -549,7 +563,12 @@ class Committing(CopyBase):
             implied.discard("")
             for d in dirs | implied:
                 counts[d.rpartition("/")[0]] += 1
-            for directory, count in counts.items():
+            # Only directories this commit adds an entry to (or whose entries it adds).
+            growing = {""}
+            for added in [*new_files, *dirs_added]:
+                growing.update(paths.ancestors(added))
+            for directory in sorted(growing):
+                count = counts.get(directory, 0)
                 if count > limits.max_files_per_directory:
                     raise LimitExceeded(
                         f"directory {directory or '/'} would hold {count:,} entries, over the volume's "

@@ -140,3 +140,37 @@ def test_files_per_directory_counts_the_commits_own_directory_changes(
     assert wc.commit().seq == 2
     assert set(volume_tree(wc.repo)) == {"d/f0", "d/f1", "d/f2"}
     wc.close(final_commit=False)
+
+
+def test_a_volume_racing_writers_left_over_its_limits_takes_commits_that_add_nothing(
+    catalog: Catalog, store: CountingStore, tmp_path: Path
+) -> None:
+    # Each writer's check sees its own view: two of them adding at once can leave the
+    # volume over a limit. Edits and deletions must still go through (the way back
+    # under it); adding more is refused.
+    limits = Limits(max_files=3, max_bytes=100, max_files_per_directory=3)
+    first = limited_copy(catalog, tmp_path, limits)
+    second = WorkingCopy.create(catalog.repo("limited"), tmp_path / "second")
+    for i in range(2):
+        write(first.root, f"d/f{i}", "x" * 30)
+    first.commit()
+    second.reload()
+    write(first.root, "d/f2", "x" * 30)
+    write(second.root, "d/g", "y" * 30)
+    first.commit()
+    second.commit()  # its view: 3 files, 90 bytes, 3 entries in d
+    second.reload()
+    assert len(volume_tree(second.repo)) == 4  # over each limit now
+
+    write(second.root, "d/f0", "edited")  # fewer bytes, no new entry
+    assert second.commit().files == 1
+    write(second.root, "d/f1", "z" * 29)  # 1 byte fewer
+    assert second.commit().files == 1
+    write(second.root, "e", "1")
+    assert_refused(second, store, "files, over its limit of 3")
+    (second.root / "e").unlink()
+    (second.root / "d/g").unlink()
+    assert second.commit().deleted == 1
+    assert set(volume_tree(second.repo)) == {"d/f0", "d/f1", "d/f2"}
+    first.close(final_commit=False)
+    second.close(final_commit=False)
