@@ -300,8 +300,10 @@ class Committing(CopyBase):
             for rel in [rel for rel in done.puts if rel in known]:
                 index.dirs = {x for x in index.dirs if not paths.is_under(x, rel)}
                 index.explicit_dirs = {x for x in index.explicit_dirs if not paths.is_under(x, rel)}
+        content = index.known_content()
         for rel, (record, sig, racy) in done.puts.items():
-            index.files[rel] = IndexEntry(record, _sharing(as_stat_key(sig), record), racy)
+            entry = index.files[rel] = IndexEntry(record, _sharing(as_stat_key(sig), record), racy)
+            content.note(rel, entry)
             index.dirs.update(paths.ancestors(rel))
 
     def _write_commit_journal(

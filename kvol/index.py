@@ -165,6 +165,7 @@ class Index:
     #: ``base`` too, so replaying the log from ``base`` on it can misjudge a directory
     #: removal that came before them (see WorkingCopy._reload_locked).
     ahead: int = 0
+    _known: KnownContent | None = field(default=None, init=False, repr=False, compare=False)
 
     def committed_state(self) -> State:
         """The volume as this copy last saw it (base plus its own commits)."""
@@ -172,7 +173,9 @@ class Index:
         return State(self.base, files, set(self.explicit_dirs))
 
     def known_content(self) -> KnownContent:
-        return KnownContent(self)
+        if self._known is None:
+            self._known = KnownContent(self)
+        return self._known
 
     # -- persistence (atomic: temp file, fsync, rename) ---------------------------------------
 
@@ -208,30 +211,52 @@ class Index:
 class KnownContent:
     """Content this copy's volume already has, by content id: reused, not sent again.
 
-    Looked up for each new small file; built on first use from the index's hashes
-    without parsing any record."""
+    Looked up for each new small file. The table is built on first use from the index's
+    hashes, without parsing any record, and kept with the index, so a commit of a few
+    files does not go through every file again: files this copy publishes are added as
+    they land; a file changed any other way is missed, never trusted (a hit counts only
+    while its entry is still the file's and still holds that content)."""
 
     def __init__(self, index: Index) -> None:
         self._index = index
         #: By the content id's 32 bytes (sliced from the loaded column: no hex per file).
-        self._by_hash: dict[bytes, IndexEntry] | None = None
+        self._by_hash: dict[bytes, tuple[str, IndexEntry]] | None = None
 
     def get(self, content_id: str) -> tuple[Part, ...] | None:
-        if self._by_hash is None:
-            self._by_hash = by_hash = {}
-            for entry in self._index.files.values():
-                lazy = entry._lazy
-                if lazy is not None:
-                    table, row, _ = lazy
-                    by_hash[table.hashes[row * 32 : row * 32 + 32]] = entry
-                elif (known := entry._record) is not None:
-                    by_hash[bytes.fromhex(known.hash)] = entry
         try:
-            found = self._by_hash.get(bytes.fromhex(content_id))
+            key = bytes.fromhex(content_id)
         except ValueError:
             return None  # not a content id
-        record = None if found is None else found.record
+        if self._by_hash is None:
+            self._by_hash = by_hash = {}
+            for path, entry in self._index.files.items():
+                held = _held_hash(entry)
+                if held is not None:
+                    by_hash[held] = (path, entry)
+        found = self._by_hash.get(key)
+        if found is None:
+            return None
+        path, entry = found
+        if self._index.files.get(path) is not entry or _held_hash(entry) != key:
+            return None
+        record = entry.record
         return None if record is None else record.parts
+
+    def note(self, path: str, entry: IndexEntry) -> None:
+        """``entry`` is now the file at ``path`` (a file this copy published)."""
+        held = _held_hash(entry) if self._by_hash is not None else None
+        if self._by_hash is not None and held is not None:
+            self._by_hash[held] = (path, entry)
+
+
+def _held_hash(entry: IndexEntry) -> bytes | None:
+    """The 32 bytes of the content id of the entry's record (None without one)."""
+    lazy = entry._lazy
+    if lazy is not None:
+        table, row, _ = lazy
+        return table.hashes[row * 32 : row * 32 + 32]
+    known = entry._record
+    return None if known is None else bytes.fromhex(known.hash)
 
 
 def record_size(entry: IndexEntry) -> int:

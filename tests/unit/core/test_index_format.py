@@ -61,6 +61,28 @@ def test_known_content_finds_parts_by_content_id(tmp_path: Path) -> None:
     assert known.get("d" * 64) is None
 
 
+def test_known_content_kept_with_the_index_trusts_only_what_is_still_there(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "index"
+    sample().save(path)
+    index = Index.load(path)
+    known = index.known_content()
+    assert known.get(H2) is not None  # builds the table
+    assert index.known_content() is known  # kept for the next commit
+    # The file changed in place (as a reload writes another writer's version) or went:
+    # the table still names it, and is no longer trusted for it.
+    index.files["big/blob"].record = FileRecord(3, 1, 0o644, "e" * 64, (Part("b", "e" * 64, 0, 3),))
+    assert known.get(H2) is None
+    del index.files["big/blob"]
+    assert known.get(H2) is None
+    # A file this copy published is found from then on.
+    fresh = IndexEntry(FileRecord(4, 1, 0o644, "f" * 64, (Part("b", "f" * 64, 0, 4),)), None)
+    index.files["published"] = fresh
+    known.note("published", fresh)
+    assert known.get("f" * 64) == (Part("b", "f" * 64, 0, 4),)
+
+
 def test_a_flipped_byte_is_refused(tmp_path: Path) -> None:
     path = tmp_path / "index"
     sample().save(path)
