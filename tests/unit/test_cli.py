@@ -58,9 +58,15 @@ def cli(store: str, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.Monk
 
 
 def run(
-    store: str, *args: str, stdin: bytes = b"", cwd: Path | None = None
+    store: str,
+    *args: str,
+    stdin: bytes = b"",
+    cwd: Path | None = None,
+    tmpdir: Path | None = None,
 ) -> subprocess.CompletedProcess[bytes]:
     env = {**os.environ, "KVOL_STORE": store, "PYTHONSAFEPATH": "1"}
+    if tmpdir is not None:
+        env["TMPDIR"] = str(tmpdir)
     return subprocess.run(
         [KVOL, *args], input=stdin, capture_output=True, env=env, cwd=cwd, timeout=120
     )
@@ -381,10 +387,14 @@ def test_demo_runs_and_shows_last_write_wins(tmp_path: Path) -> None:
 
 def test_demo_on_a_given_store_keeps_nothing_unless_asked(tmp_path: Path) -> None:
     store = f"file://{tmp_path / 'store'}"
-    assert run(store, "--store", store, "demo").returncode == 0
+    scratch = tmp_path / "scratch"  # where the demo makes its copies
+    scratch.mkdir()
+    assert run(store, "--store", store, "demo", tmpdir=scratch).returncode == 0
     assert json.loads(run(store, "volume", "list", "--json").stdout) == []
-    kept = run(store, "demo", "--keep", "--store", store)
+    assert list(scratch.iterdir()) == []
+    kept = run(store, "demo", "--keep", "--store", store, tmpdir=scratch)
     assert kept.returncode == 0
+    assert len(list(scratch.iterdir())) == 1  # the copies, kept as asked
     (volume,) = json.loads(run(store, "volume", "list", "--json").stdout)
     assert volume["name"].startswith("demo-")
 
