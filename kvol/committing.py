@@ -301,9 +301,15 @@ class Committing(CopyBase):
                 index.dirs = {x for x in index.dirs if not paths.is_under(x, rel)}
                 index.explicit_dirs = {x for x in index.explicit_dirs if not paths.is_under(x, rel)}
         content = index.known_content()
+        # A large commit drops the table instead (made again when next needed): noting
+        # every file would hold it beside the records while the index is saved.
+        many = len(done.puts) > _NOTE_AT_MOST
+        if many:
+            content.forget()
         for rel, (record, sig, racy) in done.puts.items():
             entry = index.files[rel] = IndexEntry(record, _sharing(as_stat_key(sig), record), racy)
-            content.note(rel, entry)
+            if not many:
+                content.note(rel, entry)
             index.dirs.update(paths.ancestors(rel))
 
     def _write_commit_journal(
@@ -577,6 +583,9 @@ class Committing(CopyBase):
                         f"limit of {limits.max_files_per_directory:,} per directory; nothing was published"
                     )
 
+
+#: Files of a commit added one by one to the known content's table (see KnownContent).
+_NOTE_AT_MOST = 4096
 
 #: A file a commit publishes: its record, the stat it had when read, whether to hash it
 #: again at the next scan.

@@ -215,38 +215,43 @@ class KnownContent:
     hashes, without parsing any record, and kept with the index, so a commit of a few
     files does not go through every file again: files this copy publishes are added as
     they land; a file changed any other way is missed, never trusted (a hit counts only
-    while its entry is still the file's and still holds that content)."""
+    if the file at the path the table names still holds that very content). It maps the
+    first 8 bytes of a content id to a path, about 80 bytes a file."""
 
     def __init__(self, index: Index) -> None:
         self._index = index
-        #: By the content id's 32 bytes (sliced from the loaded column: no hex per file).
-        self._by_hash: dict[bytes, tuple[str, IndexEntry]] | None = None
+        self._by_hash: dict[int, str] | None = None
 
     def get(self, content_id: str) -> tuple[Part, ...] | None:
         try:
             key = bytes.fromhex(content_id)
         except ValueError:
             return None  # not a content id
+        if len(key) != 32:
+            return None
         if self._by_hash is None:
             self._by_hash = by_hash = {}
             for path, entry in self._index.files.items():
                 held = _held_hash(entry)
                 if held is not None:
-                    by_hash[held] = (path, entry)
-        found = self._by_hash.get(key)
-        if found is None:
+                    by_hash[int.from_bytes(held[:8], "little")] = path
+        named = self._by_hash.get(int.from_bytes(key[:8], "little"))
+        found = None if named is None else self._index.files.get(named)
+        if found is None or _held_hash(found) != key:
             return None
-        path, entry = found
-        if self._index.files.get(path) is not entry or _held_hash(entry) != key:
-            return None
-        record = entry.record
+        record = found.record
         return None if record is None else record.parts
+
+    def forget(self) -> None:
+        """Drop the table (made again on the next lookup)."""
+        self._by_hash = None
 
     def note(self, path: str, entry: IndexEntry) -> None:
         """``entry`` is now the file at ``path`` (a file this copy published)."""
-        held = _held_hash(entry) if self._by_hash is not None else None
-        if self._by_hash is not None and held is not None:
-            self._by_hash[held] = (path, entry)
+        if self._by_hash is not None:
+            held = _held_hash(entry)
+            if held is not None:
+                self._by_hash[int.from_bytes(held[:8], "little")] = path
 
 
 def _held_hash(entry: IndexEntry) -> bytes | None:
