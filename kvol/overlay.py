@@ -590,6 +590,15 @@ class Lowers:
             if image_lowers.is_image(lower.path):
                 try:
                     self.ready(lower)
+                except CorruptData as exc:
+                    # Not usable (laid out by an older version, or damaged): dropped, to be
+                    # made again when next needed, unless a pod's overlay still sits on it.
+                    log.error("snapshot %s is not usable and is dropped: %s", lower.path, exc)
+                    try:
+                        self.drop(lower)
+                    except (KvolError, OSError) as kept:
+                        log.error("snapshot %s is kept: %s", lower.path, kept)
+                    continue
                 except (KvolError, OSError) as exc:
                     log.error("snapshot %s could not be mounted again: %s", lower.path, exc)
                     continue

@@ -20,7 +20,8 @@ from prometheus_client import REGISTRY
 from kvol import image_lowers
 from kvol.blobfill import BlobFiller
 from kvol.model import FileRecord
-from kvol.mounting import mount_overlay, unmount
+from kvol.mounting import is_mountpoint, mount_overlay, unmount
+from kvol.overlay import ContentCache, Lowers
 from kvol.repo import Repo
 from tests.integration.overlay.seeding import seed
 
@@ -375,3 +376,32 @@ def test_a_record_whose_parts_do_not_add_up_fails_its_reads_and_spoils_no_neighb
     for bad in ("a-short", "a-long"):
         with pytest.raises(OSError):
             read(tree / bad, mapped=False)
+
+
+def test_an_image_snapshot_that_does_not_match_its_index_is_dropped_and_made_again(
+    repo: Repo, tmp_path: Path, mounts: list[Path]
+) -> None:
+    # As an image snapshot laid out by an older version is found after an upgrade: not
+    # used (it could serve one file's bytes as another's), and made again when needed.
+    files = {"pkg/__init__.py": b"", "pkg/mod.py": b"print(1)\n"}
+    seq = seed(repo, tmp_path, files)
+    cache = ContentCache(tmp_path / "cache", prefetch=False)
+    lowers = Lowers(tmp_path / "lowers", cache, images=BlobFiller(tmp_path / "fill").start())
+    lower = lowers.build(repo, seq)
+    lowers.close()
+    image = lower.path / image_lowers.IMAGE
+    raw = bytearray(image.read_bytes())
+    raw[1024 + 48 : 1024 + 64] = bytes(16)  # the layout's digest, as older images had
+    image.write_bytes(bytes(raw))
+
+    lowers = Lowers(tmp_path / "lowers", cache, images=BlobFiller(tmp_path / "fill").start())
+    try:
+        assert lowers.get(repo.volume_id, seq) is None
+        assert not is_mountpoint(lower.tree)
+        again = lowers.build(repo, seq)
+        mounts.append(again.tree)
+        lowers.adopt(repo)
+        for rel, data in files.items():
+            assert read(again.tree / rel, mapped=False) == data
+    finally:
+        lowers.close()
