@@ -181,6 +181,11 @@ LAZY_PENDING_BYTES = Gauge(
     "kvol_lazy_pending_bytes",
     "Bytes of the image snapshots on this node not fetched yet.",
 )
+# Every result from the start, at zero: a node that never fetched lazily (or never
+# failed) shows a flat line on the dashboard, not a panel without data.
+for _result in ("ok", "failed"):
+    LAZY_FETCHES.labels(_result)
+    LAZY_READS_HELD.labels(_result)
 
 
 @dataclass(frozen=True)
