@@ -240,10 +240,7 @@ class BlobFiller:
         done = _read_filled(_filled_path(blob))
         parts: list[_Part] = []
         for offset, record in sorted(contents, key=lambda c: c[0]):
-            rparts = record.parts
-            if (rparts[0].length if len(rparts) == 1 else sum(p.length for p in rparts)) != (
-                record.size
-            ):
+            if not record.adds_up():
                 # Its parts would leave a hole or run into the next extent: every read of
                 # it fails instead (see _fill_part).
                 parts.append(_Part(offset, offset + record.size, record, _UNREADABLE))
@@ -481,8 +478,7 @@ class BlobFiller:
 
     def _respond_held(self, wait: _Wait, ok: bool) -> None:
         self._respond(wait.fd, ok)
-        metrics.LAZY_READS_HELD.labels("ok" if ok else "failed").inc()
-        metrics.LAZY_READ_WAIT_SECONDS.observe(time.monotonic() - wait.since)
+        metrics.count_held_read(ok, wait.since)
 
     def _answer(self, waits: list[_Wait], *, ok: bool) -> None:
         for wait in waits:

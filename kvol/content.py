@@ -694,7 +694,7 @@ class ContentReader:
 
     def iter_parts(self, record: FileRecord) -> Iterator[bytes]:
         """The file's content, part by part, each verified before it is yielded."""
-        if sum(p.length for p in record.parts) != record.size:
+        if not record.adds_up():
             raise CorruptData("file record's parts do not add up to its size")
         if not matches_content_id(record):
             raise CorruptData("file record's parts do not match its content id")

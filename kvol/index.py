@@ -47,8 +47,12 @@ class Signature:
         return [self.size, self.mtime_ns, self.ino, self.ctime_ns, self.mode]
 
 
-#: The signature of a file the copy has seen but whose stat proves nothing: never equal
-#: to a real file's stat (no file has inode 0), so the file is hashed when it is checked.
+#: The signature of a file of the volume this copy saw but holds no match of (deleted
+#: here, a local version kept over it by a reload, or a snapshot's file, whose stat
+#: proves nothing): no file has inode 0, so it never matches, the file is hashed when
+#: checked, and a commit publishes what stands there, or the deletion. (No signature at
+#: all means the copy never had the file: a local change hid it, and no commit of the
+#: copy may delete it.)
 UNMATCHED = Signature(0, 0, 0, 0, 0)
 
 

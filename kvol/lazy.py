@@ -564,10 +564,8 @@ class LazyFiller:
 
     def _answer_held(self, waiters: list[tuple[int, float]], *, ok: bool) -> None:
         self._answer([fd for fd, _ in waiters], ok=ok)
-        now = time.monotonic()
         for _, since in waiters:
-            metrics.LAZY_READS_HELD.labels("ok" if ok else "failed").inc()
-            metrics.LAZY_READ_WAIT_SECONDS.observe(now - since)
+            metrics.count_held_read(ok, since)
 
     def _on_event(self, fd: int, tid: int, _where: tuple[int, int] | None = None) -> None:
         if tid in self._filler_tids:

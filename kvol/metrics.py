@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 import threading
+import time
 import weakref
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
@@ -186,6 +187,13 @@ LAZY_PENDING_BYTES = Gauge(
 for _result in ("ok", "failed"):
     LAZY_FETCHES.labels(_result)
     LAZY_READS_HELD.labels(_result)
+
+
+def count_held_read(ok: bool, since: float) -> None:
+    """A read held for lazily fetched content was answered; it came at ``since``
+    (``time.monotonic()``)."""
+    LAZY_READS_HELD.labels("ok" if ok else "failed").inc()
+    LAZY_READ_WAIT_SECONDS.observe(time.monotonic() - since)
 
 
 @dataclass(frozen=True)

@@ -20,7 +20,7 @@ from kvol import paths
 from kvol.errors import CorruptData, InvalidArgument, InvalidPath
 
 HASH_RE = re.compile(r"^[0-9a-f]{64}$")
-_is_hash = re.compile(r"[0-9a-f]{64}").fullmatch
+_is_hash = HASH_RE.fullmatch  # whole string: "$" alone would take a trailing newline
 VOLUME_ID_RE = re.compile(r"^[0-9a-f]{32}$")
 #: Sizes, offsets and times must fit the signed 64-bit fields of the system calls that
 #: apply them (a larger mtime would fail in utime halfway through a reload).
@@ -196,6 +196,11 @@ class FileRecord:
 
     def to_list(self) -> list[Any]:
         return [self.size, self.mtime_ns, self.mode, self.hash, [p.to_list() for p in self.parts]]
+
+    def adds_up(self) -> bool:
+        """Do the parts cover exactly the size? (A record of the log may not: see
+        :meth:`from_list`; such a file fails when read.)"""
+        return sum(p.length for p in self.parts) == self.size
 
     @classmethod
     def from_list(cls, data: Any, *, check_size: bool = True) -> FileRecord:

@@ -558,12 +558,8 @@ class Lowers:
         if self.images is not None and image_lowers.is_image(lower.path):
 
             def contents() -> image_lowers.Contents:
-                records: dict[str, FileRecord] = {}
-                for rel, entry in self.template(lower).index.files.items():
-                    record = entry.record
-                    if record is None:
-                        raise CorruptData(f"snapshot {lower.path}: its index lacks a record")
-                    records[rel] = record
+                # A record the index lacks changes the layout: its digest check fails.
+                records = self.template(lower).index.committed_state().files
                 return image_lowers.contents_of(lower.path, records)
 
             image_lowers.attach(lower.path, lower.tree, lower.volume_id, self.images, contents)

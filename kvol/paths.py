@@ -27,12 +27,11 @@ def check(path: str) -> str:
     # Every path of a volume's state is checked when it is parsed: ASCII ones (most)
     # are measured in characters, which are their bytes, without encoding each name.
     ascii = path.isascii()
-    if not ascii:
-        try:
-            path.encode("utf-8")
-        except UnicodeEncodeError as exc:
-            raise InvalidPath(f"invalid volume path {path!r}: not valid UTF-8") from exc
-    if (len(path) if ascii else len(path.encode("utf-8"))) > MAX_PATH_BYTES:
+    try:
+        size = len(path) if ascii else len(path.encode("utf-8"))
+    except UnicodeEncodeError as exc:
+        raise InvalidPath(f"invalid volume path {path!r}: not valid UTF-8") from exc
+    if size > MAX_PATH_BYTES:
         raise InvalidPath(f"invalid volume path: longer than {MAX_PATH_BYTES} bytes")
     parts = path.split("/")
     if "" in parts or "." in parts or ".." in parts:

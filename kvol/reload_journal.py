@@ -220,11 +220,6 @@ class ReloadJournal(CopyBase):
                 os.close(dfd)
 
 
-#: The signature of a file of the volume this copy saw but holds no match of (deleted
-#: here, or a local version kept over it by a reload): no file has inode 0, so it never
-#: matches, and a commit publishes what stands there, or the deletion. (No signature at
-#: all means the copy never had the file: a local change hid it, and no commit of the
-#: copy may delete it.)
 def kept_sig(entry: IndexEntry | None, st: os.stat_result | None) -> Signature | None:
     """The signature to keep for a path where a reload kept what the copy has over the
     volume's file. A local file is a version of that file: the copy has seen the volume's,
