@@ -161,16 +161,20 @@ class Part:
         return [self.kind, self.obj, self.offset, self.length]
 
     @classmethod
-    def from_list(cls, data: Any) -> Part:
+    def from_list(cls, data: Any, checked_id: str | None = None) -> Part:
+        """Parse a stored part; ``checked_id`` is a content id known well-formed (a
+        one-blob file's object is its own content id, checked already)."""
         # Checked field by field without helper calls: a volume's state parses one part
         # per file, and this runs at every cold start.
         if type(data) is not list or len(data) != 4:
             raise CorruptData(f"malformed content part {data!r}")
         kind, obj, offset, length = data
+        if checked_id is not None and obj == checked_id:
+            obj = checked_id  # one string for both: a state holds one record per file
+        elif type(obj) is not str or not _is_hash(obj):
+            raise CorruptData(f"malformed content part {data!r}")
         if (
             (kind != "p" and kind != "b")
-            or type(obj) is not str
-            or not _is_hash(obj)
             or type(offset) is not int
             or type(length) is not int
             or not 0 <= offset < INT64_LIMIT
@@ -226,7 +230,7 @@ class FileRecord:
         # such a record) make that one file unreadable, checked when it is read: rejecting
         # the whole entry would make every file of the volume unreadable with it.
         if len(raw_parts) == 1:  # most files: one blob, or one range of a pack
-            part = Part.from_list(raw_parts[0])
+            part = Part.from_list(raw_parts[0], digest)
             if check_size and part.length != size:
                 raise CorruptData("file record parts do not add up to its size")
             return cls(size, mtime_ns, mode, digest, (part,))

@@ -8,6 +8,8 @@ leading ``/`` (the volume root, as in Modal) and are normalized first.
 
 from __future__ import annotations
 
+import re
+
 from kvol.errors import InvalidPath
 
 #: Reserved top-level directory of a working copy; never committed.
@@ -15,9 +17,20 @@ RESERVED = ".kvol"
 MAX_PATH_BYTES = 4096
 MAX_NAME_BYTES = 255
 
+#: Names of letters, digits, "_", "-" and "." (never first: no ".", ".." or RESERVED),
+#: 1-255 of them: a path of such names is canonical if it is short enough. Most paths
+#: are; one match decides them (every path of a state is checked at every cold start).
+_PLAIN = re.compile(r"[\w\-][\w.\-]{0,254}(?:/[\w\-][\w.\-]{0,254})*", re.ASCII).fullmatch
+
 
 def check(path: str) -> str:
     """Validate a canonical volume path (from a log entry, an index, a checkpoint)."""
+    if type(path) is str and len(path) <= MAX_PATH_BYTES and _PLAIN(path):
+        return path
+    return _check_fully(path)
+
+
+def _check_fully(path: str) -> str:
     if not isinstance(path, str) or not path:
         raise InvalidPath(f"invalid volume path {path!r}: empty")
     if "\x00" in path:

@@ -44,6 +44,26 @@ def test_check_accepts_only_canonical_safe_paths(path: str) -> None:
     assert_canonical_and_safe(path)
 
 
+PLAIN_NAMES = st.one_of(
+    st.sampled_from(["a", "-", "_", "a.b", "a..", "x" * 255, "x" * 256, ".kvol", "kvol"]),
+    st.text(alphabet="ab.-_/\x00é ", max_size=12),
+)
+PLAIN_PATHS = st.lists(PLAIN_NAMES, min_size=1, max_size=20).map("/".join)
+
+
+@props(600)
+@given(st.one_of(PLAIN_PATHS, ANY_PATH))
+def test_the_quick_check_accepts_only_what_the_full_check_accepts(path: str) -> None:
+    # Most paths are decided by one pattern match; the full checks must agree.
+    if len(path) <= paths.MAX_PATH_BYTES and paths._PLAIN(path):
+        assert paths._check_fully(path) == path
+
+
+def test_the_quick_check_takes_common_paths() -> None:
+    for path in ["a", "models/v1.2/weights-00001.safetensors", "a_b/c-d/e.f.g", "x" * 255]:
+        assert paths._PLAIN(path), path
+
+
 @props(600)
 @given(ANY_PATH)
 def test_normalize_never_accepts_unsafe_paths_and_is_idempotent(path: str) -> None:
