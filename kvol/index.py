@@ -85,7 +85,9 @@ class IndexEntry:
     which scans compare without building an object per file.
     """
 
-    __slots__ = ("_lazy", "_record", "racy", "stat_key")
+    # A record not parsed yet is a row of the loaded columns: ``_table``, ``_row`` (two
+    # slots, not a tuple: a tenth of the memory a loaded index of 100,000 files holds).
+    __slots__ = ("_record", "_row", "_table", "racy", "stat_key")
 
     def __init__(
         self,
@@ -94,25 +96,26 @@ class IndexEntry:
         racy: bool = False,
     ) -> None:
         self._record = record
-        self._lazy: _Lazy | None = None
+        self._table: _Table | None = None
+        self._row = 0
         self.stat_key: SigTuple | None = None if sig is None else as_stat_key(sig)
         self.racy = racy
 
     @property
     def record(self) -> FileRecord | None:
-        if self._record is None and self._lazy is not None:
+        if self._record is None and self._table is not None:
             # Parsed once; the loaded row stays, so saving copies it rather than
             # encoding the record again (a reload parses every record).
-            self._record = _lazy_record(self._lazy)
+            self._record = _row_record(self._table, self._row)
         return self._record
 
     @record.setter
     def record(self, value: FileRecord | None) -> None:
-        self._record, self._lazy = value, None
+        self._record, self._table = value, None
 
     @property
     def has_record(self) -> bool:
-        return self._lazy is not None or self._record is not None
+        return self._table is not None or self._record is not None
 
     @property
     def sig(self) -> Signature | None:
@@ -125,7 +128,7 @@ class IndexEntry:
     def copy(self) -> IndexEntry:
         """An entry of its own with the same values; a record not parsed yet stays so."""
         twin = IndexEntry.__new__(IndexEntry)
-        twin._record, twin._lazy = self._record, self._lazy
+        twin._record, twin._table, twin._row = self._record, self._table, self._row
         twin.stat_key, twin.racy = self.stat_key, self.racy
         return twin
 
@@ -258,11 +261,11 @@ class KnownContent:
                 self._by_hash[int.from_bytes(held[:8], "little")] = path
 
 
-def _held_hash(entry: IndexEntry) -> bytes | None:
+def _held_hash(entry: IndexEntry) -> bytes | bytearray | None:
     """The 32 bytes of the content id of the entry's record (None without one)."""
-    lazy = entry._lazy
-    if lazy is not None:
-        table, row, _ = lazy
+    table = entry._table
+    if table is not None:
+        row = entry._row
         return table.hashes[row * 32 : row * 32 + 32]
     known = entry._record
     return None if known is None else bytes.fromhex(known.hash)
@@ -271,9 +274,9 @@ def _held_hash(entry: IndexEntry) -> bytes | None:
 def record_size(entry: IndexEntry) -> int:
     """The size of the file as the volume has it (0 without a record), without parsing a
     record not parsed yet."""
-    lazy = entry._lazy
-    if lazy is not None:
-        return _lazy_columns(lazy)[0]
+    table = entry._table
+    if table is not None:
+        return table.ints[entry._row * _INTS + 6]
     record = entry._record
     return 0 if record is None else record.size
 
@@ -329,18 +332,25 @@ class _Encoded:
 
     def __init__(self, index: Index) -> None:
         self.one_by_one = 0
+        # The paths first: their text, a few MiB at 100,000 files, is gone before the
+        # columns are built.
+        paths = "\x00".join(index.files).encode("utf-8", "surrogateescape")
         self.objects, self.ints, self.hashes, self.parts = self._columns(index)
-        self.pieces = self._pieces(index)
+        self.pieces = self._pieces(index, paths)
 
     def rebind(self, index: Index) -> None:
-        """Make every entry's row the one just encoded (the order of ``index.files``)."""
-        table = _Table(list(self.objects), self.ints, bytes(self.hashes), self.parts)
-        keys, ints = table.keys, self.ints
+        """Make every entry's row the one just encoded (the order of ``index.files``).
+        Parsed records stay: copies made from a snapshot's index share them."""
+        self.pieces = []  # written: the paths' bytes are not needed any more
+        # The columns are not changed from here on: the table takes them as they are.
+        table = _Table(list(self.objects), self.ints, self.hashes, self.parts)
+        keys, ints, firsts = table.keys, self.ints, table.first_parts
         first = 0
         for row, entry in enumerate(index.files.values()):
             keys.append(entry.stat_key)
-            if entry._lazy is not None or entry._record is not None:
-                entry._lazy = (table, row, first)
+            firsts.append(first)
+            if entry._table is not None or entry._record is not None:
+                entry._table, entry._row = table, row
                 first += ints[row * _INTS + 9]
 
     def _columns(
@@ -360,9 +370,9 @@ class _Encoded:
         # The run of unchanged rows waiting to be copied: rows [row0, row1), parts [part0, part1).
         row0 = row1 = part0 = part1 = 0
         for entry in index.files.values():
-            lazy = entry._lazy
-            if lazy is not None and lazy[0] is table:
-                _, row, first = lazy
+            if entry._table is table and table is not None:
+                row = entry._row
+                first = table.first_parts[row]
                 o = row * _INTS
                 if entry.stat_key is t_keys[row] and entry.racy == bool(t_ints[o] & _RACY):
                     if row != row1 or first != part1:
@@ -379,7 +389,7 @@ class _Encoded:
             objects = _drop_unused(objects, parts)
         return objects, ints, hashes, parts
 
-    def _pieces(self, index: Index) -> list[bytes | memoryview]:
+    def _pieces(self, index: Index, paths: bytes) -> list[bytes | memoryview]:
         header = {
             "volume_id": index.volume_id,
             "base": index.base,
@@ -393,7 +403,7 @@ class _Encoded:
         digest = hashlib.sha256()
         for section in (
             _json_bytes(header),
-            "\x00".join(index.files).encode("utf-8", "surrogateescape"),
+            paths,
             _little(self.ints),
             memoryview(self.hashes),
             _little(self.parts),
@@ -407,8 +417,8 @@ class _Encoded:
 def _loaded_table(index: Index) -> _Table | None:
     """The columns most entries were loaded from (None if no record is unparsed)."""
     for entry in index.files.values():
-        if entry._lazy is not None:
-            return entry._lazy[0]
+        if entry._table is not None:
+            return entry._table
     return None
 
 
@@ -442,13 +452,14 @@ def _encode_entry(
         flags |= _HAS_SIG
     else:
         sig = (0, 0, 0, 0, 0)
-    lazy = entry._lazy
-    if lazy is not None:
+    table = entry._table
+    if table is not None:
         # Never parsed (but its signature changed, or it came from other columns).
-        size, mtime_ns, mode, nparts = _lazy_columns(lazy)
+        row = entry._row
+        size, mtime_ns, mode, nparts = _row_columns(table, row)
         ints.extend((flags | _HAS_RECORD, *sig, size, mtime_ns, mode, nparts))
-        hashes += bytes.fromhex(_lazy_hash(lazy))
-        for kind, obj, offset, length in _lazy_parts(lazy):
+        hashes += table.hashes[row * 32 : row * 32 + 32]
+        for kind, obj, offset, length in _row_parts(table, row):
             number = objects.setdefault((kind, obj), len(objects))
             parts.extend((number, offset, length))
         return
@@ -533,6 +544,7 @@ def _decode(raw: bytes) -> Index:
     new = IndexEntry.__new__
     keys = table.keys
     add_key = keys.append
+    add_first = table.first_parts.append
     sigs = zip(
         ints[1::_INTS], ints[2::_INTS], ints[3::_INTS], ints[4::_INTS], ints[5::_INTS], strict=True
     )
@@ -544,13 +556,14 @@ def _decode(raw: bytes) -> Index:
         entry.stat_key = key = sig if flags & _HAS_SIG else None
         add_key(key)
         entry.racy = bool(flags & _RACY)
+        add_first(first_part)
         if flags & _HAS_RECORD:
             if nparts < 0:
                 raise CorruptData("index parts are malformed")
-            entry._lazy = (table, i, first_part)
+            entry._table, entry._row = table, i
             first_part += nparts
         else:
-            entry._lazy = None
+            entry._table, entry._row = None, 0
         files[path] = entry
     if first_part * 3 != len(table.parts):
         raise CorruptData("index parts are malformed")
@@ -576,42 +589,38 @@ def _decode_v1(raw: bytes) -> Index:
 class _Table:
     """The columns of a loaded index, shared by the records not parsed yet."""
 
-    __slots__ = ("hashes", "ints", "keys", "objects", "parts")
+    __slots__ = ("first_parts", "hashes", "ints", "keys", "objects", "parts")
 
     def __init__(
-        self, objects: list[tuple[str, str]], ints: array[int], hashes: bytes, parts: array[int]
+        self,
+        objects: list[tuple[str, str]],
+        ints: array[int],
+        hashes: bytes | bytearray,
+        parts: array[int],
     ) -> None:
         self.objects = objects
         self.ints = ints
-        #: Content ids, 32 bytes per row.
+        #: Content ids, 32 bytes per row (never changed once the table is made).
         self.hashes = hashes
+        #: Each row's first part (an index into ``parts`` / 3).
+        self.first_parts = array("q")
         #: Each row's signature as its entry got it: an entry still holding that very
         #: object has the stat it was loaded with (see _encoded).
         self.keys: list[SigTuple | None] = []
         self.parts = parts
 
 
-#: A record not parsed yet: the loaded columns, its row, and its first part's number.
-_Lazy = tuple[_Table, int, int]
-
-
-def _lazy_hash(lazy: _Lazy) -> str:
-    table, row, _ = lazy
-    return table.hashes[row * 32 : row * 32 + 32].hex()
-
-
-def _lazy_columns(lazy: _Lazy) -> tuple[int, int, int, int]:
+def _row_columns(table: _Table, row: int) -> tuple[int, int, int, int]:
     """size, mtime_ns, mode, number of parts"""
-    table, row, _ = lazy
     o = row * _INTS
     ints = table.ints
     return ints[o + 6], ints[o + 7], ints[o + 8], ints[o + 9]
 
 
-def _lazy_parts(lazy: _Lazy) -> list[tuple[str, str, int, int]]:
-    table, _, first = lazy
+def _row_parts(table: _Table, row: int) -> list[tuple[str, str, int, int]]:
+    first = table.first_parts[row]
     out = []
-    for k in range(_lazy_columns(lazy)[3]):
+    for k in range(_row_columns(table, row)[3]):
         at = (first + k) * 3
         number = table.parts[at]
         if not 0 <= number < len(table.objects):
@@ -621,11 +630,12 @@ def _lazy_parts(lazy: _Lazy) -> list[tuple[str, str, int, int]]:
     return out
 
 
-def _lazy_record(lazy: _Lazy) -> FileRecord:
-    size, mtime_ns, mode, _ = _lazy_columns(lazy)
-    parts: list[Any] = [list(p) for p in _lazy_parts(lazy)]
+def _row_record(table: _Table, row: int) -> FileRecord:
+    size, mtime_ns, mode, _ = _row_columns(table, row)
+    parts: list[Any] = [list(p) for p in _row_parts(table, row)]
+    digest = table.hashes[row * 32 : row * 32 + 32].hex()
     # The same checks as a record read from the store.
-    return FileRecord.from_list([size, mtime_ns, mode, _lazy_hash(lazy), parts])
+    return FileRecord.from_list([size, mtime_ns, mode, digest, parts])
 
 
 def _json_bytes(value: Any) -> bytes:

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from kvol import index as index_module
 from kvol.errors import CorruptData
 from kvol.index import Index, IndexEntry, Signature, _encode
 from kvol.model import FileRecord, Part
@@ -50,6 +51,24 @@ def test_records_never_parsed_are_saved_unchanged(tmp_path: Path) -> None:
     assert path.read_bytes() == first
     loaded = Index.load(path)
     assert loaded.files["big/blob"].record == sample().files["big/blob"].record
+
+
+def test_after_a_large_save_entries_are_copied_from_what_it_wrote(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(index_module, "_REBIND_AT", 0)  # every save counts as large
+    path = tmp_path / "index"
+    index = sample()
+    index.save(path)
+    # Each entry with a record now points at its written row; the next save, one
+    # record changed, copies the others from there and holds what a fresh index would.
+    assert all(e._table is not None for e in index.files.values() if e.has_record)
+    changed = FileRecord(6, 12, 0o600, H2, (Part("b", H2, 0, 6),))
+    index.files["a.txt"].record = changed
+    index.save(path)
+    fresh = sample()
+    fresh.files["a.txt"].record = changed
+    assert Index.load(path).files == fresh.files
 
 
 def test_known_content_finds_parts_by_content_id(tmp_path: Path) -> None:
