@@ -64,9 +64,10 @@ LOG_INTERVAL = 10.0
 _UNREADABLE = -1
 
 
-@dataclass(eq=False)
+@dataclass(eq=False, slots=True)
 class _Part:
-    """One part of one file: where it goes in the blob and what it must be."""
+    """One part of one file: where it goes in the blob and what it must be. (One per
+    file of a volume, made at every cold start: slots, and no list until a read waits.)"""
 
     start: int
     end: int
@@ -75,7 +76,7 @@ class _Part:
     filled: bool = False
     running: bool = False
     #: Events waiting for this part (answered once every part they wait for is in).
-    waiters: list[_Wait] = field(default_factory=list)
+    waiters: list[_Wait] | None = None
 
 
 @dataclass(eq=False)
@@ -220,8 +221,9 @@ class BlobFiller:
             metrics.LAZY_PENDING_BYTES.dec(_unfilled_bytes(blob))
         self._log(blob)
         for part in blob.parts:
-            self._answer(part.waiters, ok=False)
-            part.waiters = []
+            if part.waiters:
+                self._answer(part.waiters, ok=False)
+            part.waiters = None
         os.close(blob.fd)
         os.close(blob.log_fd)
 
@@ -456,7 +458,7 @@ class BlobFiller:
             # Not running from here on, with the same lock held as the waiters are taken:
             # a read that comes after queues a fetch of its own, never waits on this one.
             part.running = False
-            waiters, part.waiters = part.waiters, []
+            waiters, part.waiters = part.waiters or (), None
             for wait in waiters:
                 wait.ok = wait.ok and ok
                 wait.left -= 1
@@ -510,6 +512,8 @@ class BlobFiller:
                 if wanted and not self._stopping:
                     wait = _Wait(fd, len(wanted))
                     for part in wanted:
+                        if part.waiters is None:
+                            part.waiters = []
                         part.waiters.append(wait)
                         self._demand.append((blob, part))
                     # A read of a large file goes on to its next parts: fetch them now,

@@ -54,6 +54,7 @@ class Signature:
 #: all means the copy never had the file: a local change hid it, and no commit of the
 #: copy may delete it.)
 UNMATCHED = Signature(0, 0, 0, 0, 0)
+_UNMATCHED_KEY: SigTuple = (0, 0, 0, 0, 0)
 
 
 def sig_tuple(st: os.stat_result) -> SigTuple:
@@ -151,6 +152,8 @@ class IndexEntry:
 
 
 def as_stat_key(sig: Signature | SigTuple | bytes) -> SigTuple:
+    if sig is UNMATCHED:
+        return _UNMATCHED_KEY  # one tuple for every file of a snapshot
     if isinstance(sig, tuple):
         return sig
     if isinstance(sig, bytes):
