@@ -27,6 +27,7 @@ from kvol.index import (
     IndexEntry,
     Signature,
     SigTuple,
+    delta_path,
     packed_sig,
     sig_tuple,
     unpack_sig,
@@ -406,12 +407,19 @@ class CopyBase:
         return same
 
 
-def _file_sig(path: Path) -> tuple[int, int, int] | None:
-    try:
-        st = os.stat(path)
-    except FileNotFoundError:
-        return None
-    return (st.st_ino, st.st_mtime_ns, st.st_size)
+def _file_sig(path: Path) -> tuple[tuple[int, int, int] | None, ...] | None:
+    """The stat of the index saved at ``path`` and of its delta (None: no index)."""
+    sigs: list[tuple[int, int, int] | None] = []
+    for each in (path, delta_path(path)):
+        try:
+            st = os.stat(each)
+        except FileNotFoundError:
+            if each == path:
+                return None
+            sigs.append(None)
+        else:
+            sigs.append((st.st_ino, st.st_mtime_ns, st.st_size))
+    return tuple(sigs)
 
 
 def under_any(path: str, dirs: set[str]) -> bool:

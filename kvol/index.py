@@ -4,6 +4,13 @@ each local file when it was known to match, so unchanged files are never read ag
 The index is read at every open and written after every commit, so its encoding is
 columnar and binary (see :func:`_encode`): loading 100,000 entries builds no more than
 one small object per file, and a file's record is parsed only when something asks for it.
+
+A save of a few changes is not a rewrite: beside the index (its *base*) a *delta* holds
+every entry changed since the base was written, and names that base by its digest. Each
+save replaces the delta (temp file, fsync, rename), so one rename makes it count, as
+for the base; once the changes are many, the base is written whole and the delta goes.
+A delta whose base is not the one beside it (a crash between the two) is ignored: the
+base written after it holds everything it said.
 """
 
 from __future__ import annotations
@@ -11,10 +18,11 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import secrets
 import struct
 import zlib
 from array import array
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -176,11 +184,24 @@ class Index:
     #: removal that came before them (see WorkingCopy._reload_locked).
     ahead: int = 0
     _known: KnownContent | None = field(default=None, init=False, repr=False, compare=False)
+    #: The base saved or loaded last, which a delta is made against (None: none yet).
+    _base: _Base | None = field(default=None, init=False, repr=False, compare=False)
 
     def committed_state(self) -> State:
         """The volume as this copy last saw it (base plus its own commits)."""
         files = {p: r for p, e in self.files.items() if (r := e.record) is not None}
         return State(self.base, files, set(self.explicit_dirs))
+
+    def copy_saved_at(self, path: Path) -> Index:
+        """A copy of this index (entries of its own), saved at ``path`` as this one was
+        saved last (``path`` holds a byte copy of that file, and no delta yet)."""
+        twin = Index(self.volume_id, self.base, ahead=self.ahead)
+        twin.files = {p: e.copy() for p, e in self.files.items()}
+        twin.dirs = set(self.dirs)
+        twin.explicit_dirs = set(self.explicit_dirs)
+        if self._base is not None:
+            twin._base = replace(self._base, path=path)
+        return twin
 
     def known_content(self) -> KnownContent:
         if self._known is None:
@@ -190,12 +211,31 @@ class Index:
     # -- persistence (atomic: temp file, fsync, rename) ---------------------------------------
 
     def save(self, path: Path) -> None:
-        encoded = _Encoded(self)
+        """Save to ``path``: a delta beside the base there when the changes since are few,
+        else the whole index as the new base."""
+        base = self._base
+        if base is not None and base.path == path:
+            delta = _delta_pieces(self, base)
+            if delta is not None:
+                write_atomically(delta_path(path), delta)
+                return
+        header = {
+            "volume_id": self.volume_id,
+            "base": self.base,
+            "dirs": sorted(self.dirs),
+            "explicit_dirs": sorted(self.explicit_dirs),
+            "ahead": self.ahead,
+            # Every base is told from every other, even of the same entries: a delta
+            # left beside a later base of equal content must not count for it.
+            "generation": secrets.token_hex(8),
+        }
+        table = self._base.table if self._base is not None else _loaded_table(self)
+        encoded = _Encoded(self.files, header, _MAGIC, FORMAT, table)
         write_atomically(path, encoded.pieces)
-        if encoded.one_by_one > max(_REBIND_AT, len(self.files) // 4):
-            # Many entries were encoded one by one (a new copy, a large commit): point
-            # them at the columns just written, so the next saves copy them instead.
-            encoded.rebind(self)
+        delta_path(path).unlink(missing_ok=True)  # stale now, and never applied to this base
+        # Point the entries at the columns just written: the next save compares with them
+        # (and copies them, if it writes a base again).
+        self._base = encoded.rebind(self, path)
 
     @classmethod
     def load(cls, path: Path) -> Index:
@@ -203,7 +243,13 @@ class Index:
         # walk them all again and again, to find nothing (they hold no cycles).
         try:
             with gcpause.paused():
-                return _decode(path.read_bytes())
+                index = _decode(path.read_bytes(), path)
+                try:
+                    delta = delta_path(path).read_bytes()
+                except FileNotFoundError:
+                    return index
+                _apply_delta(index, delta)
+                return index
         except CorruptData as exc:
             raise CorruptData(f"working copy index {path} is unreadable: {exc}") from exc
         except (
@@ -286,16 +332,27 @@ def record_size(entry: IndexEntry) -> int:
 
 # -- encoding ------------------------------------------------------------------------------
 #
-# b"kvol-index 2 <sha256 of the body>\n" + body; the body is a sequence of sections, each
+# b"kvol-index 3 <sha256 of the body>\n" + body; the body is a sequence of sections, each
 # an 8-byte little-endian length and its bytes:
-#   header   JSON: volume id, base, directories, entry count, content objects
+#   header   JSON: volume id, base, directories, entry count, content objects (a delta's,
+#            b"kvol-index-delta 1 ...": the base's digest, the paths removed since, the
+#            directories added and removed, and the fields that are not per file)
 #   paths    the paths, UTF-8, NUL-separated (NUL never occurs in a path)
 #   ints     int64 per entry: flags, signature (5), record size, mtime, mode, part count
 #   hashes   32 raw bytes of the content id per entry (zeros without a record)
 #   parts    int64 per part, in entry order: object number, offset, length
 
-FORMAT = 2
+#: Written by every save. 2 is still read (the same, without deltas: a version that
+#: reads only 2 refuses 3 rather than miss the delta beside it).
+FORMAT = 3
+_READ_FORMATS = (b"2", b"3")
 _MAGIC = b"kvol-index"
+_DELTA_MAGIC = b"kvol-index-delta"
+DELTA_FORMAT = 1
+DELTA_SUFFIX = ".delta"
+#: A save writes a delta while the entries changed or removed since the base are at most
+#: this many, or a sixteenth of the base's.
+_DELTA_AT_LEAST = 1024
 _INTS = 10
 _HAS_RECORD, _HAS_SIG, _RACY = 1, 2, 4
 _ZERO_HASH = bytes(32)
@@ -311,42 +368,72 @@ def _unsafe_paths(text: str) -> bool:
     return f"\x00{RESERVED}/" in framed or f"\x00{RESERVED}\x00" in framed
 
 
+def delta_path(path: Path) -> Path:
+    """Where the delta of the index saved at ``path`` goes."""
+    return path.with_name(path.name + DELTA_SUFFIX)
+
+
 def _encode(index: Index) -> bytes:
-    return b"".join(_encoded(index))
+    """The whole index as a base (as a save that writes no delta writes it)."""
+    header = {
+        "volume_id": index.volume_id,
+        "base": index.base,
+        "dirs": sorted(index.dirs),
+        "explicit_dirs": sorted(index.explicit_dirs),
+        "ahead": index.ahead,
+    }
+    return b"".join(_Encoded(index.files, header, _MAGIC, FORMAT, _loaded_table(index)).pieces)
 
 
-def _encoded(index: Index) -> list[bytes | memoryview]:
-    """The encoding of ``index`` in pieces, in order. They are written one after the other,
-    never joined: at 100,000 files a copy of the whole would cost tens of MiB."""
-    return _Encoded(index).pieces
+@dataclass(frozen=True)
+class _Base:
+    """The base last saved or loaded: where, its digest, and its columns and directories
+    (a delta holds what differs from them)."""
 
-
-#: Entries encoded one by one in a save from which the index is pointed at what was saved.
-_REBIND_AT = 4096
+    path: Path
+    digest: str
+    table: _Table
+    dirs: frozenset[str]
+    explicit_dirs: frozenset[str]
 
 
 class _Encoded:
-    """An index encoded: its columns, and the pieces written.
+    """Entries encoded: their columns, and the pieces written.
 
-    Every commit and reload saves the whole index, so entries unchanged since their
-    columns were loaded (same signature object, same racy flag, record not replaced) are
-    copied from those columns a run of rows at a time, with the loaded numbering of content
-    objects; only the others are encoded one by one (counted in ``one_by_one``)."""
+    Entries unchanged since their columns were loaded from ``table`` (same signature
+    object, same racy flag, record not replaced) are copied from those columns a run of
+    rows at a time, with the loaded numbering of content objects; only the others are
+    encoded one by one (counted in ``one_by_one``)."""
 
-    def __init__(self, index: Index) -> None:
+    def __init__(
+        self,
+        files: dict[str, IndexEntry],
+        header: dict[str, Any],
+        magic: bytes,
+        format_: int,
+        table: _Table | None,
+    ) -> None:
         self.one_by_one = 0
         # The paths first: their text, a few MiB at 100,000 files, is gone before the
         # columns are built.
-        paths = "\x00".join(index.files).encode("utf-8", "surrogateescape")
-        self.objects, self.ints, self.hashes, self.parts = self._columns(index)
-        self.pieces = self._pieces(index, paths)
+        paths = "\x00".join(files).encode("utf-8", "surrogateescape")
+        self.objects, self.ints, self.hashes, self.parts = self._columns(files, table)
+        header = {
+            **header,
+            "count": len(files),
+            "objects": [kind + obj for kind, obj in self.objects],
+        }
+        self.digest, sections = _sections(header, paths, self.ints, self.hashes, self.parts)
+        self.pieces = [b"%s %d %s\n" % (magic, format_, self.digest.encode()), *sections]
 
-    def rebind(self, index: Index) -> None:
-        """Make every entry's row the one just encoded (the order of ``index.files``).
-        Parsed records stay: copies made from a snapshot's index share them."""
+    def rebind(self, index: Index, path: Path) -> _Base:
+        """Make every entry's row the one just written to ``path`` (the order of
+        ``index.files``): that base. Parsed records stay: copies made from a snapshot's
+        index share them."""
         self.pieces = []  # written: the paths' bytes are not needed any more
         # The columns are not changed from here on: the table takes them as they are.
         table = _Table(list(self.objects), self.ints, self.hashes, self.parts)
+        table.paths = list(index.files)
         keys, ints, firsts = table.keys, self.ints, table.first_parts
         first = 0
         for row, entry in enumerate(index.files.values()):
@@ -355,15 +442,17 @@ class _Encoded:
             if entry._table is not None or entry._record is not None:
                 entry._table, entry._row = table, row
                 first += ints[row * _INTS + 9]
+        return _Base(
+            path, self.digest, table, frozenset(index.dirs), frozenset(index.explicit_dirs)
+        )
 
     def _columns(
-        self, index: Index
+        self, files: dict[str, IndexEntry], table: _Table | None
     ) -> tuple[dict[tuple[str, str], int], array[int], bytearray, array[int]]:
         objects: dict[tuple[str, str], int] = {}
         ints = array("q")
         parts = array("q")
         hashes = bytearray()
-        table = _loaded_table(index)
         if table is not None:
             objects = {key: number for number, key in enumerate(table.objects)}
             if len(objects) != len(table.objects):
@@ -372,7 +461,7 @@ class _Encoded:
         t_keys = table.keys if table is not None else []
         # The run of unchanged rows waiting to be copied: rows [row0, row1), parts [part0, part1).
         row0 = row1 = part0 = part1 = 0
-        for entry in index.files.values():
+        for entry in files.values():
             if entry._table is table and table is not None:
                 row = entry._row
                 first = table.first_parts[row]
@@ -392,29 +481,59 @@ class _Encoded:
             objects = _drop_unused(objects, parts)
         return objects, ints, hashes, parts
 
-    def _pieces(self, index: Index, paths: bytes) -> list[bytes | memoryview]:
-        header = {
-            "volume_id": index.volume_id,
-            "base": index.base,
-            "count": len(index.files),
-            "dirs": sorted(index.dirs),
-            "explicit_dirs": sorted(index.explicit_dirs),
-            "ahead": index.ahead,
-            "objects": [kind + obj for kind, obj in self.objects],
-        }
-        pieces: list[bytes | memoryview] = []
-        digest = hashlib.sha256()
-        for section in (
-            _json_bytes(header),
-            paths,
-            _little(self.ints),
-            memoryview(self.hashes),
-            _little(self.parts),
-        ):
-            for piece in (struct.pack("<Q", len(section)), section):
-                digest.update(piece)
-                pieces.append(piece)
-        return [b"%s %d %s\n" % (_MAGIC, FORMAT, digest.hexdigest().encode()), *pieces]
+
+def _sections(
+    header: dict[str, Any], paths: bytes, ints: array[int], hashes: bytearray, parts: array[int]
+) -> tuple[str, list[bytes | memoryview]]:
+    """The body's pieces, each section after its length, and the body's digest."""
+    pieces: list[bytes | memoryview] = []
+    digest = hashlib.sha256()
+    for section in (_json_bytes(header), paths, _little(ints), memoryview(hashes), _little(parts)):
+        for piece in (struct.pack("<Q", len(section)), section):
+            digest.update(piece)
+            pieces.append(piece)
+    return digest.hexdigest(), pieces
+
+
+def _delta_pieces(index: Index, base: _Base) -> list[bytes | memoryview] | None:
+    """The delta of ``index`` against ``base``: every entry not as the base has it (the
+    base's row, its stat, its racy flag) and every path gone since, with the fields that
+    are not per file. None when the changes are too many to be worth a delta."""
+    t = base.table
+    limit = max(_DELTA_AT_LEAST, len(t.paths) // 16)
+    keys, ints, base_paths = t.keys, t.ints, t.paths
+    seen = bytearray(len(base_paths))
+    changed: dict[str, IndexEntry] = {}
+    for path, entry in index.files.items():
+        if entry._table is t:
+            row = entry._row
+            key, was = entry.stat_key, keys[row]
+            if (
+                (key is was or key == was)
+                and entry.racy == bool(ints[row * _INTS] & _RACY)
+                and base_paths[row] == path
+            ):
+                seen[row] = 1
+                continue
+        changed[path] = entry
+        if len(changed) > limit:
+            return None
+    files = index.files
+    removed = [p for p, kept in zip(base_paths, seen, strict=True) if not kept and p not in files]
+    if len(changed) + len(removed) > limit:
+        return None
+    header = {
+        "of": base.digest,
+        "volume_id": index.volume_id,
+        "base": index.base,
+        "ahead": index.ahead,
+        "removed": removed,
+        "dirs_added": sorted(index.dirs - base.dirs),
+        "dirs_removed": sorted(base.dirs - index.dirs),
+        "explicit_dirs_added": sorted(index.explicit_dirs - base.explicit_dirs),
+        "explicit_dirs_removed": sorted(base.explicit_dirs - index.explicit_dirs),
+    }
+    return _Encoded(changed, header, _DELTA_MAGIC, DELTA_FORMAT, None).pieces
 
 
 def _loaded_table(index: Index) -> _Table | None:
@@ -494,17 +613,67 @@ def _drop_unused(
     return {by_number[old]: new for new, old in enumerate(order)}
 
 
-def _decode(raw: bytes) -> Index:
-    if not raw.startswith(_MAGIC):
+def _decode(raw: bytes, path: Path | None = None) -> Index:
+    """The index of a base; with ``path``, where it was read, the index's base for the
+    next save's delta."""
+    if not raw.startswith(_MAGIC + b" "):
         return _decode_v1(raw)
+    format_, digest, header, sections = _read_sections(raw, _MAGIC, _READ_FORMATS)
+    index = Index(str(header["volume_id"]), int(header["base"]))
+    index.dirs = {str(d) for d in header["dirs"]}
+    index.explicit_dirs = {str(d) for d in header["explicit_dirs"]}
+    index.ahead = int(header.get("ahead", 0))  # absent in indexes of older versions
+    index.files, table = _entries(header, sections)
+    # Deltas go only beside a base of this format: a version that reads format 2 would
+    # read such a base without its delta.
+    if path is not None and format_ == str(FORMAT).encode():
+        index._base = _Base(
+            path, digest, table, frozenset(index.dirs), frozenset(index.explicit_dirs)
+        )
+    return index
+
+
+def _apply_delta(index: Index, raw: bytes) -> None:
+    """Apply the delta ``raw`` to ``index``, just loaded from its base, if it is that
+    base's delta (else it is stale: see the module's docstring)."""
+    _, _, header, sections = _read_sections(raw, _DELTA_MAGIC, (str(DELTA_FORMAT).encode(),))
+    base = index._base
+    if base is None or header["of"] != base.digest:
+        return
+    if str(header["volume_id"]) != index.volume_id:
+        raise CorruptData("index delta belongs to another volume")
+    removed = header["removed"]
+    if not isinstance(removed, list) or not all(type(p) is str for p in removed):
+        raise CorruptData("index delta lists malformed paths")
+    if removed and _unsafe_paths("\x00".join(removed)):
+        raise CorruptData("index delta holds an unsafe path")
+    files, _ = _entries(header, sections)
+    for p in removed:
+        index.files.pop(p, None)
+    index.files.update(files)
+    index.base = int(header["base"])
+    index.ahead = int(header["ahead"])
+    index.dirs.difference_update(str(d) for d in header["dirs_removed"])
+    index.dirs.update(str(d) for d in header["dirs_added"])
+    index.explicit_dirs.difference_update(str(d) for d in header["explicit_dirs_removed"])
+    index.explicit_dirs.update(str(d) for d in header["explicit_dirs_added"])
+
+
+def _read_sections(
+    raw: bytes, magic: bytes, formats: tuple[bytes, ...]
+) -> tuple[bytes, str, dict[str, Any], list[memoryview]]:
+    """The format, the digest, the header and the sections of a base or a delta, checked
+    whole."""
+    what = "index delta" if magic == _DELTA_MAGIC else "index"
     head, sep, body = raw.partition(b"\n")
     fields = head.split(b" ")
-    if not sep or len(fields) != 3 or fields[0] != _MAGIC:
-        raise CorruptData("not a kvol index")
-    if fields[1] != str(FORMAT).encode():
-        raise CorruptData(f"unsupported index format {fields[1]!r}")
-    if hashlib.sha256(body).hexdigest().encode() != fields[2]:
-        raise CorruptData("index failed its checksum (truncated or modified)")
+    if not sep or len(fields) != 3 or fields[0] != magic:
+        raise CorruptData(f"not a kvol {what}")
+    if fields[1] not in formats:
+        raise CorruptData(f"unsupported {what} format {fields[1]!r}")
+    digest = hashlib.sha256(body).hexdigest()
+    if digest.encode() != fields[2]:
+        raise CorruptData(f"{what} failed its checksum (truncated or modified)")
     view = memoryview(body)
     sections = []
     at = 0
@@ -512,14 +681,19 @@ def _decode(raw: bytes) -> Index:
         (length,) = struct.unpack_from("<Q", view, at)
         at += 8
         if at + length > len(view):
-            raise CorruptData("index section runs past its end")
+            raise CorruptData(f"{what} section runs past its end")
         sections.append(view[at : at + length])
         at += length
     header = json.loads(bytes(sections[0]))
-    index = Index(str(header["volume_id"]), int(header["base"]))
-    index.dirs = {str(d) for d in header["dirs"]}
-    index.explicit_dirs = {str(d) for d in header["explicit_dirs"]}
-    index.ahead = int(header.get("ahead", 0))  # absent in indexes of older versions
+    if not isinstance(header, dict):
+        raise CorruptData(f"{what} header is not an object")
+    return fields[1], digest, header, sections
+
+
+def _entries(
+    header: dict[str, Any], sections: list[memoryview]
+) -> tuple[dict[str, IndexEntry], _Table]:
+    """The entries of a base or a delta, their records left in its columns."""
     count = int(header["count"])
     objects: list[tuple[str, str]] = []
     for name in header["objects"]:
@@ -542,6 +716,7 @@ def _decode(raw: bytes) -> Index:
     if len(set(paths)) != count:
         raise CorruptData("index holds a path twice")
 
+    table.paths = paths
     files: dict[str, IndexEntry] = {}
     first_part = 0
     new = IndexEntry.__new__
@@ -570,8 +745,7 @@ def _decode(raw: bytes) -> Index:
         files[path] = entry
     if first_part * 3 != len(table.parts):
         raise CorruptData("index parts are malformed")
-    index.files = files
-    return index
+    return files, table
 
 
 def _decode_v1(raw: bytes) -> Index:
@@ -592,7 +766,7 @@ def _decode_v1(raw: bytes) -> Index:
 class _Table:
     """The columns of a loaded index, shared by the records not parsed yet."""
 
-    __slots__ = ("first_parts", "hashes", "ints", "keys", "objects", "parts")
+    __slots__ = ("first_parts", "hashes", "ints", "keys", "objects", "parts", "paths")
 
     def __init__(
         self,
@@ -607,8 +781,10 @@ class _Table:
         self.hashes = hashes
         #: Each row's first part (an index into ``parts`` / 3).
         self.first_parts = array("q")
+        #: Each row's path.
+        self.paths: list[str] = []
         #: Each row's signature as its entry got it: an entry still holding that very
-        #: object has the stat it was loaded with (see _encoded).
+        #: object has the stat it was loaded with (see _Encoded).
         self.keys: list[SigTuple | None] = []
         self.parts = parts
 

@@ -711,15 +711,11 @@ class _Template:
     def of(cls, index: Index) -> _Template:
         return cls(index, frozenset(index.files), frozenset(index.dirs))
 
-    def fresh_index(self) -> Index:
-        """A private index for one copy. Records and signatures are immutable values and
-        are shared; the entries holding them are the copy's own."""
-        t = self.index
-        fresh = Index(t.volume_id, t.base)
-        fresh.files = {p: e.copy() for p, e in t.files.items()}
-        fresh.dirs = set(t.dirs)
-        fresh.explicit_dirs = set(t.explicit_dirs)
-        return fresh
+    def fresh_index(self, saved_at: Path) -> Index:
+        """A private index for one copy, whose file at ``saved_at`` is a copy of the
+        snapshot's. Records and signatures are immutable values and are shared; the
+        entries holding them are the copy's own."""
+        return self.index.copy_saved_at(saved_at)
 
 
 # -- the copy-on-write working copy ---------------------------------------------------------
@@ -780,8 +776,9 @@ class OverlayWorkingCopy(WorkingCopy):
                 os.chown(upper, 0, group)
                 os.chmod(upper, GROUP_DIR_MODE)
             with gcpause.paused():  # an entry per file, none in a cycle
-                index = lowers.template(lower).fresh_index()
-            # The same bytes as the snapshot's index: copied, not encoded again.
+                index = lowers.template(lower).fresh_index(meta / INDEX_FILE)
+            # The same bytes as the snapshot's index: copied, not encoded again (and the
+            # copy's first saves are deltas against it).
             fsops_copy(lower.index_path, meta / INDEX_FILE)
             config = {
                 "format": 1,

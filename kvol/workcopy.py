@@ -58,7 +58,7 @@ from kvol.copybase import (
     found_key,
 )
 from kvol.errors import CorruptData, InvalidArgument, KvolError, NotFound
-from kvol.index import Index
+from kvol.index import DELTA_SUFFIX, Index
 from kvol.reloading import Reloading
 from kvol.repo import Repo
 from kvol.store import Store, open_store
@@ -128,6 +128,7 @@ class WorkingCopy(Committing, Reloading):
             for name in (
                 CONFIG_FILE,
                 INDEX_FILE,
+                INDEX_FILE + DELTA_SUFFIX,
                 LOCK_FILE,
                 JOURNAL_FILE,
                 LANDING_FILE,

@@ -42,6 +42,7 @@ from kvol import repo as repo_module
 from kvol.blobfill import BlobFiller
 from kvol.content import min_gc_grace
 from kvol.errors import HistoryPruned, StaleBase
+from kvol.index import DELTA_SUFFIX
 from kvol.layout import parse_seq
 from kvol.mounting import mounts_under, unmount
 from kvol.overlay import ContentCache, Lower, Lowers, OverlayWorkingCopy, lower_family
@@ -1061,10 +1062,11 @@ def _reload_journal_written(point: dict[str, Any]) -> bool:
 
 
 def _index_saved(point: dict[str, Any]) -> bool:
+    """A save of the index done: written whole, or its delta."""
     return (
         "done" in point
         and point.get("kind") == "fs.write_atomically"
-        and point.get("detail", "").endswith("/" + INDEX_FILE)
+        and point.get("detail", "").endswith(("/" + INDEX_FILE, "/" + INDEX_FILE + DELTA_SUFFIX))
     )
 
 

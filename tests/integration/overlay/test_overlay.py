@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from kvol.index import Index, delta_path
 from kvol.mounting import is_mountpoint
 from kvol.overlay import Lowers, OverlayWorkingCopy
 from kvol.repo import Repo
@@ -45,6 +46,26 @@ def test_commit_sees_new_changed_and_deleted_files(
         "new/deep/n.txt": b"n",
     }
     assert wc.commit().seq is None
+
+
+def test_a_new_copys_commit_saves_a_delta_against_the_snapshots_index(
+    repo: Repo, lowers: Lowers, tmp_path: Path, mounted: list[OverlayWorkingCopy]
+) -> None:
+    # The copy's index starts as a byte copy of the snapshot's: a small commit writes
+    # only its changes beside it, and the copy opened again sees them.
+    seq = seed(repo, tmp_path, {f"f{i}": b"x" * i for i in range(20)})
+    lower = lowers.build(repo, seq)
+    wc = OverlayWorkingCopy.mount(repo, lowers, lower, tmp_path / "pod1")
+    mounted.append(wc)
+    index_path = wc.meta_dir / "index"
+    copied = index_path.read_bytes()
+    assert copied == lower.index_path.read_bytes()
+    (wc.root / "f3").write_bytes(b"changed")
+    assert wc.commit().seq == seq + 1
+    assert index_path.read_bytes() == copied
+    assert delta_path(index_path).exists()
+    assert Index.load(index_path).files == wc.index.files
+    assert Index.load(index_path).base == seq + 1
 
 
 def test_removed_directory_and_opaque_replacement(

@@ -10,7 +10,7 @@ import pytest
 
 from kvol import index as index_module
 from kvol.errors import CorruptData
-from kvol.index import Index, IndexEntry, Signature, _encode
+from kvol.index import Index, IndexEntry, Signature, _encode, delta_path
 from kvol.model import FileRecord, Part
 
 H1, H2, PACK = "a" * 64, "b" * 64, "c" * 64
@@ -53,22 +53,137 @@ def test_records_never_parsed_are_saved_unchanged(tmp_path: Path) -> None:
     assert loaded.files["big/blob"].record == sample().files["big/blob"].record
 
 
-def test_after_a_large_save_entries_are_copied_from_what_it_wrote(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    monkeypatch.setattr(index_module, "_REBIND_AT", 0)  # every save counts as large
+def same_index(a: Index, b: Index) -> bool:
+    return (a.volume_id, a.base, a.ahead, a.dirs, a.explicit_dirs, a.files) == (
+        b.volume_id,
+        b.base,
+        b.ahead,
+        b.dirs,
+        b.explicit_dirs,
+        b.files,
+    )
+
+
+def changed(index: Index) -> None:
+    """A few changes of every kind: a record, a stat, a new file, a removed one, dirs."""
+    index.files["a.txt"].record = FileRecord(6, 12, 0o600, H2, (Part("b", H2, 0, 6),))
+    index.files["big/blob"].sig = Signature(30, 21, 4, 99, 0o755)
+    index.files["new/file"] = IndexEntry(FileRecord(1, 1, 0o644, H1, (Part("b", H1, 0, 1),)), None)
+    del index.files["gone"]
+    index.dirs.discard("big")
+    index.explicit_dirs.add("other")
+    index.base, index.ahead = 9, 8
+
+
+def test_a_few_changes_are_saved_as_a_delta_beside_the_base(tmp_path: Path) -> None:
     path = tmp_path / "index"
     index = sample()
     index.save(path)
-    # Each entry with a record now points at its written row; the next save, one
-    # record changed, copies the others from there and holds what a fresh index would.
-    assert all(e._table is not None for e in index.files.values() if e.has_record)
-    changed = FileRecord(6, 12, 0o600, H2, (Part("b", H2, 0, 6),))
-    index.files["a.txt"].record = changed
+    base = path.read_bytes()
+    changed(index)
     index.save(path)
-    fresh = sample()
-    fresh.files["a.txt"].record = changed
-    assert Index.load(path).files == fresh.files
+    # The base is as it was; the delta beside it holds the changes.
+    assert path.read_bytes() == base
+    assert delta_path(path).exists()
+    assert same_index(Index.load(path), index)
+    # A delta holds every change since the base, not since the last save.
+    index.files["later"] = IndexEntry(None, Signature(1, 2, 3, 4, 0o644))
+    index.save(path)
+    assert path.read_bytes() == base
+    assert same_index(Index.load(path), index)
+    # Saved again from what was loaded: the same.
+    loaded = Index.load(path)
+    loaded.save(path)
+    assert same_index(Index.load(path), index)
+
+
+def test_many_changes_write_the_base_whole_and_drop_the_delta(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Entries without a record (files never committed) are in every delta: 3 here.
+    monkeypatch.setattr(index_module, "_DELTA_AT_LEAST", 3)
+    path = tmp_path / "index"
+    index = sample()
+    index.save(path)
+    index.files["one"] = IndexEntry(None, Signature(1, 2, 3, 4, 0o644))
+    index.save(path)
+    assert delta_path(path).exists()
+    base = path.read_bytes()
+    changed(index)
+    index.save(path)
+    assert path.read_bytes() != base
+    assert not delta_path(path).exists()
+    assert same_index(Index.load(path), index)
+    # The next few changes are a delta against the new base.
+    index.files["two"] = IndexEntry(None, Signature(1, 2, 3, 4, 0o644))
+    index.save(path)
+    assert delta_path(path).exists()
+    assert same_index(Index.load(path), index)
+
+
+def test_a_delta_of_an_older_base_is_never_applied(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A crash between writing a new base and removing the old delta leaves both.
+    monkeypatch.setattr(index_module, "_DELTA_AT_LEAST", 2)
+    path = tmp_path / "index"
+    index = sample()
+    index.save(path)
+    index.files["a.txt"].sig = Signature(5, 11, 3, 99, 0o644)
+    index.save(path)
+    stale = delta_path(path).read_bytes()
+    changed(index)
+    index.save(path)
+    assert not delta_path(path).exists()
+    delta_path(path).write_bytes(stale)
+    assert same_index(Index.load(path), index)
+    # Not even over a base of the very same entries: every base is told apart.
+    reverted = sample()
+    reverted.save(path)
+    again = sample()
+    again.files["a.txt"].sig = Signature(5, 11, 3, 99, 0o644)
+    again.save(path)  # a new base (no base was loaded): the earlier delta is not its
+    delta_path(path).write_bytes(stale)
+    assert same_index(Index.load(path), again)
+
+
+def test_a_tampered_delta_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "index"
+    index = sample()
+    index.save(path)
+    changed(index)
+    index.save(path)
+    raw = bytearray(delta_path(path).read_bytes())
+    raw[-3] ^= 1
+    delta_path(path).write_bytes(bytes(raw))
+    with pytest.raises(CorruptData, match="delta failed its checksum"):
+        Index.load(path)
+
+
+def test_a_delta_with_an_unsafe_path_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "index"
+    index = sample()
+    index.save(path)
+    index.files["../escape"] = IndexEntry(None, None)
+    index.save(path)
+    with pytest.raises(CorruptData, match="unsafe path"):
+        Index.load(path)
+
+
+def test_an_index_of_the_previous_format_is_still_read(tmp_path: Path) -> None:
+    path = tmp_path / "index"
+    index = sample()
+    # Format 2 is format 3 without deltas (the digest covers the body only).
+    path.write_bytes(_encode(index).replace(b"kvol-index 3 ", b"kvol-index 2 ", 1))
+    loaded = Index.load(path)
+    assert same_index(loaded, index)
+    # Its first save writes it whole, in the new format: a version that reads only the
+    # previous format refuses it rather than read it without a delta.
+    changed(loaded)
+    loaded.save(path)
+    assert path.read_bytes().startswith(b"kvol-index 3 ")
+    assert not delta_path(path).exists()
+    assert same_index(Index.load(path), loaded)
 
 
 def test_known_content_finds_parts_by_content_id(tmp_path: Path) -> None:
