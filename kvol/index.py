@@ -23,6 +23,7 @@ import struct
 import zlib
 from array import array
 from dataclasses import dataclass, field, replace
+from itertools import accumulate
 from pathlib import Path
 from typing import Any
 
@@ -355,6 +356,7 @@ DELTA_SUFFIX = ".delta"
 _DELTA_AT_LEAST = 1024
 _INTS = 10
 _HAS_RECORD, _HAS_SIG, _RACY = 1, 2, 4
+_TYPICAL = _HAS_RECORD | _HAS_SIG  # a file committed and matched, not racy
 _ZERO_HASH = bytes(32)
 _BAD_COMPONENTS = frozenset(("", ".", ".."))
 
@@ -713,38 +715,45 @@ def _entries(
         raise CorruptData("index parts are malformed")
     if count and _unsafe_paths(text):
         raise CorruptData("index holds an unsafe path")
-    if len(set(paths)) != count:
-        raise CorruptData("index holds a path twice")
 
+    # Most rows are files committed and matched, not racy: their columns are made whole
+    # (at C speed), each entry with a few stores; the other rows are fixed after.
     table.paths = paths
-    files: dict[str, IndexEntry] = {}
-    first_part = 0
-    new = IndexEntry.__new__
-    keys = table.keys
-    add_key = keys.append
-    add_first = table.first_parts.append
-    sigs = zip(
-        ints[1::_INTS], ints[2::_INTS], ints[3::_INTS], ints[4::_INTS], ints[5::_INTS], strict=True
+    sigs = (ints[1::_INTS], ints[2::_INTS], ints[3::_INTS], ints[4::_INTS], ints[5::_INTS])
+    keys: list[SigTuple | None] = list(zip(*sigs, strict=True))
+    table.keys = keys
+    flags = ints[0::_INTS]
+    counted = ints[9::_INTS]  # parts per row; none for a row without a record
+    odd = (
+        [] if flags.count(_TYPICAL) == count else [i for i, f in enumerate(flags) if f != _TYPICAL]
     )
-    for i, (path, flags, sig, nparts) in enumerate(
-        zip(paths, ints[0::_INTS], sigs, ints[9::_INTS], strict=True)
-    ):
+    for i in odd:
+        if not flags[i] & _HAS_RECORD:
+            counted[i] = 0
+    if count and min(counted) < 0:
+        raise CorruptData("index parts are malformed")
+    firsts = table.first_parts = array("q", accumulate(counted, initial=0))
+    if firsts.pop() * 3 != len(table.parts):
+        raise CorruptData("index parts are malformed")
+    files: dict[str, IndexEntry] = {}
+    new = IndexEntry.__new__
+    for row, path, key in zip(range(count), paths, keys, strict=True):
         entry = new(IndexEntry)
         entry._record = None
-        entry.stat_key = key = sig if flags & _HAS_SIG else None
-        add_key(key)
-        entry.racy = bool(flags & _RACY)
-        add_first(first_part)
-        if flags & _HAS_RECORD:
-            if nparts < 0:
-                raise CorruptData("index parts are malformed")
-            entry._table, entry._row = table, i
-            first_part += nparts
-        else:
-            entry._table, entry._row = None, 0
+        entry.stat_key = key
+        entry.racy = False
+        entry._table = table
+        entry._row = row
         files[path] = entry
-    if first_part * 3 != len(table.parts):
-        raise CorruptData("index parts are malformed")
+    if len(files) != count:
+        raise CorruptData("index holds a path twice")
+    for i in odd:
+        entry, f = files[paths[i]], flags[i]
+        if not f & _HAS_SIG:
+            entry.stat_key = keys[i] = None
+        entry.racy = bool(f & _RACY)
+        if not f & _HAS_RECORD:
+            entry._table, entry._row = None, 0
     return files, table
 
 

@@ -237,6 +237,43 @@ def test_unsafe_paths_are_refused(tmp_path: Path, bad: str) -> None:
         Index.load(path)
 
 
+def tampered(index: Index, paths: bytes | None = None, nparts: int | None = None) -> bytes:
+    """``index`` encoded with its paths section replaced, or its first row's part count
+    set, and a digest that matches (as a writer with a bug, not a flipped bit, would)."""
+    from array import array
+
+    from kvol.index import _MAGIC, FORMAT, _read_sections, _sections
+
+    _, _, header, sections = _read_sections(_encode(index), _MAGIC, (b"3",))
+    ints = array("q", bytes(sections[2]))
+    if nparts is not None:
+        ints[9] = nparts
+    digest, pieces = _sections(
+        header,
+        bytes(sections[1]) if paths is None else paths,
+        ints,
+        bytearray(sections[3]),
+        array("q", bytes(sections[4])),
+    )
+    return b"%s %d %s\n" % (_MAGIC, FORMAT, digest.encode()) + b"".join(pieces)
+
+
+def test_an_index_holding_a_path_twice_is_refused(tmp_path: Path) -> None:
+    index = sample()
+    path = tmp_path / "index"
+    path.write_bytes(tampered(index, paths=b"\x00".join([b"a.txt", b"a.txt", b"x", b"y"])))
+    with pytest.raises(CorruptData, match="path twice"):
+        Index.load(path)
+
+
+@pytest.mark.parametrize("nparts", [-1, 7])
+def test_an_index_whose_parts_do_not_add_up_is_refused(tmp_path: Path, nparts: int) -> None:
+    path = tmp_path / "index"
+    path.write_bytes(tampered(sample(), nparts=nparts))
+    with pytest.raises(CorruptData, match="parts are malformed"):
+        Index.load(path)
+
+
 def test_a_tampered_record_fails_when_parsed(tmp_path: Path) -> None:
     index = sample()
     # Parts that do not add up to the size: refused like a record read from the store.
