@@ -220,16 +220,9 @@ class Index:
             if delta is not None:
                 write_atomically(delta_path(path), delta)
                 return
-        header = {
-            "volume_id": self.volume_id,
-            "base": self.base,
-            "dirs": sorted(self.dirs),
-            "explicit_dirs": sorted(self.explicit_dirs),
-            "ahead": self.ahead,
-            # Every base is told from every other, even of the same entries: a delta
-            # left beside a later base of equal content must not count for it.
-            "generation": secrets.token_hex(8),
-        }
+        # Every base is told from every other, even of the same entries: a delta left
+        # beside a later base of equal content must not count for it.
+        header = {**_base_header(self), "generation": secrets.token_hex(8)}
         table = self._base.table if self._base is not None else _loaded_table(self)
         encoded = _Encoded(self.files, header, _MAGIC, FORMAT, table)
         write_atomically(path, encoded.pieces)
@@ -375,15 +368,20 @@ def delta_path(path: Path) -> Path:
     return path.with_name(path.name + DELTA_SUFFIX)
 
 
-def _encode(index: Index) -> bytes:
-    """The whole index as a base (as a save that writes no delta writes it)."""
-    header = {
+def _base_header(index: Index) -> dict[str, Any]:
+    return {
         "volume_id": index.volume_id,
         "base": index.base,
         "dirs": sorted(index.dirs),
         "explicit_dirs": sorted(index.explicit_dirs),
         "ahead": index.ahead,
     }
+
+
+def _encode(index: Index) -> bytes:
+    """The whole index as a base (as a save that writes no delta writes it, but for its
+    generation)."""
+    header = _base_header(index)
     return b"".join(_Encoded(index.files, header, _MAGIC, FORMAT, _loaded_table(index)).pieces)
 
 
