@@ -407,19 +407,21 @@ class CopyBase:
         return same
 
 
-def _file_sig(path: Path) -> tuple[tuple[int, int, int] | None, ...] | None:
+_Stat = tuple[int, int, int]
+
+
+def _file_sig(path: Path) -> tuple[_Stat, _Stat | None] | None:
     """The stat of the index saved at ``path`` and of its delta (None: no index)."""
-    sigs: list[tuple[int, int, int] | None] = []
-    for each in (path, delta_path(path)):
-        try:
-            st = os.stat(each)
-        except FileNotFoundError:
-            if each == path:
-                return None
-            sigs.append(None)
-        else:
-            sigs.append((st.st_ino, st.st_mtime_ns, st.st_size))
-    return tuple(sigs)
+    index = _stat_of(path)
+    return None if index is None else (index, _stat_of(delta_path(path)))
+
+
+def _stat_of(path: Path) -> _Stat | None:
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        return None
+    return (st.st_ino, st.st_mtime_ns, st.st_size)
 
 
 def under_any(path: str, dirs: set[str]) -> bool:

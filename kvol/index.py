@@ -223,8 +223,7 @@ class Index:
         # Every base is told from every other, even of the same entries: a delta left
         # beside a later base of equal content must not count for it.
         header = {**_base_header(self), "generation": secrets.token_hex(8)}
-        table = self._base.table if self._base is not None else _loaded_table(self)
-        encoded = _Encoded(self.files, header, _MAGIC, FORMAT, table)
+        encoded = _Encoded(self.files, header, _MAGIC, FORMAT, _rows_to_copy(self))
         write_atomically(path, encoded.pieces)
         delta_path(path).unlink(missing_ok=True)  # stale now, and never applied to this base
         # Point the entries at the columns just written: the next save compares with them
@@ -382,7 +381,7 @@ def _encode(index: Index) -> bytes:
     """The whole index as a base (as a save that writes no delta writes it, but for its
     generation)."""
     header = _base_header(index)
-    return b"".join(_Encoded(index.files, header, _MAGIC, FORMAT, _loaded_table(index)).pieces)
+    return b"".join(_Encoded(index.files, header, _MAGIC, FORMAT, _rows_to_copy(index)).pieces)
 
 
 @dataclass(frozen=True)
@@ -505,6 +504,8 @@ def _delta_pieces(index: Index, base: _Base) -> list[bytes | memoryview] | None:
     seen = bytearray(len(base_paths))
     changed: dict[str, IndexEntry] = {}
     for path, entry in index.files.items():
+        # As _Encoded._columns tells an entry written already (inline: this runs per
+        # file), with an equal stat too and the same path.
         if entry._table is t:
             row = entry._row
             key, was = entry.stat_key, keys[row]
@@ -536,8 +537,12 @@ def _delta_pieces(index: Index, base: _Base) -> list[bytes | memoryview] | None:
     return _Encoded(changed, header, _DELTA_MAGIC, DELTA_FORMAT, None).pieces
 
 
-def _loaded_table(index: Index) -> _Table | None:
-    """The columns most entries were loaded from (None if no record is unparsed)."""
+def _rows_to_copy(index: Index) -> _Table | None:
+    """The columns a save copies unchanged entries from: those of the base saved or
+    loaded last, else those most entries were loaded from (a copy of a snapshot's index
+    that was never saved), else none."""
+    if index._base is not None:
+        return index._base.table
     for entry in index.files.values():
         if entry._table is not None:
             return entry._table
@@ -613,9 +618,8 @@ def _drop_unused(
     return {by_number[old]: new for new, old in enumerate(order)}
 
 
-def _decode(raw: bytes, path: Path | None = None) -> Index:
-    """The index of a base; with ``path``, where it was read, the index's base for the
-    next save's delta."""
+def _decode(raw: bytes, path: Path) -> Index:
+    """The index of a base read from ``path`` (the base of its next save's delta)."""
     if not raw.startswith(_MAGIC + b" "):
         return _decode_v1(raw)
     format_, digest, header, sections = _read_sections(raw, _MAGIC, _READ_FORMATS)
@@ -626,7 +630,7 @@ def _decode(raw: bytes, path: Path | None = None) -> Index:
     index.files, table = _entries(header, sections)
     # Deltas go only beside a base of this format: a version that reads format 2 would
     # read such a base without its delta.
-    if path is not None and format_ == str(FORMAT).encode():
+    if format_ == str(FORMAT).encode():
         index._base = _Base(
             path, digest, table, frozenset(index.dirs), frozenset(index.explicit_dirs)
         )

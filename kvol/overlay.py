@@ -711,12 +711,6 @@ class _Template:
     def of(cls, index: Index) -> _Template:
         return cls(index, frozenset(index.files), frozenset(index.dirs))
 
-    def fresh_index(self, saved_at: Path) -> Index:
-        """A private index for one copy, whose file at ``saved_at`` is a copy of the
-        snapshot's. Records and signatures are immutable values and are shared; the
-        entries holding them are the copy's own."""
-        return self.index.copy_saved_at(saved_at)
-
 
 # -- the copy-on-write working copy ---------------------------------------------------------
 
@@ -775,8 +769,10 @@ class OverlayWorkingCopy(WorkingCopy):
                 # The view's root is the upper layer's root directory.
                 os.chown(upper, 0, group)
                 os.chmod(upper, GROUP_DIR_MODE)
+            # A private index: records and signatures are immutable values and are
+            # shared; the entries holding them are the copy's own.
             with gcpause.paused():  # an entry per file, none in a cycle
-                index = lowers.template(lower).fresh_index(meta / INDEX_FILE)
+                index = lowers.template(lower).index.copy_saved_at(meta / INDEX_FILE)
             # The same bytes as the snapshot's index: copied, not encoded again (and the
             # copy's first saves are deltas against it).
             fsops_copy(lower.index_path, meta / INDEX_FILE)
