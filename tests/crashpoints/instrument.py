@@ -333,12 +333,31 @@ def one_worker_pools() -> None:
             module.ThreadPoolExecutor = _OneWorkerPool  # type: ignore[attr-defined]
 
 
+def fills_on_demand_only() -> None:
+    """Only the filler thread kept for demand fetches a file or a blob's part: the others
+    would take a read's part whenever they woke first, so its events would land in one
+    thread or another from run to run. The scenarios turn background fetching off, so
+    nothing is left for the others to do."""
+    from kvol.blobfill import BlobFiller
+    from kvol.lazy import LazyFiller
+
+    for cls in (BlobFiller, LazyFiller):
+        original = cls._work
+
+        def work(self: Any, demand_only: bool, _original: Any = original) -> None:
+            if demand_only:
+                _original(self, demand_only)
+
+        cls._work = work  # type: ignore[method-assign]
+
+
 def install(kill: KillAt | None, report_fd: int, strip: str) -> Recorder:
     """Wrap everything (once per process) and return the recorder, inactive."""
     global _recorder
     rec = Recorder(kill, report_fd, strip)
     _recorder = rec
     one_worker_pools()
+    fills_on_demand_only()
     _wrap_stores()
     for name in _OS_MUTATIONS:
         original = getattr(os, name, None)

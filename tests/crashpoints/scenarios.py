@@ -783,7 +783,27 @@ def _node(ctx: Ctx) -> Any:
     node = NodeService(config, StaticResolver(ctx.store_url, autocommit_seconds=0))
     # No background fetching: what a point reaches must not depend on how far it got.
     node.lowers.cache.prefetch = False
+    slow = float(ctx.params.get("slow_fills", 0))
+    if slow and node.lowers.images is not None:
+        # For the harness's own tests: fetches that outlast the reads that asked for them.
+        fill = node.lowers.images._fill
+        node.lowers.images._fill = lambda batch: (time.sleep(slow), fill(batch))[1]
     return node
+
+
+def _fills_done(node: Any) -> None:
+    """Wait for the fetches the pod's reads started (the parts read ahead too): left
+    running, they would reach the operation's start in one run and not in the next."""
+    for filler in (node.lowers.images, node.lowers.cache.lazy):
+        if filler is None:
+            continue
+        while True:  # until idle twice in a row, no read held in between (async readahead)
+            held = getattr(filler, "events", None)
+            if not filler.wait_idle(60):
+                raise RuntimeError(f"{filler!r} still fetching after 60 s")
+            time.sleep(0.1)
+            if getattr(filler, "events", None) == held and filler.wait_idle(0):
+                break
 
 
 def _close_node(node: Any) -> None:
@@ -922,6 +942,7 @@ class NodeUnpublish(Scenario):
         node = _node(ctx)
         node.NodePublishVolume(_publish_request(ctx))
         write_tree(_target(ctx), _pod_changes(old), stamp=5)
+        _fills_done(node)
         return node
 
     def op(self, ctx: Ctx, prepared: Any) -> None:
