@@ -193,15 +193,30 @@ class Index:
         files = {p: r for p, e in self.files.items() if (r := e.record) is not None}
         return State(self.base, files, set(self.explicit_dirs))
 
-    def copy_saved_at(self, path: Path) -> Index:
+    def copy_saved_at(self, path: Path, saved_at: Path) -> Index:
         """A copy of this index (entries of its own), saved at ``path`` as this one was
-        saved last (``path`` holds a byte copy of that file, and no delta yet)."""
+        saved last, at ``saved_at`` (where that save is now: its directory may have moved
+        since). The files of that save are copied byte for byte (the base, and its delta
+        if it has one), so the copy's first saves are deltas against the same base; a file
+        there that is not that base is not copied, the copy is written whole. Changes not
+        saved yet are the copy's too, unsaved as here."""
         twin = Index(self.volume_id, self.base, ahead=self.ahead)
         twin.files = {p: e.copy() for p, e in self.files.items()}
         twin.dirs = set(self.dirs)
         twin.explicit_dirs = set(self.explicit_dirs)
-        if self._base is not None:
-            twin._base = replace(self._base, path=path)
+        raw = b"" if self._base is None else saved_at.read_bytes()
+        if self._base is None or _named_digest(raw) != self._base.digest:
+            twin.save(path)
+            return twin
+        write_atomically(path, raw)
+        try:
+            delta = delta_path(saved_at).read_bytes()
+        except FileNotFoundError:
+            # One left at ``path`` may name the same base (a byte copy has its digest).
+            delta_path(path).unlink(missing_ok=True)
+        else:
+            write_atomically(delta_path(path), delta)
+        twin._base = replace(self._base, path=path)
         return twin
 
     def known_content(self) -> KnownContent:
@@ -661,6 +676,12 @@ def _apply_delta(index: Index, raw: bytes) -> None:
     index.dirs.update(str(d) for d in header["dirs_added"])
     index.explicit_dirs.difference_update(str(d) for d in header["explicit_dirs_removed"])
     index.explicit_dirs.update(str(d) for d in header["explicit_dirs_added"])
+
+
+def _named_digest(raw: bytes) -> str | None:
+    """The digest the first line of a saved index names (checked when it is loaded)."""
+    fields = raw[: raw.find(b"\n")].split(b" ")
+    return fields[2].decode("ascii", "replace") if len(fields) == 3 else None
 
 
 def _read_sections(

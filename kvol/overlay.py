@@ -771,11 +771,11 @@ class OverlayWorkingCopy(WorkingCopy):
                 os.chmod(upper, GROUP_DIR_MODE)
             # A private index: records and signatures are immutable values and are
             # shared; the entries holding them are the copy's own.
-            with gcpause.paused():  # an entry per file, none in a cycle
-                index = lowers.template(lower).index.copy_saved_at(meta / INDEX_FILE)
             # The same bytes as the snapshot's index: copied, not encoded again (and the
             # copy's first saves are deltas against it).
-            fsops_copy(lower.index_path, meta / INDEX_FILE)
+            with gcpause.paused():  # an entry per file, none in a cycle
+                snapshot_index = lowers.template(lower).index
+                index = snapshot_index.copy_saved_at(meta / INDEX_FILE, saved_at=lower.index_path)
             config = {
                 "format": 1,
                 "layout": "overlay",
@@ -956,11 +956,6 @@ def _is_opaque(path: str) -> bool:
         return os.getxattr(path, OPAQUE_XATTR, follow_symlinks=False) == b"y"
     except OSError:
         return False
-
-
-def fsops_copy(src: Path, dst: Path) -> None:
-    # Durable (fsynced, then renamed): a copy re-adopted after a power loss finds it whole.
-    fsops.write_atomically(dst, src.read_bytes())
 
 
 def fsops_write_json(path: Path, data: dict[str, Any]) -> None:

@@ -322,3 +322,22 @@ def test_copy_keeps_values_and_is_independent(tmp_path: Path) -> None:
     twin.sig = Signature(0, 0, 0, 0, 0)
     assert loaded.files["big/blob"].racy is True
     assert loaded.files["big/blob"].sig == Signature(30, 21, 4, 22, 0o755)
+
+
+def test_a_copy_takes_the_saved_files_and_refuses_another_base(tmp_path: Path) -> None:
+    index = sample()
+    index.save(tmp_path / "index")
+    changed(index)
+    index.save(tmp_path / "index")  # a delta beside the base
+    (tmp_path / "moved").mkdir()
+    for name in ("index", delta_path(tmp_path / "index").name):
+        (tmp_path / name).rename(tmp_path / "moved" / name)
+    twin = index.copy_saved_at(tmp_path / "twin", saved_at=tmp_path / "moved" / "index")
+    assert (tmp_path / "twin").read_bytes() == (tmp_path / "moved" / "index").read_bytes()
+    assert same_index(Index.load(tmp_path / "twin"), index) and same_index(twin, index)
+    # Bytes that are not the base this index was saved as: the copy is written whole.
+    other = tmp_path / "other"
+    sample().save(other)
+    twin = index.copy_saved_at(tmp_path / "twin2", saved_at=other)
+    assert not delta_path(tmp_path / "twin2").exists()
+    assert same_index(Index.load(tmp_path / "twin2"), index)
