@@ -407,21 +407,33 @@ class CopyBase:
         return same
 
 
-_Stat = tuple[int, int, int]
+_Stat = tuple[int, int, int, bytes]
 
 
 def _file_sig(path: Path) -> tuple[_Stat, _Stat | None] | None:
-    """The stat of the index saved at ``path`` and of its delta (None: no index)."""
+    """What tells the index saved at ``path`` and its delta from any other save of them
+    (None: no index)."""
     index = _stat_of(path)
     return None if index is None else (index, _stat_of(delta_path(path)))
 
 
 def _stat_of(path: Path) -> _Stat | None:
+    """The file's stat and its first line, which names the digest of what follows: a
+    save within the clock's granularity that reused a freed inode and kept the size
+    would keep the stat alone, and another process's save would go unseen."""
     try:
-        st = os.stat(path)
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
     except FileNotFoundError:
         return None
-    return (st.st_ino, st.st_mtime_ns, st.st_size)
+    try:
+        st = os.fstat(fd)
+        return (st.st_ino, st.st_mtime_ns, st.st_size, os.pread(fd, _HEAD_BYTES, 0))
+    finally:
+        os.close(fd)
+
+
+#: A base's or a delta's first line: its kind, its format and its digest (80 bytes).
+_HEAD_BYTES = 128
 
 
 def under_any(path: str, dirs: set[str]) -> bool:

@@ -10,7 +10,9 @@ from pathlib import Path
 
 import pytest
 
+from kvol.copybase import _file_sig
 from kvol.errors import KvolError, NotFound, ReadOnly
+from kvol.index import Index
 from kvol.repo import Repo
 from kvol.workcopy import WorkingCopy
 from tests.unit.core.helpers import CountingStore, log_seqs, tree, volume_tree, write
@@ -423,3 +425,28 @@ def test_a_read_only_copy_refuses_to_commit(repo: Repo, wc: WorkingCopy, tmp_pat
         ro.commit()
     assert ro.close() is None
     assert set(repo.state().files) == {"f"}
+
+
+def test_another_save_of_the_index_is_seen_even_with_the_same_stat(tmp_path: Path) -> None:
+    # Two saves of one index differ (every base has its own generation) yet may keep
+    # the inode, size and time (a freed inode reused within the clock's granularity):
+    # a copy that took them for the same would go on with an index another process
+    # replaced, and save over its changes.
+    path = tmp_path / "index"
+    index = Index("0" * 32, 3)
+    index.save(path)
+    seen = _file_sig(path)
+    st = os.stat(path)
+    Index("0" * 32, 3).save(tmp_path / "other")
+    replaced = (tmp_path / "other").read_bytes()
+    assert len(replaced) == st.st_size and replaced != path.read_bytes()
+    with open(path, "r+b") as f:
+        f.write(replaced)
+    os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns))
+    after = os.stat(path)
+    assert (after.st_ino, after.st_size, after.st_mtime_ns) == (
+        st.st_ino,
+        st.st_size,
+        st.st_mtime_ns,
+    )
+    assert _file_sig(path) != seen
