@@ -204,19 +204,21 @@ class Index:
         twin.files = {p: e.copy() for p, e in self.files.items()}
         twin.dirs = set(self.dirs)
         twin.explicit_dirs = set(self.explicit_dirs)
-        raw = b"" if self._base is None else saved_at.read_bytes()
-        if self._base is None or _named_digest(raw) != self._base.digest:
-            twin.save(path)
-            return twin
-        write_atomically(path, raw)
-        try:
-            delta = delta_path(saved_at).read_bytes()
-        except FileNotFoundError:
-            # One left at ``path`` may name the same base (a byte copy has its digest).
-            delta_path(path).unlink(missing_ok=True)
-        else:
-            write_atomically(delta_path(path), delta)
-        twin._base = replace(self._base, path=path)
+        base = self._base
+        if base is not None:
+            raw = saved_at.read_bytes()
+            if raw.startswith(_first_line(_MAGIC, FORMAT, base.digest)):
+                write_atomically(path, raw)
+                try:
+                    delta = delta_path(saved_at).read_bytes()
+                except FileNotFoundError:
+                    # One left at ``path`` may name the same base (a byte copy has its digest).
+                    delta_path(path).unlink(missing_ok=True)
+                else:
+                    write_atomically(delta_path(path), delta)
+                twin._base = replace(base, path=path)
+                return twin
+        twin.save(path)
         return twin
 
     def known_content(self) -> KnownContent:
@@ -438,7 +440,7 @@ class _Encoded:
             "objects": [kind + obj for kind, obj in self.objects],
         }
         self.digest, sections = _sections(header, paths, self.ints, self.hashes, self.parts)
-        self.pieces = [b"%s %d %s\n" % (magic, format_, self.digest.encode()), *sections]
+        self.pieces = [_first_line(magic, format_, self.digest), *sections]
 
     def rebind(self, index: Index, path: Path) -> _Base:
         """Make every entry's row the one just written to ``path`` (the order of
@@ -678,10 +680,9 @@ def _apply_delta(index: Index, raw: bytes) -> None:
     index.explicit_dirs.update(str(d) for d in header["explicit_dirs_added"])
 
 
-def _named_digest(raw: bytes) -> str | None:
-    """The digest the first line of a saved index names (checked when it is loaded)."""
-    fields = raw[: raw.find(b"\n")].split(b" ")
-    return fields[2].decode("ascii", "replace") if len(fields) == 3 else None
+def _first_line(magic: bytes, format_: int, digest: str) -> bytes:
+    """A base's or a delta's first line: what it is, its format, the digest of the rest."""
+    return b"%s %d %s\n" % (magic, format_, digest.encode())
 
 
 def _read_sections(
