@@ -787,7 +787,7 @@ def _decode_v1(raw: bytes) -> Index:
     index = Index(str(payload["volume_id"]), int(payload["base"]))
     for p, (record, sig, racy) in payload["files"].items():
         index.files[p] = IndexEntry(
-            FileRecord.from_list(record) if record is not None else None,
+            FileRecord.from_list(record, check_size=False) if record is not None else None,
             Signature(*sig) if sig is not None else None,
             bool(racy),
         )
@@ -846,8 +846,9 @@ def _row_record(table: _Table, row: int) -> FileRecord:
     size, mtime_ns, mode, _ = _row_columns(table, row)
     parts: list[Any] = [list(p) for p in _row_parts(table, row)]
     digest = table.hashes[row * 32 : row * 32 + 32].hex()
-    # The same checks as a record read from the store.
-    return FileRecord.from_list([size, mtime_ns, mode, digest, parts])
+    # The same checks as a record of the log, which may hold parts that do not add up to
+    # the size (older versions published some): reading that file fails, not the index.
+    return FileRecord.from_list([size, mtime_ns, mode, digest, parts], check_size=False)
 
 
 def _json_bytes(value: Any) -> bytes:

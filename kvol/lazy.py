@@ -89,6 +89,15 @@ def is_placeholder(path: str | Path, *, follow: bool = False) -> bool:
     return True
 
 
+def _is_placeholder_fd(fd: int) -> bool:
+    try:
+        os.getxattr(fd, PLACEHOLDER_XATTR)
+    except OSError as exc:
+        # Not knowing is taken as a placeholder: an open that fails, never zeros read.
+        return exc.errno not in (errno.ENODATA, errno.ENOTSUP)
+    return True
+
+
 def _mark(group: int, flags: int, fd: int, path: str | None = None) -> None:
     mark(group, flags, MASK, fd, path)
 
@@ -345,15 +354,17 @@ class LazyFiller:
             # Left by an older version's killed place(): what got its name is in the
             # cache, the rest is not.
             shutil.rmtree(spool, ignore_errors=True)
+        unreadable = 0
         for manifest in sorted(self.state.glob("*.json")):
             try:
                 body = json.loads(manifest.read_bytes())
                 volume_id = body["volume"]
-                records = [FileRecord.from_list(r) for r in body["records"]]
+                # As the log has them: a record whose parts do not add up to its size
+                # (older versions published some) gets a job whose fills fail.
+                records = [FileRecord.from_list(r, check_size=False) for r in body["records"]]
             except (ValueError, KeyError, TypeError, CorruptData):
-                log.warning(
-                    "unreadable lazy manifest %s: its placeholders stay unfillable", manifest
-                )
+                log.warning("unreadable lazy manifest %s", manifest)
+                unreadable += 1
                 continue
             left = 0
             for record in records:
@@ -381,6 +392,34 @@ class LazyFiller:
                 self._manifest_left[manifest] = left
             else:
                 self._drop_manifest(manifest)
+        if unreadable:
+            self._mark_orphans()
+
+    def _mark_orphans(self) -> None:
+        """Mark the placeholders no manifest names (theirs was unreadable): nothing can
+        fill them, and unmarked they would read as zeros. Their opens fail instead (see
+        :meth:`_on_event`) until the cache evicts them."""
+        orphans = 0
+        for directory in self.root.glob("??"):
+            for entry in directory.iterdir():
+                if entry in self._by_path:
+                    continue
+                try:
+                    fd = os.open(entry, os.O_PATH | os.O_CLOEXEC | os.O_NOFOLLOW)
+                except FileNotFoundError:
+                    continue
+                try:
+                    if is_placeholder(f"/proc/self/fd/{fd}", follow=True):
+                        _mark(self._group, FAN_MARK_ADD, -1, f"/proc/self/fd/{fd}")
+                        orphans += 1
+                finally:
+                    os.close(fd)
+        if orphans:
+            log.warning(
+                "%d placeholders of %s have no readable manifest: their opens fail",
+                orphans,
+                self.root,
+            )
 
     def _entry_path(self, record: FileRecord) -> Path:
         name = f"{record.hash}.{fsops.safe_mode(record.mode):o}.{record.mtime_ns}"
@@ -579,7 +618,12 @@ class LazyFiller:
         with self._lock:
             job = self._jobs.get((st.st_dev, st.st_ino))
         if job is None:
-            self._answer([fd], ok=True)  # filled meanwhile, its mark on the way out
+            # Filled meanwhile (its mark on the way out), else a placeholder nothing will
+            # fill: its data was never written, so the open fails rather than read zeros.
+            filled = not _is_placeholder_fd(fd)
+            if not filled:
+                self.failures += 1
+            self._answer([fd], ok=filled)
             return
         with job.lock:
             if not job.done:

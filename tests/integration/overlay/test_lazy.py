@@ -22,6 +22,7 @@ from prometheus_client import REGISTRY
 from kvol.catalog import Catalog
 from kvol.fangroup import HOLDER_FILE
 from kvol.lazy import STATE_DIR, is_placeholder
+from kvol.model import FileRecord, PutOp
 from kvol.mounting import mount_overlay, umount
 from kvol.overlay import ContentCache, Lowers, OverlayWorkingCopy
 from kvol.repo import Repo
@@ -235,6 +236,32 @@ def test_a_restarted_cache_marks_and_refills_what_the_previous_one_left(
     assert not list((second.root / STATE_DIR).glob("*.json"))
 
 
+def test_placeholders_of_an_unreadable_manifest_fail_their_opens_never_read_zeros(
+    repo: Repo,
+    tmp_path: Path,
+    caches: list[ContentCache],
+    mounted: list[OverlayWorkingCopy],
+) -> None:
+    files = files_of()
+    seq = seed(repo, tmp_path, files)
+    wc, first = mount_lazily(repo, seq, tmp_path, caches, mounted)
+    assert (wc.root / "d0/f0.bin").read_bytes() == files["d0/f0.bin"]
+    first.close()
+    (manifest,) = (first.root / STATE_DIR).glob("*.json")
+    manifest.write_bytes(b'{"format": 1, "volume": "')  # torn by something outside kvol
+
+    second = lazy_cache(tmp_path, caches)
+    assert second.lazy is not None
+    second.adopt(repo)
+    for rel in files:
+        if rel == "d0/f0.bin":
+            assert (wc.root / rel).read_bytes() == files[rel]  # filled before: no mark
+            continue
+        with pytest.raises(OSError) as failed:
+            (wc.root / rel).read_bytes()
+        assert failed.value.errno == errno.EIO
+
+
 def test_a_commit_after_a_lazy_publish_publishes_only_real_changes(
     repo: Repo,
     tmp_path: Path,
@@ -390,3 +417,41 @@ def test_a_placeholder_left_for_an_unknown_volume_is_filled_from_another_with_th
     reader.join(10)  # without the claim it would wait for the first volume for ever
     assert got == [files["big/model.bin"]]
     assert (wc.root / "d0/f0.bin").read_bytes() == files["d0/f0.bin"]
+
+
+def test_a_volume_holding_a_record_whose_parts_do_not_add_up_still_commits_and_reloads(
+    repo: Repo,
+    tmp_path: Path,
+    caches: list[ContentCache],
+    mounted: list[OverlayWorkingCopy],
+) -> None:
+    # Older versions could publish such a record; the log keeps it (that one file fails
+    # when read) and so does the index of every snapshot made of the volume since.
+    files = files_of()
+    seq = seed(repo, tmp_path, files)
+    good = repo.state(seq).files["big/model.bin"]
+    bad = FileRecord(good.size // 2, good.mtime_ns + 1, good.mode, good.hash, good.parts)
+    seq = repo.publish([PutOp("short.bin", bad)], seq)
+    first = ContentCache(tmp_path / "cache", lazy=True, prefetch=False)
+    Lowers(tmp_path / "lowers", first).build(repo, seq)
+    first.close()
+    # As after the node plugin restarts: the snapshot's index is read from its file.
+    cache = lazy_cache(tmp_path, caches)
+    cache.adopt(repo)
+    lowers = Lowers(tmp_path / "lowers", cache)
+    wc = OverlayWorkingCopy.mount(repo, lowers, lowers.build(repo, seq), tmp_path / "pod")
+    mounted.append(wc)
+    with pytest.raises(OSError) as failed:
+        (wc.root / "short.bin").read_bytes()
+    assert failed.value.errno == errno.EIO
+    assert (wc.root / "d0/f0.bin").read_bytes() == files["d0/f0.bin"]
+
+    (wc.root / "new.txt").write_bytes(b"new")
+    assert wc.commit().seq == seq + 1
+    assert repo.state().files["short.bin"] == bad
+    # Another pod replaces that file; this one takes its new content in a reload.
+    other, _ = mount_lazily(repo, seq + 1, tmp_path / "other", caches, mounted)
+    (other.root / "short.bin").write_bytes(b"whole again")
+    assert other.commit().seq == seq + 2
+    assert wc.reload().files == 1
+    assert (wc.root / "short.bin").read_bytes() == b"whole again"

@@ -274,10 +274,22 @@ def test_an_index_whose_parts_do_not_add_up_is_refused(tmp_path: Path, nparts: i
         Index.load(path)
 
 
-def test_a_tampered_record_fails_when_parsed(tmp_path: Path) -> None:
+def test_a_record_whose_parts_do_not_add_up_round_trips(tmp_path: Path) -> None:
+    # The log holds such records (older versions published them) and so does every
+    # snapshot's index built from its state: reading that one file fails, not the copy.
     index = sample()
-    # Parts that do not add up to the size: refused like a record read from the store.
-    index.files["a.txt"].record = FileRecord(6, 11, 0o644, H1, (Part("p", PACK, 0, 5),))
+    short = FileRecord(6, 11, 0o644, H1, (Part("p", PACK, 0, 5),))
+    index.files["a.txt"].record = short
+    path = tmp_path / "index"
+    index.save(path)
+    assert Index.load(path).files["a.txt"].record == short
+
+
+def test_a_packed_record_of_two_parts_fails_when_parsed(tmp_path: Path) -> None:
+    # What neither the log nor kvol ever holds: refused like a record read from the store.
+    index = sample()
+    two = (Part("p", PACK, 0, 3), Part("p", PACK, 3, 2))
+    index.files["a.txt"].record = FileRecord(5, 11, 0o644, H1, two)
     path = tmp_path / "index"
     index.save(path)
     loaded = Index.load(path)
