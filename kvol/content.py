@@ -692,14 +692,20 @@ class ContentReader:
         with self._lock:
             self._packs.clear()
 
-    def iter_parts(self, record: FileRecord) -> Iterator[bytes]:
-        """The file's content, part by part, each verified before it is yielded."""
-        if not record.adds_up():
-            raise CorruptData("file record's parts do not add up to its size")
-        if not matches_content_id(record):
-            raise CorruptData("file record's parts do not match its content id")
-        for part in record.parts:
-            yield self._read_part(part, record)
+    def iter_parts(self, record: FileRecord, path: str | None = None) -> Iterator[bytes]:
+        """The file's content, part by part, each verified before it is yielded. A failed
+        check names the volume file ``path``, if given: the one to remove or restore."""
+        try:
+            if not record.adds_up():
+                raise CorruptData("file record's parts do not add up to its size")
+            if not matches_content_id(record):
+                raise CorruptData("file record's parts do not match its content id")
+            for part in record.parts:
+                yield self._read_part(part, record)
+        except CorruptData as exc:
+            if path is None:
+                raise
+            raise CorruptData(f"volume file /{path.lstrip('/')} is unreadable: {exc}") from exc
 
     def read(self, record: FileRecord) -> bytes:
         return b"".join(self.iter_parts(record))
@@ -711,8 +717,8 @@ class ContentReader:
             raise CorruptData("file record's parts do not match its content id")
         return self._read_part(record.parts[index], record)
 
-    def write_to(self, record: FileRecord, fd: int) -> None:
-        for data in self.iter_parts(record):
+    def write_to(self, record: FileRecord, fd: int, path: str | None = None) -> None:
+        for data in self.iter_parts(record, path):
             view = memoryview(data)
             while view:
                 view = view[os.write(fd, view) :]

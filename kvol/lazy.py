@@ -78,6 +78,16 @@ _DEMAND = 0
 _BACKGROUND = 1
 
 
+def entry_name(record: FileRecord) -> str:
+    """The name of the content cache's entry of ``record``'s file: its content, and the
+    mode and mtime the entry carries."""
+    name = f"{record.hash}.{fsops.safe_mode(record.mode):o}.{record.mtime_ns}"
+    # A record whose parts do not add up to its size (older versions published some) has
+    # an entry of its own, which no fill completes: sharing that of its content, it would
+    # give a good file its size, or fail the good file's reads with its own.
+    return name if record.adds_up() else f"{name}.{record.size}"
+
+
 def is_placeholder(path: str | Path, *, follow: bool = False) -> bool:
     """Whether the cache entry at ``path`` still waits for its data (reads no data)."""
     try:
@@ -422,8 +432,7 @@ class LazyFiller:
             )
 
     def _entry_path(self, record: FileRecord) -> Path:
-        name = f"{record.hash}.{fsops.safe_mode(record.mode):o}.{record.mtime_ns}"
-        return self.root / record.hash[:2] / name
+        return self.root / record.hash[:2] / entry_name(record)
 
     # -- filling -------------------------------------------------------------------------
 

@@ -27,7 +27,7 @@ from kvol.blobfill import BlobFiller
 from kvol.errors import CorruptData, InvalidArgument, KvolError
 from kvol.index import UNMATCHED, Index, IndexEntry
 from kvol.lazy import STATE_DIR as LAZY_STATE_DIR
-from kvol.lazy import LazyFiller, is_placeholder
+from kvol.lazy import LazyFiller, entry_name, is_placeholder
 from kvol.model import FileRecord, State
 from kvol.mounting import (
     MountError,
@@ -140,7 +140,7 @@ class ContentCache:
         return placed
 
     def _hold(self, records: list[FileRecord], hold: list[str]) -> None:
-        names = [_entry_name(r) for r in records]
+        names = [entry_name(r) for r in records]
         with self._lock:
             for name in names:
                 self._held[name] = self._held.get(name, 0) + 1
@@ -148,7 +148,7 @@ class ContentCache:
 
     def path(self, record: FileRecord) -> Path:
         h = record.hash
-        return self.root / h[:2] / _entry_name(record)
+        return self.root / h[:2] / entry_name(record)
 
     def has(self, record: FileRecord) -> bool:
         return self.path(record).exists()
@@ -363,10 +363,6 @@ class ContentCache:
         os.close(fd)
         os.replace(tmp, path)
         self._added(path.name, record.size)
-
-
-def _entry_name(record: FileRecord) -> str:
-    return f"{record.hash}.{fsops.safe_mode(record.mode):o}.{record.mtime_ns}"
 
 
 def _copy_fd(src: int, dst: int, *, size: int) -> None:

@@ -392,7 +392,7 @@ class Reloading(ReloadJournal):
             st = fsops.stage_file(
                 staging.fd,
                 name,
-                lambda fd: reader.write_to(record, fd),
+                lambda fd: reader.write_to(record, fd, rel),
                 mode=self._view_mode(record.mode),
                 mtime_ns=record.mtime_ns,
             )
@@ -481,7 +481,7 @@ class Reloading(ReloadJournal):
                 st = fsops.write_file(
                     root_fd,
                     rel,
-                    lambda fd: reader.write_to(record, fd),
+                    lambda fd: reader.write_to(record, fd, rel),
                     mode=self._view_mode(record.mode),
                     mtime_ns=record.mtime_ns,
                 )

@@ -479,7 +479,7 @@ class Volume:
         """The file's content as an iterator of chunks, each verified before it is yielded."""
         repo = self._resolve()
         record = _file_record(repo.state(), path)
-        return repo.reader().iter_parts(record)
+        return repo.reader().iter_parts(record, path)
 
     def read_file_into_fileobj(
         self, path: str, fileobj: IO[bytes], *, progress: Advance | None = None
@@ -519,6 +519,7 @@ class Volume:
         # Each destination is (a directory the caller named, the names below it).
         plan: builtins.list[tuple[tuple[str, ...], FileRecord]] = []
         dirs: builtins.list[tuple[str, ...]] = []
+        top: tuple[str, ...] | None = None  # the names a tree's files have before theirs
         if rel in state.files:
             into = local.is_dir() or str(local_path).endswith("/")
             root = local if into else local.parent
@@ -527,7 +528,7 @@ class Volume:
             if local.exists() and not local.is_dir():
                 raise InvalidArgument(f"{local} is not a directory")
             root = local
-            top: tuple[str, ...] = (name,) if rel and local.is_dir() else ()
+            top = (name,) if rel and local.is_dir() else ()
             cut = len(rel) + 1 if rel else 0
             plan = [(top + tuple(p[cut:].split("/")), r) for p, r in sorted(state.iter_under(rel))]
             dirs = [top] + [
@@ -575,7 +576,9 @@ class Volume:
                 try:
                     for parts, record in batch:
                         try:
-                            _write_local(root, parts, reader.iter_parts(record), record, advance)
+                            source = rel if top is None else "/".join([rel, *parts[len(top) :]])
+                            chunks = reader.iter_parts(record, source)
+                            _write_local(root, parts, chunks, record, advance)
                         except _Skip:
                             skipped.add(parts)
                             continue

@@ -236,6 +236,27 @@ def test_a_restarted_cache_marks_and_refills_what_the_previous_one_left(
     assert not list((second.root / STATE_DIR).glob("*.json"))
 
 
+def test_a_record_whose_parts_do_not_add_up_never_shares_the_entry_of_its_content(
+    repo: Repo,
+    tmp_path: Path,
+    caches: list[ContentCache],
+    mounted: list[OverlayWorkingCopy],
+) -> None:
+    # Same content id, mode and mtime as a good file, another size: one entry for both
+    # would give both one size, and fill it with one record or fail it for both.
+    files = files_of()
+    seq = seed(repo, tmp_path, files)
+    good = repo.state(seq).files["big/model.bin"]
+    bad = FileRecord(good.size // 2, good.mtime_ns, good.mode, good.hash, good.parts)
+    seq = repo.publish([PutOp("a-short.bin", bad), PutOp("z-short.bin", bad)], seq)
+    wc, _ = mount_lazily(repo, seq, tmp_path, caches, mounted)
+    assert (wc.root / "big/model.bin").read_bytes() == files["big/model.bin"]
+    for rel in ("a-short.bin", "z-short.bin"):
+        with pytest.raises(OSError) as failed:
+            (wc.root / rel).read_bytes()
+        assert failed.value.errno == errno.EIO
+
+
 def test_placeholders_of_an_unreadable_manifest_fail_their_opens_never_read_zeros(
     repo: Repo,
     tmp_path: Path,

@@ -116,7 +116,8 @@ def test_a_tampered_record_is_rejected(
     op = payload["ops"][0]  # type: ignore[index]
     op[2] = op[2] + 100  # size no longer matches its parts
     rewrite_entry(store, repo.volume_id, 2, payload)
-    with pytest.raises(CorruptData, match="do not add up"):
+    # Named, so that whoever sees it knows which file to remove or restore.
+    with pytest.raises(CorruptData, match=r"volume file /a\.txt is unreadable: .*do not add up"):
         reader.reload()
     assert tree(reader.root)["a.txt"] == b"original a"
 
