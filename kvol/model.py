@@ -12,7 +12,7 @@ import math
 import re
 import time
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Iterator, MutableMapping
 from dataclasses import dataclass, replace
 from typing import Any, Literal
 
@@ -421,11 +421,12 @@ class State:
     def __init__(
         self,
         seq: int = 0,
-        files: dict[str, FileRecord] | None = None,
+        files: MutableMapping[str, FileRecord] | None = None,
         dirs: set[str] | None = None,
     ) -> None:
         self.seq = seq
-        self.files: dict[str, FileRecord] = files if files is not None else {}
+        # A dict, or a mapping that parses records when looked up (Index.committed_state).
+        self.files: MutableMapping[str, FileRecord] = files if files is not None else {}
         #: Directories recorded explicitly (so empty ones survive); others are implied by files.
         self.dirs: set[str] = dirs if dirs is not None else set()
         # Directory -> number of files and explicit directories below it; built on first

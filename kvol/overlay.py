@@ -16,7 +16,7 @@ import stat
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -117,7 +117,7 @@ class ContentCache:
             self.lazy.register(repo)
 
     def place(
-        self, repo: Repo, files: dict[str, FileRecord], tree: Path, hold: list[str]
+        self, repo: Repo, files: Mapping[str, FileRecord], tree: Path, hold: list[str]
     ) -> list[Path]:
         """Lazy :meth:`fill` and link: every file of ``files`` at its path under ``tree``
         (a directory nobody else sees yet, its directories made), linked from its entry,

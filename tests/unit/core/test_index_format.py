@@ -353,3 +353,29 @@ def test_a_copy_takes_the_saved_files_and_refuses_another_base(tmp_path: Path) -
     twin = index.copy_saved_at(tmp_path / "twin2", saved_at=other)
     assert not delta_path(tmp_path / "twin2").exists()
     assert same_index(Index.load(tmp_path / "twin2"), index)
+
+
+def test_committed_files_parse_a_record_only_when_it_is_looked_up(tmp_path: Path) -> None:
+    path = tmp_path / "index"
+    sample().save(path)
+    loaded = Index.load(path)
+    files = loaded.committed_state().files
+    # An entry of a file never committed has no record: not a file of the volume.
+    assert sorted(files) == ["a.txt", "big/blob", "gone"]
+    assert "new/ünï\ncode" not in files and len(files) == 3
+    assert all(e._record is None for e in loaded.files.values())
+    assert files["big/blob"] == sample().files["big/blob"].record
+    assert [p for p, e in loaded.files.items() if e._record is not None] == ["big/blob"]
+
+    # Changes stay in the mapping; the index keeps its entries.
+    record = FileRecord(1, 2, 0o600, H2, (Part("b", H2, 0, 1),))
+    files["a.txt"] = record
+    files["added"] = record
+    del files["gone"]
+    assert dict(files) == {
+        "a.txt": record,
+        "added": record,
+        "big/blob": sample().files["big/blob"].record,
+    }
+    assert loaded.files["a.txt"].record == sample().files["a.txt"].record
+    assert "gone" in loaded.files and "added" not in loaded.files

@@ -179,6 +179,28 @@ def test_commit_cost_grows_with_what_changed(
     assert read < 200_000, f"committing one 3 KB file read {read} bytes"
 
 
+def test_a_reload_in_a_new_process_parses_only_the_records_it_touches(
+    wc: WorkingCopy, make_wc: MakeWc, repo: Repo
+) -> None:
+    for i in range(200):
+        write(wc.root, f"d{i % 7}/{i}", f"file {i}")
+    wc.commit()
+    reader = make_wc("reader")
+    reader.close(final_commit=False)
+    write(wc.root, "d3/3", "changed")
+    wc.commit()
+
+    # Opened again, as a process starting does: every record is in the loaded columns.
+    reader = WorkingCopy.open(reader.root, store=repo.store)
+    try:
+        assert reader.reload().files == 1
+        parsed = [p for p, e in reader.index.files.items() if e._record is not None]
+        assert parsed == ["d3/3"]
+        assert (reader.root / "d3/3").read_text() == "changed"
+    finally:
+        reader.close(final_commit=False)
+
+
 def test_touched_but_unchanged_file_is_not_published(wc: WorkingCopy) -> None:
     path = write(wc.root, "a", "same")
     wc.commit()
