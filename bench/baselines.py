@@ -8,7 +8,7 @@ import shlex
 import shutil
 import subprocess
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 #: git as a user would have it, minus anything from this machine's configuration, and
@@ -32,9 +32,16 @@ def require(tool: str) -> str:
     return path
 
 
-def run(cmd: Sequence[str], *, cwd: Path | None = None, shell: bool = False) -> float:
-    """Run a command to completion; its wall-clock seconds. Fails loudly on error."""
-    env = {**os.environ, **GIT_ENV}
+def run(
+    cmd: Sequence[str],
+    *,
+    cwd: Path | None = None,
+    shell: bool = False,
+    env: Mapping[str, str] | None = None,
+) -> float:
+    """Run a command to completion (in ``env``, else this process's environment); its
+    wall-clock seconds. Fails loudly on error."""
+    env = {**(os.environ if env is None else env), **GIT_ENV}
     started = time.perf_counter()
     proc = subprocess.run(
         " ".join(cmd) if shell else list(cmd),

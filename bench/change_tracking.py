@@ -7,6 +7,9 @@ holder (the node plugin, autocommit) holds it, beside a git repository of the sa
   (and the same commit scanning every file, as a copy without tracking does).
 - ``change.commit_one``: a commit of one changed file, vs ``git commit -a``.
 - ``change.reload_one``: a second copy's reload of that one file, vs ``git pull``.
+- ``change.reload_one_new_process``: the same reload by ``kvol volume reload`` (a new
+  process, which loads the copy's index from its file: as the CLI or a restarted plugin),
+  vs ``git pull``.
 - ``change.idle_cpu``: the CPU an idle copy with autocommit burns per hour, vs running
   ``git status`` at the same interval. Measured over a few autocommit intervals and
   extrapolated to an hour (see :func:`_idle_cpu_per_hour`).
@@ -22,6 +25,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from bench import baselines
+from bench.cli_startup import kvol_command
 from bench.harness import Context, Measurement, Result, Scenario, Target, timed
 from bench.tree import rel_path, write_small_files
 from bench.volumes import fresh_volume
@@ -101,6 +105,30 @@ def change_tracking(ctx: Context) -> list[Result]:
             pull_runs.append(baselines.git(clone, "pull", "-q", "--ff-only"))
         reader.close(final_commit=False)
 
+        # The same, each reload a new process: `kvol volume reload` of the reader's copy.
+        reload_cli = [
+            *kvol_command(),
+            "--store",
+            str(ctx.store_url),
+            "volume",
+            "reload",
+            str(reader.root),
+        ]
+        # Started from compiled bytecode, as an installed kvol is (this first run writes it).
+        env = {**os.environ, "PYTHONPYCACHEPREFIX": str(ctx.workdir / "bytecode")}
+        env.pop("PYTHONDONTWRITEBYTECODE", None)
+        baselines.run(reload_cli, env=env)
+        cli_runs, cli_pull_runs = [], []
+        for n in range(runs):
+            rel = rel_path((n * 997 + 499) % files)
+            _rewrite(root / rel, 1000 + n)
+            _rewrite(git_tree / rel, 1000 + n)
+            _expect_files(wc.commit(), 1)
+            baselines.git(git_tree, "commit", "-a", "-q", "-m", f"again {n}")
+            baselines.drop_dirty_pages()
+            cli_runs.append(baselines.run(reload_cli, env=env))
+            cli_pull_runs.append(baselines.git(clone, "pull", "-q", "--ff-only"))
+
         # Idle, with autocommit: tracked, then scanning every file, then git status.
         time.sleep(RACY_WAIT_SECONDS)
         wc.commit()
@@ -145,6 +173,15 @@ def change_tracking(ctx: Context) -> list[Result]:
             Target("speedup_at_least", 1.0, "kvol no slower than git pull"),
             params=params,
             details=details_common | {"kvol_runs_seconds": reload_runs},
+        ),
+        Result(
+            "change.reload_one_new_process",
+            statistics.median(cli_runs),
+            Measurement("git pull --ff-only", statistics.median(cli_pull_runs)),
+            Target("speedup_at_least", 1.0, "kvol no slower than git pull"),
+            params=params | {"command": "kvol volume reload"},
+            details=details_common
+            | {"kvol_runs_seconds": cli_runs, "git_runs_seconds": cli_pull_runs},
         ),
         Result(
             # Not seconds of wall time: CPU seconds per hour of an idle copy.
