@@ -73,6 +73,26 @@ def entries(cache: ContentCache) -> list[Path]:
     return [p for p in cache.root.glob("??/*") if not p.name.startswith(".")]
 
 
+def seed_with_short_records(
+    repo: Repo, tmp_path: Path, names: list[str], mtime_shift: int = 0
+) -> tuple[dict[str, bytes], int]:
+    """A volume of ``files_of()``, then ``names`` published as an older version could:
+    the large file's content and parts, half its size. Returns the files and the seq."""
+    files = files_of()
+    seq = seed(repo, tmp_path, files)
+    good = repo.state(seq).files["big/model.bin"]
+    short = FileRecord(
+        good.size // 2, good.mtime_ns + mtime_shift, good.mode, good.hash, good.parts
+    )
+    return files, repo.publish([PutOp(name, short) for name in names], seq)
+
+
+def read_fails_with_eio(path: Path) -> None:
+    with pytest.raises(OSError) as failed:
+        path.read_bytes()
+    assert failed.value.errno == errno.EIO
+
+
 FAILURE_METRICS = ("kvol_lazy_fetches_total", "kvol_lazy_reads_held_total")
 
 
@@ -244,17 +264,11 @@ def test_a_record_whose_parts_do_not_add_up_never_shares_the_entry_of_its_conten
 ) -> None:
     # Same content id, mode and mtime as a good file, another size: one entry for both
     # would give both one size, and fill it with one record or fail it for both.
-    files = files_of()
-    seq = seed(repo, tmp_path, files)
-    good = repo.state(seq).files["big/model.bin"]
-    bad = FileRecord(good.size // 2, good.mtime_ns, good.mode, good.hash, good.parts)
-    seq = repo.publish([PutOp("a-short.bin", bad), PutOp("z-short.bin", bad)], seq)
+    files, seq = seed_with_short_records(repo, tmp_path, ["a-short.bin", "z-short.bin"])
     wc, _ = mount_lazily(repo, seq, tmp_path, caches, mounted)
     assert (wc.root / "big/model.bin").read_bytes() == files["big/model.bin"]
     for rel in ("a-short.bin", "z-short.bin"):
-        with pytest.raises(OSError) as failed:
-            (wc.root / rel).read_bytes()
-        assert failed.value.errno == errno.EIO
+        read_fails_with_eio(wc.root / rel)
 
 
 def test_placeholders_of_an_unreadable_manifest_fail_their_opens_never_read_zeros(
@@ -278,9 +292,7 @@ def test_placeholders_of_an_unreadable_manifest_fail_their_opens_never_read_zero
         if rel == "d0/f0.bin":
             assert (wc.root / rel).read_bytes() == files[rel]  # filled before: no mark
             continue
-        with pytest.raises(OSError) as failed:
-            (wc.root / rel).read_bytes()
-        assert failed.value.errno == errno.EIO
+        read_fails_with_eio(wc.root / rel)
 
 
 def test_a_commit_after_a_lazy_publish_publishes_only_real_changes(
@@ -448,11 +460,8 @@ def test_a_volume_holding_a_record_whose_parts_do_not_add_up_still_commits_and_r
 ) -> None:
     # Older versions could publish such a record; the log keeps it (that one file fails
     # when read) and so does the index of every snapshot made of the volume since.
-    files = files_of()
-    seq = seed(repo, tmp_path, files)
-    good = repo.state(seq).files["big/model.bin"]
-    bad = FileRecord(good.size // 2, good.mtime_ns + 1, good.mode, good.hash, good.parts)
-    seq = repo.publish([PutOp("short.bin", bad)], seq)
+    files, seq = seed_with_short_records(repo, tmp_path, ["short.bin"], mtime_shift=1)
+    bad = repo.state(seq).files["short.bin"]
     first = ContentCache(tmp_path / "cache", lazy=True, prefetch=False)
     Lowers(tmp_path / "lowers", first).build(repo, seq)
     first.close()
@@ -462,9 +471,7 @@ def test_a_volume_holding_a_record_whose_parts_do_not_add_up_still_commits_and_r
     lowers = Lowers(tmp_path / "lowers", cache)
     wc = OverlayWorkingCopy.mount(repo, lowers, lowers.build(repo, seq), tmp_path / "pod")
     mounted.append(wc)
-    with pytest.raises(OSError) as failed:
-        (wc.root / "short.bin").read_bytes()
-    assert failed.value.errno == errno.EIO
+    read_fails_with_eio(wc.root / "short.bin")
     assert (wc.root / "d0/f0.bin").read_bytes() == files["d0/f0.bin"]
 
     (wc.root / "new.txt").write_bytes(b"new")
