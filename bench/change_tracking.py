@@ -25,7 +25,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from bench import baselines
-from bench.cli_startup import kvol_command
+from bench.cli_startup import compiled_env, kvol_command
 from bench.harness import Context, Measurement, Result, Scenario, Target, timed
 from bench.tree import rel_path, write_small_files
 from bench.volumes import fresh_volume
@@ -114,10 +114,8 @@ def change_tracking(ctx: Context) -> list[Result]:
             "reload",
             str(reader.root),
         ]
-        # Started from compiled bytecode, as an installed kvol is (this first run writes it).
-        env = {**os.environ, "PYTHONPYCACHEPREFIX": str(ctx.workdir / "bytecode")}
-        env.pop("PYTHONDONTWRITEBYTECODE", None)
-        baselines.run(reload_cli, env=env)
+        env = compiled_env(ctx.workdir)
+        baselines.run(reload_cli, env=env)  # writes the bytecode, untimed
         cli_runs, cli_pull_runs = [], []
         for n in range(runs):
             rel = rel_path((n * 997 + 499) % files)

@@ -27,14 +27,22 @@ def kvol_command() -> list[str]:
     return [sys.executable, "-m", "kvol.cli.main"]
 
 
+def compiled_env(workdir: Path) -> dict[str, str]:
+    """This environment, with kvol started from compiled bytecode kept under ``workdir``,
+    as an installed kvol is, even where this environment says not to write it (the first,
+    untimed, run of each command writes it): else every run would compile every module
+    it imports."""
+    env = {**os.environ, "PYTHONPYCACHEPREFIX": str(workdir / "bytecode")}
+    env.pop("PYTHONDONTWRITEBYTECODE", None)
+    return env
+
+
 #: The environment commands run in (set by ``startup``).
 _ENV: dict[str, str] = {}
 
 
 def _run(cmd: Sequence[str], *, cwd: Path | None = None) -> float:
-    env = {**os.environ, **baselines.GIT_ENV, **_ENV}
-    if "PYTHONPYCACHEPREFIX" in env:
-        env.pop("PYTHONDONTWRITEBYTECODE", None)
+    env = {**(_ENV or os.environ), **baselines.GIT_ENV}
     started = time.perf_counter()
     proc = subprocess.run(
         list(cmd), cwd=cwd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, check=False
@@ -56,10 +64,7 @@ def _median(cmd: Sequence[str], runs: int, *, cwd: Path | None = None) -> float:
 
 def startup(ctx: Context) -> list[Result]:
     runs = 5 if ctx.quick else 21
-    # kvol starts from compiled bytecode, as an installed kvol does, even where this
-    # environment says not to write it (the first, untimed, run of each command writes
-    # it here): else every run would compile every module it imports.
-    _ENV["PYTHONPYCACHEPREFIX"] = str(ctx.workdir / "bytecode")
+    _ENV.update(compiled_env(ctx.workdir))
     kvol = kvol_command()
     git = baselines.require("git")
     store = f"file://{ctx.workdir / 'store'}"

@@ -183,7 +183,7 @@ class CommittedFiles(MutableMapping[str, FileRecord]):
         # Copied whole, then the few without a record (files never committed) dropped:
         # far faster at 100,000 entries than a comprehension that keeps the others.
         self._items: dict[str, IndexEntry | FileRecord] = dict(entries)
-        for path in [p for p, e in entries.items() if e._record is None and e._table is None]:
+        for path in [p for p, e in entries.items() if not e.has_record]:
             del self._items[path]
 
     def __getitem__(self, path: str) -> FileRecord:

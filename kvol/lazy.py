@@ -379,20 +379,10 @@ class LazyFiller:
             left = 0
             for record in records:
                 path = self._entry_path(record)
-                try:
-                    # O_PATH: no open event (an adopted group still has its marks, and
-                    # nobody answers them yet).
-                    fd = os.open(path, os.O_PATH | os.O_CLOEXEC | os.O_NOFOLLOW)
-                except FileNotFoundError:
+                inode = self._watch(path)
+                if inode is None:
                     continue
-                try:
-                    if not is_placeholder(f"/proc/self/fd/{fd}", follow=True):
-                        continue
-                    _mark(self._group, FAN_MARK_ADD, -1, f"/proc/self/fd/{fd}")
-                    st = os.fstat(fd)
-                finally:
-                    os.close(fd)
-                job = _Job(path, volume_id, record, (st.st_dev, st.st_ino), manifest)
+                job = _Job(path, volume_id, record, inode, manifest)
                 with self._lock:
                     self._jobs[job.inode] = job
                     self._by_path[path] = job
@@ -412,24 +402,32 @@ class LazyFiller:
         orphans = 0
         for directory in self.root.glob("??"):
             for entry in directory.iterdir():
-                if entry in self._by_path:
-                    continue
-                try:
-                    fd = os.open(entry, os.O_PATH | os.O_CLOEXEC | os.O_NOFOLLOW)
-                except FileNotFoundError:
-                    continue
-                try:
-                    if is_placeholder(f"/proc/self/fd/{fd}", follow=True):
-                        _mark(self._group, FAN_MARK_ADD, -1, f"/proc/self/fd/{fd}")
-                        orphans += 1
-                finally:
-                    os.close(fd)
+                if entry not in self._by_path and self._watch(entry) is not None:
+                    orphans += 1
         if orphans:
             log.warning(
                 "%d placeholders of %s have no readable manifest: their opens fail",
                 orphans,
                 self.root,
             )
+
+    def _watch(self, path: Path) -> tuple[int, int] | None:
+        """Mark the placeholder at ``path``; its (device, inode), or None where there is
+        none (gone, or filled)."""
+        try:
+            # O_PATH: no open event (an adopted group still has its marks, and nobody
+            # answers them yet).
+            fd = os.open(path, os.O_PATH | os.O_CLOEXEC | os.O_NOFOLLOW)
+        except FileNotFoundError:
+            return None
+        try:
+            if not is_placeholder(f"/proc/self/fd/{fd}", follow=True):
+                return None
+            _mark(self._group, FAN_MARK_ADD, -1, f"/proc/self/fd/{fd}")
+            st = os.fstat(fd)
+        finally:
+            os.close(fd)
+        return st.st_dev, st.st_ino
 
     def _entry_path(self, record: FileRecord) -> Path:
         return self.root / record.hash[:2] / entry_name(record)
