@@ -487,7 +487,10 @@ class State:
         if for_dir:
             if path in self.files:
                 self.remove_tree(path, touched)
-        elif self.is_dir(path):
+        elif path not in self.files and self.is_dir(path):
+            # A file here has nothing under it (the state never holds both), so the
+            # rewrite of a file, a reload's usual change, skips the directory table
+            # built over every file.
             self.remove_tree(path, touched)
 
     def remove_tree(self, path: str, touched: set[str] | None = None) -> None:

@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from kvol import codec
 from kvol.model import (
     DeleteOp,
@@ -10,6 +12,7 @@ from kvol.model import (
     FileRecord,
     MkdirOp,
     Op,
+    PutOp,
     RmdirOp,
     State,
     UnlinkOp,
@@ -88,3 +91,28 @@ def test_history_counts_unlinks_and_rmdirs_as_deletions(repo: Repo) -> None:
     repo.publish([MkdirOp("d"), upload(repo, "d/f", b"f")], 0)
     repo.publish([UnlinkOp("d/f"), RmdirOp("d")], 1)
     assert repo.history(1)[0].paths_deleted == 2
+
+
+# -- cost: a rewrite touches only its own path --------------------------------------------------
+
+
+class _NoWholeWalk(dict[str, FileRecord]):
+    """Files that refuse to be listed: applying the change must not go through them all."""
+
+    def __iter__(self) -> Any:
+        raise AssertionError("the whole state was walked")
+
+
+def test_rewriting_a_file_does_not_walk_every_file_of_the_state() -> None:
+    files = _NoWholeWalk({f"d/f{i}": record() for i in range(100)})
+    state = State(0, files, {"d"})
+    assert applied(state, PutOp("d/f7", record(5))) == {"d/f7"}
+    assert dict.__getitem__(files, "d/f7").size == 5
+    assert dict.__len__(files) == 100
+
+
+def test_a_new_file_where_a_directory_is_still_replaces_the_tree() -> None:
+    state = State(0, {"d/x": record(), "d/y/z": record(), "e": record()}, {"d/y"})
+    touched = applied(state, PutOp("d", record(3)))
+    assert touched == {"d", "d/x", "d/y/z", "d/y"}
+    assert set(state.files) == {"d", "e"} and state.dirs == set()
