@@ -77,6 +77,10 @@ def umount(target: str | Path, flags: int = 0) -> None:
 class MountEntry:
     mount_id: int
     parent_id: int
+    #: The filesystem's device as "major:minor" (what st_dev of its files is, but on
+    #: filesystems such as btrfs, whose subvolumes each have a device of their own).
+    device: str
+    #: The directory of the filesystem that is mounted (not "/" for a bind mount).
     root: str
     mount_point: str
     options: str
@@ -116,6 +120,7 @@ def mount_table() -> list[MountEntry]:
                 MountEntry(
                     mount_id=int(fields[0]),
                     parent_id=int(fields[1]),
+                    device=fields[2],
                     root=_unescape(fields[3]),
                     mount_point=_unescape(fields[4]),
                     options=fields[5],
