@@ -65,6 +65,9 @@ class Signature:
 #: copy may delete it.)
 UNMATCHED = Signature(0, 0, 0, 0, 0)
 _UNMATCHED_KEY: SigTuple = (0, 0, 0, 0, 0)
+#: The ``_key`` of an entry whose signature is still only in its row (never compared by
+#: value: only this object means it).
+_IN_ROW: SigTuple = (-1, -1, -1, -1, -1)
 
 
 def sig_tuple(st: os.stat_result) -> SigTuple:
@@ -98,7 +101,11 @@ class IndexEntry:
 
     # A record not parsed yet is a row of the loaded columns: ``_table``, ``_row`` (two
     # slots, not a tuple: a tenth of the memory a loaded index of 100,000 files holds).
-    __slots__ = ("_record", "_row", "_table", "racy", "stat_key")
+    # So is a signature not read yet (``_key`` is _IN_ROW): most entries of a large copy
+    # are never looked at by a reload or a tracked commit, and a tuple of five ints is a
+    # quarter of a loaded entry's memory and most of its loading time. ``_as_loaded``:
+    # the signature is still the one in the row (however often read since).
+    __slots__ = ("_as_loaded", "_key", "_record", "_row", "_table", "racy")
 
     def __init__(
         self,
@@ -109,8 +116,24 @@ class IndexEntry:
         self._record = record
         self._table: _Table | None = None
         self._row = 0
-        self.stat_key: SigTuple | None = None if sig is None else as_stat_key(sig)
+        self._key: SigTuple | None = None if sig is None else as_stat_key(sig)
+        self._as_loaded = False
         self.racy = racy
+
+    @property
+    def stat_key(self) -> SigTuple | None:
+        key = self._key
+        if key is _IN_ROW:
+            table = self._table
+            assert table is not None  # kept until the signature is read (see record)
+            o = self._row * _INTS
+            ints = table.ints
+            key = self._key = (ints[o + 1], ints[o + 2], ints[o + 3], ints[o + 4], ints[o + 5])
+        return key
+
+    @stat_key.setter
+    def stat_key(self, value: SigTuple | None) -> None:
+        self._key, self._as_loaded = value, False
 
     @property
     def record(self) -> FileRecord | None:
@@ -122,11 +145,19 @@ class IndexEntry:
 
     @record.setter
     def record(self, value: FileRecord | None) -> None:
+        if self._key is _IN_ROW:
+            self.stat_key  # noqa: B018 -- read from the row while it is there
         self._record, self._table = value, None
 
     @property
     def has_record(self) -> bool:
         return self._table is not None or self._record is not None
+
+    @property
+    def has_sig(self) -> bool:
+        """Whether the file ever matched (``stat_key`` is not None), without reading a
+        signature still in its row."""
+        return self._key is not None
 
     @property
     def sig(self) -> Signature | None:
@@ -140,7 +171,7 @@ class IndexEntry:
         """An entry of its own with the same values; a record not parsed yet stays so."""
         twin = IndexEntry.__new__(IndexEntry)
         twin._record, twin._table, twin._row = self._record, self._table, self._row
-        twin.stat_key, twin.racy = self.stat_key, self.racy
+        twin._key, twin._as_loaded, twin.racy = self._key, self._as_loaded, self.racy
         return twin
 
     def is_clean(self, st: os.stat_result) -> bool:
@@ -407,13 +438,14 @@ _INTS = 10
 _HAS_RECORD, _HAS_SIG, _RACY = 1, 2, 4
 _TYPICAL = _HAS_RECORD | _HAS_SIG  # a file committed and matched, not racy
 _ZERO_HASH = bytes(32)
-_BAD_COMPONENTS = frozenset(("", ".", ".."))
 
 
 def _unsafe_paths(text: str) -> bool:
     """Could any of the NUL-separated paths not be a checked volume path? (empty, "." or
     ".." components, a leading or trailing "/", the reserved top-level directory)"""
-    if _BAD_COMPONENTS.intersection(text.replace("\x00", "/").split("/")):
+    # Every component stands between two slashes here: one search for each bad one.
+    slashed = f"/{text.replace(chr(0), '/')}/"
+    if "//" in slashed or "/./" in slashed or "/../" in slashed:
         return True
     framed = f"\x00{text}\x00"
     return f"\x00{RESERVED}/" in framed or f"\x00{RESERVED}\x00" in framed
@@ -490,13 +522,14 @@ class _Encoded:
         # The columns are not changed from here on: the table takes them as they are.
         table = _Table(list(self.objects), self.ints, self.hashes, self.parts)
         table.paths = list(index.files)
-        keys, ints, firsts = table.keys, self.ints, table.first_parts
+        ints, firsts = self.ints, table.first_parts
         first = 0
         for row, entry in enumerate(index.files.values()):
-            keys.append(entry.stat_key)
             firsts.append(first)
             if entry._table is not None or entry._record is not None:
-                entry._table, entry._row = table, row
+                # A signature still in its old row is in this one too (copied from it,
+                # or written from it).
+                entry._table, entry._row, entry._as_loaded = table, row, True
                 first += ints[row * _INTS + 9]
         return _Base(
             path, self.digest, table, frozenset(index.dirs), frozenset(index.explicit_dirs)
@@ -514,7 +547,6 @@ class _Encoded:
             if len(objects) != len(table.objects):
                 table, objects = None, {}  # a content object listed twice: renumber all
         t_ints = table.ints if table is not None else array("q")
-        t_keys = table.keys if table is not None else []
         # The run of unchanged rows waiting to be copied: rows [row0, row1), parts [part0, part1).
         row0 = row1 = part0 = part1 = 0
         for entry in files.values():
@@ -522,7 +554,7 @@ class _Encoded:
                 row = entry._row
                 first = table.first_parts[row]
                 o = row * _INTS
-                if entry.stat_key is t_keys[row] and entry.racy == bool(t_ints[o] & _RACY):
+                if entry._as_loaded and entry.racy == bool(t_ints[o] & _RACY):
                     if row != row1 or first != part1:
                         _copy_rows(table, row0, row1, part0, part1, ints, hashes, parts)
                         row0, part0 = row, first
@@ -557,7 +589,7 @@ def _delta_pieces(index: Index, base: _Base) -> list[bytes | memoryview] | None:
     are not per file. None when the changes are too many to be worth a delta."""
     t = base.table
     limit = max(_DELTA_AT_LEAST, len(t.paths) // 16)
-    keys, ints, base_paths = t.keys, t.ints, t.paths
+    ints, base_paths = t.ints, t.paths
     seen = bytearray(len(base_paths))
     changed: dict[str, IndexEntry] = {}
     for path, entry in index.files.items():
@@ -565,9 +597,8 @@ def _delta_pieces(index: Index, base: _Base) -> list[bytes | memoryview] | None:
         # file), with an equal stat too and the same path.
         if entry._table is t:
             row = entry._row
-            key, was = entry.stat_key, keys[row]
             if (
-                (key is was or key == was)
+                (entry._as_loaded or entry.stat_key == _row_key(t, row))
                 and entry.racy == bool(ints[row * _INTS] & _RACY)
                 and base_paths[row] == path
             ):
@@ -780,12 +811,9 @@ def _entries(
     if count and _unsafe_paths(text):
         raise CorruptData("index holds an unsafe path")
 
-    # Most rows are files committed and matched, not racy: their columns are made whole
-    # (at C speed), each entry with a few stores; the other rows are fixed after.
+    # Most rows are files committed and matched, not racy: each entry is made with a few
+    # stores (its record and signature left in the row); the other rows are fixed after.
     table.paths = paths
-    sigs = (ints[1::_INTS], ints[2::_INTS], ints[3::_INTS], ints[4::_INTS], ints[5::_INTS])
-    keys: list[SigTuple | None] = list(zip(*sigs, strict=True))
-    table.keys = keys
     flags = ints[0::_INTS]
     counted = ints[9::_INTS]  # parts per row; none for a row without a record
     odd = (
@@ -801,10 +829,11 @@ def _entries(
         raise CorruptData("index parts are malformed")
     files: dict[str, IndexEntry] = {}
     new = IndexEntry.__new__
-    for row, path, key in zip(range(count), paths, keys, strict=True):
+    for row, path in enumerate(paths):
         entry = new(IndexEntry)
         entry._record = None
-        entry.stat_key = key
+        entry._key = _IN_ROW
+        entry._as_loaded = True
         entry.racy = False
         entry._table = table
         entry._row = row
@@ -813,8 +842,7 @@ def _entries(
         raise CorruptData("index holds a path twice")
     for i in odd:
         entry, f = files[paths[i]], flags[i]
-        if not f & _HAS_SIG:
-            entry.stat_key = keys[i] = None
+        entry._key = _row_key(table, i)  # None without a signature
         entry.racy = bool(f & _RACY)
         if not f & _HAS_RECORD:
             entry._table, entry._row = None, 0
@@ -839,7 +867,7 @@ def _decode_v1(raw: bytes) -> Index:
 class _Table:
     """The columns of a loaded index, shared by the records not parsed yet."""
 
-    __slots__ = ("first_parts", "hashes", "ints", "keys", "objects", "parts", "paths")
+    __slots__ = ("first_parts", "hashes", "ints", "objects", "parts", "paths")
 
     def __init__(
         self,
@@ -856,10 +884,16 @@ class _Table:
         self.first_parts = array("q")
         #: Each row's path.
         self.paths: list[str] = []
-        #: Each row's signature as its entry got it: an entry still holding that very
-        #: object has the stat it was loaded with (see _Encoded).
-        self.keys: list[SigTuple | None] = []
         self.parts = parts
+
+
+def _row_key(table: _Table, row: int) -> SigTuple | None:
+    """The signature in the row (None when it has none)."""
+    o = row * _INTS
+    ints = table.ints
+    if not ints[o] & _HAS_SIG:
+        return None
+    return (ints[o + 1], ints[o + 2], ints[o + 3], ints[o + 4], ints[o + 5])
 
 
 def _row_columns(table: _Table, row: int) -> tuple[int, int, int, int]:

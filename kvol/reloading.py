@@ -46,7 +46,7 @@ class Reloading(ReloadJournal):
         touched = {
             p
             for p, e in self.index.files.items()
-            if e.stat_key is None and e.has_record and not os.path.lexists(self.root / p)
+            if not e.has_sig and e.has_record and not os.path.lexists(self.root / p)
         }
         touched.update(
             d

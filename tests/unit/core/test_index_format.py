@@ -7,11 +7,14 @@ import zlib
 from pathlib import Path
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from kvol import index as index_module
 from kvol.errors import CorruptData
 from kvol.index import Index, IndexEntry, Signature, _encode, delta_path
 from kvol.model import FileRecord, Part
+from kvol.paths import RESERVED
 
 H1, H2, PACK = "a" * 64, "b" * 64, "c" * 64
 
@@ -235,6 +238,18 @@ def test_unsafe_paths_are_refused(tmp_path: Path, bad: str) -> None:
     path.write_bytes(_encode(index))
     with pytest.raises(CorruptData, match="unsafe path"):
         Index.load(path)
+
+
+@given(st.lists(st.lists(st.sampled_from(["a", ".", "..", "", ".kvol", "b.c"]), max_size=4)))
+def test_the_unsafe_path_check_is_the_per_component_check(
+    components: list[list[str]],
+) -> None:
+    paths = ["/".join(parts) for parts in components] or [""]
+    expected = any(
+        any(c in ("", ".", "..") for c in path.split("/")) or path.split("/")[0] == RESERVED
+        for path in paths
+    )
+    assert index_module._unsafe_paths("\x00".join(paths)) == expected
 
 
 def tampered(index: Index, paths: bytes | None = None, nparts: int | None = None) -> bytes:

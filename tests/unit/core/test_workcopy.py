@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from kvol import index as index_module
 from kvol.copybase import _file_sig
 from kvol.errors import KvolError, NotFound, ReadOnly
 from kvol.index import Index
@@ -179,7 +180,7 @@ def test_commit_cost_grows_with_what_changed(
     assert read < 200_000, f"committing one 3 KB file read {read} bytes"
 
 
-def test_a_reload_in_a_new_process_parses_only_the_records_it_touches(
+def test_a_reload_in_a_new_process_parses_only_the_records_and_signatures_it_touches(
     wc: WorkingCopy, make_wc: MakeWc, repo: Repo
 ) -> None:
     for i in range(200):
@@ -196,9 +197,18 @@ def test_a_reload_in_a_new_process_parses_only_the_records_it_touches(
         assert reader.reload().files == 1
         parsed = [p for p, e in reader.index.files.items() if e._record is not None]
         assert parsed == ["d3/3"]
+        read = [p for p, e in reader.index.files.items() if e._key is not index_module._IN_ROW]
+        assert read == ["d3/3"]
         assert (reader.root / "d3/3").read_text() == "changed"
     finally:
         reader.close(final_commit=False)
+    # Saved with the signatures left in their rows, the index reads back the same.
+    reopened = WorkingCopy.open(reader.root, store=repo.store)
+    try:
+        status = reopened.status()
+        assert status.changed == () and status.deleted == ()
+    finally:
+        reopened.close(final_commit=False)
 
 
 def test_touched_but_unchanged_file_is_not_published(wc: WorkingCopy) -> None:
