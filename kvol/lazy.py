@@ -401,6 +401,8 @@ class LazyFiller:
         :meth:`_on_event`) until the cache evicts them."""
         orphans = 0
         for directory in self.root.glob("??"):
+            if not directory.is_dir() or directory.is_symlink():
+                continue  # not a directory of entries (the cache makes none such)
             for entry in directory.iterdir():
                 if entry not in self._by_path and self._watch(entry) is not None:
                     orphans += 1

@@ -284,6 +284,7 @@ def test_placeholders_of_an_unreadable_manifest_fail_their_opens_never_read_zero
     first.close()
     (manifest,) = (first.root / STATE_DIR).glob("*.json")
     manifest.write_bytes(b'{"format": 1, "volume": "')  # torn by something outside kvol
+    (first.root / "zz").write_bytes(b"left by something else")  # not an entry directory
 
     second = lazy_cache(tmp_path, caches)
     assert second.lazy is not None
