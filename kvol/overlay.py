@@ -185,12 +185,15 @@ class ContentCache:
     def fill(
         self,
         repo: Repo,
-        records: list[FileRecord],
+        files: list[FileRecord] | Mapping[str, FileRecord],
         concurrency: int = 8,
         hold: list[str] | None = None,
     ) -> int:
         """Make sure every record has an entry; returns the number fetched from the store.
-        With ``hold`` (from :meth:`holding`), the entries stay until the hold ends."""
+        With ``hold`` (from :meth:`holding`), the entries stay until the hold ends.
+        ``files`` by path: a record that cannot be fetched is named by its path."""
+        records = list(files.values()) if isinstance(files, Mapping) else files
+        names = {id(r): p for p, r in files.items()} if isinstance(files, Mapping) else {}
         if hold is not None:
             self._hold(records, hold)
         missing: dict[Path, FileRecord] = {}
@@ -223,7 +226,8 @@ class ContentCache:
 
         def fetch(item: tuple[Path, FileRecord]) -> None:
             path, record = item
-            self._install(path, record, lambda fd: reader.write_to(record, fd))
+            name = names.get(id(record))
+            self._install(path, record, lambda fd: reader.write_to(record, fd, name))
 
         try:
             with ThreadPoolExecutor(concurrency, thread_name_prefix="kvol-cache") as pool:
@@ -493,7 +497,7 @@ class Lowers:
             lazy = self.cache.lazy is not None and group is None and not image
             if not lazy and not image:
                 # A group's snapshot copies its files: lazy entries would be filled now.
-                self.cache.fill(repo, list(state.files.values()), concurrency, held)
+                self.cache.fill(repo, state.files, concurrency, held)
             final = self.root / family / layout.seq_name(seq)
             staging = final.with_name(
                 f"{fsops.TEMP_PREFIX}{layout.seq_name(seq)}-{secrets.token_hex(4)}"

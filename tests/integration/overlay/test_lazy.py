@@ -20,6 +20,7 @@ import pytest
 from prometheus_client import REGISTRY
 
 from kvol.catalog import Catalog
+from kvol.errors import CorruptData
 from kvol.fangroup import HOLDER_FILE
 from kvol.lazy import STATE_DIR, is_placeholder
 from kvol.model import FileRecord, PutOp
@@ -269,6 +270,17 @@ def test_a_record_whose_parts_do_not_add_up_never_shares_the_entry_of_its_conten
     assert (wc.root / "big/model.bin").read_bytes() == files["big/model.bin"]
     for rel in ("a-short.bin", "z-short.bin"):
         read_fails_with_eio(wc.root / rel)
+
+
+def test_a_full_download_of_a_record_whose_parts_do_not_add_up_names_its_file(
+    repo: Repo, tmp_path: Path, caches: list[ContentCache]
+) -> None:
+    # Without lazy fetch a snapshot holds every file's content: one that cannot be made
+    # stops the build, and the error says which file to remove or restore.
+    _, seq = seed_with_short_records(repo, tmp_path, ["models/short.bin"])
+    lowers = Lowers(tmp_path / "lowers", lazy_cache(tmp_path, caches, lazy=False))
+    with pytest.raises(CorruptData, match=r"volume file /models/short\.bin is unreadable"):
+        lowers.build(repo, seq)
 
 
 def test_placeholders_of_an_unreadable_manifest_fail_their_opens_never_read_zeros(
