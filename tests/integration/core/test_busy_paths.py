@@ -92,7 +92,12 @@ def test_a_copy_file_held_by_a_second_link_outside_blocks_reload(
     _, reader = copies
     link = tmp_path / "second-link"
     os.link(reader.root / "sub" / "b.txt", link)
-    child = start([sys.executable, "-c", HOLD_OPEN, str(link), "r"])
+    _refused_until_stopped(reader, start([sys.executable, "-c", HOLD_OPEN, str(link), "r"]))
+
+
+def _refused_until_stopped(reader: WorkingCopy, child: subprocess.Popen[str]) -> None:
+    """Once ``child`` holds its file, ``reader``'s reload is refused; once it is gone,
+    the reload goes through."""
     try:
         assert child.stdout is not None and child.stdout.readline().strip() == "ready"
         reload_refused_for(reader, child)
@@ -117,13 +122,7 @@ def test_a_holder_in_another_mount_namespace_blocks_reload(
     _, reader = copies
     view = tmp_path / "view"
     view.mkdir()
-    child = _hold_in_own_namespace(reader.root / "sub", view, "b.txt")
-    try:
-        assert child.stdout is not None and child.stdout.readline().strip() == "ready"
-        reload_refused_for(reader, child)
-    finally:
-        stop(child)
-    assert reader.reload().to_seq == 2
+    _refused_until_stopped(reader, _hold_in_own_namespace(reader.root / "sub", view, "b.txt"))
 
 
 def test_a_copy_file_deleted_while_held_does_not_block_reload(
