@@ -149,6 +149,7 @@ class _Placer:
         # Places in the filesystem that are the copy: its root's, and every mount of the
         # device below the root (kvol's own directory excepted). None: not known.
         self._own: str | None = None
+        self._own_reserved = ""
         self._below: list[str] = []
 
     def place(self, targets: set[tuple[str, int]]) -> tuple[set[int], set[int]]:
@@ -179,6 +180,7 @@ class _Placer:
         if own is None:
             return False
         self._own = own
+        self._own_reserved = posixpath.join(own, RESERVED)
         reserved = posixpath.join(self._root, RESERVED)
         for m in self._mounts.values():
             point = m.mount_point
@@ -193,7 +195,7 @@ class _Placer:
     def _is_copys(self, where: str) -> bool:
         assert self._own is not None
         if _at_or_under(where, self._own):
-            return not _at_or_under(where, posixpath.join(self._own, RESERVED))
+            return not _at_or_under(where, self._own_reserved)
         return any(_at_or_under(where, b) for b in self._below)
 
     def _locate(self, path: str, ino: int | None) -> str | None:

@@ -126,9 +126,7 @@ class IndexEntry:
         if key is _IN_ROW:
             table = self._table
             assert table is not None  # kept until the signature is read (see record)
-            o = self._row * _INTS
-            ints = table.ints
-            key = self._key = (ints[o + 1], ints[o + 2], ints[o + 3], ints[o + 4], ints[o + 5])
+            key = self._key = _row_key(table, self._row)
         return key
 
     @stat_key.setter
