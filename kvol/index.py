@@ -23,7 +23,7 @@ import struct
 import zlib
 from array import array
 from collections.abc import Iterator, MutableMapping
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from itertools import accumulate
 from pathlib import Path
 from typing import Any, cast
@@ -202,25 +202,30 @@ def as_stat_key(sig: Signature | SigTuple | bytes) -> SigTuple:
 
 class CommittedFiles(MutableMapping[str, FileRecord]):
     """Path -> record of the entries of an index that have one, each parsed from the
-    loaded columns only when looked up (then kept in its entry); changes made here stay
-    here. The entries are the index's own objects: a reload replaces an entry rather than
-    change its record, except to the record this mapping gives for that path."""
+    loaded columns only when looked up; changes made here stay here. The entries are the
+    index's own objects: a reload replaces an entry rather than change its record, except
+    to the record this mapping gives for that path."""
 
-    __slots__ = ("_items",)
+    __slots__ = ("_items", "_rows")
 
-    def __init__(self, entries: dict[str, IndexEntry]) -> None:
+    def __init__(self, index: Index) -> None:
         # Copied whole, then the few without a record (files never committed) dropped:
         # far faster at 100,000 entries than a comprehension that keeps the others.
-        self._items: dict[str, IndexEntry | FileRecord] = dict(entries)
-        for path in [p for p, e in entries.items() if not e.has_record]:
+        self._items: dict[str, IndexEntry | FileRecord | int] = dict(index._entries)
+        self._rows = index._rows
+        for path in index._paths_where(_HAS_RECORD, 0):
             del self._items[path]
 
     def __getitem__(self, path: str) -> FileRecord:
         value = self._items[path]
-        if type(value) is IndexEntry:
-            record = value.record
-            assert record is not None  # only entries that have one are taken
+        if type(value) is int:
+            assert self._rows is not None  # a row is only ever one of these columns
+            record = self._items[path] = _row_record(self._rows, value)
             return record
+        if type(value) is IndexEntry:
+            entry_record = value.record
+            assert entry_record is not None  # only entries that have one are taken
+            return entry_record
         return cast(FileRecord, value)
 
     def __setitem__(self, path: str, record: FileRecord) -> None:
@@ -239,28 +244,99 @@ class CommittedFiles(MutableMapping[str, FileRecord]):
         return len(self._items)
 
 
-@dataclass
 class Index:
-    volume_id: str
-    base: int = 0
-    files: dict[str, IndexEntry] = field(default_factory=dict)
-    #: Every directory of the volume as this copy knows it (explicit and implied).
-    dirs: set[str] = field(default_factory=set)
-    #: Explicit directories of the volume (kept so the committed view can be rebuilt).
-    explicit_dirs: set[str] = field(default_factory=set)
-    #: The newest commit of this copy's own that landed past ``base + 1`` (others
-    #: published in between), or 0: the committed state then holds commits from after
-    #: ``base`` too, so replaying the log from ``base`` on it can misjudge a directory
-    #: removal that came before them (see WorkingCopy._reload_locked).
-    ahead: int = 0
-    _known: KnownContent | None = field(default=None, init=False, repr=False, compare=False)
-    #: The base saved or loaded last, which a delta is made against (None: none yet).
-    _base: _Base | None = field(default=None, init=False, repr=False, compare=False)
+    """A working copy's index: its base, its directories, and an entry per file.
+
+    A loaded index makes no entry until one is asked for: until then a file is only its
+    row in the loaded columns (``_rows``), so a reload of one file in a large copy never
+    builds 100,000 objects. ``files`` makes every entry first (a full scan wants them
+    all); a reload goes through :meth:`entry`, :meth:`put` and :meth:`drop`."""
+
+    def __init__(self, volume_id: str, base: int = 0, *, ahead: int = 0) -> None:
+        self.volume_id = volume_id
+        self.base = base
+        #: Every directory of the volume as this copy knows it (explicit and implied).
+        self.dirs: set[str] = set()
+        #: Explicit directories of the volume (kept so the committed view can be rebuilt).
+        self.explicit_dirs: set[str] = set()
+        #: The newest commit of this copy's own that landed past ``base + 1`` (others
+        #: published in between), or 0: the committed state then holds commits from after
+        #: ``base`` too, so replaying the log from ``base`` on it can misjudge a directory
+        #: removal that came before them (see WorkingCopy._reload_locked).
+        self.ahead = ahead
+        #: Path -> its entry, or its row in ``_rows`` while no entry was made for it (the
+        #: row as loaded: unchanged since).
+        self._entries: dict[str, IndexEntry | int] = {}
+        self._rows: _Table | None = None
+        self._known: KnownContent | None = None
+        #: The base saved or loaded last, which a delta is made against (None: none yet).
+        self._base: _Base | None = None
+
+    def __repr__(self) -> str:
+        return f"Index({self.volume_id!r}, base={self.base}, files={len(self._entries)})"
+
+    @property
+    def files(self) -> dict[str, IndexEntry]:
+        """Every file's entry (made now for those that are still only rows)."""
+        rows = self._rows
+        if rows is not None:
+            entries = self._entries
+            with gcpause.paused():  # many objects, no cycles (as at load)
+                for path, value in entries.items():
+                    if type(value) is int:
+                        entries[path] = _loaded_entry(rows, value)
+            self._rows = None
+        return cast("dict[str, IndexEntry]", self._entries)
+
+    @files.setter
+    def files(self, value: dict[str, IndexEntry]) -> None:
+        self._entries = cast("dict[str, IndexEntry | int]", value)
+        self._rows = None
+
+    def entry(self, path: str) -> IndexEntry | None:
+        """The entry of ``path`` (None: the index has none), made from its row if need be."""
+        value = self._entries.get(path)
+        if type(value) is int:
+            assert self._rows is not None
+            value = self._entries[path] = _loaded_entry(self._rows, value)
+        return cast("IndexEntry | None", value)
+
+    def holds(self, path: str) -> bool:
+        return path in self._entries
+
+    def put(self, path: str, entry: IndexEntry) -> None:
+        self._entries[path] = entry
+
+    def drop(self, path: str) -> None:
+        self._entries.pop(path, None)
+
+    def kept_out(self) -> list[str]:
+        """Files of the volume this copy never matched (a record, no signature): a local
+        change kept them out, or a reload could not write them."""
+        return self._paths_where(_HAS_RECORD | _HAS_SIG, _HAS_RECORD)
+
+    def _paths_where(self, mask: int, flags: int) -> list[str]:
+        """Paths whose entry has ``flags`` among the ``mask`` of _HAS_RECORD, _HAS_SIG,
+        read from the rows of those never made (the typical row has both: only the
+        others are looked at)."""
+        entries = self._entries
+        found = [
+            p
+            for p, e in entries.items()
+            if isinstance(e, IndexEntry) and _entry_flags(e) & mask == flags
+        ]
+        rows = self._rows
+        if rows is not None and _TYPICAL & mask != flags:
+            ints, names = rows.ints, rows.paths
+            for row in rows.odd:
+                if ints[row * _INTS] & mask == flags and type(entries.get(names[row])) is int:
+                    found.append(names[row])
+        return found
 
     def committed_state(self) -> State:
         """The volume as this copy last saw it (base plus its own commits). Its records
         are parsed when looked up: a reload reads those its log entries touch."""
-        return State(self.base, CommittedFiles(self.files), set(self.explicit_dirs))
+        return State(self.base, CommittedFiles(self), set(self.explicit_dirs))
 
     def copy_saved_at(self, path: Path, saved_at: Path) -> Index:
         """A copy of this index (entries of its own), saved at ``path`` as this one was
@@ -590,7 +666,12 @@ def _delta_pieces(index: Index, base: _Base) -> list[bytes | memoryview] | None:
     ints, base_paths = t.ints, t.paths
     seen = bytearray(len(base_paths))
     changed: dict[str, IndexEntry] = {}
-    for path, entry in index.files.items():
+    if index._rows is not None and index._rows is not t:
+        index.files  # noqa: B018 -- rows of other columns: made into entries to compare
+    for path, entry in index._entries.items():
+        if not isinstance(entry, IndexEntry):
+            seen[entry] = 1  # a row of the base, never changed (nor made into an entry)
+            continue
         # As _Encoded._columns tells an entry written already (inline: this runs per
         # file), with an equal stat too and the same path.
         if entry._table is t:
@@ -605,7 +686,7 @@ def _delta_pieces(index: Index, base: _Base) -> list[bytes | memoryview] | None:
         changed[path] = entry
         if len(changed) > limit:
             return None
-    files = index.files
+    files = index._entries
     removed = [p for p, kept in zip(base_paths, seen, strict=True) if not kept and p not in files]
     if len(changed) + len(removed) > limit:
         return None
@@ -629,6 +710,8 @@ def _rows_to_copy(index: Index) -> _Table | None:
     that was never saved), else none."""
     if index._base is not None:
         return index._base.table
+    if index._rows is not None:
+        return index._rows
     for entry in index.files.values():
         if entry._table is not None:
             return entry._table
@@ -713,7 +796,9 @@ def _decode(raw: bytes, path: Path) -> Index:
     index.dirs = {str(d) for d in header["dirs"]}
     index.explicit_dirs = {str(d) for d in header["explicit_dirs"]}
     index.ahead = int(header.get("ahead", 0))  # absent in indexes of older versions
-    index.files, table = _entries(header, sections)
+    rows, table = _rows_of(header, sections)
+    index._entries = cast("dict[str, IndexEntry | int]", rows)
+    index._rows = table
     # Deltas go only beside a base of this format: a version that reads format 2 would
     # read such a base without its delta.
     if format_ == str(FORMAT).encode():
@@ -737,10 +822,11 @@ def _apply_delta(index: Index, raw: bytes) -> None:
         raise CorruptData("index delta lists malformed paths")
     if removed and _unsafe_paths("\x00".join(removed)):
         raise CorruptData("index delta holds an unsafe path")
-    files, _ = _entries(header, sections)
+    rows, table = _rows_of(header, sections)
+    entries = index._entries
     for p in removed:
-        index.files.pop(p, None)
-    index.files.update(files)
+        entries.pop(p, None)
+    entries.update({p: _loaded_entry(table, row) for p, row in rows.items()})
     index.base = int(header["base"])
     index.ahead = int(header["ahead"])
     index.dirs.difference_update(str(d) for d in header["dirs_removed"])
@@ -785,10 +871,8 @@ def _read_sections(
     return fields[1], digest, header, sections
 
 
-def _entries(
-    header: dict[str, Any], sections: list[memoryview]
-) -> tuple[dict[str, IndexEntry], _Table]:
-    """The entries of a base or a delta, their records left in its columns."""
+def _rows_of(header: dict[str, Any], sections: list[memoryview]) -> tuple[dict[str, int], _Table]:
+    """The files of a base or a delta: path -> row of its columns, and the columns."""
     count = int(header["count"])
     objects: list[tuple[str, str]] = []
     for name in header["objects"]:
@@ -809,8 +893,8 @@ def _entries(
     if count and _unsafe_paths(text):
         raise CorruptData("index holds an unsafe path")
 
-    # Most rows are files committed and matched, not racy: each entry is made with a few
-    # stores (its record and signature left in the row); the other rows are fixed after.
+    # Most rows are files committed and matched, not racy: an entry made from one takes
+    # a few stores (see _loaded_entry); the others are listed.
     table.paths = paths
     flags = ints[0::_INTS]
     counted = ints[9::_INTS]  # parts per row; none for a row without a record
@@ -825,26 +909,36 @@ def _entries(
     firsts = table.first_parts = array("q", accumulate(counted, initial=0))
     if firsts.pop() * 3 != len(table.parts):
         raise CorruptData("index parts are malformed")
-    files: dict[str, IndexEntry] = {}
-    new = IndexEntry.__new__
-    for row, path in enumerate(paths):
-        entry = new(IndexEntry)
-        entry._record = None
-        entry._key = _IN_ROW
-        entry._as_loaded = True
-        entry.racy = False
-        entry._table = table
-        entry._row = row
-        files[path] = entry
-    if len(files) != count:
+    table.odd = odd
+    rows = dict(zip(paths, range(count), strict=True))
+    if len(rows) != count:
         raise CorruptData("index holds a path twice")
-    for i in odd:
-        entry, f = files[paths[i]], flags[i]
-        entry._key = _row_key(table, i)  # None without a signature
-        entry.racy = bool(f & _RACY)
-        if not f & _HAS_RECORD:
-            entry._table, entry._row = None, 0
-    return files, table
+    return rows, table
+
+
+def _loaded_entry(table: _Table, row: int) -> IndexEntry:
+    """The entry of a row as loaded: its record and (for the typical row) its signature
+    left in the row."""
+    entry = IndexEntry.__new__(IndexEntry)
+    entry._record = None
+    entry._as_loaded = True
+    entry._table = table
+    entry._row = row
+    flags = table.ints[row * _INTS]
+    if flags == _TYPICAL:
+        entry._key = _IN_ROW
+        entry.racy = False
+        return entry
+    entry._key = _row_key(table, row)  # None without a signature
+    entry.racy = bool(flags & _RACY)
+    if not flags & _HAS_RECORD:
+        entry._table, entry._row = None, 0
+    return entry
+
+
+def _entry_flags(entry: IndexEntry) -> int:
+    """_HAS_RECORD and _HAS_SIG as the entry has them."""
+    return (_HAS_RECORD if entry.has_record else 0) | (_HAS_SIG if entry._key is not None else 0)
 
 
 def _decode_v1(raw: bytes) -> Index:
@@ -865,7 +959,7 @@ def _decode_v1(raw: bytes) -> Index:
 class _Table:
     """The columns of a loaded index, shared by the records not parsed yet."""
 
-    __slots__ = ("first_parts", "hashes", "ints", "objects", "parts", "paths")
+    __slots__ = ("first_parts", "hashes", "ints", "objects", "odd", "parts", "paths")
 
     def __init__(
         self,
@@ -882,6 +976,9 @@ class _Table:
         self.first_parts = array("q")
         #: Each row's path.
         self.paths: list[str] = []
+        #: The rows not typical (_TYPICAL), as loaded: the only ones that may lack a
+        #: record or a signature, or be racy.
+        self.odd: list[int] = []
         self.parts = parts
 
 

@@ -44,7 +44,7 @@ class ReloadJournal(CopyBase):
             "gone": sorted(gone),
             # Files the reload may remove: which were there when it began (see REMOVAL_FILE).
             "gone_present": sorted(
-                p for p in gone if p in self.index.files and os.path.lexists(self.root / p)
+                p for p in gone if self.index.holds(p) and os.path.lexists(self.root / p)
             ),
         }
         fsops.write_atomically(

@@ -43,11 +43,7 @@ class Reloading(ReloadJournal):
         first = self.repo.read_entry(base + 1)
         # Files and directories of the volume a local file kept out before: written now if
         # they can be.
-        touched = {
-            p
-            for p, e in self.index.files.items()
-            if not e.has_sig and e.has_record and not os.path.lexists(self.root / p)
-        }
+        touched = {p for p in self.index.kept_out() if not os.path.lexists(self.root / p)}
         touched.update(
             d
             for d in self.index.explicit_dirs - self.index.dirs
@@ -156,7 +152,7 @@ class Reloading(ReloadJournal):
                 for d in near
                 if d in index.dirs
                 and d not in index.explicit_dirs
-                and d not in index.files
+                and not index.holds(d)
                 and fsops.is_empty_dir(root_fd, d)
             }
             vanished = {
@@ -171,24 +167,24 @@ class Reloading(ReloadJournal):
                 if rel in view.files or rel in all_dirs:
                     continue
                 st = fsops.lstat(root_fd, rel)
-                if rel in index.dirs and rel not in index.files:
+                if rel in index.dirs and not index.holds(rel):
                     if rel in emptied_here:
                         continue  # this copy's own change (touched when the base was pruned)
                     if st is not None and stat.S_ISDIR(st.st_mode):
                         fsops.remove_empty_dir(root_fd, rel)  # local new files keep it
                     continue
-                entry = index.files.get(rel)
+                entry = index.entry(rel)
                 if entry is None or st is None:
-                    index.files.pop(rel, None)
+                    index.drop(rel)
                     continue
                 if self._is_clean(root_fd, rel, entry, st):
                     removals.note(rel)
                     fsops.remove_file(root_fd, rel)
-                    del index.files[rel]
+                    index.drop(rel)
                     removed.append(rel)
                 else:
                     # Changed here and not committed: it will be the last write.
-                    del index.files[rel]
+                    index.drop(rel)
                     kept.append(rel)
             # ... so here too once empty (a local new file keeps it: a change to commit).
             for rel in sorted(vanished, reverse=True):
@@ -211,11 +207,11 @@ class Reloading(ReloadJournal):
                     # change of its own: made explicit since, it is made here.)
                     continue
                 if st is not None and not stat.S_ISDIR(st.st_mode):
-                    entry = index.files.get(rel)
+                    entry = index.entry(rel)
                     if entry is not None and self._is_clean(root_fd, rel, entry, st):
                         removals.note(rel)
                         fsops.remove_file(root_fd, rel)
-                        del index.files[rel]
+                        index.drop(rel)
                     elif stat.S_ISLNK(st.st_mode):
                         kept.append(rel)  # never replaced; writing under it fails below
                         continue
@@ -223,12 +219,12 @@ class Reloading(ReloadJournal):
                         kept.append(rel)
                         blocked.add(rel)
                         # The volume has no file here now; the local one is a new file.
-                        index.files[rel] = IndexEntry(None, entry.sig if entry else None, True)
+                        index.put(rel, IndexEntry(None, entry.sig if entry else None, True))
                         continue
                 # The volume's file here is gone, and so is the copy's (it made a directory
                 # here itself, or deleted the file): a record of it left behind would read
                 # as a file above everything under this directory, and hide it all.
-                index.files.pop(rel, None)
+                index.drop(rel)
                 try:
                     fsops.make_dirs(root_fd, rel)
                 except NotADirectoryError:
@@ -254,7 +250,7 @@ class Reloading(ReloadJournal):
             found: dict[str, os.stat_result | None] = {}
             for rel in sorted(p for p in touched if p in view.files):
                 record = view.files[rel]
-                entry = index.files.get(rel)
+                entry = index.entry(rel)
                 if under_any(rel, blocked):
                     self._not_materialized(rel, record)
                     continue
@@ -283,12 +279,12 @@ class Reloading(ReloadJournal):
                         # A new local file with the very bytes the volume now has there:
                         # no change left to commit, and nothing to write.
                         racy = landed.st_mtime_ns >= time.time_ns() - RACY_NS
-                        index.files[rel] = IndexEntry(record, Signature.of(landed), racy)
+                        index.put(rel, IndexEntry(record, Signature.of(landed), racy))
                         continue
                 if entry is None or not self._is_clean(root_fd, rel, entry, st):
                     kept.append(rel)
                     # Stay "racy" so the next scan hashes it rather than trusting the stat.
-                    index.files[rel] = IndexEntry(record, kept_sig(entry, st), racy=True)
+                    index.put(rel, IndexEntry(record, kept_sig(entry, st), racy=True))
                     continue
                 assert entry is not None
                 if (
@@ -350,7 +346,7 @@ class Reloading(ReloadJournal):
             held = [a for a in paths.ancestors(p) if a in candidates]
             if not held:
                 continue
-            entry = index.files.get(p)
+            entry = index.entry(p)
             # Deleted here (not written by this reload either: see the kept deletions).
             deleted_here = (
                 p in view.files
@@ -368,7 +364,7 @@ class Reloading(ReloadJournal):
         and changed or deleted ones are kept)."""
         wanted = []
         for rel in sorted(p for p in touched if p in view.files):
-            entry = self.index.files.get(rel)
+            entry = self.index.entry(rel)
             known = None if entry is None or entry.sig is None else entry.record
             record = view.files[rel]
             if (
@@ -444,15 +440,15 @@ class Reloading(ReloadJournal):
                     continue
                 except fsops.ChangedMeanwhile:
                     kept.append(rel)
-                    entry = self.index.files.get(rel)
+                    entry = self.index.entry(rel)
                     # As any kept change: the volume's record, hashed again at the next scan.
                     sig = kept_sig(entry, fsops.lstat(root_fd, rel))
-                    self.index.files[rel] = IndexEntry(view.files[rel], sig, racy=True)
+                    self.index.put(rel, IndexEntry(view.files[rel], sig, racy=True))
                     continue
                 # Recorded as soon as it is in place, so that if another file fails the index
                 # still matches the tree. A write in the instant after the move is caught by
                 # hashing the file at the next scan.
-                self.index.files[rel] = IndexEntry(view.files[rel], Signature.of(st), racy=not same)
+                self.index.put(rel, IndexEntry(view.files[rel], Signature.of(st), racy=not same))
         finally:
             landing.close()
         return sorted(stopped + self._download(root_fd, view, missing))
@@ -460,11 +456,11 @@ class Reloading(ReloadJournal):
     def _not_materialized(self, rel: str, record: FileRecord) -> None:
         """``rel`` is in the volume as ``record`` but not written here: a kept local file
         stands where its directory should be."""
-        entry = self.index.files.get(rel)
+        entry = self.index.entry(rel)
         if entry is not None:
             entry.record = record
         else:
-            self.index.files[rel] = IndexEntry(record, None)
+            self.index.put(rel, IndexEntry(record, None))
 
     def _download(self, root_fd: int, view: State, rels: list[str]) -> list[str]:
         """Write ``rels`` as ``view`` has them. Returns those that could not be written
@@ -490,7 +486,7 @@ class Reloading(ReloadJournal):
                 return
             # Recorded as soon as it is written, so that if another file fails the index
             # still matches the tree (nothing written here looks like a local change).
-            self.index.files[rel] = IndexEntry(record, Signature.of(st))
+            self.index.put(rel, IndexEntry(record, Signature.of(st)))
 
         try:
             with ThreadPoolExecutor(self.concurrency, thread_name_prefix="kvol-down") as pool:

@@ -370,17 +370,61 @@ def test_a_copy_takes_the_saved_files_and_refuses_another_base(tmp_path: Path) -
     assert same_index(Index.load(tmp_path / "twin2"), index)
 
 
-def test_committed_files_parse_a_record_only_when_it_is_looked_up(tmp_path: Path) -> None:
+def test_a_loaded_index_makes_entries_only_for_the_paths_asked_for(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # What a reload of a few files in a large copy asks of the index it just loaded.
     path = tmp_path / "index"
     sample().save(path)
     loaded = Index.load(path)
+    made: list[int] = []
+    loaded_entry = index_module._loaded_entry
+
+    def counting(table: object, row: int) -> IndexEntry:
+        made.append(row)
+        return loaded_entry(table, row)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(index_module, "_loaded_entry", counting)
+    assert loaded.kept_out() == ["gone"]  # a record, and no signature
+    assert sorted(loaded.committed_state().files) == ["a.txt", "big/blob", "gone"]
+    assert loaded.holds("new/ünï\ncode") and not loaded.holds("missing")
+    assert loaded.entry("missing") is None
+    assert loaded.entry("big/blob") == sample().files["big/blob"]
+    added = IndexEntry(FileRecord(1, 2, 0o600, H2, (Part("b", H2, 0, 1),)), (1, 2, 9, 3, 0o600))
+    loaded.put("added", added)
+    loaded.drop("gone")
+    assert len(made) == 1  # big/blob's, and no other
+    loaded.save(path)
+    assert delta_path(path).exists()  # two changes: a delta beside the same base
+    assert len(made) == 1
+    expected = sample()
+    del expected.files["gone"]
+    expected.files["added"] = added
+    assert same_index(Index.load(path), expected) and same_index(loaded, expected)
+
+
+def test_committed_files_parse_a_record_only_when_it_is_looked_up(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = tmp_path / "index"
+    sample().save(path)
+    loaded = Index.load(path)
+    parsed: list[int] = []
+    row_record = index_module._row_record
+
+    def counting(table: object, row: int) -> FileRecord:
+        parsed.append(row)
+        return row_record(table, row)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(index_module, "_row_record", counting)
     files = loaded.committed_state().files
     # An entry of a file never committed has no record: not a file of the volume.
     assert sorted(files) == ["a.txt", "big/blob", "gone"]
     assert "new/ünï\ncode" not in files and len(files) == 3
-    assert all(e._record is None for e in loaded.files.values())
+    assert parsed == []
     assert files["big/blob"] == sample().files["big/blob"].record
-    assert [p for p, e in loaded.files.items() if e._record is not None] == ["big/blob"]
+    assert files["big/blob"] == sample().files["big/blob"].record
+    assert len(parsed) == 1  # once, and only the one looked up
 
     # Changes stay in the mapping; the index keeps its entries.
     record = FileRecord(1, 2, 0o600, H2, (Part("b", H2, 0, 1),))
