@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
-import ctypes.util
 import errno
 import fcntl
 import json
@@ -75,7 +74,8 @@ _libc: ctypes.CDLL | None = None
 def libc() -> ctypes.CDLL:
     global _libc
     if _libc is None:
-        lib = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+        # This process's own symbols, libc's among them (no ldconfig run to find it).
+        lib = ctypes.CDLL(None, use_errno=True)
         lib.fanotify_init.argtypes = [ctypes.c_uint, ctypes.c_uint]
         lib.fanotify_init.restype = ctypes.c_int
         lib.fanotify_mark.argtypes = [

@@ -268,6 +268,10 @@ class Index:
         #: row as loaded: unchanged since).
         self._entries: dict[str, IndexEntry | int] = {}
         self._rows: _Table | None = None
+        #: While some files are rows: every path changed, dropped or made into an entry
+        #: since the load, and the row it had then (-1: none). A save or a reload looks
+        #: at these, not at every file.
+        self._made: dict[str, int] = {}
         self._known: KnownContent | None = None
         #: The base saved or loaded last, which a delta is made against (None: none yet).
         self._base: _Base | None = None
@@ -285,19 +289,20 @@ class Index:
                 for path, value in entries.items():
                     if type(value) is int:
                         entries[path] = _loaded_entry(rows, value)
-            self._rows = None
+            self._rows, self._made = None, {}
         return cast("dict[str, IndexEntry]", self._entries)
 
     @files.setter
     def files(self, value: dict[str, IndexEntry]) -> None:
         self._entries = cast("dict[str, IndexEntry | int]", value)
-        self._rows = None
+        self._rows, self._made = None, {}
 
     def entry(self, path: str) -> IndexEntry | None:
         """The entry of ``path`` (None: the index has none), made from its row if need be."""
         value = self._entries.get(path)
         if type(value) is int:
             assert self._rows is not None
+            self._made[path] = value
             value = self._entries[path] = _loaded_entry(self._rows, value)
         return cast("IndexEntry | None", value)
 
@@ -305,10 +310,18 @@ class Index:
         return path in self._entries
 
     def put(self, path: str, entry: IndexEntry) -> None:
+        self._note(path)
         self._entries[path] = entry
 
     def drop(self, path: str) -> None:
+        self._note(path)
         self._entries.pop(path, None)
+
+    def _note(self, path: str) -> None:
+        """``path`` is about to change: remembered with its row, while there are rows."""
+        if self._rows is not None and path not in self._made:
+            value = self._entries.get(path)
+            self._made[path] = value if type(value) is int else -1
 
     def kept_out(self) -> list[str]:
         """Files of the volume this copy never matched (a record, no signature): a local
@@ -320,12 +333,14 @@ class Index:
         read from the rows of those never made (the typical row has both: only the
         others are looked at)."""
         entries = self._entries
+        rows = self._rows
+        # While there are rows, the entries are those of the paths made or changed.
+        made = entries if rows is None else {p: entries.get(p) for p in self._made}
         found = [
             p
-            for p, e in entries.items()
+            for p, e in made.items()
             if isinstance(e, IndexEntry) and _entry_flags(e) & mask == flags
         ]
-        rows = self._rows
         if rows is not None and _TYPICAL & mask != flags:
             ints, names = rows.ints, rows.paths
             for row in rows.odd:
@@ -664,14 +679,15 @@ def _delta_pieces(index: Index, base: _Base) -> list[bytes | memoryview] | None:
     t = base.table
     limit = max(_DELTA_AT_LEAST, len(t.paths) // 16)
     ints, base_paths = t.ints, t.paths
-    seen = bytearray(len(base_paths))
-    changed: dict[str, IndexEntry] = {}
     if index._rows is not None and index._rows is not t:
         index.files  # noqa: B018 -- rows of other columns: made into entries to compare
-    for path, entry in index._entries.items():
-        if not isinstance(entry, IndexEntry):
-            seen[entry] = 1  # a row of the base, never changed (nor made into an entry)
-            continue
+    files = index._entries
+    if index._rows is not None:
+        # Rows of the base: only the paths made into entries or dropped since can differ.
+        return _delta_of_made(index, base, limit)
+    seen = bytearray(len(base_paths))
+    changed: dict[str, IndexEntry] = {}
+    for path, entry in cast("dict[str, IndexEntry]", files).items():
         # As _Encoded._columns tells an entry written already (inline: this runs per
         # file), with an equal stat too and the same path.
         if entry._table is t:
@@ -686,8 +702,39 @@ def _delta_pieces(index: Index, base: _Base) -> list[bytes | memoryview] | None:
         changed[path] = entry
         if len(changed) > limit:
             return None
-    files = index._entries
     removed = [p for p, kept in zip(base_paths, seen, strict=True) if not kept and p not in files]
+    return _delta_encoded(index, base, changed, removed, limit)
+
+
+def _delta_of_made(index: Index, base: _Base, limit: int) -> list[bytes | memoryview] | None:
+    """:func:`_delta_pieces` of an index that has rows of ``base`` still: the paths made
+    into entries or dropped since its load are the only ones that may have changed."""
+    files, t = index._entries, base.table
+    ints, base_paths = t.ints, t.paths
+    changed: dict[str, IndexEntry] = {}
+    removed: list[str] = []
+    for path, row in index._made.items():
+        entry = files.get(path)
+        if not isinstance(entry, IndexEntry):
+            if row >= 0 and entry is None:
+                removed.append(path)  # a file of the base, gone since
+            continue
+        if (
+            entry._table is t
+            and (entry._as_loaded or entry.stat_key == _row_key(t, entry._row))
+            and entry.racy == bool(ints[entry._row * _INTS] & _RACY)
+            and base_paths[entry._row] == path
+        ):
+            continue  # made from its row, and as the row has it still
+        changed[path] = entry
+    return _delta_encoded(index, base, changed, removed, limit)
+
+
+def _delta_encoded(
+    index: Index, base: _Base, changed: dict[str, IndexEntry], removed: list[str], limit: int
+) -> list[bytes | memoryview] | None:
+    """The delta's pieces: ``changed`` entries, ``removed`` paths and the fields that are
+    not per file (None if the changes are too many)."""
     if len(changed) + len(removed) > limit:
         return None
     header = {
@@ -823,10 +870,10 @@ def _apply_delta(index: Index, raw: bytes) -> None:
     if removed and _unsafe_paths("\x00".join(removed)):
         raise CorruptData("index delta holds an unsafe path")
     rows, table = _rows_of(header, sections)
-    entries = index._entries
     for p in removed:
-        entries.pop(p, None)
-    entries.update({p: _loaded_entry(table, row) for p, row in rows.items()})
+        index.drop(p)
+    for p, row in rows.items():
+        index.put(p, _loaded_entry(table, row))
     index.base = int(header["base"])
     index.ahead = int(header["ahead"])
     index.dirs.difference_update(str(d) for d in header["dirs_removed"])
@@ -846,16 +893,16 @@ def _read_sections(
     """The format, the digest, the header and the sections of a base or a delta, checked
     whole."""
     what = "index delta" if magic == _DELTA_MAGIC else "index"
-    head, sep, body = raw.partition(b"\n")
-    fields = head.split(b" ")
-    if not sep or len(fields) != 3 or fields[0] != magic:
+    end = raw.find(b"\n")
+    fields = raw[: max(end, 0)].split(b" ")
+    if end < 0 or len(fields) != 3 or fields[0] != magic:
         raise CorruptData(f"not a kvol {what}")
     if fields[1] not in formats:
         raise CorruptData(f"unsupported {what} format {fields[1]!r}")
-    digest = hashlib.sha256(body).hexdigest()
+    view = memoryview(raw)[end + 1 :]  # the body, not a copy of its megabytes
+    digest = hashlib.sha256(view).hexdigest()
     if digest.encode() != fields[2]:
         raise CorruptData(f"{what} failed its checksum (truncated or modified)")
-    view = memoryview(body)
     sections = []
     at = 0
     for _ in range(5):
@@ -881,7 +928,7 @@ def _rows_of(header: dict[str, Any], sections: list[memoryview]) -> tuple[dict[s
             raise CorruptData(f"malformed content object {name!r}")
         objects.append((kind, obj))
 
-    text = bytes(sections[1]).decode("utf-8", "surrogateescape")
+    text = str(sections[1], "utf-8", "surrogateescape")
     paths = text.split("\x00") if count else []
     ints = _from_little(sections[2])
     raw_hashes = bytes(sections[3])

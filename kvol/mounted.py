@@ -21,7 +21,6 @@ import functools
 import json
 import os
 import re
-import socket
 import stat
 import time
 from collections.abc import Callable, Iterator
@@ -333,6 +332,7 @@ def _unix_http_connection() -> Callable[[Path, float], http.client.HTTPConnectio
     """The class of HTTP connections over a unix socket, made on first use (http.client
     is a fifth of a short command's imports)."""
     import http.client
+    import socket
 
     class UnixHTTPConnection(http.client.HTTPConnection):
         """HTTP over a unix socket; long paths are reached through /proc/self/fd."""

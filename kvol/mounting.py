@@ -7,7 +7,6 @@ these system calls.
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import errno
 import os
 from dataclasses import dataclass
@@ -39,7 +38,8 @@ class MountError(KvolError):
 def _c() -> ctypes.CDLL:
     global _libc
     if _libc is None:
-        _libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+        # This process's own symbols, libc's among them (no ldconfig run to find it).
+        _libc = ctypes.CDLL(None, use_errno=True)
         _libc.mount.argtypes = [
             ctypes.c_char_p,
             ctypes.c_char_p,

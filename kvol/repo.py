@@ -20,9 +20,8 @@ from __future__ import annotations
 import logging
 import math
 import os
-import socket
+import secrets
 import time
-import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, replace
 
@@ -97,14 +96,16 @@ def _deepest_first(path: str) -> tuple[int, str]:
 
 
 def new_volume_id() -> str:
+    import uuid  # only here: a volume is created once
+
     return uuid.uuid4().hex
 
 
 def this_writer() -> Writer:
-    return Writer(id=_WRITER_ID, host=socket.gethostname(), pid=os.getpid())
+    return Writer(id=_WRITER_ID, host=os.uname().nodename, pid=os.getpid())
 
 
-_WRITER_ID = uuid.uuid4().hex[:16]
+_WRITER_ID = secrets.token_hex(8)
 
 
 @dataclass(frozen=True)

@@ -5,11 +5,9 @@ from __future__ import annotations
 import argparse
 import contextlib
 import logging
-import shutil
 import stat
 import sys
 from collections.abc import Callable, Iterator
-from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -20,7 +18,6 @@ from kvol.content import REFRESH_AFTER_SECONDS, min_gc_grace
 from kvol.errors import AlreadyExists, CorruptData, InvalidArgument, KvolError, NotFound
 from kvol.progress import bar
 from kvol.repo import DEFAULT_GC_GRACE_SECONDS
-from kvol.retention import format_duration, parse_duration, prune_history, read_policy
 from kvol.store import Store, open_store
 
 # The SDK, the catalog and fsck are imported by the commands that use them: a command on
@@ -322,13 +319,21 @@ def catalog_of(args: argparse.Namespace) -> Catalog:
     return Catalog(store) if namespace is None else Catalog.for_namespace(store, namespace)
 
 
+def duration(text: str) -> float:
+    """A duration option (12h, 30d), parsed by the retention module, which only the
+    commands that prune history load."""
+    from kvol.retention import parse_duration
+
+    return parse_duration(text)
+
+
 def _retention_options(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--keep-last", type=int, metavar="N", help="keep the newest N commits (and prune the rest)"
     )
     p.add_argument(
         "--keep-for",
-        type=parse_duration,
+        type=duration,
         metavar="DURATION",
         help="keep commits newer than this (e.g. 12h, 30d); with --keep-last, a commit "
         "either keeps is kept",
@@ -354,6 +359,8 @@ def mount_of(directory: str) -> mounted.Mount:
 def _entry_json(entry: FileEntry) -> dict[str, Any]:
     modified = None
     if entry.mtime > 0:
+        from datetime import datetime
+
         modified = f"{datetime.fromtimestamp(entry.mtime).astimezone():%Y-%m-%d %H:%M %Z}"
     # kvol's keys (exact numbers), then the twins `modal volume ls --json` names: the
     # path as "filename" and the time as Modal writes it. "type" and "size" keep
@@ -467,6 +474,8 @@ def _owner(catalog: Catalog, name: str) -> str | None:
 
 def modal_time(timestamp: float) -> str:
     """A time as Modal's JSON output writes it: local, ISO, to the second."""
+    from datetime import datetime
+
     return datetime.fromtimestamp(timestamp).astimezone().isoformat(sep=" ", timespec="seconds")
 
 
@@ -565,6 +574,7 @@ def cmd_put(args: argparse.Namespace) -> int:
             target = paths.normalize(remote, allow_root=True)
             if not target or remote.endswith("/"):
                 raise InvalidArgument("put - (stdin) needs a REMOTE file path, like /notes.txt")
+            import shutil
             import tempfile
 
             # Spooled to disk, so a large stream is never held in memory.
@@ -796,6 +806,8 @@ def cmd_restore(args: argparse.Namespace) -> int:
 def cmd_gc(args: argparse.Namespace) -> int:
     # The grace is checked by the core (a minimum, finite): one rule, one message.
     repo = volume_of(args, args.name).repo
+    from kvol.retention import format_duration, prune_history, read_policy
+
     # History outside the retention policy first (it keeps everything unless one is set).
     pruned = prune_history(repo, grace_seconds=args.grace, dry_run=args.dry_run)
     report = repo.gc(grace_seconds=args.grace, dry_run=args.dry_run)

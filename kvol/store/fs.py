@@ -9,7 +9,6 @@ first, so a reader never sees half an object; ``put_if_absent`` publishes with
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import errno
 import mmap
 import os
@@ -67,10 +66,9 @@ def _copy_range(src: int, dst: int, offset: int, length: int) -> int:
 
 
 def _load_libc(symbol: str) -> ctypes._CFuncPtr | None:  # type: ignore[name-defined]
-    name = ctypes.util.find_library("c")
-    if not name:
-        return None
-    return getattr(ctypes.CDLL(name, use_errno=True), symbol, None)
+    # The symbols this process has loaded (libc's among them): finding libc by name would
+    # run ldconfig at every start.
+    return getattr(ctypes.CDLL(None, use_errno=True), symbol, None)
 
 
 _syncfs = _load_libc("syncfs")

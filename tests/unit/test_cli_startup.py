@@ -108,7 +108,8 @@ def test_a_working_copy_command_loads_neither_the_sdk_nor_fsck(
     capsys.readouterr()
     # (status names the volume, so it reads the catalog; reload and commit need not.)
     for command, unneeded in (
-        ("reload", ("kvol.volume", "kvol.fsck", "kvol.catalog")),
+        # (nor what only creating a volume or pruning history needs)
+        ("reload", ("kvol.volume", "kvol.fsck", "kvol.catalog", "kvol.retention", "uuid")),
         ("commit", ("kvol.volume", "kvol.fsck", "kvol.catalog")),
         ("status", ("kvol.volume", "kvol.fsck")),
     ):
@@ -116,6 +117,8 @@ def test_a_working_copy_command_loads_neither_the_sdk_nor_fsck(
         assert code == 0, out
         assert "kvol.workcopy" in modules
         assert [m for m in unneeded if m in modules] == []
+        # Finding libc by name runs ldconfig (subprocess) at every start.
+        assert "ctypes.util" not in modules and "subprocess" not in modules
     code, out, _ = run_child("--store", store, "volume", "reload", str(tmp_path / "copy"))
     assert out == "Already up to date (commit 0).\n"
 

@@ -395,7 +395,11 @@ def test_a_loaded_index_makes_entries_only_for_the_paths_asked_for(
     loaded.drop("gone")
     assert len(made) == 1  # big/blob's, and no other
     loaded.save(path)
-    assert delta_path(path).exists()  # two changes: a delta beside the same base
+    # Two changes: a delta beside the same base, of them alone (big/blob is as loaded).
+    _, _, header, _ = index_module._read_sections(
+        delta_path(path).read_bytes(), index_module._DELTA_MAGIC, (b"1",)
+    )
+    assert (header["count"], header["removed"]) == (1, ["gone"])
     assert len(made) == 1
     expected = sample()
     del expected.files["gone"]
