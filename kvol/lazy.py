@@ -76,6 +76,13 @@ BATCH_BYTES = 8 << 20
 
 _DEMAND = 0
 _BACKGROUND = 1
+#: How long an open of a placeholder waits for its volume to be registered before it
+#: fails (EIO). After a restart a volume is registered when a pod that uses it is
+#: published again, within seconds; one no pod uses any more never is, and its opens
+#: must not hang for ever.
+UNREGISTERED_WAIT_SECONDS = 120.0
+#: How often opens waiting for an unregistered volume are looked at.
+UNREGISTERED_CHECK_SECONDS = 5.0
 
 
 def entry_name(record: FileRecord) -> str:
@@ -182,7 +189,10 @@ class LazyFiller:
             name="kvol-lazy-events",
             daemon=True,
         )
-        self._threads = [listener]
+        unregistered = threading.Thread(
+            target=self._fail_unregistered_waits, name="kvol-lazy-unregistered", daemon=True
+        )
+        self._threads = [listener, unregistered]
         for i in range(self.workers):
             # The first filler only serves opens: one never waits behind prefetching.
             worker = threading.Thread(
@@ -487,6 +497,32 @@ class LazyFiller:
                     for job in batch:
                         job.running = False
                     self._wake.notify_all()
+
+    def _fail_unregistered_waits(self) -> None:
+        """Fail the opens that waited longer than UNREGISTERED_WAIT_SECONDS for their
+        volume to be registered. Their placeholders stay (a later registration fills
+        them, and the next open reads them)."""
+        while True:
+            with self._wake:
+                if self._wake.wait_for(lambda: self._stopping, UNREGISTERED_CHECK_SECONDS):
+                    return
+                parked = [job for jobs in self._parked.values() for job in jobs]
+            limit = time.monotonic() - UNREGISTERED_WAIT_SECONDS
+            for job in parked:
+                with job.lock:
+                    late = [w for w in job.waiters if w[1] <= limit]
+                    if not late or job.volume_id in self._repos:
+                        continue  # in time, or registered meanwhile (its fill is coming)
+                    job.waiters = [w for w in job.waiters if w[1] > limit]
+                self.failures += len(late)
+                log.warning(
+                    "open of %s failed: its volume %s was not registered within %g s (no "
+                    "pod on this node uses it since the restart)",
+                    job.path.name,
+                    job.volume_id,
+                    UNREGISTERED_WAIT_SECONDS,
+                )
+                self._answer_held(late, ok=False)
 
     def _take(self, demand_only: bool) -> list[_Job]:
         """Under the lock: the next job an open waits for, else a batch of background

@@ -20,7 +20,6 @@ import dataclasses
 import functools
 import json
 import os
-import re
 import stat
 import time
 from collections.abc import Callable, Iterator
@@ -272,8 +271,10 @@ def _candidates(listed: dict[str, Path]) -> Iterator[Path]:
 
 def mount_points(mountinfo: str = "/proc/self/mountinfo") -> list[Path]:
     """Mount points of this process that hold a kvol control socket."""
+    from kvol.mounting import unescape
+
     try:
-        with open(mountinfo) as f:
+        with open(mountinfo, encoding="utf-8", errors="surrogateescape") as f:
             lines = f.readlines()
     except OSError:
         return []
@@ -282,18 +283,13 @@ def mount_points(mountinfo: str = "/proc/self/mountinfo") -> list[Path]:
         fields = line.split()
         if len(fields) < 5:
             continue
-        point = Path(_unescape(fields[4]))
+        point = Path(unescape(fields[4]))
         try:
             if stat.S_ISSOCK(os.stat(point / RESERVED / SOCKET_NAME).st_mode):
                 found.append(point)
         except OSError:
             continue
     return found
-
-
-def _unescape(field: str) -> str:
-    """mountinfo writes space, tab, newline and backslash as octal escapes (\\040)."""
-    return re.sub(r"\\([0-7]{3})", lambda m: chr(int(m.group(1), 8)), field)
 
 
 def _belongs(mount: Mount, name: str | None, volume_id: Callable[[], str | None]) -> bool:

@@ -89,12 +89,12 @@ class MountEntry:
     super_options: str
 
 
-def _unescape(field: str) -> str:
+def unescape(field: str) -> str:
     # The kernel writes space, tab, newline and backslash in paths as octal escapes.
     if "\\" not in field:
         return field
     out = bytearray()
-    raw = field.encode()
+    raw = field.encode("utf-8", "surrogateescape")  # as the table was read
     i = 0
     while i < len(raw):
         if raw[i] == 0x5C and i + 3 < len(raw) and raw[i + 1 : i + 4].isdigit():
@@ -121,11 +121,11 @@ def mount_table() -> list[MountEntry]:
                     mount_id=int(fields[0]),
                     parent_id=int(fields[1]),
                     device=fields[2],
-                    root=_unescape(fields[3]),
-                    mount_point=_unescape(fields[4]),
+                    root=unescape(fields[3]),
+                    mount_point=unescape(fields[4]),
                     options=fields[5],
                     fstype=rest[0],
-                    source=_unescape(rest[1]),
+                    source=unescape(rest[1]),
                     super_options=rest[2],
                 )
             )
@@ -163,7 +163,7 @@ def overlays_on(lower: str | Path) -> list[str]:
             continue
         for option in e.super_options.split(","):
             key, _, value = option.partition("=")
-            if key == "lowerdir" and where in {_real(_unescape(p)) for p in value.split(":")}:
+            if key == "lowerdir" and where in {_real(unescape(p)) for p in value.split(":")}:
                 found.append(e.mount_point)
     return found
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import uuid
 from pathlib import Path
 from typing import Any
@@ -248,3 +249,15 @@ def test_a_pod_finds_its_mount_point_without_being_told(
         subprocess.run(["umount", str(point)], check=True)
         server.stop()
         wc.close(final_commit=False)
+
+
+def test_mountinfo_escapes_are_undone_in_paths_that_are_not_utf8() -> None:
+    from kvol.mounting import unescape
+
+    # As a mount table read with surrogateescape holds a path of Latin-1 bytes: the
+    # escaped space is undone and the other bytes come back as they were.
+    raw = b"/mnt/caf\xe9\\040data"
+    field = raw.decode("utf-8", "surrogateescape")
+    assert os.fsencode(unescape(field)) == b"/mnt/caf\xe9 data"
+    assert unescape("/plain") == "/plain"
+    assert unescape("/a\\134b\\011c") == "/a\\b\tc"

@@ -465,6 +465,44 @@ def test_a_placeholder_left_for_an_unknown_volume_is_filled_from_another_with_th
     assert (wc.root / "d0/f0.bin").read_bytes() == files["d0/f0.bin"]
 
 
+def test_an_open_waiting_for_a_volume_never_registered_fails_in_time_then_reads_once_it_is(
+    repo: Repo,
+    tmp_path: Path,
+    caches: list[ContentCache],
+    mounted: list[OverlayWorkingCopy],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from kvol import lazy
+
+    files = files_of(2)
+    seq = seed(repo, tmp_path, files)
+    wc, first = mount_lazily(repo, seq, tmp_path, caches, mounted)
+    first.close(release=False)  # a restart: the placeholders stay marked
+    monkeypatch.setattr(lazy, "UNREGISTERED_WAIT_SECONDS", 0.5)
+    monkeypatch.setattr(lazy, "UNREGISTERED_CHECK_SECONDS", 0.1)
+    second = lazy_cache(tmp_path, caches)  # nothing registers the volume
+    failures = metric("kvol_lazy_reads_held_total", {"result": "failed"})
+    outcome: list[BaseException | bytes] = []
+
+    def read() -> None:
+        try:
+            outcome.append((wc.root / "big/model.bin").read_bytes())
+        except OSError as exc:
+            outcome.append(exc)
+
+    reader = threading.Thread(target=read)
+    reader.start()
+    reader.join(15)
+    assert not reader.is_alive(), "the open waited for ever"
+    assert len(outcome) == 1 and isinstance(outcome[0], OSError)
+    assert outcome[0].errno == errno.EIO
+    assert metric("kvol_lazy_reads_held_total", {"result": "failed"}) == failures + 1
+    assert is_placeholder(second.path(repo.state(seq).files["big/model.bin"]))
+    # Registered at last (a pod that uses it published again): the next open reads it.
+    second.adopt(repo)
+    assert (wc.root / "big/model.bin").read_bytes() == files["big/model.bin"]
+
+
 def test_a_volume_holding_a_record_whose_parts_do_not_add_up_still_commits_and_reloads(
     repo: Repo,
     tmp_path: Path,
