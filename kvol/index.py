@@ -2,8 +2,9 @@
 each local file when it was known to match, so unchanged files are never read again.
 
 The index is read at every open and written after every commit, so its encoding is
-columnar and binary (see :func:`_encode`): loading 100,000 entries builds no more than
-one small object per file, and a file's record is parsed only when something asks for it.
+columnar and binary (kvol.index_columns): loading 100,000 entries builds no entry at all
+(a file is its row until something asks for it), and a file's record is parsed only when
+something asks for that.
 
 A save of a few changes is not a rewrite: beside the index (its *base*) a *delta* holds
 every entry changed since the base was written, and names that base by its digest. Each
@@ -15,7 +16,6 @@ base written after it holds everything it said.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import secrets
@@ -24,21 +24,45 @@ import zlib
 from array import array
 from collections.abc import Iterator, MutableMapping
 from dataclasses import dataclass, replace
-from itertools import accumulate
 from pathlib import Path
 from typing import Any, cast
 
 from kvol import gcpause
 from kvol.errors import CorruptData
 from kvol.fsops import write_atomically
-from kvol.model import HASH_RE, FileRecord, Part, State
-from kvol.paths import RESERVED
+from kvol.index_columns import (
+    DELTA_FORMAT,
+    DELTA_MAGIC,
+    FORMAT,
+    HAS_RECORD,
+    HAS_SIG,
+    INTS,
+    MAGIC,
+    RACY,
+    READ_FORMATS,
+    TYPICAL,
+    ZERO_HASH,
+    Table,
+    copy_rows,
+    drop_unused,
+    encode_sections,
+    first_line,
+    read_sections,
+    row_columns,
+    row_key,
+    row_parts,
+    row_record,
+    rows_of,
+    unsafe_paths,
+)
+from kvol.index_columns import (
+    SigTuple as SigTuple,
+)
+from kvol.model import FileRecord, Part, State
 
 #: Files modified this close to a scan are hashed again next time: a write within the
 #: filesystem's timestamp granularity could otherwise go unseen ("racy" files).
 RACY_NS = 2_000_000_000
-
-SigTuple = tuple[int, int, int, int, int]
 
 
 @dataclass(slots=True)
@@ -114,7 +138,7 @@ class IndexEntry:
         racy: bool = False,
     ) -> None:
         self._record = record
-        self._table: _Table | None = None
+        self._table: Table | None = None
         self._row = 0
         self._key: SigTuple | None = None if sig is None else as_stat_key(sig)
         self._as_loaded = False
@@ -126,7 +150,7 @@ class IndexEntry:
         if key is _IN_ROW:
             table = self._table
             assert table is not None  # kept until the signature is read (see record)
-            key = self._key = _row_key(table, self._row)
+            key = self._key = row_key(table, self._row)
         return key
 
     @stat_key.setter
@@ -138,7 +162,7 @@ class IndexEntry:
         if self._record is None and self._table is not None:
             # Parsed once; the loaded row stays, so saving copies it rather than
             # encoding the record again (a reload parses every record).
-            self._record = _row_record(self._table, self._row)
+            self._record = row_record(self._table, self._row)
         return self._record
 
     @record.setter
@@ -213,14 +237,14 @@ class CommittedFiles(MutableMapping[str, FileRecord]):
         # far faster at 100,000 entries than a comprehension that keeps the others.
         self._items: dict[str, IndexEntry | FileRecord | int] = dict(index._entries)
         self._rows = index._rows
-        for path in index._paths_where(_HAS_RECORD, 0):
+        for path in index._paths_where(HAS_RECORD, 0):
             del self._items[path]
 
     def __getitem__(self, path: str) -> FileRecord:
         value = self._items[path]
         if type(value) is int:
             assert self._rows is not None  # a row is only ever one of these columns
-            record = self._items[path] = _row_record(self._rows, value)
+            record = self._items[path] = row_record(self._rows, value)
             return record
         if type(value) is IndexEntry:
             entry_record = value.record
@@ -267,7 +291,7 @@ class Index:
         #: Path -> its entry, or its row in ``_rows`` while no entry was made for it (the
         #: row as loaded: unchanged since).
         self._entries: dict[str, IndexEntry | int] = {}
-        self._rows: _Table | None = None
+        self._rows: Table | None = None
         #: While some files are rows: every path changed, dropped or made into an entry
         #: since the load, and the row it had then (-1: none). A save or a reload looks
         #: at these, not at every file.
@@ -326,10 +350,10 @@ class Index:
     def kept_out(self) -> list[str]:
         """Files of the volume this copy never matched (a record, no signature): a local
         change kept them out, or a reload could not write them."""
-        return self._paths_where(_HAS_RECORD | _HAS_SIG, _HAS_RECORD)
+        return self._paths_where(HAS_RECORD | HAS_SIG, HAS_RECORD)
 
     def _paths_where(self, mask: int, flags: int) -> list[str]:
-        """Paths whose entry has ``flags`` among the ``mask`` of _HAS_RECORD, _HAS_SIG,
+        """Paths whose entry has ``flags`` among the ``mask`` of HAS_RECORD, HAS_SIG,
         read from the rows of those never made (the typical row has both: only the
         others are looked at)."""
         entries = self._entries
@@ -341,10 +365,10 @@ class Index:
             for p, e in made.items()
             if isinstance(e, IndexEntry) and _entry_flags(e) & mask == flags
         ]
-        if rows is not None and _TYPICAL & mask != flags:
+        if rows is not None and TYPICAL & mask != flags:
             ints, names = rows.ints, rows.paths
             for row in rows.odd:
-                if ints[row * _INTS] & mask == flags and type(entries.get(names[row])) is int:
+                if ints[row * INTS] & mask == flags and type(entries.get(names[row])) is int:
                     found.append(names[row])
         return found
 
@@ -367,7 +391,7 @@ class Index:
         base = self._base
         if base is not None:
             raw = saved_at.read_bytes()
-            if raw.startswith(_first_line(_MAGIC, FORMAT, base.digest)):
+            if raw.startswith(first_line(MAGIC, FORMAT, base.digest)):
                 write_atomically(path, raw)
                 try:
                     delta = delta_path(saved_at).read_bytes()
@@ -400,7 +424,7 @@ class Index:
         # Every base is told from every other, even of the same entries: a delta left
         # beside a later base of equal content must not count for it.
         header = {**_base_header(self), "generation": secrets.token_hex(8)}
-        encoded = _Encoded(self.files, header, _MAGIC, FORMAT, _rows_to_copy(self))
+        encoded = _Encoded(self.files, header, MAGIC, FORMAT, _rows_to_copy(self))
         write_atomically(path, encoded.pieces)
         delta_path(path).unlink(missing_ok=True)  # stale now, and never applied to this base
         # Point the entries at the columns just written: the next save compares with them
@@ -495,49 +519,15 @@ def record_size(entry: IndexEntry) -> int:
     record not parsed yet."""
     table = entry._table
     if table is not None:
-        return table.ints[entry._row * _INTS + 6]
+        return table.ints[entry._row * INTS + 6]
     record = entry._record
     return 0 if record is None else record.size
 
 
-# -- encoding ------------------------------------------------------------------------------
-#
-# b"kvol-index 3 <sha256 of the body>\n" + body; the body is a sequence of sections, each
-# an 8-byte little-endian length and its bytes:
-#   header   JSON: volume id, base, directories, entry count, content objects (a delta's,
-#            b"kvol-index-delta 1 ...": the base's digest, the paths removed since, the
-#            directories added and removed, and the fields that are not per file)
-#   paths    the paths, UTF-8, NUL-separated (NUL never occurs in a path)
-#   ints     int64 per entry: flags, signature (5), record size, mtime, mode, part count
-#   hashes   32 raw bytes of the content id per entry (zeros without a record)
-#   parts    int64 per part, in entry order: object number, offset, length
-
-#: Written by every save. 2 is still read (the same, without deltas: a version that
-#: reads only 2 refuses 3 rather than miss the delta beside it).
-FORMAT = 3
-_READ_FORMATS = (b"2", b"3")
-_MAGIC = b"kvol-index"
-_DELTA_MAGIC = b"kvol-index-delta"
-DELTA_FORMAT = 1
 DELTA_SUFFIX = ".delta"
 #: A save writes a delta while the entries changed or removed since the base are at most
 #: this many, or a sixteenth of the base's.
 _DELTA_AT_LEAST = 1024
-_INTS = 10
-_HAS_RECORD, _HAS_SIG, _RACY = 1, 2, 4
-_TYPICAL = _HAS_RECORD | _HAS_SIG  # a file committed and matched, not racy
-_ZERO_HASH = bytes(32)
-
-
-def _unsafe_paths(text: str) -> bool:
-    """Could any of the NUL-separated paths not be a checked volume path? (empty, "." or
-    ".." components, a leading or trailing "/", the reserved top-level directory)"""
-    # Every component stands between two slashes here: one search for each bad one.
-    slashed = f"/{text.replace(chr(0), '/')}/"
-    if "//" in slashed or "/./" in slashed or "/../" in slashed:
-        return True
-    framed = f"\x00{text}\x00"
-    return f"\x00{RESERVED}/" in framed or f"\x00{RESERVED}\x00" in framed
 
 
 def delta_path(path: Path) -> Path:
@@ -559,7 +549,7 @@ def _encode(index: Index) -> bytes:
     """The whole index as a base (as a save that writes no delta writes it, but for its
     generation)."""
     header = _base_header(index)
-    return b"".join(_Encoded(index.files, header, _MAGIC, FORMAT, _rows_to_copy(index)).pieces)
+    return b"".join(_Encoded(index.files, header, MAGIC, FORMAT, _rows_to_copy(index)).pieces)
 
 
 @dataclass(frozen=True)
@@ -569,7 +559,7 @@ class _Base:
 
     path: Path
     digest: str
-    table: _Table
+    table: Table
     dirs: frozenset[str]
     explicit_dirs: frozenset[str]
 
@@ -588,7 +578,7 @@ class _Encoded:
         header: dict[str, Any],
         magic: bytes,
         format_: int,
-        table: _Table | None,
+        table: Table | None,
     ) -> None:
         self.one_by_one = 0
         # The paths first: their text, a few MiB at 100,000 files, is gone before the
@@ -600,8 +590,8 @@ class _Encoded:
             "count": len(files),
             "objects": [kind + obj for kind, obj in self.objects],
         }
-        self.digest, sections = _sections(header, paths, self.ints, self.hashes, self.parts)
-        self.pieces = [_first_line(magic, format_, self.digest), *sections]
+        self.digest, sections = encode_sections(header, paths, self.ints, self.hashes, self.parts)
+        self.pieces = [first_line(magic, format_, self.digest), *sections]
 
     def rebind(self, index: Index, path: Path) -> _Base:
         """Make every entry's row the one just written to ``path`` (the order of
@@ -609,7 +599,7 @@ class _Encoded:
         index share them."""
         self.pieces = []  # written: the paths' bytes are not needed any more
         # The columns are not changed from here on: the table takes them as they are.
-        table = _Table(list(self.objects), self.ints, self.hashes, self.parts)
+        table = Table(list(self.objects), self.ints, self.hashes, self.parts)
         table.paths = list(index.files)
         ints, firsts = self.ints, table.first_parts
         first = 0
@@ -619,13 +609,13 @@ class _Encoded:
                 # A signature still in its old row is in this one too (copied from it,
                 # or written from it).
                 entry._table, entry._row, entry._as_loaded = table, row, True
-                first += ints[row * _INTS + 9]
+                first += ints[row * INTS + 9]
         return _Base(
             path, self.digest, table, frozenset(index.dirs), frozenset(index.explicit_dirs)
         )
 
     def _columns(
-        self, files: dict[str, IndexEntry], table: _Table | None
+        self, files: dict[str, IndexEntry], table: Table | None
     ) -> tuple[dict[tuple[str, str], int], array[int], bytearray, array[int]]:
         objects: dict[tuple[str, str], int] = {}
         ints = array("q")
@@ -642,34 +632,21 @@ class _Encoded:
             if entry._table is table and table is not None:
                 row = entry._row
                 first = table.first_parts[row]
-                o = row * _INTS
-                if entry._as_loaded and entry.racy == bool(t_ints[o] & _RACY):
+                o = row * INTS
+                if entry._as_loaded and entry.racy == bool(t_ints[o] & RACY):
                     if row != row1 or first != part1:
-                        _copy_rows(table, row0, row1, part0, part1, ints, hashes, parts)
+                        copy_rows(table, row0, row1, part0, part1, ints, hashes, parts)
                         row0, part0 = row, first
                     row1, part1 = row + 1, first + t_ints[o + 9]
                     continue
-            _copy_rows(table, row0, row1, part0, part1, ints, hashes, parts)
+            copy_rows(table, row0, row1, part0, part1, ints, hashes, parts)
             row0 = row1 = part0 = part1 = 0
             _encode_entry(entry, objects, ints, hashes, parts)
             self.one_by_one += 1
-        _copy_rows(table, row0, row1, part0, part1, ints, hashes, parts)
+        copy_rows(table, row0, row1, part0, part1, ints, hashes, parts)
         if table is not None:
-            objects = _drop_unused(objects, parts)
+            objects = drop_unused(objects, parts)
         return objects, ints, hashes, parts
-
-
-def _sections(
-    header: dict[str, Any], paths: bytes, ints: array[int], hashes: bytearray, parts: array[int]
-) -> tuple[str, list[bytes | memoryview]]:
-    """The body's pieces, each section after its length, and the body's digest."""
-    pieces: list[bytes | memoryview] = []
-    digest = hashlib.sha256()
-    for section in (_json_bytes(header), paths, _little(ints), memoryview(hashes), _little(parts)):
-        for piece in (struct.pack("<Q", len(section)), section):
-            digest.update(piece)
-            pieces.append(piece)
-    return digest.hexdigest(), pieces
 
 
 def _delta_pieces(index: Index, base: _Base) -> list[bytes | memoryview] | None:
@@ -693,8 +670,8 @@ def _delta_pieces(index: Index, base: _Base) -> list[bytes | memoryview] | None:
         if entry._table is t:
             row = entry._row
             if (
-                (entry._as_loaded or entry.stat_key == _row_key(t, row))
-                and entry.racy == bool(ints[row * _INTS] & _RACY)
+                (entry._as_loaded or entry.stat_key == row_key(t, row))
+                and entry.racy == bool(ints[row * INTS] & RACY)
                 and base_paths[row] == path
             ):
                 seen[row] = 1
@@ -721,8 +698,8 @@ def _delta_of_made(index: Index, base: _Base, limit: int) -> list[bytes | memory
             continue
         if (
             entry._table is t
-            and (entry._as_loaded or entry.stat_key == _row_key(t, entry._row))
-            and entry.racy == bool(ints[entry._row * _INTS] & _RACY)
+            and (entry._as_loaded or entry.stat_key == row_key(t, entry._row))
+            and entry.racy == bool(ints[entry._row * INTS] & RACY)
             and base_paths[entry._row] == path
         ):
             continue  # made from its row, and as the row has it still
@@ -748,10 +725,10 @@ def _delta_encoded(
         "explicit_dirs_added": sorted(index.explicit_dirs - base.explicit_dirs),
         "explicit_dirs_removed": sorted(base.explicit_dirs - index.explicit_dirs),
     }
-    return _Encoded(changed, header, _DELTA_MAGIC, DELTA_FORMAT, None).pieces
+    return _Encoded(changed, header, DELTA_MAGIC, DELTA_FORMAT, None).pieces
 
 
-def _rows_to_copy(index: Index) -> _Table | None:
+def _rows_to_copy(index: Index) -> Table | None:
     """The columns a save copies unchanged entries from: those of the base saved or
     loaded last, else those most entries were loaded from (a copy of a snapshot's index
     that was never saved), else none."""
@@ -765,23 +742,6 @@ def _rows_to_copy(index: Index) -> _Table | None:
     return None
 
 
-def _copy_rows(
-    table: _Table | None,
-    row0: int,
-    row1: int,
-    part0: int,
-    part1: int,
-    ints: array[int],
-    hashes: bytearray,
-    parts: array[int],
-) -> None:
-    if table is None or row0 == row1:
-        return
-    ints.extend(table.ints[row0 * _INTS : row1 * _INTS])
-    hashes += table.hashes[row0 * 32 : row1 * 32]
-    parts.extend(table.parts[part0 * 3 : part1 * 3])
-
-
 def _encode_entry(
     entry: IndexEntry,
     objects: dict[tuple[str, str], int],
@@ -789,29 +749,29 @@ def _encode_entry(
     hashes: bytearray,
     parts: array[int],
 ) -> None:
-    flags = _RACY if entry.racy else 0
+    flags = RACY if entry.racy else 0
     sig = entry.stat_key
     if sig is not None:
-        flags |= _HAS_SIG
+        flags |= HAS_SIG
     else:
         sig = (0, 0, 0, 0, 0)
     table = entry._table
     if table is not None:
         # Never parsed (but its signature changed, or it came from other columns).
         row = entry._row
-        size, mtime_ns, mode, nparts = _row_columns(table, row)
-        ints.extend((flags | _HAS_RECORD, *sig, size, mtime_ns, mode, nparts))
+        size, mtime_ns, mode, nparts = row_columns(table, row)
+        ints.extend((flags | HAS_RECORD, *sig, size, mtime_ns, mode, nparts))
         hashes += table.hashes[row * 32 : row * 32 + 32]
-        for kind, obj, offset, length in _row_parts(table, row):
+        for kind, obj, offset, length in row_parts(table, row):
             number = objects.setdefault((kind, obj), len(objects))
             parts.extend((number, offset, length))
         return
     record = entry.record
     if record is None:
         ints.extend((flags, *sig, 0, 0, 0, 0))
-        hashes += _ZERO_HASH
+        hashes += ZERO_HASH
         return
-    flags |= _HAS_RECORD
+    flags |= HAS_RECORD
     ints.extend((flags, *sig, record.size, record.mtime_ns, record.mode, len(record.parts)))
     hashes += bytes.fromhex(record.hash)
     for part in record.parts:
@@ -819,31 +779,16 @@ def _encode_entry(
         parts.extend((number, part.offset, part.length))
 
 
-def _drop_unused(
-    objects: dict[tuple[str, str], int], parts: array[int]
-) -> dict[tuple[str, str], int]:
-    """The loaded numbering keeps objects no file refers to any more (their files were
-    changed or deleted): once they are many, drop them and number the rest again."""
-    used = set(parts[0::3])
-    if len(objects) - len(used) <= max(64, len(objects) // 8):
-        return objects
-    order = sorted(used)
-    new_number = {old: new for new, old in enumerate(order)}
-    by_number = {number: key for key, number in objects.items()}
-    parts[0::3] = array("q", [new_number[n] for n in parts[0::3]])
-    return {by_number[old]: new for new, old in enumerate(order)}
-
-
 def _decode(raw: bytes, path: Path) -> Index:
     """The index of a base read from ``path`` (the base of its next save's delta)."""
-    if not raw.startswith(_MAGIC + b" "):
+    if not raw.startswith(MAGIC + b" "):
         return _decode_v1(raw)
-    format_, digest, header, sections = _read_sections(raw, _MAGIC, _READ_FORMATS)
+    format_, digest, header, sections = read_sections(raw, MAGIC, READ_FORMATS)
     index = Index(str(header["volume_id"]), int(header["base"]))
     index.dirs = {str(d) for d in header["dirs"]}
     index.explicit_dirs = {str(d) for d in header["explicit_dirs"]}
     index.ahead = int(header.get("ahead", 0))  # absent in indexes of older versions
-    rows, table = _rows_of(header, sections)
+    rows, table = rows_of(header, sections)
     index._entries = cast("dict[str, IndexEntry | int]", rows)
     index._rows = table
     # Deltas go only beside a base of this format: a version that reads format 2 would
@@ -858,7 +803,7 @@ def _decode(raw: bytes, path: Path) -> Index:
 def _apply_delta(index: Index, raw: bytes) -> None:
     """Apply the delta ``raw`` to ``index``, just loaded from its base, if it is that
     base's delta (else it is stale: see the module's docstring)."""
-    _, _, header, sections = _read_sections(raw, _DELTA_MAGIC, (str(DELTA_FORMAT).encode(),))
+    _, _, header, sections = read_sections(raw, DELTA_MAGIC, (str(DELTA_FORMAT).encode(),))
     base = index._base
     if base is None or header["of"] != base.digest:
         return
@@ -867,9 +812,9 @@ def _apply_delta(index: Index, raw: bytes) -> None:
     removed = header["removed"]
     if not isinstance(removed, list) or not all(type(p) is str for p in removed):
         raise CorruptData("index delta lists malformed paths")
-    if removed and _unsafe_paths("\x00".join(removed)):
+    if removed and unsafe_paths("\x00".join(removed)):
         raise CorruptData("index delta holds an unsafe path")
-    rows, table = _rows_of(header, sections)
+    rows, table = rows_of(header, sections)
     for p in removed:
         index.drop(p)
     for p, row in rows.items():
@@ -882,88 +827,7 @@ def _apply_delta(index: Index, raw: bytes) -> None:
     index.explicit_dirs.update(str(d) for d in header["explicit_dirs_added"])
 
 
-def _first_line(magic: bytes, format_: int, digest: str) -> bytes:
-    """A base's or a delta's first line: what it is, its format, the digest of the rest."""
-    return b"%s %d %s\n" % (magic, format_, digest.encode())
-
-
-def _read_sections(
-    raw: bytes, magic: bytes, formats: tuple[bytes, ...]
-) -> tuple[bytes, str, dict[str, Any], list[memoryview]]:
-    """The format, the digest, the header and the sections of a base or a delta, checked
-    whole."""
-    what = "index delta" if magic == _DELTA_MAGIC else "index"
-    end = raw.find(b"\n")
-    fields = raw[: max(end, 0)].split(b" ")
-    if end < 0 or len(fields) != 3 or fields[0] != magic:
-        raise CorruptData(f"not a kvol {what}")
-    if fields[1] not in formats:
-        raise CorruptData(f"unsupported {what} format {fields[1]!r}")
-    view = memoryview(raw)[end + 1 :]  # the body, not a copy of its megabytes
-    digest = hashlib.sha256(view).hexdigest()
-    if digest.encode() != fields[2]:
-        raise CorruptData(f"{what} failed its checksum (truncated or modified)")
-    sections = []
-    at = 0
-    for _ in range(5):
-        (length,) = struct.unpack_from("<Q", view, at)
-        at += 8
-        if at + length > len(view):
-            raise CorruptData(f"{what} section runs past its end")
-        sections.append(view[at : at + length])
-        at += length
-    header = json.loads(bytes(sections[0]))
-    if not isinstance(header, dict):
-        raise CorruptData(f"{what} header is not an object")
-    return fields[1], digest, header, sections
-
-
-def _rows_of(header: dict[str, Any], sections: list[memoryview]) -> tuple[dict[str, int], _Table]:
-    """The files of a base or a delta: path -> row of its columns, and the columns."""
-    count = int(header["count"])
-    objects: list[tuple[str, str]] = []
-    for name in header["objects"]:
-        kind, obj = str(name)[:1], str(name)[1:]
-        if kind not in ("b", "p") or not HASH_RE.match(obj):
-            raise CorruptData(f"malformed content object {name!r}")
-        objects.append((kind, obj))
-
-    text = str(sections[1], "utf-8", "surrogateescape")
-    paths = text.split("\x00") if count else []
-    ints = _from_little(sections[2])
-    raw_hashes = bytes(sections[3])
-    table = _Table(objects, ints, raw_hashes, _from_little(sections[4]))
-    if len(paths) != count or len(ints) != count * _INTS or len(raw_hashes) != count * 32:
-        raise CorruptData("index sections disagree on the number of files")
-    if len(table.parts) % 3:
-        raise CorruptData("index parts are malformed")
-    if count and _unsafe_paths(text):
-        raise CorruptData("index holds an unsafe path")
-
-    # Most rows are files committed and matched, not racy: an entry made from one takes
-    # a few stores (see _loaded_entry); the others are listed.
-    table.paths = paths
-    flags = ints[0::_INTS]
-    counted = ints[9::_INTS]  # parts per row; none for a row without a record
-    odd = (
-        [] if flags.count(_TYPICAL) == count else [i for i, f in enumerate(flags) if f != _TYPICAL]
-    )
-    for i in odd:
-        if not flags[i] & _HAS_RECORD:
-            counted[i] = 0
-    if count and min(counted) < 0:
-        raise CorruptData("index parts are malformed")
-    firsts = table.first_parts = array("q", accumulate(counted, initial=0))
-    if firsts.pop() * 3 != len(table.parts):
-        raise CorruptData("index parts are malformed")
-    table.odd = odd
-    rows = dict(zip(paths, range(count), strict=True))
-    if len(rows) != count:
-        raise CorruptData("index holds a path twice")
-    return rows, table
-
-
-def _loaded_entry(table: _Table, row: int) -> IndexEntry:
+def _loaded_entry(table: Table, row: int) -> IndexEntry:
     """The entry of a row as loaded: its record and (for the typical row) its signature
     left in the row."""
     entry = IndexEntry.__new__(IndexEntry)
@@ -971,21 +835,21 @@ def _loaded_entry(table: _Table, row: int) -> IndexEntry:
     entry._as_loaded = True
     entry._table = table
     entry._row = row
-    flags = table.ints[row * _INTS]
-    if flags == _TYPICAL:
+    flags = table.ints[row * INTS]
+    if flags == TYPICAL:
         entry._key = _IN_ROW
         entry.racy = False
         return entry
-    entry._key = _row_key(table, row)  # None without a signature
-    entry.racy = bool(flags & _RACY)
-    if not flags & _HAS_RECORD:
+    entry._key = row_key(table, row)  # None without a signature
+    entry.racy = bool(flags & RACY)
+    if not flags & HAS_RECORD:
         entry._table, entry._row = None, 0
     return entry
 
 
 def _entry_flags(entry: IndexEntry) -> int:
-    """_HAS_RECORD and _HAS_SIG as the entry has them."""
-    return (_HAS_RECORD if entry.has_record else 0) | (_HAS_SIG if entry._key is not None else 0)
+    """HAS_RECORD and HAS_SIG as the entry has them."""
+    return (HAS_RECORD if entry.has_record else 0) | (HAS_SIG if entry._key is not None else 0)
 
 
 def _decode_v1(raw: bytes) -> Index:
@@ -1001,89 +865,3 @@ def _decode_v1(raw: bytes) -> Index:
     index.dirs = set(payload["dirs"])
     index.explicit_dirs = set(payload["explicit_dirs"])
     return index
-
-
-class _Table:
-    """The columns of a loaded index, shared by the records not parsed yet."""
-
-    __slots__ = ("first_parts", "hashes", "ints", "objects", "odd", "parts", "paths")
-
-    def __init__(
-        self,
-        objects: list[tuple[str, str]],
-        ints: array[int],
-        hashes: bytes | bytearray,
-        parts: array[int],
-    ) -> None:
-        self.objects = objects
-        self.ints = ints
-        #: Content ids, 32 bytes per row (never changed once the table is made).
-        self.hashes = hashes
-        #: Each row's first part (an index into ``parts`` / 3).
-        self.first_parts = array("q")
-        #: Each row's path.
-        self.paths: list[str] = []
-        #: The rows not typical (_TYPICAL), as loaded: the only ones that may lack a
-        #: record or a signature, or be racy.
-        self.odd: list[int] = []
-        self.parts = parts
-
-
-def _row_key(table: _Table, row: int) -> SigTuple | None:
-    """The signature in the row (None when it has none)."""
-    o = row * _INTS
-    ints = table.ints
-    if not ints[o] & _HAS_SIG:
-        return None
-    return (ints[o + 1], ints[o + 2], ints[o + 3], ints[o + 4], ints[o + 5])
-
-
-def _row_columns(table: _Table, row: int) -> tuple[int, int, int, int]:
-    """size, mtime_ns, mode, number of parts"""
-    o = row * _INTS
-    ints = table.ints
-    return ints[o + 6], ints[o + 7], ints[o + 8], ints[o + 9]
-
-
-def _row_parts(table: _Table, row: int) -> list[tuple[str, str, int, int]]:
-    first = table.first_parts[row]
-    out = []
-    for k in range(_row_columns(table, row)[3]):
-        at = (first + k) * 3
-        number = table.parts[at]
-        if not 0 <= number < len(table.objects):
-            raise CorruptData("index refers to an unknown content object")
-        kind, obj = table.objects[number]
-        out.append((kind, obj, table.parts[at + 1], table.parts[at + 2]))
-    return out
-
-
-def _row_record(table: _Table, row: int) -> FileRecord:
-    size, mtime_ns, mode, _ = _row_columns(table, row)
-    parts: list[Any] = [list(p) for p in _row_parts(table, row)]
-    digest = table.hashes[row * 32 : row * 32 + 32].hex()
-    # The same checks as a record of the log, which may hold parts that do not add up to
-    # the size (older versions published some): reading that file fails, not the index.
-    return FileRecord.from_list([size, mtime_ns, mode, digest, parts], check_size=False)
-
-
-def _json_bytes(value: Any) -> bytes:
-    return json.dumps(value, separators=(",", ":")).encode()
-
-
-def _little(values: array[int]) -> memoryview:
-    """The values as little-endian bytes (a view, not a copy, where the machine is so)."""
-    if struct.pack("=q", 1) != struct.pack("<q", 1):
-        values = array("q", values)
-        values.byteswap()
-    return memoryview(values).cast("B")
-
-
-def _from_little(data: memoryview) -> array[int]:
-    if len(data) % 8:
-        raise CorruptData("index section is not a whole number of integers")
-    values = array("q")
-    values.frombytes(data)
-    if struct.pack("=q", 1) != struct.pack("<q", 1):
-        values.byteswap()
-    return values

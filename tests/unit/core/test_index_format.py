@@ -11,6 +11,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from kvol import index as index_module
+from kvol import index_columns
 from kvol.errors import CorruptData
 from kvol.index import Index, IndexEntry, Signature, _encode, delta_path
 from kvol.model import FileRecord, Part
@@ -249,7 +250,7 @@ def test_the_unsafe_path_check_is_the_per_component_check(
         any(c in ("", ".", "..") for c in path.split("/")) or path.split("/")[0] == RESERVED
         for path in paths
     )
-    assert index_module._unsafe_paths("\x00".join(paths)) == expected
+    assert index_columns.unsafe_paths("\x00".join(paths)) == expected
 
 
 def tampered(index: Index, paths: bytes | None = None, nparts: int | None = None) -> bytes:
@@ -257,20 +258,20 @@ def tampered(index: Index, paths: bytes | None = None, nparts: int | None = None
     set, and a digest that matches (as a writer with a bug, not a flipped bit, would)."""
     from array import array
 
-    from kvol.index import _MAGIC, FORMAT, _read_sections, _sections
+    from kvol.index_columns import FORMAT, MAGIC, encode_sections, read_sections
 
-    _, _, header, sections = _read_sections(_encode(index), _MAGIC, (b"3",))
+    _, _, header, sections = read_sections(_encode(index), MAGIC, (b"3",))
     ints = array("q", bytes(sections[2]))
     if nparts is not None:
         ints[9] = nparts
-    digest, pieces = _sections(
+    digest, pieces = encode_sections(
         header,
         bytes(sections[1]) if paths is None else paths,
         ints,
         bytearray(sections[3]),
         array("q", bytes(sections[4])),
     )
-    return b"%s %d %s\n" % (_MAGIC, FORMAT, digest.encode()) + b"".join(pieces)
+    return b"%s %d %s\n" % (MAGIC, FORMAT, digest.encode()) + b"".join(pieces)
 
 
 def test_an_index_holding_a_path_twice_is_refused(tmp_path: Path) -> None:
@@ -396,8 +397,8 @@ def test_a_loaded_index_makes_entries_only_for_the_paths_asked_for(
     assert len(made) == 1  # big/blob's, and no other
     loaded.save(path)
     # Two changes: a delta beside the same base, of them alone (big/blob is as loaded).
-    _, _, header, _ = index_module._read_sections(
-        delta_path(path).read_bytes(), index_module._DELTA_MAGIC, (b"1",)
+    _, _, header, _ = index_columns.read_sections(
+        delta_path(path).read_bytes(), index_columns.DELTA_MAGIC, (b"1",)
     )
     assert (header["count"], header["removed"]) == (1, ["gone"])
     assert len(made) == 1
@@ -414,13 +415,13 @@ def test_committed_files_parse_a_record_only_when_it_is_looked_up(
     sample().save(path)
     loaded = Index.load(path)
     parsed: list[int] = []
-    row_record = index_module._row_record
+    row_record = index_module.row_record
 
     def counting(table: object, row: int) -> FileRecord:
         parsed.append(row)
         return row_record(table, row)  # type: ignore[arg-type]
 
-    monkeypatch.setattr(index_module, "_row_record", counting)
+    monkeypatch.setattr(index_module, "row_record", counting)
     files = loaded.committed_state().files
     # An entry of a file never committed has no record: not a file of the volume.
     assert sorted(files) == ["a.txt", "big/blob", "gone"]
