@@ -160,8 +160,8 @@ class IndexEntry:
     @property
     def record(self) -> FileRecord | None:
         if self._record is None and self._table is not None:
-            # Parsed once; the loaded row stays, so saving copies it rather than
-            # encoding the record again (a reload parses every record).
+            # Parsed once (until the next save of a base leaves it in the row again);
+            # the row stays, so saving copies it rather than encoding the record again.
             self._record = row_record(self._table, self._row)
         return self._record
 
@@ -424,7 +424,7 @@ class Index:
         # Every base is told from every other, even of the same entries: a delta left
         # beside a later base of equal content must not count for it.
         header = {**_base_header(self), "generation": secrets.token_hex(8)}
-        encoded = _Encoded(self.files, header, MAGIC, FORMAT, _rows_to_copy(self))
+        encoded = _Encoded(self.files, header, MAGIC, FORMAT, _rows_to_copy(self), bind=True)
         write_atomically(path, encoded.pieces)
         delta_path(path).unlink(missing_ok=True)  # stale now, and never applied to this base
         # Point the entries at the columns just written: the next save compares with them
@@ -570,7 +570,11 @@ class _Encoded:
     Entries unchanged since their columns were loaded from ``table`` (same signature
     object, same racy flag, record not replaced) are copied from those columns a run of
     rows at a time, with the loaded numbering of content objects; only the others are
-    encoded one by one (counted in ``one_by_one``)."""
+    encoded one by one (counted in ``one_by_one``).
+
+    ``bind``: the entries' rows become the new columns (``table``) as they are written,
+    each record and signature left in its row (parsed again if asked for: after a commit
+    of 100,000 files, most never are)."""
 
     def __init__(
         self,
@@ -579,12 +583,15 @@ class _Encoded:
         magic: bytes,
         format_: int,
         table: Table | None,
+        *,
+        bind: bool = False,
     ) -> None:
         self.one_by_one = 0
+        self.table: Table | None = None
         # The paths first: their text, a few MiB at 100,000 files, is gone before the
         # columns are built.
         paths = "\x00".join(files).encode("utf-8", "surrogateescape")
-        self.objects, self.ints, self.hashes, self.parts = self._columns(files, table)
+        self.objects, self.ints, self.hashes, self.parts = self._columns(files, table, bind)
         header = {
             **header,
             "count": len(files),
@@ -594,33 +601,26 @@ class _Encoded:
         self.pieces = [first_line(magic, format_, self.digest), *sections]
 
     def rebind(self, index: Index, path: Path) -> _Base:
-        """Make every entry's row the one just written to ``path`` (the order of
-        ``index.files``): that base. Parsed records stay: copies made from a snapshot's
-        index share them."""
+        """The base just written to ``path``, the entries' rows already (made with
+        ``bind``)."""
+        assert self.table is not None, "encoded without bind"
         self.pieces = []  # written: the paths' bytes are not needed any more
-        # The columns are not changed from here on: the table takes them as they are.
-        table = Table(list(self.objects), self.ints, self.hashes, self.parts)
-        table.paths = list(index.files)
-        ints, firsts = self.ints, table.first_parts
-        first = 0
-        for row, entry in enumerate(index.files.values()):
-            firsts.append(first)
-            if entry._table is not None or entry._record is not None:
-                # A signature still in its old row is in this one too (copied from it,
-                # or written from it).
-                entry._table, entry._row, entry._as_loaded = table, row, True
-                first += ints[row * INTS + 9]
         return _Base(
-            path, self.digest, table, frozenset(index.dirs), frozenset(index.explicit_dirs)
+            path, self.digest, self.table, frozenset(index.dirs), frozenset(index.explicit_dirs)
         )
 
     def _columns(
-        self, files: dict[str, IndexEntry], table: Table | None
+        self, files: dict[str, IndexEntry], table: Table | None, bind: bool
     ) -> tuple[dict[tuple[str, str], int], array[int], bytearray, array[int]]:
         objects: dict[tuple[str, str], int] = {}
         ints = array("q")
         parts = array("q")
         hashes = bytearray()
+        # The columns being written: an entry encoded one by one is bound to its row at
+        # once, so its record and signature go while the columns grow (else both are
+        # held at the peak of a commit of 100,000 files). Nothing reads a row before its
+        # entry is written; the parts' numbering is the table's once all are in.
+        bound = Table([], ints, hashes, parts) if bind else None
         if table is not None:
             objects = {key: number for number, key in enumerate(table.objects)}
             if len(objects) != len(table.objects):
@@ -642,11 +642,38 @@ class _Encoded:
             copy_rows(table, row0, row1, part0, part1, ints, hashes, parts)
             row0 = row1 = part0 = part1 = 0
             _encode_entry(entry, objects, ints, hashes, parts)
+            if bound is not None and entry.has_record:
+                entry._table, entry._row, entry._as_loaded = bound, len(ints) // INTS - 1, True
+                entry._record = None
+                if entry._key is not None:
+                    entry._key = _IN_ROW
             self.one_by_one += 1
         copy_rows(table, row0, row1, part0, part1, ints, hashes, parts)
         if table is not None:
             objects = drop_unused(objects, parts)
+        if bound is not None:
+            self.table = _bound_to(files, bound, objects)
         return objects, ints, hashes, parts
+
+
+def _bound_to(files: dict[str, IndexEntry], table: Table, objects: dict[Any, int]) -> Table:
+    """``table``, written from ``files`` in their order, made complete (its objects, its
+    rows' paths and first parts), every entry with a record bound to its row, which holds
+    its record and signature (copied from its old row, or written from the entry)."""
+    # The numbering is final now (unused objects dropped), in the dict's order.
+    table.objects = list(objects)
+    table.paths = list(files)
+    ints, firsts = table.ints, table.first_parts
+    first = 0
+    for row, entry in enumerate(files.values()):
+        firsts.append(first)
+        if entry.has_record:
+            entry._table, entry._row, entry._as_loaded = table, row, True
+            entry._record = None
+            if entry._key is not None:
+                entry._key = _IN_ROW
+            first += ints[row * INTS + 9]
+    return table
 
 
 def _delta_pieces(index: Index, base: _Base) -> list[bytes | memoryview] | None:

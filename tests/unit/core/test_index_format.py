@@ -443,3 +443,18 @@ def test_committed_files_parse_a_record_only_when_it_is_looked_up(
     }
     assert loaded.files["a.txt"].record == sample().files["a.txt"].record
     assert "gone" in loaded.files and "added" not in loaded.files
+
+
+def test_a_saved_base_leaves_records_and_signatures_in_its_rows(tmp_path: Path) -> None:
+    # After a commit of many files the index holds no parsed record nor signature tuple
+    # per file (they are most of a large commit's peak memory); asked for, each is read
+    # back from the row as it was.
+    index = sample()
+    index.save(tmp_path / "index")
+    expected = sample()
+    for path, entry in index.files.items():
+        if entry.has_record:
+            assert entry._record is None
+            assert entry._key is index_module._IN_ROW or entry._key is None
+        assert entry == expected.files[path]
+    assert same_index(Index.load(tmp_path / "index"), expected)
