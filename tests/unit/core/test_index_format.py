@@ -371,21 +371,30 @@ def test_a_copy_takes_the_saved_files_and_refuses_another_base(tmp_path: Path) -
     assert same_index(Index.load(tmp_path / "twin2"), index)
 
 
+def loaded_counting(
+    path: Path, monkeypatch: pytest.MonkeyPatch, reader: str
+) -> tuple[Index, list[int]]:
+    """sample() saved at ``path`` and loaded, and the rows its function ``reader``
+    (one that reads a row of the loaded columns) is called for from now on."""
+    sample().save(path)
+    loaded = Index.load(path)
+    rows: list[int] = []
+    read = getattr(index_module, reader)
+
+    def counting(table: object, row: int) -> object:
+        rows.append(row)
+        return read(table, row)
+
+    monkeypatch.setattr(index_module, reader, counting)
+    return loaded, rows
+
+
 def test_a_loaded_index_makes_entries_only_for_the_paths_asked_for(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # What a reload of a few files in a large copy asks of the index it just loaded.
     path = tmp_path / "index"
-    sample().save(path)
-    loaded = Index.load(path)
-    made: list[int] = []
-    loaded_entry = index_module._loaded_entry
-
-    def counting(table: object, row: int) -> IndexEntry:
-        made.append(row)
-        return loaded_entry(table, row)  # type: ignore[arg-type]
-
-    monkeypatch.setattr(index_module, "_loaded_entry", counting)
+    loaded, made = loaded_counting(path, monkeypatch, "_loaded_entry")
     assert loaded.kept_out() == ["gone"]  # a record, and no signature
     assert sorted(loaded.committed_state().files) == ["a.txt", "big/blob", "gone"]
     assert loaded.holds("new/ünï\ncode") and not loaded.holds("missing")
@@ -411,17 +420,7 @@ def test_a_loaded_index_makes_entries_only_for_the_paths_asked_for(
 def test_committed_files_parse_a_record_only_when_it_is_looked_up(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    path = tmp_path / "index"
-    sample().save(path)
-    loaded = Index.load(path)
-    parsed: list[int] = []
-    row_record = index_module.row_record
-
-    def counting(table: object, row: int) -> FileRecord:
-        parsed.append(row)
-        return row_record(table, row)  # type: ignore[arg-type]
-
-    monkeypatch.setattr(index_module, "row_record", counting)
+    loaded, parsed = loaded_counting(tmp_path / "index", monkeypatch, "row_record")
     files = loaded.committed_state().files
     # An entry of a file never committed has no record: not a file of the volume.
     assert sorted(files) == ["a.txt", "big/blob", "gone"]
