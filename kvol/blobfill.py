@@ -479,8 +479,8 @@ class BlobFiller:
         respond(self._group, fd, ok)
 
     def _respond_held(self, wait: _Wait, ok: bool) -> None:
+        metrics.count_held_read(ok, wait.since)  # before the read goes on (see lazy.py)
         self._respond(wait.fd, ok)
-        metrics.count_held_read(ok, wait.since)
 
     def _answer(self, waits: list[_Wait], *, ok: bool) -> None:
         for wait in waits:

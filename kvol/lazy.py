@@ -647,9 +647,11 @@ class LazyFiller:
             respond(self._group, fd, ok)
 
     def _answer_held(self, waiters: list[tuple[int, float]], *, ok: bool) -> None:
-        self._answer([fd for fd, _ in waiters], ok=ok)
+        # Counted first: the answer lets the read go on, and whatever it does next (a
+        # scrape, a test) must find it counted.
         for _, since in waiters:
             metrics.count_held_read(ok, since)
+        self._answer([fd for fd, _ in waiters], ok=ok)
 
     def _on_event(self, fd: int, tid: int, _where: tuple[int, int] | None = None) -> None:
         if tid in self._filler_tids:
