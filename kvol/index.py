@@ -643,10 +643,7 @@ class _Encoded:
             row0 = row1 = part0 = part1 = 0
             _encode_entry(entry, objects, ints, hashes, parts)
             if bound is not None and entry.has_record:
-                entry._table, entry._row, entry._as_loaded = bound, len(ints) // INTS - 1, True
-                entry._record = None
-                if entry._key is not None:
-                    entry._key = _IN_ROW
+                _leave_in_row(entry, bound, len(ints) // INTS - 1)
             self.one_by_one += 1
         copy_rows(table, row0, row1, part0, part1, ints, hashes, parts)
         if table is not None:
@@ -656,7 +653,9 @@ class _Encoded:
         return objects, ints, hashes, parts
 
 
-def _bound_to(files: dict[str, IndexEntry], table: Table, objects: dict[Any, int]) -> Table:
+def _bound_to(
+    files: dict[str, IndexEntry], table: Table, objects: dict[tuple[str, str], int]
+) -> Table:
     """``table``, written from ``files`` in their order, made complete (its objects, its
     rows' paths and first parts), every entry with a record bound to its row, which holds
     its record and signature (copied from its old row, or written from the entry)."""
@@ -668,12 +667,18 @@ def _bound_to(files: dict[str, IndexEntry], table: Table, objects: dict[Any, int
     for row, entry in enumerate(files.values()):
         firsts.append(first)
         if entry.has_record:
-            entry._table, entry._row, entry._as_loaded = table, row, True
-            entry._record = None
-            if entry._key is not None:
-                entry._key = _IN_ROW
+            _leave_in_row(entry, table, row)
             first += ints[row * INTS + 9]
     return table
+
+
+def _leave_in_row(entry: IndexEntry, table: Table, row: int) -> None:
+    """``entry`` is ``row`` of ``table`` from now on, which holds its record and its
+    signature: neither is kept in the entry (read from the row if asked for)."""
+    entry._table, entry._row, entry._as_loaded = table, row, True
+    entry._record = None
+    if entry._key is not None:
+        entry._key = _IN_ROW
 
 
 def _delta_pieces(index: Index, base: _Base) -> list[bytes | memoryview] | None:
@@ -682,18 +687,17 @@ def _delta_pieces(index: Index, base: _Base) -> list[bytes | memoryview] | None:
     are not per file. None when the changes are too many to be worth a delta."""
     t = base.table
     limit = max(_DELTA_AT_LEAST, len(t.paths) // 16)
-    ints, base_paths = t.ints, t.paths
     if index._rows is not None and index._rows is not t:
         index.files  # noqa: B018 -- rows of other columns: made into entries to compare
-    files = index._entries
     if index._rows is not None:
         # Rows of the base: only the paths made into entries or dropped since can differ.
         return _delta_of_made(index, base, limit)
+    files = index._entries
+    ints, base_paths = t.ints, t.paths
     seen = bytearray(len(base_paths))
     changed: dict[str, IndexEntry] = {}
     for path, entry in cast("dict[str, IndexEntry]", files).items():
-        # As _Encoded._columns tells an entry written already (inline: this runs per
-        # file), with an equal stat too and the same path.
+        # _as_in_base_row, inline: this runs per file.
         if entry._table is t:
             row = entry._row
             if (
@@ -714,7 +718,6 @@ def _delta_of_made(index: Index, base: _Base, limit: int) -> list[bytes | memory
     """:func:`_delta_pieces` of an index that has rows of ``base`` still: the paths made
     into entries or dropped since its load are the only ones that may have changed."""
     files, t = index._entries, base.table
-    ints, base_paths = t.ints, t.paths
     changed: dict[str, IndexEntry] = {}
     removed: list[str] = []
     for path, row in index._made.items():
@@ -723,15 +726,21 @@ def _delta_of_made(index: Index, base: _Base, limit: int) -> list[bytes | memory
             if row >= 0 and entry is None:
                 removed.append(path)  # a file of the base, gone since
             continue
-        if (
-            entry._table is t
-            and (entry._as_loaded or entry.stat_key == row_key(t, entry._row))
-            and entry.racy == bool(ints[entry._row * INTS] & RACY)
-            and base_paths[entry._row] == path
-        ):
-            continue  # made from its row, and as the row has it still
-        changed[path] = entry
+        if not _as_in_base_row(entry, t, path):
+            changed[path] = entry
     return _delta_encoded(index, base, changed, removed, limit)
+
+
+def _as_in_base_row(entry: IndexEntry, t: Table, path: str) -> bool:
+    """Is ``entry`` the row of ``path`` in the base's columns ``t``, as the row has it
+    (its record not replaced, an equal stat, the same racy flag)? As _Encoded._columns
+    tells an entry written already, with an equal stat too and the same path."""
+    return (
+        entry._table is t
+        and (entry._as_loaded or entry.stat_key == row_key(t, entry._row))
+        and entry.racy == bool(t.ints[entry._row * INTS] & RACY)
+        and t.paths[entry._row] == path
+    )
 
 
 def _delta_encoded(
