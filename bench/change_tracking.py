@@ -10,6 +10,9 @@ holder (the node plugin, autocommit) holds it, beside a git repository of the sa
 - ``change.reload_one_new_process``: the same reload by ``kvol volume reload`` (a new
   process, which loads the copy's index from its file: as the CLI or a restarted plugin),
   vs ``git pull``.
+- ``change.commit_one_new_process``: a commit of one changed file by ``kvol volume
+  commit`` (a new process: it scans every file, as a copy nobody holds open is), vs
+  ``git commit -a``.
 - ``change.idle_cpu``: the CPU an idle copy with autocommit burns per hour, vs running
   ``git status`` at the same interval. Measured over a few autocommit intervals and
   extrapolated to an hour (see :func:`_idle_cpu_per_hour`).
@@ -127,6 +130,22 @@ def change_tracking(ctx: Context) -> list[Result]:
             cli_runs.append(baselines.run(reload_cli, env=env))
             cli_pull_runs.append(baselines.git(clone, "pull", "-q", "--ff-only"))
 
+        # One changed file committed by `kvol volume commit`: a new process, which scans
+        # every file (no tracker outlives it), vs `git commit -a` of the same file.
+        commit_cli = [*kvol_command(), "--store", str(ctx.store_url), "volume", "commit"]
+        commit_cli.append(str(root))
+        baselines.run(commit_cli, env=env)  # writes the bytecode, untimed
+        cli_commit_runs, cli_git_commit_runs = [], []
+        for n in range(runs):
+            rel = rel_path((n * 997 + 251) % files)
+            _rewrite(root / rel, 2000 + n)
+            _rewrite(git_tree / rel, 2000 + n)
+            baselines.drop_dirty_pages()
+            cli_commit_runs.append(baselines.run(commit_cli, env=env))
+            cli_git_commit_runs.append(
+                baselines.git(git_tree, "commit", "-a", "-q", "-m", f"cli {n}")
+            )
+
         # Idle, with autocommit: tracked, then scanning every file, then git status.
         time.sleep(RACY_WAIT_SECONDS)
         wc.commit()
@@ -180,6 +199,15 @@ def change_tracking(ctx: Context) -> list[Result]:
             params=params | {"command": "kvol volume reload"},
             details=details_common
             | {"kvol_runs_seconds": cli_runs, "git_runs_seconds": cli_pull_runs},
+        ),
+        Result(
+            "change.commit_one_new_process",
+            statistics.median(cli_commit_runs),
+            Measurement("git commit -a", statistics.median(cli_git_commit_runs)),
+            Target("speedup_at_least", 1.0, "kvol no slower than git commit -a"),
+            params=params | {"command": "kvol volume commit"},
+            details=details_common
+            | {"kvol_runs_seconds": cli_commit_runs, "git_runs_seconds": cli_git_commit_runs},
         ),
         Result(
             # Not seconds of wall time: CPU seconds per hour of an idle copy.

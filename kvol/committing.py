@@ -27,6 +27,7 @@ from kvol.copybase import (
 from kvol.errors import CorruptData, KvolError, LimitExceeded, ReadOnly
 from kvol.index import (
     RACY_NS,
+    Index,
     IndexEntry,
     Signature,
     SigTuple,
@@ -91,7 +92,7 @@ class Committing(CopyBase):
         gone = set(scan.deleted)
         gone_dirs: set[str] = set()
         if removed_dirs:
-            gone.update(p for p in index.files if under_any(p, removed_dirs))
+            gone.update(p for p in index.paths() if under_any(p, removed_dirs))
             gone_dirs = {
                 d for d in index.explicit_dirs if d in removed_dirs or under_any(d, removed_dirs)
             }
@@ -99,13 +100,15 @@ class Committing(CopyBase):
         # their directory, or by something not regular at their path): not this copy's
         # to delete. A file or directory this commit publishes in their place replaces
         # them; the others stay on record, to be written here by a later reload.
-        never_had = {
-            p for p in gone if index.files[p].stat_key is None and index.files[p].has_record
-        }
+        gone_entries = {p: _known(index, p) for p in gone}
+        never_had = {p for p, e in gone_entries.items() if e.stat_key is None and e.has_record}
         # Nor is a directory of theirs that only looked removed here (a local file stood
         # where it goes): it holds files this copy never had.
         gone_dirs -= {a for p in never_had for a in paths.ancestors(p)}
-        file_deletes = sorted(p for p in gone - never_had if index.files[p].has_record)
+        file_deletes = sorted(
+            p for p, e in gone_entries.items() if p not in never_had and e.has_record
+        )
+        del gone_entries
         rmdirs = sorted(gone_dirs, reverse=True)  # a directory after everything under it
         ops: list[Op] = [UnlinkOp(p) for p in file_deletes]
         ops += [RmdirOp(d) for d in rmdirs]
@@ -143,7 +146,7 @@ class Committing(CopyBase):
             sig = unpack_sig(packed)
             # Only permission bits are published: set-id and sticky bits are never applied
             # by a copy (see fsops.safe_mode), so they are not recorded either.
-            entry = index.files.get(rel)
+            entry = index.entry(rel)
             mode = self._committed_mode(sig[4], entry.record if entry is not None else None)
             mode = modes.setdefault(mode, mode)
             if (
@@ -170,7 +173,7 @@ class Committing(CopyBase):
         ops += [MkdirOp(d) for d in kept_dirs]
 
         for rel, sig in refreshed.items():
-            entry = index.files[rel]
+            entry = _known(index, rel)
             entry.stat_key, entry.racy = sig, racy(sig)
         gone -= {
             p
@@ -181,7 +184,7 @@ class Committing(CopyBase):
             # Entries of files never published that are gone locally need no deletion.
             forgotten = gone.difference(file_deletes)
             for p in forgotten:
-                del index.files[p]
+                index.drop(p)
             if refreshed or forgotten:
                 self._save_index()
             return CommitResult(None, deferred=tuple(deferred), skipped=tuple(skipped))
@@ -243,8 +246,8 @@ class Committing(CopyBase):
         }
         if not candidates:
             return []
-        deleted = set(file_deletes) | never_had
-        kept = [p for p, e in index.files.items() if e.has_record and p not in deleted]
+        deleted = set(file_deletes) | never_had | set(index.without_record())
+        kept = [p for p in index.paths() if p not in deleted]
         kept += list(puts)
         kept += [d for d in index.explicit_dirs | scan.dirs_added if d not in gone_dirs]
         filled = {a for p in kept for a in paths.ancestors(p)}
@@ -266,12 +269,8 @@ class Committing(CopyBase):
         if not candidates:
             return set()
         implied = {a for d in index.explicit_dirs for a in paths.ancestors(d)}
-        implied.update(
-            a
-            for p, e in index.files.items()
-            if e.has_record and p not in never_had
-            for a in paths.ancestors(p)
-        )
+        left_out = never_had | set(index.without_record())
+        implied.update(a for p in index.paths() if p not in left_out for a in paths.ancestors(p))
         return candidates - implied
 
     def _record_published(self, seq: int, done: _Published) -> None:
@@ -285,7 +284,7 @@ class Committing(CopyBase):
         elif seq > index.base:
             index.ahead = max(index.ahead, seq)
         for p in done.gone:
-            index.files.pop(p, None)
+            index.drop(p)
         for d in done.removed_dirs:
             index.dirs = {x for x in index.dirs if not paths.is_under(x, d)}
             index.explicit_dirs = {x for x in index.explicit_dirs if not paths.is_under(x, d)}
@@ -307,7 +306,8 @@ class Committing(CopyBase):
         if many:
             content.forget()
         for rel, (record, sig, racy) in done.puts.items():
-            entry = index.files[rel] = IndexEntry(record, _sharing(as_stat_key(sig), record), racy)
+            entry = IndexEntry(record, _sharing(as_stat_key(sig), record), racy)
+            index.put(rel, entry)
             if not many:
                 content.note(rel, entry)
             index.dirs.update(paths.ancestors(rel))
@@ -522,20 +522,23 @@ class Committing(CopyBase):
         # that adds no file, no byte and no directory entry is never refused (a volume over
         # a limit, as racing writers can leave it, can always be brought back under it),
         # and such a commit (most of them: a few files changed) looks at no other file.
-        files = self.index.files
+        index = self.index
         gone = set(file_deletes)
         under_removed = tuple(d + "/" for d in removed_dirs)
         if removed_dirs:
-            gone.update(p for p in files if p in removed_dirs or p.startswith(under_removed))
+            gone.update(
+                p for p in index.paths() if p in removed_dirs or p.startswith(under_removed)
+            )
 
         def recorded(p: str) -> bool:
-            entry = files.get(p)
+            entry = index.entry(p)
             return entry is not None and entry.has_record
 
         new_files = [p for p in puts if not recorded(p)]
         removed = [p for p in gone if p not in puts and recorded(p)]
         if limits.max_files is not None and new_files:
-            count = sum(1 for e in files.values() if e.has_record) - len(removed) + len(new_files)
+            had = len(index.paths()) - len(index.without_record())
+            count = had - len(removed) + len(new_files)
             if count > limits.max_files:
                 raise LimitExceeded(
                     f"the volume would hold {count:,} files, over its limit of "
@@ -544,10 +547,10 @@ class Committing(CopyBase):
         if limits.max_bytes is not None:
             replaced = [p for p in puts if recorded(p)]
             grows = sum(r.size for r, _, _ in puts.values()) - sum(
-                record_size(files[p]) for p in [*replaced, *removed]
+                record_size(_known(index, p)) for p in [*replaced, *removed]
             )
             if grows > 0:
-                total = sum(record_size(e) for e in files.values()) + grows
+                total = index.recorded_bytes() + grows
                 if total > limits.max_bytes:
                     raise LimitExceeded(
                         f"the volume would hold {total:,} bytes, over its limit of "
@@ -562,7 +565,8 @@ class Committing(CopyBase):
                 if d not in removed_dirs and not d.startswith(under_removed)
             }
             dirs |= dirs_added
-            kept = [p for p, e in files.items() if e.has_record and p not in gone and p not in puts]
+            left_out = gone | set(index.without_record())
+            kept = [p for p in index.paths() if p not in left_out and p not in puts]
             kept += puts
             counts = Counter(p.rpartition("/")[0] for p in kept)
             implied = set(counts) | {a for d in dirs for a in paths.ancestors(d)}
@@ -601,6 +605,13 @@ class _Published:
     dirs_added: list[str]
     #: Path -> (its record, the stat it had when read, hash it again at the next scan).
     puts: dict[str, _Put]
+
+
+def _known(index: Index, path: str) -> IndexEntry:
+    """The entry of a file the index has."""
+    entry = index.entry(path)
+    assert entry is not None, path
+    return entry
 
 
 def _release_freed_memory() -> None:

@@ -32,6 +32,7 @@ from kvol.index import (
     sig_tuple,
     unpack_sig,
 )
+from kvol.index_columns import INTS
 from kvol.model import FileRecord
 from kvol.repo import Repo, this_writer
 
@@ -274,7 +275,10 @@ class CopyBase:
         result = ScanResult()
         candidates = result.candidates
         seen_dirs: set[str] = set()
-        files = self.index.files
+        # Most files are still rows of the loaded index: their signature is compared in
+        # its column, without making an entry of each (see Index.stat_rows).
+        files, sig_column = self.index.stat_rows()
+        width = INTS
         seen: list[str] = []  # files of the index found in the tree
         temp_prefix = fsops.TEMP_PREFIX
         is_reg = stat.S_ISREG
@@ -318,13 +322,24 @@ class CopyBase:
                                 candidates[rel] = packed_sig(st)
                                 continue
                             seen.append(rel)
-                            if known.racy or known.stat_key != (
-                                st.st_size,
-                                st.st_mtime_ns,
-                                st.st_ino,
-                                st.st_ctime_ns,
-                                st.st_mode & 0o7777,
-                            ):  # as IndexEntry.is_clean, inline: this runs per file
+                            if isinstance(known, IndexEntry):
+                                if known.racy or known.stat_key != (
+                                    st.st_size,
+                                    st.st_mtime_ns,
+                                    st.st_ino,
+                                    st.st_ctime_ns,
+                                    st.st_mode & 0o7777,
+                                ):  # as IndexEntry.is_clean, inline: this runs per file
+                                    candidates[rel] = packed_sig(st)
+                                continue
+                            at = known * width
+                            if (
+                                sig_column[at + 1] != st.st_size
+                                or sig_column[at + 2] != st.st_mtime_ns
+                                or sig_column[at + 3] != st.st_ino
+                                or sig_column[at + 4] != st.st_ctime_ns
+                                or sig_column[at + 5] != st.st_mode & 0o7777
+                            ):
                                 candidates[rel] = packed_sig(st)
                 finally:
                     os.close(dir_fd)

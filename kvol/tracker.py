@@ -421,7 +421,7 @@ class ChangeTracker:
         from kvol.workcopy import ScanResult
 
         result = ScanResult()
-        files = index.files
+        files = index.paths()
         tops = _outermost(self._subtrees)
         paths_to_check = self._dirty | self._carry | self._linked
         if not tops and not paths_to_check and self._dirs == index.dirs:
@@ -457,7 +457,7 @@ class ChangeTracker:
         self, root_fd: int, index: Index, tops: set[str], result: ScanResult
     ) -> None:
         """Directories created or deleted: their files are all new, or all gone."""
-        files = index.files
+        files = index.paths()
         prefixes = tuple(t + "/" for t in tops)
         # What the tree had under them: known again only by walking them now.
         self._dirs = {d for d in self._dirs if d not in tops and not d.startswith(prefixes)}
@@ -500,11 +500,11 @@ class ChangeTracker:
     def _check(self, rel: str, st: os.stat_result | None, index: Index, result: ScanResult) -> None:
         """One path found with ``st`` (None: not there)."""
         if st is None or stat.S_ISDIR(st.st_mode):
-            if rel in index.files:
+            if index.holds(rel):
                 result.deleted.add(rel)
             self._linked.discard(rel)
             return
-        if not self._classify(rel, st, index, result) and rel in index.files:
+        if not self._classify(rel, st, index, result) and index.holds(rel):
             result.deleted.add(rel)
 
     def _classify(self, rel: str, st: os.stat_result, index: Index, result: ScanResult) -> bool:
@@ -522,7 +522,7 @@ class ChangeTracker:
                 self._linked.add(rel)
         else:
             self._linked.discard(rel)
-        known = index.files.get(rel)
+        known = index.entry(rel)
         if (
             known is None
             or known.racy

@@ -234,7 +234,7 @@ class WorkingCopy(Committing, Reloading):
             scan = self._scan()
         changed = []
         for rel, found in scan.candidates.items():
-            entry = self.index.files.get(rel)
+            entry = self.index.entry(rel)
             if (
                 entry is not None
                 and entry.racy

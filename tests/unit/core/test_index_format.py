@@ -221,6 +221,36 @@ def test_known_content_kept_with_the_index_trusts_only_what_is_still_there(
     assert known.get("f" * 64) == (Part("b", "f" * 64, 0, 4),)
 
 
+def test_known_content_of_a_loaded_index_is_searched_in_its_rows_then_tabled(
+    tmp_path: Path,
+) -> None:
+    """The first lookups read the loaded column of content ids (no entry made but the
+    one found, no table); a row whose file changed since is not trusted; past a few
+    lookups the table is built and answers the same."""
+    from kvol.index import _SEARCHES_BEFORE_TABLE
+
+    path = tmp_path / "index"
+    sample().save(path)
+    index = Index.load(path)
+    known = index.known_content()
+    assert known.get(H2) == (Part("b", H1, 0, 10), Part("b", H2, 0, 20))
+    assert known._by_hash is None
+    assert [p for p, v in index._entries.items() if not isinstance(v, int)] == ["big/blob"]
+    # Bytes of two rows' ids side by side (not at a row's start) are no content id.
+    assert known.get("a" * 32 + "b" * 32) is None
+    index.put("big/blob", IndexEntry(FileRecord(3, 1, 0o644, "e" * 64, ()), None))
+    assert known.get(H2) is None  # its row is stale
+    assert known.get("e" * 64) == ()  # the entry made since is searched too
+    index.drop("big/blob")
+    assert known.get("e" * 64) is None
+    assert known.get(H1) is not None
+    for _ in range(_SEARCHES_BEFORE_TABLE):
+        known.get("d" * 64)
+    assert known._by_hash is not None
+    assert known.get(H1) is not None
+    assert known.get(H2) is None and known.get("e" * 64) is None
+
+
 def test_a_flipped_byte_is_refused(tmp_path: Path) -> None:
     path = tmp_path / "index"
     sample().save(path)

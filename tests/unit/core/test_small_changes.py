@@ -46,6 +46,93 @@ def test_a_one_file_commit_parses_no_record_of_the_files_it_leaves_alone(
     wc.close(final_commit=False)
 
 
+def _made(wc: WorkingCopy) -> list[str]:
+    """Paths of the copy's index made into entries (the others are still loaded rows)."""
+    return sorted(p for p, v in wc.index._entries.items() if not isinstance(v, int))
+
+
+def test_a_one_file_commit_of_a_copy_opened_anew_makes_an_entry_of_that_file_only(
+    catalog: Catalog, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """As ``kvol volume commit`` runs: the scan compares the stat of every file with its
+    row, the limits are counted from the rows, the known content is searched in them, and
+    the save writes a delta of what changed; no other file becomes an entry."""
+    # The files go to the base, not to a delta (whose files load as entries).
+    monkeypatch.setattr(index_module, "_DELTA_AT_LEAST", 0)
+    catalog.create("big", limits=Limits(max_files=1000, max_bytes=1 << 20))
+    wc = WorkingCopy.create(catalog.repo("big"), tmp_path / "wc")
+    for i in range(200):
+        (wc.root / f"d{i % 4}").mkdir(exist_ok=True)
+        (wc.root / f"d{i % 4}/f{i}").write_text(f"file {i}")
+        os.utime(wc.root / f"d{i % 4}/f{i}", ns=(_AN_HOUR_AGO, _AN_HOUR_AGO))
+    wc.commit()
+    wc.close(final_commit=False)
+
+    wc = WorkingCopy.open(tmp_path / "wc")
+    (wc.root / "d1/f1").write_text("changed")
+    (wc.root / "d2/copy-of-f7").write_text("file 7")  # content the volume has
+    result = wc.commit()
+    assert (result.files, result.sent_bytes) == (2, len("changed"))
+    # The two committed, and the file whose content the new one reuses.
+    assert _made(wc) == ["d1/f1", "d2/copy-of-f7", "d3/f7"]
+    assert wc.index.known_content()._by_hash is None  # searched, no table of every file
+    assert wc.index.recorded_bytes() == sum(len(p.read_bytes()) for p in wc.root.glob("d*/*"))
+    wc.close(final_commit=False)
+    assert (tmp_path / "wc/.kvol/index.delta").exists()  # the change, beside the base
+    wc = WorkingCopy.open(tmp_path / "wc")
+    assert wc.commit().seq is None
+    assert _made(wc) == ["d1/f1", "d2/copy-of-f7"]  # the delta's entries, loaded as such
+    wc.close(final_commit=False)
+
+
+def test_a_scan_of_loaded_rows_finds_what_a_scan_of_entries_finds(
+    catalog: Catalog, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The scan reads a loaded file's signature from its row: it must tell exactly what
+    it tells from the entry, for every kind of row (matched, racy, never matched, never
+    committed)."""
+    monkeypatch.setattr(index_module, "_DELTA_AT_LEAST", 0)  # every save a base
+    catalog.create("v")
+    wc = WorkingCopy.create(catalog.repo("v"), tmp_path / "wc")
+    for i in range(12):
+        (wc.root / f"f{i}").write_text(f"file {i}")
+        os.utime(wc.root / f"f{i}", ns=(_AN_HOUR_AGO, _AN_HOUR_AGO))
+    wc.commit()
+    (wc.root / "racy").write_text("just written")  # hashed again by the next scan
+    wc.commit()
+    index = wc.index
+    index.put("never-committed", IndexEntry(None, (1, 2, 3, 4, 0o644)))
+    (wc.root / "never-committed").write_text("x")
+    kept_out = index.entry("f11")
+    assert kept_out is not None
+    kept_out.stat_key = None  # a local change kept the volume's file out
+    index.save(tmp_path / "wc/.kvol/index")
+    wc.close(final_commit=False)
+
+    (wc.root / "f1").write_text("changed, same size")  # new mtime and size
+    os.utime(wc.root / "f2", ns=(_AN_HOUR_AGO + 1, _AN_HOUR_AGO + 1))  # touched
+    os.chmod(wc.root / "f3", 0o600)
+    (wc.root / "f4").unlink()
+    (wc.root / "f5").unlink()
+    (wc.root / "f5").write_text("file 5")  # same content, another inode
+    (wc.root / "new").write_text("new")
+
+    def scanned(copy: WorkingCopy) -> tuple[object, ...]:
+        found = copy._scan_everything()
+        return (sorted(found.candidates), sorted(found.deleted), found.dirs_added)
+
+    rows = WorkingCopy.open(tmp_path / "wc")
+    by_rows = scanned(rows)
+    assert rows.index._rows is not None  # compared in the rows
+    rows.close(final_commit=False)
+    entries = WorkingCopy.open(tmp_path / "wc")
+    entries.index.files  # noqa: B018 -- every file made an entry
+    assert scanned(entries) == by_rows
+    entries.close(final_commit=False)
+    assert by_rows[0] == ["f1", "f11", "f2", "f3", "f5", "never-committed", "new", "racy"]
+    assert by_rows[1] == ["f4"]
+
+
 def test_limits_still_count_every_file_and_directory(catalog: Catalog, tmp_path: Path) -> None:
     catalog.create("limited", limits=Limits(max_files=5, max_bytes=100, max_files_per_directory=3))
     wc = WorkingCopy.create(catalog.repo("limited"), tmp_path / "wc")
