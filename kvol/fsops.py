@@ -15,6 +15,7 @@ import secrets
 import shutil
 import stat
 from collections.abc import Callable, Iterable
+from contextlib import AbstractContextManager
 from pathlib import Path
 
 from kvol.errors import InvalidPath
@@ -193,11 +194,23 @@ Staged = tuple[int, int, int, int]
 
 
 def stage_file(
-    dir_fd: int, name: str, fill: Callable[[int], None], *, mode: int, mtime_ns: int
+    dir_fd: int,
+    name: str,
+    fill: Callable[[int], None],
+    *,
+    mode: int,
+    mtime_ns: int,
+    creating: AbstractContextManager[object] | None = None,
 ) -> Staged:
     """Write a new file ``name`` in ``dir_fd`` with what ``fill(fd)`` writes, to be moved
-    into place later by :func:`install_file`; nothing is left if ``fill`` fails."""
-    fd = _new_file(dir_fd, name, fill, mode=mode, mtime_ns=mtime_ns)
+    into place later by :func:`install_file`; nothing is left if ``fill`` fails.
+
+    ``creating`` is held while the file is created (not while it is filled): threads
+    staging into one directory take turns there, where the kernel serializes them anyway
+    (and may spin while it does)."""
+    with creating or contextlib.nullcontext():
+        fd = _create(dir_fd, name)
+    fd = _fill_new(fd, dir_fd, name, fill, mode=mode, mtime_ns=mtime_ns)
     try:
         return _identity(os.fstat(fd))
     finally:
@@ -260,12 +273,23 @@ def _identity(st: os.stat_result) -> Staged:
 def _new_file(
     dir_fd: int, name: str, fill: Callable[[int], None], *, mode: int, mtime_ns: int
 ) -> int:
-    fd = os.open(
+    return _fill_new(_create(dir_fd, name), dir_fd, name, fill, mode=mode, mtime_ns=mtime_ns)
+
+
+def _create(dir_fd: int, name: str) -> int:
+    return os.open(
         name,
         os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
         0o600,
         dir_fd=dir_fd,
     )
+
+
+def _fill_new(
+    fd: int, dir_fd: int, name: str, fill: Callable[[int], None], *, mode: int, mtime_ns: int
+) -> int:
+    """``fd``, just created as ``name``, filled and given its mode and mtime; on failure,
+    closed and removed."""
     try:
         fill(fd)
         os.fchmod(fd, safe_mode(mode))

@@ -907,7 +907,8 @@ def _decode(raw: bytes, path: Path) -> Index:
     index.ahead = int(header.get("ahead", 0))  # absent in indexes of older versions
     rows, table = rows_of(header, sections)
     index._entries = cast("dict[str, IndexEntry | int]", rows)
-    index._rows = table
+    # Without rows there is nothing to be lazy about: changes need not be noted.
+    index._rows = table if rows else None
     # Deltas go only beside a base of this format: a version that reads format 2 would
     # read such a base without its delta.
     if format_ == str(FORMAT).encode():

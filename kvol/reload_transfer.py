@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import threading
 from concurrent.futures import ThreadPoolExecutor
 
 from kvol import fsops
@@ -42,6 +43,7 @@ class ReloadTransfer(ReloadJournal):
         staging = Staging.make(root_fd)
         reader = self.repo.reader()
         reader.prefetch(view.files[r] for r in rels)
+        creating = threading.Lock()
 
         def fetch(number: int, rel: str) -> None:
             record = view.files[rel]
@@ -52,6 +54,7 @@ class ReloadTransfer(ReloadJournal):
                 lambda fd: reader.write_to(record, fd, rel),
                 mode=self._view_mode(record.mode),
                 mtime_ns=record.mtime_ns,
+                creating=creating,
             )
             staging.files[rel] = (name, st)
 

@@ -273,3 +273,40 @@ def test_a_reload_stopped_by_corrupt_content_leaves_a_usable_copy_that_reverts_n
     flip_a_byte(blob)
     other.reload()
     assert tree(other.root) == tree(wc.root) | {"mine": b"local change"}
+
+
+def test_a_reloads_workers_create_staged_files_one_at_a_time_and_fill_them_together(
+    repo: Repo, make_wc: MakeWc, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Creation in the one staging directory is the kernel's to serialize (some spin while
+    they wait: three times the CPU of one creator on a small machine); the content, fetched
+    and written, is what gains from many workers."""
+    writer, reader = make_wc("writer"), make_wc("reader")
+    for i in range(40):
+        write(writer.root, f"f{i}", f"file {i}")
+    writer.commit()
+    busy = {"create": 0, "fill": 0}
+    most = {"create": 0, "fill": 0}
+    lock = threading.Lock()
+
+    def counted(what: str, real: Callable[..., int]) -> Callable[..., int]:
+        def run(*args: object, **kwargs: object) -> int:
+            with lock:
+                busy[what] += 1
+                most[what] = max(most[what], busy[what])
+            try:
+                threading.Event().wait(0.002)  # long enough for the others to overlap
+                return real(*args, **kwargs)
+            finally:
+                with lock:
+                    busy[what] -= 1
+
+        return run
+
+    monkeypatch.setattr(fsops, "_create", counted("create", fsops._create))
+    monkeypatch.setattr(fsops, "_fill_new", counted("fill", fsops._fill_new))
+    assert reader.concurrency > 1
+    assert reader.reload().files == 40
+    assert most["create"] == 1
+    assert most["fill"] > 1
+    assert tree(reader.root) == {f"f{i}": f"file {i}".encode() for i in range(40)}
