@@ -4,16 +4,21 @@ midway is settled by the next one (see docs/data-safety.md)."""
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import time
-from collections import Counter
 from collections.abc import Iterator
-from dataclasses import dataclass
 from typing import IO, Any, cast
 
 from kvol import fsops, metrics, paths
+from kvol.commit_journal import (
+    Published,
+    Put,
+    ops_payload,
+    read_commit_journal,
+    write_commit_journal,
+)
+from kvol.commit_limits import check_limits
 from kvol.content import PACK_THRESHOLD, ContentWriter, SmallReader, Uploaded, same_stat
 from kvol.copybase import (
     COMMIT_JOURNAL_FILE,
@@ -24,28 +29,21 @@ from kvol.copybase import (
     found_key,
     under_any,
 )
-from kvol.errors import CorruptData, KvolError, LimitExceeded, ReadOnly
+from kvol.errors import ReadOnly
 from kvol.index import (
     RACY_NS,
-    Index,
     IndexEntry,
-    Signature,
     SigTuple,
     as_stat_key,
     packed_sig,
-    record_size,
     unpack_sig,
 )
-from kvol.model import Entry, FileRecord, Limits, MkdirOp, Op, PutOp, RmdirOp, UnlinkOp, Writer
+from kvol.model import FileRecord, MkdirOp, Op, PutOp, RmdirOp, UnlinkOp
 
 log = logging.getLogger(__name__)
 
 #: Small files read and packed by one task of a commit.
 SMALL_BATCH = 256
-
-
-#: Files whose part of a commit journal is encoded at a time.
-JOURNAL_SLICE = 1024
 
 
 #: A commit of this many changed files gives the memory its phases freed back to the
@@ -100,7 +98,7 @@ class Committing(CopyBase):
         # their directory, or by something not regular at their path): not this copy's
         # to delete. A file or directory this commit publishes in their place replaces
         # them; the others stay on record, to be written here by a later reload.
-        gone_entries = {p: _known(index, p) for p in gone}
+        gone_entries = {p: index.entry_of(p) for p in gone}
         never_had = {p for p, e in gone_entries.items() if e.stat_key is None and e.has_record}
         # Nor is a directory of theirs that only looked removed here (a local file stood
         # where it goes): it holds files this copy never had.
@@ -131,7 +129,7 @@ class Committing(CopyBase):
         def racy(sig: SigTuple) -> bool:
             return sig[1] >= scan_started_ns - RACY_NS
 
-        puts: dict[str, _Put] = {}
+        puts: dict[str, Put] = {}
         refreshed: dict[str, SigTuple] = {}
         deferred: list[str] = []
         sent_bytes = sum(u.sent_bytes for u in uploads.values())
@@ -173,7 +171,7 @@ class Committing(CopyBase):
         ops += [MkdirOp(d) for d in kept_dirs]
 
         for rel, sig in refreshed.items():
-            entry = _known(index, rel)
+            entry = index.entry_of(rel)
             entry.stat_key, entry.racy = sig, racy(sig)
         gone -= {
             p
@@ -189,8 +187,8 @@ class Committing(CopyBase):
                 self._save_index()
             return CommitResult(None, deferred=tuple(deferred), skipped=tuple(skipped))
 
-        self._check_limits(removed_dirs, file_deletes, puts, made)
-        done = _Published(
+        check_limits(index, self.repo.meta.limits, removed_dirs, file_deletes, puts, made)
+        done = Published(
             gone=sorted(gone),
             removed_dirs=sorted(removed_dirs),
             dirs_added=sorted(made.union(kept_dirs)),
@@ -200,7 +198,14 @@ class Committing(CopyBase):
         # landed but before the index records it is settled from this at the next lock
         # (see _recover_commit); else its files would look changed and be published
         # again, over whatever other writers committed meanwhile.
-        self._write_commit_journal(ops, index.base, self._known_head, done)
+        write_commit_journal(
+            self.meta_dir / COMMIT_JOURNAL_FILE,
+            ops,
+            base=index.base,
+            known_head=self._known_head,
+            writer=self.writer.id,
+            done=done,
+        )
         if large:
             _release_freed_memory()
         seq = self.repo.publish(
@@ -230,7 +235,7 @@ class Committing(CopyBase):
         scan: ScanResult,
         file_deletes: list[str],
         gone_dirs: set[str],
-        puts: dict[str, _Put],
+        puts: dict[str, Put],
         never_had: set[str],
     ) -> list[str]:
         """Directories still here that only files implied in the volume, and that no file
@@ -273,7 +278,7 @@ class Committing(CopyBase):
         implied.update(a for p in index.paths() if p not in left_out for a in paths.ancestors(p))
         return candidates - implied
 
-    def _record_published(self, seq: int, done: _Published) -> None:
+    def _record_published(self, seq: int, done: Published) -> None:
         """Bring the index up to a commit of this copy that landed at ``seq``; applying
         it twice changes nothing."""
         index = self.index
@@ -312,46 +317,6 @@ class Committing(CopyBase):
                 content.note(rel, entry)
             index.dirs.update(paths.ancestors(rel))
 
-    def _write_commit_journal(
-        self, ops: list[Op], base: int, known_head: int, done: _Published
-    ) -> None:
-        head = {
-            "format": 1,
-            "base": base,
-            "known_head": known_head,
-            # Another writer may publish the very same operations (the same files
-            # extracted in two copies): only an entry of this writer is this commit.
-            "writer": self.writer.id,
-        }
-
-        def dumps(value: Any) -> str:
-            return json.dumps(value, separators=(",", ":"))
-
-        def pieces() -> Iterator[bytes]:
-            # The JSON of one object holding head, ops, gone, removed_dirs, dirs_added and
-            # puts, made a slice of files at a time: at 100,000 files the whole (and its
-            # lists) would be hundreds of MiB, and its bytes are only ever read back.
-            yield dumps(head)[:-1].encode()
-            yield b',"ops":['
-            for i in range(0, len(ops), JOURNAL_SLICE):
-                # As an entry stores them (no JSON round trip: a copy of every record).
-                some = Entry(tuple(ops[i : i + JOURNAL_SLICE]), 0.0, Writer("", "", 0), 0)
-                yield (b"," if i else b"") + dumps(some.to_payload()["ops"])[1:-1].encode()
-            yield (
-                f'],"gone":{dumps(done.gone)},"removed_dirs":{dumps(done.removed_dirs)},'
-                f'"dirs_added":{dumps(done.dirs_added)},"puts":{{'
-            ).encode()
-            puts = list(done.puts.items())
-            for i in range(0, len(puts), JOURNAL_SLICE):
-                some_puts = {
-                    rel: [record.to_list(), _sig_list(sig), racy]
-                    for rel, (record, sig, racy) in puts[i : i + JOURNAL_SLICE]
-                }
-                yield (b"," if i else b"") + dumps(some_puts)[1:-1].encode()
-            yield b"}}"
-
-        fsops.write_atomically(self.meta_dir / COMMIT_JOURNAL_FILE, pieces())
-
     def _recover_commit(self) -> None:
         """Settle a commit that stopped after writing its journal (killed, or failed).
 
@@ -359,38 +324,17 @@ class Committing(CopyBase):
         the index records it as a finished commit would have; otherwise nothing was
         published and the next commit publishes the same changes.
         """
-        path = self.meta_dir / COMMIT_JOURNAL_FILE
-        try:
-            journal = json.loads(path.read_bytes())
-            base = int(journal["base"])
-            start = max(base, int(journal["known_head"]))
-            ops = journal["ops"]
-            if not isinstance(ops, list):
-                raise TypeError("ops is not a list")
-            writer = journal.get("writer")  # absent in journals of older versions
-            done = _Published(
-                gone=[paths.check(str(p)) for p in journal["gone"]],
-                removed_dirs=[paths.check(str(p)) for p in journal["removed_dirs"]],
-                dirs_added=[paths.check(str(p)) for p in journal["dirs_added"]],
-                puts={
-                    paths.check(str(rel)): (
-                        FileRecord.from_list(record),
-                        Signature(*(int(v) for v in sig)),
-                        bool(racy),
-                    )
-                    for rel, (record, sig, racy) in journal["puts"].items()
-                },
-            )
-        except FileNotFoundError:
+        journal = read_commit_journal(self.meta_dir / COMMIT_JOURNAL_FILE)
+        if journal is None:
             return
-        except (ValueError, KeyError, TypeError, AttributeError, KvolError) as exc:
-            raise CorruptData(f"commit journal {path} is unreadable: {exc}") from exc
+        done = journal.done
         landed = None
         # A commit that landed before the pruning horizon is out of reach: it is taken as
         # not landed, so its changes stay local changes (never lost). The horizon's own
         # entry is retained history, so the search starts right before it.
-        for seq, entry in self.repo.entries_after(max(start, self.repo.horizon() - 1)):
-            if (writer is None or entry.writer.id == writer) and _ops_payload(entry.ops) == ops:
+        writer, ops = journal.writer, journal.ops
+        for seq, entry in self.repo.entries_after(max(journal.start, self.repo.horizon() - 1)):
+            if (writer is None or entry.writer.id == writer) and ops_payload(entry.ops) == ops:
                 landed = seq
                 break
         self._load_saved_index()
@@ -502,116 +446,9 @@ class Committing(CopyBase):
             for dir_fd in dirs.values():
                 os.close(dir_fd)
 
-    def _check_limits(
-        self,
-        removed_dirs: set[str],
-        file_deletes: list[str],
-        puts: dict[str, _Put],
-        dirs_added: set[str],
-    ) -> None:
-        limits: Limits = self.repo.meta.limits
-        if limits == Limits():
-            return
-        for rel, (record, _, _) in puts.items():
-            if limits.max_file_size is not None and record.size > limits.max_file_size:
-                raise LimitExceeded(
-                    f"{rel} is {record.size:,} bytes, over the volume's file size limit of "
-                    f"{limits.max_file_size:,}; nothing was published and your files are unchanged"
-                )
-        # The files the volume would hold. A commit is refused only for what it adds: one
-        # that adds no file, no byte and no directory entry is never refused (a volume over
-        # a limit, as racing writers can leave it, can always be brought back under it),
-        # and such a commit (most of them: a few files changed) looks at no other file.
-        index = self.index
-        gone = set(file_deletes)
-        under_removed = tuple(d + "/" for d in removed_dirs)
-        if removed_dirs:
-            gone.update(
-                p for p in index.paths() if p in removed_dirs or p.startswith(under_removed)
-            )
-
-        def recorded(p: str) -> bool:
-            entry = index.entry(p)
-            return entry is not None and entry.has_record
-
-        new_files = [p for p in puts if not recorded(p)]
-        removed = [p for p in gone if p not in puts and recorded(p)]
-        if limits.max_files is not None and new_files:
-            had = len(index.paths()) - len(index.without_record())
-            count = had - len(removed) + len(new_files)
-            if count > limits.max_files:
-                raise LimitExceeded(
-                    f"the volume would hold {count:,} files, over its limit of "
-                    f"{limits.max_files:,}; nothing was published and your files are unchanged"
-                )
-        if limits.max_bytes is not None:
-            replaced = [p for p in puts if recorded(p)]
-            grows = sum(r.size for r, _, _ in puts.values()) - sum(
-                record_size(_known(index, p)) for p in [*replaced, *removed]
-            )
-            if grows > 0:
-                total = index.recorded_bytes() + grows
-                if total > limits.max_bytes:
-                    raise LimitExceeded(
-                        f"the volume would hold {total:,} bytes, over its limit of "
-                        f"{limits.max_bytes:,}; nothing was published and your files are unchanged"
-                    )
-        if limits.max_files_per_directory is not None and (new_files or dirs_added):
-            # The directories as this commit leaves them: removed trees gone, new ones in,
-            # and every one a file or directory implies.
-            dirs = {
-                d
-                for d in self.index.dirs
-                if d not in removed_dirs and not d.startswith(under_removed)
-            }
-            dirs |= dirs_added
-            left_out = gone | set(index.without_record())
-            kept = [p for p in index.paths() if p not in left_out and p not in puts]
-            kept += puts
-            counts = Counter(p.rpartition("/")[0] for p in kept)
-            implied = set(counts) | {a for d in dirs for a in paths.ancestors(d)}
-            for d in list(implied):
-                implied.update(paths.ancestors(d))
-            implied.discard("")
-            for d in dirs | implied:
-                counts[d.rpartition("/")[0]] += 1
-            # Only directories this commit adds an entry to (or whose entries it adds).
-            growing = {""}
-            for added in [*new_files, *dirs_added]:
-                growing.update(paths.ancestors(added))
-            for directory in sorted(growing):
-                count = counts.get(directory, 0)
-                if count > limits.max_files_per_directory:
-                    raise LimitExceeded(
-                        f"directory {directory or '/'} would hold {count:,} entries, over the volume's "
-                        f"limit of {limits.max_files_per_directory:,} per directory; nothing was published"
-                    )
-
 
 #: Files of a commit added one by one to the known content's table (see KnownContent).
 _NOTE_AT_MOST = 4096
-
-#: A file a commit publishes: its record, the stat it had when read, whether to hash it
-#: again at the next scan.
-_Put = tuple[FileRecord, Signature | SigTuple | bytes, bool]
-
-
-@dataclass
-class _Published:
-    """How a commit changes the index once its entry has landed."""
-
-    gone: list[str]
-    removed_dirs: list[str]
-    dirs_added: list[str]
-    #: Path -> (its record, the stat it had when read, hash it again at the next scan).
-    puts: dict[str, _Put]
-
-
-def _known(index: Index, path: str) -> IndexEntry:
-    """The entry of a file the index has."""
-    entry = index.entry(path)
-    assert entry is not None, path
-    return entry
 
 
 def _release_freed_memory() -> None:
@@ -641,18 +478,6 @@ def _sharing(key: SigTuple, record: FileRecord) -> SigTuple:
         record.mtime_ns if ctime_ns == record.mtime_ns else ctime_ns,
         record.mode if mode == record.mode else mode,
     )
-
-
-def _sig_list(sig: Signature | SigTuple | bytes) -> list[int]:
-    if isinstance(sig, bytes):
-        return list(unpack_sig(sig))
-    return list(sig) if isinstance(sig, tuple) else sig.to_list()
-
-
-def _ops_payload(ops: list[Op] | tuple[Op, ...]) -> Any:
-    """Operations as an entry stores them, as JSON reads them back (lists, not tuples)."""
-    payload = Entry(tuple(ops), 0.0, Writer("", "", 0), 0).to_payload()["ops"]
-    return json.loads(json.dumps(payload))
 
 
 def _outermost(dirs: set[str]) -> set[str]:

@@ -234,7 +234,7 @@ class CopyBase:
             self._index_sig = sig
 
     def _recover_commit(self) -> None:
-        """Settle a commit that stopped midway, from its journal (kvol.committing)."""
+        """Settle a commit that stopped midway, from its journal (kvol.commit_journal)."""
         raise NotImplementedError
 
     def _recover(self) -> None:

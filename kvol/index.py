@@ -330,6 +330,13 @@ class Index:
             value = self._entries[path] = _loaded_entry(self._rows, value)
         return cast("IndexEntry | None", value)
 
+    def entry_of(self, path: str) -> IndexEntry:
+        """The entry of a file the index has (KeyError if it has none)."""
+        entry = self.entry(path)
+        if entry is None:
+            raise KeyError(path)
+        return entry
+
     def holds(self, path: str) -> bool:
         return path in self._entries
 
