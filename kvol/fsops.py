@@ -161,10 +161,8 @@ def write_file(
     *,
     mode: int,
     mtime_ns: int,
-    creating: AbstractContextManager[object] | None = None,
 ) -> os.stat_result:
     """Replace ``rel_path`` atomically with what ``fill(fd)`` writes; returns its stat.
-    ``creating``: as for :func:`stage_file`.
 
     An empty directory standing at ``rel_path`` is removed first (the volume says a file
     is there now); a directory with anything in it is never removed (OSError ENOTEMPTY).
@@ -175,9 +173,7 @@ def write_file(
     dfd = open_dir(root_fd, head, create=True)
     try:
         tmp = TEMP_PREFIX + secrets.token_hex(8)
-        with creating or contextlib.nullcontext():
-            fd = _create(dfd, tmp)
-        fd = _fill_new(fd, dfd, tmp, fill, mode=mode, mtime_ns=mtime_ns)
+        fd = _new_file(dfd, tmp, fill, mode=mode, mtime_ns=mtime_ns)
         try:
             try:
                 _make_way(dfd, name)
@@ -272,6 +268,12 @@ def _sig(st: os.stat_result) -> tuple[int, ...]:
 
 def _identity(st: os.stat_result) -> Staged:
     return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
+
+
+def _new_file(
+    dir_fd: int, name: str, fill: Callable[[int], None], *, mode: int, mtime_ns: int
+) -> int:
+    return _fill_new(_create(dir_fd, name), dir_fd, name, fill, mode=mode, mtime_ns=mtime_ns)
 
 
 def _create(dir_fd: int, name: str) -> int:

@@ -134,7 +134,6 @@ class ReloadTransfer(ReloadJournal):
             return stopped
         reader = self.repo.reader()
         reader.prefetch(view.files[r] for r in rels)
-        creating = threading.Lock()  # as in _stage
 
         def fetch(rel: str) -> None:
             record = view.files[rel]
@@ -145,7 +144,6 @@ class ReloadTransfer(ReloadJournal):
                     lambda fd: reader.write_to(record, fd, rel),
                     mode=self._view_mode(record.mode),
                     mtime_ns=record.mtime_ns,
-                    creating=creating,
                 )
             except NotADirectoryError:
                 stopped.append(rel)
