@@ -191,23 +191,32 @@ def change_tracking(ctx: Context) -> list[Result]:
             params=params,
             details=details_common | {"kvol_runs_seconds": reload_runs},
         ),
-        Result(
-            "change.reload_one_new_process",
-            statistics.median(cli_runs),
-            Measurement("git pull --ff-only", statistics.median(cli_pull_runs)),
-            Target("speedup_at_least", 1.0, "kvol no slower than git pull"),
-            params=params | {"command": "kvol volume reload"},
-            details=details_common
-            | {"kvol_runs_seconds": cli_runs, "git_runs_seconds": cli_pull_runs},
-        ),
-        Result(
-            "change.commit_one_new_process",
-            statistics.median(cli_commit_runs),
-            Measurement("git commit -a", statistics.median(cli_git_commit_runs)),
-            Target("speedup_at_least", 1.0, "kvol no slower than git commit -a"),
-            params=params | {"command": "kvol volume commit"},
-            details=details_common
-            | {"kvol_runs_seconds": cli_commit_runs, "git_runs_seconds": cli_git_commit_runs},
+        *(
+            Result(
+                name,
+                statistics.median(kvol_runs),
+                Measurement(git_command, statistics.median(git_runs)),
+                Target("speedup_at_least", 1.0, f"kvol no slower than {git_command}"),
+                params=params | {"command": command},
+                details=details_common
+                | {"kvol_runs_seconds": kvol_runs, "git_runs_seconds": git_runs},
+            )
+            for name, command, kvol_runs, git_command, git_runs in (
+                (
+                    "change.reload_one_new_process",
+                    "kvol volume reload",
+                    cli_runs,
+                    "git pull --ff-only",
+                    cli_pull_runs,
+                ),
+                (
+                    "change.commit_one_new_process",
+                    "kvol volume commit",
+                    cli_commit_runs,
+                    "git commit -a",
+                    cli_git_commit_runs,
+                ),
+            )
         ),
         Result(
             # Not seconds of wall time: CPU seconds per hour of an idle copy.

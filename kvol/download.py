@@ -5,7 +5,6 @@ below the destination, each file written whole and renamed into place."""
 from __future__ import annotations
 
 import contextlib
-import errno
 import logging
 import os
 import secrets
@@ -13,8 +12,8 @@ import stat
 from collections.abc import Iterator
 from pathlib import Path
 
-from kvol import paths
-from kvol.errors import AlreadyExists, InvalidArgument, NotFound
+from kvol import fsops, paths
+from kvol.errors import AlreadyExists, InvalidArgument, InvalidPath, NotFound
 from kvol.model import FileRecord
 from kvol.progress import Advance, bar
 from kvol.repo import Repo
@@ -154,32 +153,17 @@ def _link_on_the_way(root: Path, parts: tuple[str, ...]) -> Path | None:
     return None
 
 
-_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
-
-
 def _open_dirs(root: Path, parts: tuple[str, ...]) -> int:
-    """A descriptor of the directory ``root``/``parts``, made where missing, reached
-    without following a link below ``root`` (a link there raises :class:`_Skip`)."""
-    fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    """A descriptor of the directory ``root``/``parts``, made where missing (as ``cp``
+    makes them, the umask applied), reached without following a link below ``root`` (a
+    link there raises :class:`_Skip`; ``root`` itself may be one)."""
+    root_fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
     try:
-        for part in parts:
-            with contextlib.suppress(FileExistsError):
-                os.mkdir(part, 0o777, dir_fd=fd)
-            try:
-                child = os.open(part, _DIR_FLAGS, dir_fd=fd)
-            except OSError as exc:
-                is_link = exc.errno == errno.ELOOP or (
-                    exc.errno == errno.ENOTDIR and stat.S_ISLNK(os.lstat(part, dir_fd=fd).st_mode)
-                )
-                if is_link:
-                    raise _Skip(part) from exc
-                raise
-            os.close(fd)
-            fd = child
-    except BaseException:
-        os.close(fd)
-        raise
-    return fd
+        return fsops.open_dir(root_fd, "/".join(parts), create=True, mode=0o777)
+    except InvalidPath as exc:
+        raise _Skip("/".join(parts)) from exc
+    finally:
+        os.close(root_fd)
 
 
 def _write_local(

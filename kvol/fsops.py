@@ -30,10 +30,10 @@ def open_root(root: str) -> int:
     return os.open(root, DIR_FLAGS)
 
 
-def open_dir(root_fd: int, rel_dir: str, *, create: bool = False) -> int:
+def open_dir(root_fd: int, rel_dir: str, *, create: bool = False, mode: int = 0o755) -> int:
     """A descriptor of directory ``rel_dir`` ("" is the root), walked without symlinks.
 
-    With ``create``, missing directories are made. Making them is idempotent and safe
+    With ``create``, missing directories are made (with ``mode``, less the umask). Making them is idempotent and safe
     against a race with another thread or process making the same directory (both
     succeed). Nothing that stands where a directory must be is ever removed: a file there
     (which may be an uncommitted change) makes this raise NotADirectoryError, and a
@@ -50,7 +50,7 @@ def open_dir(root_fd: int, rel_dir: str, *, create: bool = False) -> int:
                 if not create:
                     raise
                 with contextlib.suppress(FileExistsError):  # made meanwhile by another writer
-                    os.mkdir(name, 0o755, dir_fd=fd)
+                    os.mkdir(name, mode, dir_fd=fd)
                 child = _open_made_dir(fd, name, rel_dir)
             except OSError as exc:
                 if create and exc.errno in (errno.ENOTDIR, errno.ELOOP):

@@ -23,6 +23,16 @@ from kvol.workcopy import WorkingCopy
 _AN_HOUR_AGO = time.time_ns() - 3600 * 10**9
 
 
+def _write_settled(root: Path, files: int, dirs: int) -> None:
+    """``files`` files ``d<k>/f<i>`` in ``dirs`` directories, each holding "file <i>", all
+    older than the racy window (else the next scan hashes every one again)."""
+    for i in range(files):
+        path = root / f"d{i % dirs}/f{i}"
+        path.parent.mkdir(exist_ok=True)
+        path.write_text(f"file {i}")
+        os.utime(path, ns=(_AN_HOUR_AGO, _AN_HOUR_AGO))
+
+
 def test_a_one_file_commit_parses_no_record_of_the_files_it_leaves_alone(
     catalog: Catalog, tmp_path: Path
 ) -> None:
@@ -30,11 +40,7 @@ def test_a_one_file_commit_parses_no_record_of_the_files_it_leaves_alone(
     limits = Limits(max_files=1000, max_bytes=1 << 20, max_files_per_directory=100)
     catalog.create("big", limits=limits)
     wc = WorkingCopy.create(catalog.repo("big"), tmp_path / "wc")
-    for i in range(300):
-        (wc.root / f"d{i % 3}").mkdir(exist_ok=True)
-        (wc.root / f"d{i % 3}/f{i}").write_text(f"file {i}")
-        # Older than the racy window: otherwise the next scan hashes every file again.
-        os.utime(wc.root / f"d{i % 3}/f{i}", ns=(_AN_HOUR_AGO, _AN_HOUR_AGO))
+    _write_settled(wc.root, 300, 3)
     wc.commit()
     wc.close(final_commit=False)
 
@@ -61,10 +67,7 @@ def test_a_one_file_commit_of_a_copy_opened_anew_makes_an_entry_of_that_file_onl
     monkeypatch.setattr(index_module, "_DELTA_AT_LEAST", 0)
     catalog.create("big", limits=Limits(max_files=1000, max_bytes=1 << 20))
     wc = WorkingCopy.create(catalog.repo("big"), tmp_path / "wc")
-    for i in range(200):
-        (wc.root / f"d{i % 4}").mkdir(exist_ok=True)
-        (wc.root / f"d{i % 4}/f{i}").write_text(f"file {i}")
-        os.utime(wc.root / f"d{i % 4}/f{i}", ns=(_AN_HOUR_AGO, _AN_HOUR_AGO))
+    _write_settled(wc.root, 200, 4)
     wc.commit()
     wc.close(final_commit=False)
 
