@@ -33,9 +33,9 @@ def open_root(root: str) -> int:
 def open_dir(root_fd: int, rel_dir: str, *, create: bool = False, mode: int = 0o755) -> int:
     """A descriptor of directory ``rel_dir`` ("" is the root), walked without symlinks.
 
-    With ``create``, missing directories are made (with ``mode``, less the umask). Making them is idempotent and safe
-    against a race with another thread or process making the same directory (both
-    succeed). Nothing that stands where a directory must be is ever removed: a file there
+    With ``create``, missing directories are made (with ``mode``, less the umask).
+    Making them is idempotent and safe against a race with another thread or process
+    making the same directory (both succeed). Nothing that stands where a directory must be is ever removed: a file there
     (which may be an uncommitted change) makes this raise NotADirectoryError, and a
     symlink InvalidPath. Callers decide what such a path means.
     """

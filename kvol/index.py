@@ -566,8 +566,22 @@ class KnownContent:
         return None
 
     def _table(self) -> dict[int, str]:
+        """First 8 bytes of each content id -> a path holding it: from the loaded column
+        for the rows still as loaded (no entry made of them), from the entries for the
+        others."""
+        index = self._index
         by_hash: dict[int, str] = {}
-        for path, entry in self._index.files.items():
+        rows = index._rows
+        if rows is None:
+            entries = cast("dict[str, IndexEntry]", index._entries)
+        else:
+            hashes, flags, current = rows.hashes, rows.ints[0::INTS], index._entries
+            for row, path in enumerate(rows.paths):
+                if flags[row] & HAS_RECORD and type(current.get(path)) is int:
+                    by_hash[int.from_bytes(hashes[row * 32 : row * 32 + 8], "little")] = path
+            made = ((p, current.get(p)) for p in index._made)
+            entries = {p: e for p, e in made if isinstance(e, IndexEntry)}
+        for path, entry in entries.items():
             held = _held_hash(entry)
             if held is not None:
                 by_hash[int.from_bytes(held[:8], "little")] = path

@@ -247,6 +247,7 @@ def test_known_content_of_a_loaded_index_is_searched_in_its_rows_then_tabled(
     for _ in range(_SEARCHES_BEFORE_TABLE):
         known.get("d" * 64)
     assert known._by_hash is not None
+    assert index._rows is not None  # the table came from the rows: no entry made of them
     assert known.get(H1) is not None
     assert known.get(H2) is None and known.get("e" * 64) is None
 
