@@ -398,6 +398,7 @@ class ControlServer:
         budget: ConnectionBudget = PROCESS_BUDGET,
         request_timeout: float | None = None,
         client_budget: ConnectionBudget | None = None,
+        socket_mode: int = 0o666,
     ) -> None:
         self.path = Path(socket_path)
         self.target = target
@@ -408,6 +409,9 @@ class ControlServer:
         self.client_budget = client_budget or ConnectionBudget(max_connections)
         self.budget = budget
         self.request_timeout = request_timeout
+        #: Who may connect: in a pod, any user (containers run as any); a local
+        #: watcher's socket, its own user only.
+        self.socket_mode = socket_mode
         self._server: _UnixHTTPServer | None = None
         self._thread: threading.Thread | None = None
 
@@ -429,7 +433,7 @@ class ControlServer:
             if self.request_timeout is None
             else self.request_timeout,
         )
-        os.chmod(self.path, 0o666)  # containers may run as any user
+        os.chmod(self.path, self.socket_mode)
         self._thread = threading.Thread(
             target=self._server.serve_forever,
             kwargs={"poll_interval": 0.5},

@@ -5,7 +5,9 @@ A process can sit inside two kinds of mount:
 * a CSI mount in a pod: ``<mount>/.kvol/control.sock`` answers HTTP (``GET /status``,
   ``POST /commit``, ``POST /reload``, JSON bodies) for the plugin that owns the copy;
 * a local working copy made by ``kvol volume mount NAME DIR``: ``DIR/.kvol/config.json``;
-  this process opens it and commits or reloads it itself.
+  this process opens it and commits or reloads it itself, unless ``kvol volume watch``
+  holds it: then its ``.kvol/control.sock`` answers the same protocol (kvol.watching),
+  and when nobody answers there (the watcher was killed) the copy is opened directly.
 
 Where to look is explicit, in this order: the directories named in ``$KVOL_MOUNTS`` (a
 JSON object, volume name -> mount path); the current directory and each of its
@@ -19,6 +21,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import json
+import logging
 import os
 import stat
 import time
@@ -32,6 +35,10 @@ from kvol.paths import RESERVED
 
 if TYPE_CHECKING:
     import http.client
+
+    from kvol.workcopy import WorkingCopy
+
+log = logging.getLogger(__name__)
 
 MOUNTS_ENV = "KVOL_MOUNTS"
 SOCKET_NAME = "control.sock"
@@ -63,11 +70,19 @@ class Mount:
         raise NotImplementedError
 
 
+class _NobodyAnswers(Exception):
+    """The control socket is a leftover: nothing listens on it."""
+
+
 @dataclass
 class ControlMount(Mount):
-    """A CSI mount: the plugin owns the copy; we ask it over the control socket."""
+    """A CSI mount, or a watched local copy: the process that owns the copy is asked
+    over the control socket."""
 
     root: Path
+    #: A local working copy (``kvol volume mount``) served by a watcher: when nothing
+    #: listens on the socket, the copy is opened here instead.
+    local: bool = False
 
     @property
     def socket_path(self) -> Path:
@@ -77,17 +92,37 @@ class ControlMount(Mount):
         return f"the kvol mount at {self.root}"
 
     def status(self) -> dict[str, Any]:
-        return self._request("GET", "/status")
+        return self._request("GET", "/status", None, LocalMount.status)
 
     def commit(self, message: str | None = None) -> dict[str, Any]:
-        return self._request("POST", "/commit", {"message": message} if message else None)
+        return self._request(
+            "POST",
+            "/commit",
+            {"message": message} if message else None,
+            lambda local: local.commit(message),
+        )
 
     def reload(self) -> dict[str, Any]:
-        return self._request("POST", "/reload")
+        return self._request("POST", "/reload", None, LocalMount.reload)
 
     def _request(
-        self, method: str, route: str, body: dict[str, Any] | None = None
+        self,
+        method: str,
+        route: str,
+        body: dict[str, Any] | None,
+        locally: Callable[[LocalMount], dict[str, Any]],
     ) -> dict[str, Any]:
+        try:
+            return self._ask(method, route, body)
+        except _NobodyAnswers as exc:
+            if not self.local:
+                raise errors.StoreUnavailable(
+                    f"the control socket {self.socket_path} did not answer: {exc.__cause__}"
+                ) from exc
+            log.debug("nobody answers %s: acting on the copy here", self.socket_path)
+            return locally(LocalMount(self.root))
+
+    def _ask(self, method: str, route: str, body: dict[str, Any] | None) -> dict[str, Any]:
         for delay in OVERLOADED_RETRY_DELAYS:
             status, data = self._exchange(method, route, body)
             if not (status == 503 and isinstance(data, dict) and data.get("error") == "Overloaded"):
@@ -122,6 +157,9 @@ class ControlMount(Mount):
             else:
                 response = conn.getresponse()
             raw = response.read()
+        except (ConnectionRefusedError, FileNotFoundError) as exc:
+            # Only connecting fails so: the socket file outlived its server.
+            raise _NobodyAnswers() from exc
         except (OSError, http.client.HTTPException) as exc:
             raise errors.StoreUnavailable(
                 f"the control socket {self.socket_path} did not answer: {exc}"
@@ -152,26 +190,7 @@ class LocalMount(Mount):
         return WorkingCopy.open(self.root)
 
     def status(self) -> dict[str, Any]:
-        from kvol.catalog import Catalog
-
-        wc = self._open()
-        if not wc.repo.exists():
-            raise errors.NotFound(
-                f"volume {wc.repo.volume_id} of the working copy {self.root} no longer exists "
-                f"in {wc.repo.store.url} (its files are still in the copy)"
-            )
-        st = wc.status()
-        names = [n for n, meta in Catalog(wc.repo.store).list() if meta.id == st.volume_id]
-        return {
-            "volume": names[0] if names else None,
-            "volume_id": st.volume_id,
-            "base_seq": st.base_seq,
-            "head_seq": wc.repo.head(),
-            "changed": list(st.changed),
-            "deleted": list(st.deleted),
-            "uncommitted_bytes": st.uncommitted_bytes,
-            "read_only": wc.read_only,
-        }
+        return local_status(self._open())
 
     def commit(self, message: str | None = None) -> dict[str, Any]:
         return dataclasses.asdict(self._open().commit(message))
@@ -187,18 +206,40 @@ class LocalMount(Mount):
             return None
 
 
+def local_status(wc: WorkingCopy) -> dict[str, Any]:
+    """A local working copy's answer to a status request (the protocol's fields)."""
+    from kvol.catalog import Catalog
+
+    if not wc.repo.exists():
+        raise errors.NotFound(
+            f"volume {wc.repo.volume_id} of the working copy {wc.root} no longer exists "
+            f"in {wc.repo.store.url} (its files are still in the copy)"
+        )
+    st = wc.status()
+    names = [n for n, meta in Catalog(wc.repo.store).list() if meta.id == st.volume_id]
+    return {
+        "volume": names[0] if names else None,
+        "volume_id": st.volume_id,
+        "base_seq": st.base_seq,
+        "head_seq": wc.repo.head(),
+        "changed": list(st.changed),
+        "deleted": list(st.deleted),
+        "uncommitted_bytes": st.uncommitted_bytes,
+        "read_only": wc.read_only,
+    }
+
+
 def at(directory: str | os.PathLike[str]) -> Mount | None:
     """The mount whose root is exactly ``directory``, if it is one."""
     root = Path(directory).absolute()
     meta = root / RESERVED
+    local = (meta / CONFIG_NAME).is_file()
     try:
         if stat.S_ISSOCK(os.stat(meta / SOCKET_NAME).st_mode):
-            return ControlMount(root)
+            return ControlMount(root, local=local)
     except OSError:
         pass
-    if (meta / CONFIG_NAME).is_file():
-        return LocalMount(root)
-    return None
+    return LocalMount(root) if local else None
 
 
 def containing(directory: str | os.PathLike[str]) -> Mount | None:

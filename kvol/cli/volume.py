@@ -7,6 +7,7 @@ import contextlib
 import logging
 import stat
 import sys
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -195,6 +196,23 @@ def register(commands: Any, common: argparse.ArgumentParser) -> None:
     p.add_argument("-m", "--message", help="commit message")
     p.add_argument("--json", action="store_true", help="print JSON")
 
+    p = add(
+        "watch",
+        cmd_watch,
+        "commit a working copy's changes every few seconds until stopped",
+        "kvol volume watch ./work --interval 10",
+        by_name=False,
+    )
+    p.epilog = (p.epilog or "") + WATCH_EPILOG
+    p.add_argument("dir", nargs="?", default=".", help="the copy or a directory in it")
+    p.add_argument(
+        "--interval",
+        type=duration,
+        default=5.0,
+        metavar="SECONDS",
+        help="seconds between commits (default: 5; also 30s, 2m)",
+    )
+
     p = add("reload", cmd_reload, "bring a working copy up to the newest commit", by_name=False)
     p.add_argument("dir", nargs="?", default=".", help="the copy or a directory in it")
     p.add_argument("--json", action="store_true", help="print JSON")
@@ -274,6 +292,17 @@ Reports what is damaged (missing, truncated or altered content objects, log entr
 checkpoints) and which commits and files it affects. Exit status: 0 when nothing is
 damaged (or everything damaged was repaired), 8 when damage is found (or left after
 --repair), 3 when the volume does not exist, 9 when the store fails.
+"""
+
+WATCH_EPILOG = """
+
+Runs in the foreground, as a pod's mount does: changes are found as they happen (inotify,
+with a full scan every 10 minutes as a safety net), committed every interval, and once
+more when it stops (Ctrl-C or SIGTERM; a second Ctrl-C stops without that commit, and
+the changes stay in the copy). Meanwhile 'kvol volume commit', 'reload' and 'status' in
+the copy are answered by this process, so they cost what the changes cost rather than
+a look at every file. One watcher per copy; it does not reload others' commits (run
+'kvol volume reload', which it serves too).
 """
 
 GC_EPILOG = """
@@ -1009,6 +1038,63 @@ def cmd_commit(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
     _warn_skipped(mount.root, [str(p) for p in result.get("skipped") or []])
+    return 0
+
+
+def cmd_watch(args: argparse.Namespace) -> int:
+    import signal
+
+    from kvol.copybase import CommitResult
+    from kvol.watching import Watcher
+
+    mount = mount_of(args.dir)
+    # A socket beside the copy's configuration is a watcher's, live or left behind by
+    # one killed: the watch lock tells which.
+    if not (isinstance(mount, mounted.LocalMount) or getattr(mount, "local", False)):
+        raise InvalidArgument(f"{mount.root} is a pod's mount: its node plugin commits it already")
+
+    def report(result: CommitResult, why: str) -> None:
+        if result.seq is None:
+            return
+        deleted = f", {plural(result.deleted, 'deletion')}" if result.deleted else ""
+        said = {"control socket": " (asked)", "final": " (final)"}.get(why, "")
+        say(
+            f"{time.strftime('%H:%M:%S')} committed {plural(result.files, 'file')} "
+            f"({size(result.bytes)}){deleted} as commit {result.seq}{said}"
+        )
+        sys.stdout.flush()  # a log file or a pipe sees each commit as it lands
+
+    watcher = Watcher(mount.root, args.interval, report=report)
+
+    def stop(signum: int, frame: object) -> None:
+        if watcher.stopping:
+            raise KeyboardInterrupt  # a second signal: stop without the final commit
+        warn(
+            "stopping: committing what is left (Ctrl-C again to stop without it; "
+            "the changes stay in the copy)"
+        )
+        watcher.stop()
+
+    def announce() -> None:
+        how = "as they happen" if watcher.tracking else "by a look at every file"
+        say(
+            f"Watching {mount.root}: changes are found {how} and committed every "
+            f"{args.interval:g}s and when this stops (Ctrl-C)."
+        )
+        say(f"kvol volume commit/reload/status {args.dir} are answered by this process.")
+        sys.stdout.flush()
+
+    watcher.on_ready = announce
+    previous = {sig: signal.signal(sig, stop) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        result = watcher.run()
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+    if result is None or result.seq is None:
+        say("Stopped; nothing was left to commit.")
+    else:
+        say("Stopped.")
     return 0
 
 
