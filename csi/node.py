@@ -13,55 +13,43 @@ The phase decides what a leftover copy may be used for: a copy still "publishing
 never shown to a pod and is discarded; a "published" one is re-adopted and committed; one
 "tearing-down" (its final commit succeeded, removal may have begun, so it may be partly
 gone) is never committed or served again, only removed.
+
+This module checks the kubelet's requests and decides what copy a publication gets;
+publisher.py mounts and removes copies, snapshots.py keeps the snapshots under them,
+final_commit.py makes the commit before a copy goes and stats.py measures a copy.
 """
 
 from __future__ import annotations
 
-import dataclasses
-import errno
-import hashlib
 import logging
 import os
-import re
-import threading
 import time
-import weakref
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
 
-from kvol import fsops, metrics, paths
+from kvol import metrics, paths
 from kvol.blobfill import BlobFiller
 from kvol.csi import mounts
-from kvol.csi.control import MAX_CONNECTIONS, SOCKET_NAME, ConnectionBudget, ControlServer
 from kvol.csi.errors import Forbidden, MissingField, NotPublished, PublishedElsewhere
-from kvol.csi.events import EventReporter, PodRef
+from kvol.csi.events import EventReporter
+from kvol.csi.final_commit import final_commit_or_report
 from kvol.csi.locks import VolumeLocks
-from kvol.csi.mounts import LiveMount, MountError
+from kvol.csi.podinfo import POD_NAMESPACE, mount_group, mount_group_extra, pod_extra, pod_ref
 from kvol.csi.proto import csi_pb2
+from kvol.csi.publisher import Live, Publisher, control_rel, target_key
 from kvol.csi.resolver import Resolver
+from kvol.csi.snapshots import Snapshots
 from kvol.csi.state import TEARING_DOWN, Publication, StateFile
+from kvol.csi.stats import volume_usage
 from kvol.erofs import images_supported
-from kvol.errors import CorruptData, InvalidArgument, KvolError, StaleBase
+from kvol.errors import InvalidArgument
 from kvol.mounting import overlay_supported
-from kvol.overlay import (
-    GROUP_DIR_MODE,
-    ContentCache,
-    Lower,
-    Lowers,
-    OverlayWorkingCopy,
-    lower_family,
-)
+from kvol.overlay import ContentCache, Lowers, OverlayWorkingCopy
 from kvol.repo import Repo
 from kvol.workcopy import WorkingCopy
 
 log = logging.getLogger(__name__)
 
-#: Keys the kubelet adds to volume_context when the CSIDriver sets podInfoOnMount.
-POD_NAMESPACE = "csi.storage.k8s.io/pod.namespace"
-POD_NAME = "csi.storage.k8s.io/pod.name"
-POD_UID = "csi.storage.k8s.io/pod.uid"
-EPHEMERAL = "csi.storage.k8s.io/ephemeral"
 #: volumeAttributes understood by the plugin.
 ATTR_VOLUME = "volume"
 ATTR_NAMESPACE = "namespace"
@@ -69,8 +57,6 @@ ATTR_BACKEND = "backend"
 ATTR_SUB_PATH = "subPath"
 ATTR_READ_ONLY = "readOnly"
 ATTR_AUTOCOMMIT = "autocommitIntervalSeconds"
-#: Where a publication records its mount group (the pod's fsGroup, from the kubelet).
-EXTRA_MOUNT_GROUP = "mountGroup"
 
 _READ_ONLY_MODES = (
     csi_pb2.VolumeCapability.AccessMode.SINGLE_NODE_READER_ONLY,
@@ -79,10 +65,6 @@ _READ_ONLY_MODES = (
 #: A publish reuses this node's newest snapshot of the volume and reloads the commits
 #: after it, rather than building a new snapshot, when it is at most this far behind.
 REUSE_SNAPSHOT_WITHIN = 64
-#: Longest wait between two passes of the janitor (warm snapshots, the cache's limit).
-JANITOR_INTERVAL = 60.0
-#: Final commits retried this many times when files changed while they were read.
-FINAL_COMMIT_ATTEMPTS = 3
 
 
 @dataclass(frozen=True)
@@ -105,57 +87,6 @@ class NodeConfig:
     #: cache, each fetched whole on first open: kvol.lazy) or "auto" (image where the
     #: kernel mounts one from a file, 6.12+).
     lazy_fetch_as: str = "auto"
-
-
-class Live:
-    """A publication this process serves: its working copy and its control socket."""
-
-    def __init__(self, pub: Publication, wc: WorkingCopy, pod_budget: ConnectionBudget) -> None:
-        self.pub = pub
-        self.wc = wc
-        self.control = ControlServer(
-            Path(pub.workdir) / "control" / SOCKET_NAME,
-            target=self,
-            label=f"{pub.namespace}/{pub.name}@{_key(pub.target_path)}",
-            client_budget=pod_budget,
-        )
-
-    # -- the control socket's target ---------------------------------------------------
-
-    def commit(self, message: str | None = None) -> dict[str, Any]:
-        return dataclasses.asdict(self.wc.commit(message))
-
-    def reload(self) -> dict[str, Any]:
-        return dataclasses.asdict(self.wc.reload())
-
-    def status(self) -> dict[str, Any]:
-        st = self.wc.status()
-        error = self.wc.autocommit_error
-        return {
-            "volume": self.pub.name,
-            "namespace": self.pub.namespace,
-            "volume_id": st.volume_id,
-            "base_seq": st.base_seq,
-            "changed": list(st.changed),
-            "deleted": list(st.deleted),
-            "uncommitted_bytes": st.uncommitted_bytes,
-            "read_only": self.pub.readonly,
-            "sub_path": self.pub.sub_path,
-            "layout": self.pub.layout,
-            "autocommit_seconds": self.pub.autocommit_seconds,
-            "autocommit_error": str(error) if error else None,
-            "published_at": self.pub.published_at,
-        }
-
-    def start(self) -> None:
-        self.control.start()
-        if not self.pub.readonly and self.pub.autocommit_seconds > 0:
-            self.wc.start_autocommit(self.pub.autocommit_seconds)
-
-    def pause(self) -> None:
-        """Stop serving the pod (control socket) and background commits."""
-        self.control.stop()
-        self.wc.stop_autocommit()
 
 
 class NodeService:
@@ -186,21 +117,11 @@ class NodeService:
             ),
             images=images,
         )
-        # The janitor drops expired warm snapshots and trims the content cache.
-        self._janitor: threading.Thread | None = None
-        self._janitor_wake = threading.Event()
-        self._janitor_stop = threading.Event()
+        self.snapshots = Snapshots(self.lowers, self.state, config.keep_warm_seconds)
+        # Which copy a publication gets (layout, snapshot reuse) is this service's choice;
+        # the publisher only mounts, serves and removes it.
+        self.publisher = Publisher(self.state, self.snapshots, self._working_copy)
         self.locks = VolumeLocks()
-        self._live: dict[str, Live] = {}
-        self._live_lock = threading.Lock()
-        # One connection bound per pod, shared by the control sockets of all its mounts
-        # (held by them: it goes with the pod's last one).
-        self._pod_budgets: weakref.WeakValueDictionary[str, ConnectionBudget] = (
-            weakref.WeakValueDictionary()
-        )
-        # One lock for choosing and dropping snapshots, so a snapshot is never dropped
-        # between a publish choosing it and recording it.
-        self._lowers_lock = threading.Lock()
         if config.layout == "auto":
             self.layout = "overlay" if overlay_supported() else "plain"
         elif config.layout in ("overlay", "plain"):
@@ -222,6 +143,11 @@ class NodeService:
             return None
         return BlobFiller(state_dir / "blobs").start()
 
+    @property
+    def _live(self) -> dict[str, Live]:
+        """The publications this process serves, by target path."""
+        return self.publisher.live
+
     # -- lifecycle -----------------------------------------------------------------------
 
     def readopt(self) -> list[str]:
@@ -230,9 +156,9 @@ class NodeService:
         for pub in self.state.all():
             try:
                 with self.locks.hold(pub.volume_id, "re-adoption"):
-                    if self._finish_abandoned(pub):
+                    if self.publisher.finish_abandoned(pub):
                         continue
-                    self._activate(pub, self.resolver_repo(pub))
+                    self.publisher.activate(pub, self.resolver_repo(pub))
                 log.info(
                     "re-adopted %s/%s at %s (base seq %s)",
                     pub.namespace,
@@ -244,156 +170,29 @@ class NodeService:
                 # The record stays: the kubelet's next publish or unpublish retries it.
                 log.error("could not re-adopt %s: %s", pub.target_path, exc, exc_info=exc)
                 failed.append(pub.target_path)
-        self._drop_leftover_lowers()
+        self.snapshots.drop_leftovers()
         return failed
-
-    def _finish_abandoned(self, pub: Publication) -> bool:
-        """Remove, without any commit, a copy whose data is safe or never existed: one
-        whose teardown began (it may be half removed: committing it would publish the
-        missing files as deletions) or whose publish never finished (no pod saw it).
-        Returns whether ``pub`` was such a copy (and is now gone)."""
-        if pub.phase not in (TEARING_DOWN, "publishing"):
-            return False
-        self._teardown(pub, self._live.get(pub.target_path))
-        log.info(
-            "removed the copy of %s/%s at %s left %s",
-            pub.namespace,
-            pub.name,
-            pub.target_path,
-            "half torn down" if pub.phase == TEARING_DOWN else "half published",
-        )
-        return True
-
-    def _drop_leftover_lowers(self) -> None:
-        """Snapshots no publication uses and none keeps warm (their last one went while
-        no plugin ran, or their warm time ended), and half-built ones of an interrupted
-        build."""
-        with self._lowers_lock:
-            used = {p.lower for p in self.state.all()}
-            warm = self._revise_warm(time.time())
-            for lower in self.lowers.all():
-                if lower.key not in used and lower.key not in warm:
-                    self._drop_lower(lower)
-            for partial in self.lowers.root.glob(f"*/{fsops.TEMP_PREFIX}*"):
-                self.lowers.release_partial(partial)
-                mounts.remove_tree(partial)
-
-    # -- warm snapshots and the content cache ------------------------------------------
 
     def start_janitor(self) -> None:
         """Drop warm snapshots when their time ends and keep the content cache within its
         limit, in the background (until :meth:`shutdown`)."""
-        if self._janitor is None:
-            self._janitor = threading.Thread(
-                target=self._janitor_loop, name="kvol-janitor", daemon=True
-            )
-            self._janitor.start()
-
-    def _janitor_loop(self) -> None:
-        _ = self.lowers.cache.size  # read the cache from disk once, for its metrics
-        while not self._janitor_stop.is_set():
-            try:
-                self.tidy()
-            except Exception as exc:  # the next pass retries; serving goes on
-                log.error("tidying snapshots and the content cache failed: %s", exc, exc_info=exc)
-            expiries = self.state.warm().values()
-            wait = min([*(t - time.time() for t in expiries), JANITOR_INTERVAL])
-            self._janitor_wake.wait(max(wait, 0.05))
-            self._janitor_wake.clear()
+        self.snapshots.start_janitor()
 
     def tidy(self, now: float | None = None) -> None:
-        """Drop the warm snapshots whose time ended or that a newer snapshot of the same
-        volume supersedes (a publish never picks them again), then trim the content cache.
-        If entries only warm snapshots link keep the cache over its limit, those
-        snapshots go too, the soonest to expire first: the limit is the node's disk,
-        keeping warm only saves time."""
-        now = time.time() if now is None else now
-        doomed: list[Path] = []
-        with self._lowers_lock:
-            was = self.state.warm()
-            warm = self._revise_warm(now)
-            used = {p.lower for p in self.state.all()}
-            for key in was:
-                lower = self._lower_of(key)
-                if lower is None or key in used:
-                    continue
-                if key not in warm or self._superseded(lower):
-                    self.state.revise_warm({key: (warm[key], None)} if key in warm else {})
-                    doomed += self._detach(lower)
-        for path in doomed:
-            self.lowers.discard(path)
-        tried: set[str] = set()
-        while self.lowers.cache.trim() > 0:
-            with self._lowers_lock:
-                used = {p.lower for p in self.state.all()}
-                idle = sorted(
-                    (until, key)
-                    for key, until in self.state.warm().items()
-                    if key not in used and key not in tried
-                )
-                if not idle:
-                    return  # what is left is in use
-                key = idle[0][1]
-                tried.add(key)
-                lower = self._lower_of(key)
-                self.state.revise_warm({key: (idle[0][0], None)})
-                if lower is None:
-                    continue
-                log.info("dropped warm snapshot %s: the content cache is over its limit", key)
-                doomed = self._detach(lower)
-            for path in doomed:
-                self.lowers.discard(path)
-
-    def _revise_warm(self, now: float) -> dict[str, float]:
-        """The warm snapshots still warm at ``now``; the others are forgotten (under the
-        lowers lock; the caller drops their snapshots if no copy uses them). A deadline
-        further away than the keep-warm time (the setting was lowered, or the clock went
-        back) is brought in."""
-        keep = self.config.keep_warm_seconds
-        changes: dict[str, tuple[float, float | None]] = {}
-        warm: dict[str, float] = {}
-        for key, until in self.state.warm().items():
-            if until <= now or keep == 0 or self._lower_of(key) is None:
-                changes[key] = (until, None)
-                continue
-            if until > now + keep:
-                changes[key] = (until, now + keep)
-            warm[key] = min(until, now + keep)
-        self.state.revise_warm(changes)
-        return warm
-
-    def _lower_of(self, key: str) -> Lower | None:
-        family, _, seq = key.partition("/")
-        try:
-            return self.lowers.get(family, int(seq))
-        except ValueError:
-            return None
-
-    def _superseded(self, lower: Lower) -> bool:
-        newest = self.lowers.newest(lower.volume_id)
-        return newest is not None and newest.seq > lower.seq
+        """One pass of the janitor now: see :meth:`Snapshots.tidy`."""
+        self.snapshots.tidy(now)
 
     def shutdown(self) -> None:
         """Stop serving (the plugin is exiting). Mounts stay; the next process re-adopts,
         and keeps the warm snapshots until their time ends."""
-        self._janitor_stop.set()
-        self._janitor_wake.set()
-        if self._janitor is not None:
-            self._janitor.join()
-            self._janitor = None
-        with self._live_lock:
-            lives = list(self._live.values())
-            self._live.clear()
-        for live in lives:
-            live.pause()
+        self.snapshots.stop_janitor()
+        self.publisher.pause_all()
         # Lazy fetches stop; the group stays with its holder, so opens of files not fetched
         # yet wait for the next process instead of reading placeholders.
         self.lowers.close(release=False)
 
     def copy_samples(self) -> list[metrics.CopySample]:
         """The copies this process serves, for the per-volume metrics."""
-        with self._live_lock:
-            lives = list(self._live.values())
         return [
             metrics.CopySample(
                 namespace=live.pub.namespace,
@@ -403,7 +202,7 @@ class NodeService:
                 commit_failing=live.wc.autocommit_error is not None,
                 base_seq=live.wc.index.base,
             )
-            for live in lives
+            for live in self.publisher.serving()
         ]
 
     def resolver_repo(self, pub: Publication) -> Repo:
@@ -451,7 +250,7 @@ class NodeService:
         sub_path = paths.normalize(context.get(ATTR_SUB_PATH, ""), allow_root=True)
         with self.locks.hold(volume_id, "NodePublishVolume"):
             existing = self.state.get(target)
-            if existing is not None and self._finish_abandoned(existing):
+            if existing is not None and self.publisher.finish_abandoned(existing):
                 existing = None  # published again from scratch below
             if existing is not None:
                 if (existing.volume_id, existing.readonly, existing.sub_path) != (
@@ -463,7 +262,7 @@ class NodeService:
                         f"{target} already holds volume {existing.volume_id} "
                         f"(read-only={existing.readonly}, subPath={existing.sub_path!r})"
                     )
-                self._activate(existing, self.resolver_repo(existing))
+                self.publisher.activate(existing, self.resolver_repo(existing))
                 return csi_pb2.NodePublishVolumeResponse()
             name, namespace = _who(context)
             autocommit = _autocommit(context.get(ATTR_AUTOCOMMIT))
@@ -475,7 +274,7 @@ class NodeService:
                 namespace=namespace,
                 backend=resolved.backend,
                 kvol_id=resolved.repo.volume_id,
-                workdir=str(self.pubs_dir / _key(target)),
+                workdir=str(self.pubs_dir / target_key(target)),
                 readonly=readonly,
                 sub_path=sub_path,
                 layout=self.layout,
@@ -483,16 +282,16 @@ class NodeService:
                 if autocommit is None
                 else autocommit,
                 published_at=time.time(),
-                extra=_pod_extra(context) | _mount_group_extra(capability),
+                extra=pod_extra(context) | mount_group_extra(capability),
             )
             # Recorded before anything is mounted: a crash from here on leaves a record the
             # next call (or the restarted plugin) completes or cleans up.
             self.state.put(pub)
             try:
-                live = self._activate(pub, resolved.repo)
+                live = self.publisher.activate(pub, resolved.repo)
             except Exception:
                 # The pod never saw this mount, so no data of it can be lost: undo.
-                self._teardown(pub, self._live.get(target))
+                self.publisher.teardown(pub, self._live.get(target))
                 raise
             log.info(
                 "published %s/%s (%s, %s) at %s based on seq %d",
@@ -526,28 +325,28 @@ class NodeService:
             if pub.phase == TEARING_DOWN:
                 # The final commit succeeded before a failure or a restart; the copy may
                 # be partly removed: finish removing it, and never commit it.
-                self._teardown(pub, self._live.get(target))
+                self.publisher.teardown(pub, self._live.get(target))
                 log.info("finished unpublishing %s/%s from %s", pub.namespace, pub.name, target)
                 return csi_pb2.NodeUnpublishVolumeResponse()
-            live = self._live.get(target) or self._activate(pub, self.resolver_repo(pub))
+            live = self._live.get(target) or self.publisher.activate(pub, self.resolver_repo(pub))
             live.pause()
             try:
-                result = self._final_commit_or_report(live)
-                self._unmount_target(pub)
+                result = final_commit_or_report(live, self.events)
+                self.publisher.unmount_target(pub)
                 # Once the pod's view is gone nothing can write to the copy: what was
                 # written between the final commit and the unmount is committed now.
-                later = self._final_commit_or_report(live)
+                later = final_commit_or_report(live, self.events)
             except Exception:
-                self._resume(live)  # still published: keep serving and committing
+                self.publisher.resume(live)  # still published: keep serving and committing
                 raise
-            self.events.resolved(_pod_ref(pub))
+            self.events.resolved(pod_ref(pub))
             result = later if later is not None else result
             # Durable before anything is removed: a copy from here on may be half gone,
             # and a restarted plugin or a retried call must only finish removing it.
             pub = pub.with_phase(TEARING_DOWN)
             self.state.put(pub)
             live.pub = pub
-            self._teardown(pub, live)
+            self.publisher.teardown(pub, live)
             log.info(
                 "unpublished %s/%s from %s (final commit: %s)",
                 pub.namespace,
@@ -567,84 +366,17 @@ class NodeService:
         live = self._live.get(target)
         if pub is None or pub.volume_id != volume_id or live is None:
             raise NotPublished(f"volume {volume_id} is not published at {path}")
-        index = live.wc.index
-        files = dict(index.files)  # a copy: a commit may update the index meanwhile
-        used_bytes = sum(e.record.size for e in files.values() if e.record is not None)
-        used_inodes = len(files) + len(index.dirs)
-        fs = os.statvfs(live.wc.root)
-        unit = csi_pb2.VolumeUsage.Unit
-        return csi_pb2.NodeGetVolumeStatsResponse(
-            usage=[
-                csi_pb2.VolumeUsage(
-                    unit=unit.BYTES,
-                    used=used_bytes,
-                    available=fs.f_bavail * fs.f_frsize,
-                    total=used_bytes + fs.f_bavail * fs.f_frsize,
-                ),
-                csi_pb2.VolumeUsage(
-                    unit=unit.INODES,
-                    used=used_inodes,
-                    available=fs.f_favail,
-                    total=used_inodes + fs.f_favail,
-                ),
-            ]
-        )
+        return csi_pb2.NodeGetVolumeStatsResponse(usage=volume_usage(live.wc))
 
-    # -- steps ---------------------------------------------------------------------------
-
-    def _activate(self, pub: Publication, repo: Repo) -> Live:
-        """Bring a recorded publication fully up; every step is skipped if already done."""
-        live = self._live.get(pub.target_path)
-        if live is None:
-            wc, pub = self._working_copy(pub, repo)
-            # Its commits name the pod: a Volume's status counts pods, not copies.
-            pod = pub.extra.get("podName") or pub.extra.get("pod")
-            if pod:
-                wc.writer = replace(wc.writer, pod=f"{pub.namespace}/{pod}")
-            live = Live(pub, wc, self._pod_budget(pub))
-            with self._live_lock:
-                self._live[pub.target_path] = live
-        if pub.layout == "plain":
-            # The plugin's own way into a plain copy is nosuid,nodev too (an overlay is
-            # mounted so): a device node a pod made there (pods may mknod) is never
-            # opened by the plugin's reads, which run as root, even if it is swapped in
-            # for a file between a commit's scan and its read.
-            mounts.bind(live.wc.root, live.wc.root)
-        source = live.wc.root / pub.sub_path if pub.sub_path else live.wc.root
-        root_fd = fsops.open_root(str(live.wc.root))
-        try:
-            if pub.sub_path:
-                fsops.make_dirs(root_fd, pub.sub_path)
-                _open_to_group(root_fd, pub.sub_path, _mount_group(pub))
-            # The mount point of the control socket inside the copy (never committed).
-            fsops.make_dirs(root_fd, _control_rel(pub.sub_path))
-        finally:
-            os.close(root_fd)
-        target = Path(pub.target_path)
-        target.mkdir(parents=True, exist_ok=True)
-        live.start()
-        mounts.bind(source, target, readonly=pub.readonly)
-        _bind_control(live, target)
-        if pub.phase != "published":
-            pub = pub.with_phase("published")
-            self.state.put(pub)
-            live.pub = pub
-        return live
-
-    def _pod_budget(self, pub: Publication) -> ConnectionBudget:
-        pod = _pod_of(pub)
-        with self._live_lock:
-            budget = self._pod_budgets.get(pod)
-            if budget is None:
-                budget = ConnectionBudget(MAX_CONNECTIONS)
-                self._pod_budgets[pod] = budget
-            return budget
+    # -- the copy a publication gets ---------------------------------------------------
 
     def _working_copy(self, pub: Publication, repo: Repo) -> tuple[WorkingCopy, Publication]:
+        """Open a publication's working copy in its workdir, or create it: an overlay on
+        a snapshot of this node, or a plain copy."""
         workdir = Path(pub.workdir)
-        excluded = frozenset({_control_rel(pub.sub_path)})
+        excluded = frozenset({control_rel(pub.sub_path)})
         if pub.layout == "overlay":
-            lower = self._lower_for(pub, repo)
+            lower = self.snapshots.lower_for(pub, repo, REUSE_SNAPSHOT_WITHIN)
             if pub.lower != lower.key:
                 pub = replace(pub, lower=lower.key)
             fresh = not (workdir / "meta").exists()
@@ -655,7 +387,7 @@ class NodeService:
                 workdir,
                 read_only=pub.readonly,
                 excluded=excluded,
-                group=_mount_group(pub),
+                group=mount_group(pub),
             )
             if fresh and lower.seq < repo.head():
                 wc.reload()  # a recent snapshot plus the commits after it
@@ -664,144 +396,6 @@ class NodeService:
         if (meta / "config.json").exists():
             return WorkingCopy.open(root, meta, store=repo.store), pub
         return WorkingCopy.create(repo, root, meta, read_only=pub.readonly), pub
-
-    def _lower_for(self, pub: Publication, repo: Repo) -> Lower:
-        """The snapshot under this publication, recorded in the state before it is used.
-
-        Choosing and recording happen under one lock with dropping, so a snapshot is
-        never dropped between the two; a build (long: it may download) runs outside it.
-        """
-        if pub.lower is not None:
-            volume_id, _, seq = pub.lower.partition("/")
-            found = self.lowers.get(volume_id, int(seq))
-            if found is None:
-                raise CorruptData(f"snapshot {pub.lower} of {pub.target_path} is missing")
-            return found
-        head = repo.head()
-        group = _mount_group(pub)
-        family = lower_family(repo.volume_id, group)
-        for _ in range(3):
-            with self._lowers_lock:
-                newest = self.lowers.newest(family, at_most=head)
-                if newest is not None and head - newest.seq <= REUSE_SNAPSHOT_WITHIN:
-                    self.state.put(replace(pub, lower=newest.key))
-                    return newest
-            self.lowers.build(repo, head, group=group)
-        raise KvolError(f"snapshot of {repo.volume_id} at {head} kept disappearing; will retry")
-
-    def _final_commit(self, live: Live) -> int | None:
-        if live.pub.readonly:
-            return None
-        seq = None
-        for _ in range(FINAL_COMMIT_ATTEMPTS):
-            try:
-                result = live.wc.commit()
-            except StaleBase:
-                # The volume's retained history now begins after this copy's base. The
-                # pod is gone, so nobody sees its files change: bring the copy up to date
-                # (a reload keeps its changes) and publish them on top of the head.
-                live.wc.reload()
-                result = live.wc.commit()
-            seq = result.seq if result.seq is not None else seq
-            if not result.deferred:
-                return seq
-        raise KvolError(
-            f"files kept changing during the final commit of {live.pub.target_path}: "
-            f"{', '.join(result.deferred[:5])}; will retry"
-        )
-
-    def _final_commit_or_report(self, live: Live) -> int | None:
-        """The final commit; when it fails, a Warning event on the pod (best effort, never
-        blocking) says why it stays Terminating, before the error goes to the kubelet."""
-        try:
-            return self._final_commit(live)
-        except Exception as exc:
-            self.events.final_commit_retrying(_pod_ref(live.pub), live.pub.name, exc)
-            raise
-
-    def _resume(self, live: Live) -> None:
-        """Serve a publication again after its unpublish failed, with its socket in place."""
-        live.start()
-        target = Path(live.pub.target_path)
-        if mounts.is_mountpoint(target):
-            _bind_control(live, target)
-
-    def _unmount_target(self, pub: Publication) -> None:
-        """Take the pod's view away: its control socket, then its mount of the copy."""
-        target = Path(pub.target_path)
-        mounts.unmount(target / paths.RESERVED)
-        try:
-            mounts.unmount(target)
-        except MountError as exc:
-            if exc.errno != errno.EBUSY:
-                raise
-            raise LiveMount(
-                f"{target} is still in use; retry once the pod's processes are gone"
-            ) from exc
-
-    def _teardown(self, pub: Publication, live: Live | None) -> None:
-        """Unmount and remove everything of a publication whose data is safe (or was
-        never shown to a pod), then forget it."""
-        target = Path(pub.target_path)
-        if live is not None:
-            # Never served or committed again, even if a removal step below fails.
-            live.pause()
-            live.wc.close(final_commit=False)
-            with self._live_lock:
-                if self._live.get(pub.target_path) is live:
-                    del self._live[pub.target_path]
-        self._unmount_target(pub)
-        try:
-            mounts.remove_dir(target)
-        except OSError as exc:  # something wrote into the directory under the mount
-            log.warning("left %s in place: %s", target, exc)
-        if live is not None and isinstance(live.wc, OverlayWorkingCopy):
-            live.wc.unmount()
-        workdir = Path(pub.workdir)
-        if workdir.exists():
-            mounts.unmount_tree(workdir)  # e.g. an overlay mounted by a previous process
-        mounts.remove_tree(workdir)
-        with self._live_lock:
-            self._live.pop(pub.target_path, None)
-        # Only the read-only snapshot is kept warm, never a copy (its layers are gone).
-        keep = self.config.keep_warm_seconds
-        warm = (pub.lower, time.time() + keep) if pub.lower is not None and keep > 0 else None
-        self.state.remove(pub.target_path, warm=warm)
-        if pub.lower is not None:
-            self._release_lower(pub.lower)
-
-    def _release_lower(self, key: str) -> None:
-        """A copy on snapshot ``key`` is gone: drop the snapshot unless a copy still uses
-        it or it stays warm (a newer snapshot of the volume makes keeping it pointless)."""
-        with self._lowers_lock:
-            if any(p.lower == key for p in self.state.all()):
-                return
-            lower = self._lower_of(key)
-            until = self.state.warm().get(key)
-            if lower is not None and until is not None and not self._superseded(lower):
-                self._janitor_wake.set()  # a new deadline to wait for
-                return
-            if until is not None:
-                self.state.revise_warm({key: (until, None)})
-            doomed = self._detach(lower) if lower is not None else []
-        for path in doomed:
-            self.lowers.discard(path)
-        self.lowers.cache.trim()
-
-    def _detach(self, lower: Lower) -> list[Path]:
-        """Take a snapshot out of use (under the lowers lock); returns what
-        :meth:`Lowers.discard` removes, outside the lock (it is O(files))."""
-        try:
-            doomed = self.lowers.detach(lower)
-        except MountError as exc:
-            # Something this plugin has no record of still sits on it: keep it.
-            log.warning("kept snapshot %s: %s", lower.key, exc)
-            return []
-        return [doomed] if doomed is not None else []
-
-    def _drop_lower(self, lower: Lower) -> None:
-        for path in self._detach(lower):
-            self.lowers.discard(path)
 
 
 def _required(value: str, field: str) -> str:
@@ -814,77 +408,6 @@ def _target(path: str) -> str:
     if not os.path.isabs(path) or "\x00" in path:
         raise InvalidArgument(f"target_path must be an absolute path, not {path!r}")
     return os.path.normpath(path)
-
-
-def _key(target: str) -> str:
-    return hashlib.sha256(target.encode()).hexdigest()[:20]
-
-
-def _bind_control(live: Live, target: Path) -> None:
-    """The control socket's directory at ``<target>/.kvol``, read-only: a pod connects
-    to a socket on a read-only mount, but can never swap the socket for a symlink that
-    the plugin (root) would follow when it sets the socket's mode."""
-    mounts.bind(live.control.path.parent, target / paths.RESERVED, readonly=True, noexec=True)
-
-
-_POD_DIR = re.compile(r"/pods/([^/]+)/volumes/")
-
-
-def _pod_of(pub: Publication) -> str:
-    """Which pod a publication serves: its uid, as the kubelet gave it or as its target
-    path (``.../pods/<uid>/volumes/...``) names it; else the target path alone."""
-    if pub.extra.get("pod"):
-        return pub.extra["pod"]
-    found = _POD_DIR.search(pub.target_path)
-    return found.group(1) if found else pub.target_path
-
-
-def _pod_extra(context: dict[str, str]) -> dict[str, str]:
-    """What a publication records of its pod: the uid (its connection budget) and the
-    name (events posted on it when its final commit waits)."""
-    keys = {"pod": POD_UID, "podName": POD_NAME}
-    return {key: context[field] for key, field in keys.items() if context.get(field)}
-
-
-def _pod_ref(pub: Publication) -> PodRef:
-    """The pod a publication serves, as far as its record knows it (no name: recorded
-    by an older version, and then no event can name the pod)."""
-    return PodRef(pub.namespace, pub.extra.get("podName", ""), pub.extra.get("pod", ""))
-
-
-def _mount_group_extra(capability: csi_pb2.VolumeCapability) -> dict[str, str]:
-    """The mount group the kubelet asks for (the pod's fsGroup), checked."""
-    group = capability.mount.volume_mount_group if capability.HasField("mount") else ""
-    if not group:
-        return {}
-    if not group.isascii() or not group.isdigit() or int(group) > 0xFFFFFFFE:
-        raise InvalidArgument(f"volume_mount_group must be a numeric group id, not {group!r}")
-    return {EXTRA_MOUNT_GROUP: str(int(group))}
-
-
-def _mount_group(pub: Publication) -> int | None:
-    """The group whose members may write a publication's view (overlay layout only: a
-    plain copy keeps the committed modes, owned by root)."""
-    group = pub.extra.get(EXTRA_MOUNT_GROUP)
-    return int(group) if group and pub.layout == "overlay" else None
-
-
-def _open_to_group(root_fd: int, rel_dir: str, group: int | None) -> None:
-    """A subPath directory the plugin made (root's, of the group by the setgid parent)
-    made writable by the mount group too; one a pod made keeps the modes it gave it."""
-    if group is None:
-        return
-    fd = fsops.open_dir(root_fd, rel_dir)  # never follows a symlink
-    try:
-        st = os.fstat(fd)
-        if st.st_uid == 0 and st.st_gid == group:
-            os.fchmod(fd, GROUP_DIR_MODE)
-    finally:
-        os.close(fd)
-
-
-def _control_rel(sub_path: str) -> str:
-    return f"{sub_path}/{paths.RESERVED}" if sub_path else paths.RESERVED
 
 
 def _flag(value: str, name: str) -> bool:
