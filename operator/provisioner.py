@@ -8,7 +8,7 @@ PersistentVolume controller binds, as it does for any external provisioner. Dele
 claim deletes the Volume, whose reclaim policy (the class's) then keeps or removes the data.
 
 Class parameters: ``backend``, ``version``, ``autocommitIntervalSeconds``; the claim gives
-the access modes and the size. Pure functions here; handlers.py calls them.
+the access modes and the size. Pure functions here; claim_provisioning.py calls them.
 """
 
 from __future__ import annotations
