@@ -23,8 +23,8 @@ from pathlib import Path
 from typing import Any
 
 from kvol import fsops, paths
+from kvol.control import MAX_CONNECTIONS, SOCKET_NAME, ConnectionBudget, ControlServer
 from kvol.csi import mounts
-from kvol.csi.control import MAX_CONNECTIONS, SOCKET_NAME, ConnectionBudget, ControlServer
 from kvol.csi.mounts import LiveMount, MountError
 from kvol.csi.podinfo import mount_group, pod_of
 from kvol.csi.snapshots import Snapshots

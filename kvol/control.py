@@ -1,7 +1,9 @@
-"""The control socket inside every mount: commit, reload and status over HTTP.
+"""The control socket of a working copy: commit, reload and status over HTTP.
 
-A pod reaches its working copy's owner (this plugin) through ``.kvol/control.sock`` at the
-root of its mount, in any language (``curl --unix-socket``). The protocol:
+Whatever process owns a copy answers on its ``.kvol/control.sock``: the node plugin for
+every pod's mount (a pod reaches it at the root of its mount, in any language, e.g.
+``curl --unix-socket``), and ``kvol volume watch`` for a local copy (kvol.watching).
+kvol.mounted is the client. The protocol:
 
 ``GET /status``
     ``200`` with ``{"volume", "namespace", "volume_id", "base_seq", "changed", "deleted",
@@ -24,9 +26,10 @@ arrive whole within :data:`REQUEST_TIMEOUT` seconds of connecting, or the connec
 closed; every connection serves one request. Each connection has a thread of its own, so
 a long commit never holds up accepting the next one.
 
-The socket file itself lives in the plugin's state directory and its directory is bind
-mounted at ``<mount>/.kvol``, so socket paths stay under the kernel's 108-byte limit and
-nothing of it is ever part of the volume's data.
+For a pod, the socket file lives in the plugin's state directory and its directory is
+bind mounted at ``<mount>/.kvol``, so nothing of it is ever part of the volume's data; a
+path past the kernel's 108-byte limit for socket addresses is reached through
+``/proc/self/fd``.
 """
 
 from __future__ import annotations

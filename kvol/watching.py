@@ -4,7 +4,7 @@ node plugin does for a pod's mount.
 One process holds the copy open: it finds changes from inotify events (kvol.tracker)
 instead of a stat of every file, commits them every interval and once more when it
 stops, and answers the copy's control socket (``.kvol/control.sock``, the protocol of
-kvol.csi.control). ``kvol volume commit``, ``reload`` and ``status`` in the copy, and the
+kvol.control). ``kvol volume commit``, ``reload`` and ``status`` in the copy, and the
 SDK's ``kvol.commit()``, find the socket (kvol.mounted) and ask this process, so a commit
 of one file in a large copy costs what the changed files cost, not a stat of every file.
 When the watcher is gone (killed), its socket answers nobody and they act on the copy
@@ -129,7 +129,7 @@ class Watcher:
     def run(self) -> CommitResult | None:
         """Watch until :meth:`stop`; returns the final commit's result. If the final
         commit fails its error is raised, and every change is still in the copy."""
-        from kvol.csi.control import ControlServer
+        from kvol.control import ControlServer
 
         # Held before the copy is opened: a second watcher must not touch it at all.
         with _held(self.root / paths.RESERVED):

@@ -19,7 +19,7 @@ import pytest
 
 from kvol import errors
 from kvol.catalog import Catalog
-from kvol.csi.control import ControlServer
+from kvol.control import ControlServer
 from kvol.repo import Repo
 from kvol.store import FilesystemStore
 from kvol.workcopy import WorkingCopy

@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 
 from kvol import InvalidArgument, NotFound, Volume, VolumeBusy
-from kvol.csi.control import ControlServer
+from kvol.control import ControlServer
 from kvol.errors import LimitExceeded
 from kvol.repo import Repo
 from kvol.store import open_store

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from kvol.catalog import Catalog
-from kvol.csi.control import MAX_CONNECTIONS, MAX_CONNECTIONS_TOTAL, SOCKET_NAME
+from kvol.control import MAX_CONNECTIONS, MAX_CONNECTIONS_TOTAL, SOCKET_NAME
 from kvol.mounted import ControlMount
 from tests.integration.csi.conftest import NAMESPACE
 from tests.integration.csi.plugin import Kubelet, Plugin, Pod

@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 
 from kvol import errors
-from kvol.csi.control import SOCKET_NAME, ControlServer
+from kvol.control import SOCKET_NAME, ControlServer
 from kvol.mounted import ControlMount
 
 

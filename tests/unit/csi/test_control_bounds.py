@@ -16,9 +16,8 @@ from typing import Any
 
 import pytest
 
-from kvol import errors
-from kvol.csi import control
-from kvol.csi.control import SOCKET_NAME, ControlServer
+from kvol import control, errors
+from kvol.control import SOCKET_NAME, ControlServer
 from kvol.mounted import ControlMount
 
 
