@@ -13,6 +13,8 @@ holder (the node plugin, autocommit) holds it, beside a git repository of the sa
 - ``change.commit_one_new_process``: a commit of one changed file by ``kvol volume
   commit`` (a new process: it scans every file, as a copy nobody holds open is), vs
   ``git commit -a``.
+- ``change.commit_one_watched``: the same command while ``kvol volume watch`` holds the
+  copy (the command asks the watcher, which tracks changes), vs ``git commit -a``.
 - ``change.idle_cpu``: the CPU an idle copy with autocommit burns per hour, vs running
   ``git status`` at the same interval. Measured over a few autocommit intervals and
   extrapolated to an hour (see :func:`_idle_cpu_per_hour`).
@@ -20,11 +22,13 @@ holder (the node plugin, autocommit) holds it, beside a git repository of the sa
 
 from __future__ import annotations
 
+import contextlib
 import os
 import resource
 import statistics
+import subprocess
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from bench import baselines
@@ -146,6 +150,23 @@ def change_tracking(ctx: Context) -> list[Result]:
                 baselines.git(git_tree, "commit", "-a", "-q", "-m", f"cli {n}")
             )
 
+        # The same `kvol volume commit`, while `kvol volume watch` holds the copy: the
+        # command asks the watcher, which looks only at what its events named.
+        watch_cli = [*kvol_command(), "--store", str(ctx.store_url), "volume", "watch"]
+        watch_cli += [str(root), "--interval", "3600"]
+        watched_runs, watched_git_runs = [], []
+        with _watching(watch_cli, env):
+            baselines.run(commit_cli, env=env)  # the watcher's first look is a full one
+            for n in range(runs):
+                rel = rel_path((n * 997 + 733) % files)
+                _rewrite(root / rel, 3000 + n)
+                _rewrite(git_tree / rel, 3000 + n)
+                baselines.drop_dirty_pages()
+                watched_runs.append(baselines.run(commit_cli, env=env))
+                watched_git_runs.append(
+                    baselines.git(git_tree, "commit", "-a", "-q", "-m", f"watched {n}")
+                )
+
         # Idle, with autocommit: tracked, then scanning every file, then git status.
         time.sleep(RACY_WAIT_SECONDS)
         wc.commit()
@@ -216,6 +237,13 @@ def change_tracking(ctx: Context) -> list[Result]:
                     "git commit -a",
                     cli_git_commit_runs,
                 ),
+                (
+                    "change.commit_one_watched",
+                    "kvol volume commit (kvol volume watch holds the copy)",
+                    watched_runs,
+                    "git commit -a",
+                    watched_git_runs,
+                ),
             )
         ),
         Result(
@@ -247,6 +275,24 @@ def change_tracking(ctx: Context) -> list[Result]:
             },
         ),
     ]
+
+
+@contextlib.contextmanager
+def _watching(command: list[str], env: dict[str, str]) -> Iterator[None]:
+    """A `kvol volume watch` process, from the moment it answers until it is stopped."""
+    proc = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            if line.startswith("Watching"):
+                break
+        else:
+            raise RuntimeError(f"kvol volume watch ended before watching (exit {proc.wait()})")
+        yield
+    finally:
+        proc.terminate()
+        if proc.wait(timeout=600) != 0:
+            raise RuntimeError(f"kvol volume watch exited with {proc.returncode}")
 
 
 def _idle_cpu_per_hour(
