@@ -18,8 +18,8 @@ that belongs to the volume (same name, or same volume id) is used.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
-import functools
 import json
 import logging
 import os
@@ -34,7 +34,7 @@ from kvol import errors
 from kvol.paths import RESERVED
 
 if TYPE_CHECKING:
-    import http.client
+    import socket
 
     from kvol.workcopy import WorkingCopy
 
@@ -139,40 +139,39 @@ class ControlMount(Mount):
         return data
 
     def _exchange(self, method: str, route: str, body: dict[str, Any] | None) -> tuple[int, Any]:
-        import http.client  # here: a command on a plain working copy never needs it
-
-        conn = _unix_http_connection()(self.socket_path, CONTROL_TIMEOUT)
+        payload = json.dumps(body).encode() if body is not None else b""
+        head = (
+            f"{method} {route} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n"
+            f"Content-Type: application/json\r\nContent-Length: {len(payload)}\r\n\r\n"
+        )
         try:
-            payload = json.dumps(body).encode() if body is not None else None
-            headers = {"Content-Type": "application/json"} if payload else {}
-            try:
-                conn.request(method, route, body=payload, headers=headers)
-            except BrokenPipeError:
-                # Refused before the request was read (the plugin is at its bound of
-                # connections): its answer is already here to be read.
-                if conn.sock is None:
-                    raise
-                response = http.client.HTTPResponse(conn.sock, method=method)
-                response.begin()
-            else:
-                response = conn.getresponse()
-            raw = response.read()
+            sock = _connect(self.socket_path, CONTROL_TIMEOUT)
         except (ConnectionRefusedError, FileNotFoundError) as exc:
             # Only connecting fails so: the socket file outlived its server.
             raise _NobodyAnswers() from exc
-        except (OSError, http.client.HTTPException) as exc:
+        except OSError as exc:
+            raise errors.StoreUnavailable(
+                f"the control socket {self.socket_path} did not answer: {exc}"
+            ) from exc
+        try:
+            # Refused before the request was read (a broken pipe): its answer is here.
+            with contextlib.suppress(BrokenPipeError):
+                sock.sendall(head.encode() + payload)
+            answer = _read_answer(sock)
+        except OSError as exc:
             raise errors.StoreUnavailable(
                 f"the control socket {self.socket_path} did not answer: {exc}"
             ) from exc
         finally:
-            conn.close()
+            sock.close()
+        status, raw = _parse_response(answer, self.socket_path)
         try:
             data = json.loads(raw or b"{}")
         except ValueError as exc:
             raise errors.CorruptData(
-                f"the control socket answered {response.status} with a body that is not JSON"
+                f"the control socket answered {status} with a body that is not JSON"
             ) from exc
-        return response.status, data
+        return status, data
 
 
 @dataclass
@@ -364,36 +363,78 @@ def _error_from(status: int, body: Any) -> errors.KvolError:
     return cls(message)
 
 
-@functools.cache
-def _unix_http_connection() -> Callable[[Path, float], http.client.HTTPConnection]:
-    """The class of HTTP connections over a unix socket, made on first use (http.client
-    is a fifth of a short command's imports)."""
-    import http.client
-    import socket
+def _connect(path: Path, timeout: float) -> socket.socket:
+    """A connection to the unix socket at ``path``; a long path is reached through
+    /proc/self/fd (an address holds 107 bytes; kubelet paths are often longer)."""
+    import socket  # here: a command on a plain working copy never connects
 
-    class UnixHTTPConnection(http.client.HTTPConnection):
-        """HTTP over a unix socket; long paths are reached through /proc/self/fd."""
-
-        def __init__(self, path: Path, timeout: float) -> None:
-            super().__init__("localhost", timeout=timeout)
-            self._unix_path = path
-
-        def connect(self) -> None:
-            sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-            sock.settimeout(self.timeout)
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    sock.settimeout(timeout)
+    try:
+        if len(os.fsencode(path)) < 100:
+            sock.connect(str(path))
+        else:
+            dir_fd = os.open(path.parent, os.O_PATH | os.O_DIRECTORY)
             try:
-                if len(os.fsencode(self._unix_path)) < 100:
-                    sock.connect(str(self._unix_path))
-                else:
-                    # sun_path holds 107 bytes; kubelet paths are often longer.
-                    dir_fd = os.open(self._unix_path.parent, os.O_PATH | os.O_DIRECTORY)
-                    try:
-                        sock.connect(f"/proc/self/fd/{dir_fd}/{self._unix_path.name}")
-                    finally:
-                        os.close(dir_fd)
-            except BaseException:
-                sock.close()
-                raise
-            self.sock = sock
+                sock.connect(f"/proc/self/fd/{dir_fd}/{path.name}")
+            finally:
+                os.close(dir_fd)
+    except BaseException:
+        sock.close()
+        raise
+    return sock
 
-    return UnixHTTPConnection
+
+def _read_answer(sock: socket.socket) -> bytes:
+    """The server's answer: up to the end of its body (it answers one request per
+    connection, with a Content-Length, then closes). A server that refused the request
+    unread closes with it unread, which resets the connection once the answer is read:
+    the answer stands."""
+    answer = b""
+    while not _complete(answer):
+        try:
+            chunk = sock.recv(65536)
+        except ConnectionResetError:
+            if answer:
+                break
+            raise
+        if not chunk:
+            break
+        answer += chunk
+    return answer
+
+
+def _complete(answer: bytes) -> bool:
+    head, sep, body = answer.partition(b"\r\n\r\n")
+    if not sep:
+        return False
+    for line in head.split(b"\r\n")[1:]:
+        name, _, value = line.partition(b":")
+        if name.strip().lower() == b"content-length":
+            return value.strip().isdigit() and len(body) >= int(value)
+    return False  # no length: the body ends when the server closes
+
+
+def _parse_response(answer: bytes, path: Path) -> tuple[int, bytes]:
+    """The status and body of an HTTP/1.1 response with a Content-Length, as the control
+    server always sends (a small client of our own: http.client and the email parser
+    it loads would be most of a short command's start)."""
+    head, sep, body = answer.partition(b"\r\n\r\n")
+    lines = head.decode("latin-1").split("\r\n")
+    parts = lines[0].split(" ", 2)
+    length = None
+    for line in lines[1:]:
+        name, _, value = line.partition(":")
+        if name.strip().lower() == "content-length":
+            length = value.strip()
+    try:
+        if not sep or len(parts) < 2 or not parts[0].startswith("HTTP/"):
+            raise ValueError("no status line")
+        status = int(parts[1])
+        if length is not None and int(length) != len(body):
+            raise ValueError(f"{len(body)} bytes of a body of {length}")
+    except ValueError as exc:
+        raise errors.StoreUnavailable(
+            f"the control socket {path} did not answer in HTTP: {exc}"
+        ) from None
+    return status, body

@@ -261,3 +261,70 @@ def test_mountinfo_escapes_are_undone_in_paths_that_are_not_utf8() -> None:
     assert os.fsencode(unescape(field)) == b"/mnt/caf\xe9 data"
     assert unescape("/plain") == "/plain"
     assert unescape("/a\\134b\\011c") == "/a\\b\tc"
+
+
+@pytest.mark.parametrize(
+    ("answer", "expected"),
+    [
+        (b"garbage, not HTTP", "did not answer in HTTP"),
+        (b"HTTP/1.1 200 OK\r\nContent-Length: 40\r\n\r\n{}", "2 bytes of a body of 40"),
+        (b"", "did not answer in HTTP"),
+    ],
+)
+def test_a_control_socket_answering_no_http_is_a_clear_error(
+    tmp_path: Path, answer: bytes, expected: str
+) -> None:
+    import socket
+    import threading
+
+    from kvol.errors import StoreUnavailable
+    from kvol.mounted import ControlMount
+
+    (tmp_path / ".kvol").mkdir()
+    server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    server.bind(str(tmp_path / ".kvol" / "control.sock"))
+    server.listen()
+
+    def answer_once() -> None:
+        conn, _ = server.accept()
+        with conn:
+            conn.recv(65536)
+            conn.sendall(answer)
+
+    thread = threading.Thread(target=answer_once)
+    thread.start()
+    try:
+        with pytest.raises(StoreUnavailable, match=expected):
+            ControlMount(tmp_path).commit()
+    finally:
+        thread.join(timeout=10)
+        server.close()
+
+
+def test_a_watched_copys_socket_that_nobody_answers_is_passed_by(url: str, tmp_path: Path) -> None:
+    """A local copy whose watcher was killed: its socket file is left and nothing
+    listens; commit, reload and status act on the copy directly. A pod's mount (no
+    configuration beside the socket) says the socket did not answer instead."""
+    import socket
+
+    from kvol.errors import StoreUnavailable
+    from kvol.mounted import ControlMount, at
+
+    vol, wc = local_copy(url, "vol", tmp_path / "copy")
+    wc.close(final_commit=False)
+    left = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    left.bind(str(tmp_path / "copy" / ".kvol" / "control.sock"))
+    left.close()  # bound, never listening: as a killed process leaves it
+    mount = at(tmp_path / "copy")
+    assert isinstance(mount, ControlMount) and mount.local
+    (tmp_path / "copy" / "f.txt").write_bytes(b"committed anyway")
+    assert mount.status()["changed"] == ["f.txt"]
+    assert mount.commit()["seq"] == 1
+    assert mount.reload()["to_seq"] == 1
+    assert b"".join(vol.read_file("f.txt")) == b"committed anyway"
+
+    pod = tmp_path / "pod"
+    (pod / ".kvol").mkdir(parents=True)
+    (tmp_path / "copy" / ".kvol" / "control.sock").rename(pod / ".kvol" / "control.sock")
+    with pytest.raises(StoreUnavailable, match="did not answer"):
+        ControlMount(pod).commit()
