@@ -20,21 +20,19 @@ the next one, which adds the blobs again and serves them.
 
 from __future__ import annotations
 
-import bisect
-import collections
 import contextlib
 import logging
 import os
-import struct
 import threading
-import time
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
 from pathlib import Path
 
 from kvol import metrics
+from kvol.blob_file import open_blob, record_filled, write_part
+from kvol.blob_parts import Blob, Part, Wait, unfilled_bytes
+from kvol.blob_queue import PartQueue
 from kvol.content import ContentReader
-from kvol.errors import CorruptData, InvalidArgument, KvolError
+from kvol.errors import InvalidArgument, KvolError
 from kvol.fangroup import (
     FAN_MARK_ADD,
     FAN_MARK_REMOVE,
@@ -49,9 +47,6 @@ from kvol.repo import Repo
 
 log = logging.getLogger(__name__)
 
-_FILLED = struct.Struct("<Q")
-#: Background parts per batch: small files of one pack come in one request.
-BATCH = 64
 #: Parts of a file fetched ahead of a read that waits for one of them.
 READAHEAD = 4
 #: Seconds between records of what was filled (and syncs of the blob's data): a sync
@@ -60,73 +55,14 @@ READAHEAD = 4
 LOG_INTERVAL = 10.0
 
 
-#: The index of the one part of a file whose record does not add up (see BlobFiller.add).
-_UNREADABLE = -1
-
-
-@dataclass(eq=False, slots=True)
-class _Part:
-    """One part of one file: where it goes in the blob and what it must be. (One per
-    file of a volume, made at every cold start: slots, and no list until a read waits.)"""
-
-    start: int
-    end: int
-    record: FileRecord
-    index: int
-    filled: bool = False
-    running: bool = False
-    #: Events waiting for this part (answered once every part they wait for is in).
-    waiters: list[_Wait] | None = None
-
-
-@dataclass(eq=False)
-class _Wait:
-    """A read of the blob, held until the parts under its range are filled."""
-
-    fd: int
-    left: int
-    ok: bool = True
-    since: float = field(default_factory=time.monotonic)
-
-
-@dataclass(eq=False)
-class _Blob:
-    path: Path
-    volume_id: str
-    fd: int
-    log_fd: int
-    parts: list[_Part]
-    starts: list[int]
-    left: int
-    repo: Repo | None = None  # None until the volume is registered
-    #: Starts of parts filled and not recorded yet (see BlobFiller._log).
-    unlogged: list[int] = field(default_factory=list)
-    #: No longer watched: what is left to fill is no longer counted as pending.
-    closed: bool = False
-    log_lock: threading.Lock = field(default_factory=threading.Lock)
-
-    def after(self, part: _Part, count: int) -> list[_Part]:
-        """Up to ``count`` parts of the same file after ``part`` not filled or filling."""
-        i = bisect.bisect_left(self.starts, part.start)
-        return [
-            q
-            for q in self.parts[i + 1 : i + 1 + count]
-            if q.record is part.record and not q.filled and not q.running
-        ]
-
-    def under(self, offset: int, count: int) -> list[_Part]:
-        """The parts a read of ``count`` bytes at ``offset`` touches."""
-        i = max(0, bisect.bisect_right(self.starts, offset) - 1)
-        found = []
-        while i < len(self.parts) and self.parts[i].start < offset + count:
-            if self.parts[i].end > offset:
-                found.append(self.parts[i])
-            i += 1
-        return found
-
-
 class BlobFiller:
-    """The fanotify group that fills blobs as they are read, and in the background."""
+    """The fanotify group that fills blobs as they are read, and in the background.
+
+    This class runs the group: the blobs it watches, its threads, the fills they take
+    from the queue, and the answers to the reads waiting for them. What it knows of a blob
+    is :mod:`kvol.blob_parts`', the order of fills :class:`PartQueue`'s, and the blob on
+    disk (its parts written, what is filled recorded) :mod:`kvol.blob_file`'s.
+    """
 
     def __init__(self, state: Path, workers: int = 8) -> None:
         if workers < 2:
@@ -135,16 +71,12 @@ class BlobFiller:
         self.workers = workers
         self._lock = threading.Lock()
         self._wake = threading.Condition(self._lock)
-        self._blobs: dict[tuple[int, int], _Blob] = {}
-        self._demand: collections.deque[tuple[_Blob, _Part]] = collections.deque()
-        self._background: collections.deque[tuple[_Blob, _Part]] = collections.deque()
+        self._blobs: dict[tuple[int, int], Blob] = {}
+        #: The parts to fill, in order (under the lock, as the parts are).
+        self._queue = PartQueue()
         #: Reads of blobs not added yet, from before a restart: they wait for add().
         self._parked: dict[tuple[int, int], list[tuple[int, tuple[int, int] | None]]] = {}
         self._repos: dict[str, Repo] = {}
-        #: Parts asked for before their volume was registered (by reads, in the
-        #: background).
-        self._unregistered: dict[str, list[tuple[_Blob, _Part]]] = {}
-        self._unregistered_later: dict[str, list[tuple[_Blob, _Part]]] = {}
         self._settled = True
         self._filler_tids: set[int] = set()
         self._threads: list[threading.Thread] = []
@@ -215,11 +147,11 @@ class BlobFiller:
                 self._held.release()
             self._held.close()
 
-    def _close(self, blob: _Blob) -> None:
+    def _close(self, blob: Blob) -> None:
         with self._lock:
             blob.closed = True
-            metrics.LAZY_PENDING_BYTES.dec(_unfilled_bytes(blob))
-        self._log(blob)
+            metrics.LAZY_PENDING_BYTES.dec(unfilled_bytes(blob))
+        record_filled(blob, self._lock)
         for part in blob.parts:
             if part.waiters:
                 self._answer(part.waiters, ok=False)
@@ -239,38 +171,19 @@ class BlobFiller:
             known = self._blobs.get((st.st_dev, st.st_ino))
             if known is not None:
                 return known.left
-        done = _read_filled(_filled_path(blob))
-        parts: list[_Part] = []
-        for offset, record in sorted(contents, key=lambda c: c[0]):
-            if not record.adds_up():
-                # Its parts would leave a hole or run into the next extent: every read of
-                # it fails instead (see _fill_part).
-                parts.append(_Part(offset, offset + record.size, record, _UNREADABLE))
-                continue
-            at = offset
-            for i, p in enumerate(record.parts):
-                if p.length:
-                    parts.append(_Part(at, at + p.length, record, i, filled=at in done))
-                at += p.length
-        fd = os.open(blob, os.O_RDWR | os.O_CLOEXEC | os.O_NOFOLLOW)
-        log_fd = os.open(
-            _filled_path(blob), os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o600
-        )
-        st = os.fstat(fd)
-        left = sum(1 for p in parts if not p.filled)
-        state = _Blob(blob, volume_id, fd, log_fd, parts, [p.start for p in parts], left)
+        key, state = open_blob(blob, volume_id, contents)
+        left = state.left  # as opened: fills may begin as soon as it is known
         if left:
             try:
-                mark(self._group, FAN_MARK_ADD, FAN_PRE_ACCESS, fd)
+                mark(self._group, FAN_MARK_ADD, FAN_PRE_ACCESS, state.fd)
             except OSError:
-                os.close(fd)
-                os.close(log_fd)
+                os.close(state.fd)
+                os.close(state.log_fd)
                 raise
-        key = (st.st_dev, st.st_ino)
         with self._lock:
             state.repo = self._repos.get(volume_id)
             self._blobs[key] = state
-            metrics.LAZY_PENDING_BYTES.inc(_unfilled_bytes(state))
+            metrics.LAZY_PENDING_BYTES.inc(unfilled_bytes(state))
             parked = self._parked.pop(key, [])
         for event_fd, where in parked:
             self._on_event(event_fd, 0, where)
@@ -293,8 +206,7 @@ class BlobFiller:
             for blob in self._blobs.values():
                 if blob.volume_id == repo.volume_id:
                     blob.repo = repo
-            self._demand.extendleft(reversed(self._unregistered.pop(repo.volume_id, [])))
-            self._background.extend(self._unregistered_later.pop(repo.volume_id, []))
+            self._queue.registered(repo.volume_id)
             self._wake.notify_all()
 
     def remove(self, blob: Path) -> None:
@@ -313,7 +225,7 @@ class BlobFiller:
         with self._wake:
             state = self._blobs.get((st.st_dev, st.st_ino))
             if state is not None:
-                self._background.extend((state, p) for p in state.parts if not p.filled)
+                self._queue.background(state, (p for p in state.parts if not p.filled))
             self._wake.notify_all()
 
     def pending(self, blob: Path) -> int:
@@ -328,8 +240,7 @@ class BlobFiller:
         with self._wake:
             return self._wake.wait_for(
                 lambda: (
-                    not self._demand
-                    and not self._background
+                    self._queue.empty()
                     and not any(p.running for s in self._blobs.values() for p in s.parts)
                 ),
                 timeout,
@@ -344,7 +255,7 @@ class BlobFiller:
                 while True:
                     if self._stopping:
                         return
-                    batch = self._take(demand_only)
+                    batch = self._queue.take(demand_only)
                     if batch:
                         break
                     self._wake.wait()
@@ -352,38 +263,13 @@ class BlobFiller:
             with self._wake:
                 self._wake.notify_all()
 
-    def _take(self, demand_only: bool) -> list[tuple[_Blob, _Part]]:
-        """Under the lock: the next part a read waits for, else background parts of one
-        blob. A part already filled or being filled is skipped (its waiters are kept)."""
-        for queue in (self._demand,) if demand_only else (self._demand, self._background):
-            batch: list[tuple[_Blob, _Part]] = []
-            while queue and len(batch) < (1 if queue is self._demand else BATCH):
-                blob, part = queue[0]
-                if part.filled or part.running:
-                    queue.popleft()
-                    continue
-                if blob.repo is None:  # its volume is not registered yet
-                    waiting = (
-                        self._unregistered if queue is self._demand else self._unregistered_later
-                    )
-                    waiting.setdefault(blob.volume_id, []).append(queue.popleft())
-                    continue
-                if batch and blob is not batch[0][0]:
-                    break
-                queue.popleft()
-                part.running = True
-                batch.append((blob, part))
-            if batch:
-                return batch
-        return []
-
-    def _fill(self, batch: list[tuple[_Blob, _Part]]) -> None:
+    def _fill(self, batch: list[tuple[Blob, Part]]) -> None:
         """Fetch, verify and write the batch's parts; every one of them is settled (its
         reads answered, and no longer running) whatever happens."""
         blob = batch[0][0]
         outcome: dict[int, bool] = {}
         try:
-            assert blob.repo is not None  # _take hands out parts of registered volumes only
+            assert blob.repo is not None  # the queue hands out parts of registered volumes only
             reader = blob.repo.reader()
             try:
                 if len(batch) > 1:
@@ -401,54 +287,27 @@ class BlobFiller:
             for _, part in batch:
                 self._settle(blob, part, outcome.get(id(part), False))
 
-    def _log(self, blob: _Blob) -> None:
-        """Record what was filled, once it is on disk: a crash before forgets it (the
-        part is fetched again), never lies. In batches: a sync per part would make a
-        large file's first read crawl."""
-        with blob.log_lock:
-            with self._lock:
-                starts, blob.unlogged = blob.unlogged, []
-            if not starts:
-                return
-            try:
-                os.fdatasync(blob.fd)
-                os.write(blob.log_fd, b"".join(_FILLED.pack(s) for s in starts))
-                os.fsync(blob.log_fd)
-            except OSError as exc:
-                log.warning("recording the filled parts of %s failed: %s", blob.path, exc)
-
     def _log_every(self) -> None:
         while not self._log_stop.wait(LOG_INTERVAL):
             with self._lock:
                 blobs = [b for b in self._blobs.values() if b.unlogged]
             for blob in blobs:
-                self._log(blob)
+                record_filled(blob, self._lock)
 
-    def _fill_part(self, blob: _Blob, part: _Part, reader: ContentReader) -> bool:
+    def _fill_part(self, blob: Blob, part: Part, reader: ContentReader) -> bool:
         try:
-            if part.index == _UNREADABLE:
-                raise CorruptData(
-                    f"the record of {part.record.hash} has parts that do not add up to its size"
-                )
-            data = reader.read_part(part.record, part.index)
-            if len(data) != part.end - part.start:
-                raise CorruptData("a part's content has the wrong size")
-            view = memoryview(data)
-            at = part.start
-            while view:
-                n = os.pwrite(blob.fd, view, at)
-                view, at = view[n:], at + n
+            size = write_part(blob, part, reader)
         except (KvolError, OSError) as exc:
             self.failures += 1
             metrics.LAZY_FETCHES.labels("failed").inc()
             log.warning("fetch of part %d of %s failed: %s", part.index, part.record.hash, exc)
             return False
         metrics.LAZY_FETCHES.labels("ok").inc()
-        metrics.LAZY_FETCHED_BYTES.inc(len(data))
+        metrics.LAZY_FETCHED_BYTES.inc(size)
         return True
 
-    def _settle(self, blob: _Blob, part: _Part, ok: bool) -> None:
-        answered: list[_Wait] = []
+    def _settle(self, blob: Blob, part: Part, ok: bool) -> None:
+        answered: list[Wait] = []
         with self._lock:
             if ok and not part.filled:
                 part.filled = True
@@ -468,7 +327,7 @@ class BlobFiller:
         for wait in answered:
             self._respond_held(wait, wait.ok)
         if everything:
-            self._log(blob)
+            record_filled(blob, self._lock)
             # All there: reads need no event any more.
             with contextlib.suppress(OSError):
                 mark(self._group, FAN_MARK_REMOVE, FAN_PRE_ACCESS, blob.fd)
@@ -478,11 +337,11 @@ class BlobFiller:
     def _respond(self, fd: int, ok: bool) -> None:
         respond(self._group, fd, ok)
 
-    def _respond_held(self, wait: _Wait, ok: bool) -> None:
+    def _respond_held(self, wait: Wait, ok: bool) -> None:
         metrics.count_held_read(ok, wait.since)  # before the read goes on (see lazy.py)
         self._respond(wait.fd, ok)
 
-    def _answer(self, waits: list[_Wait], *, ok: bool) -> None:
+    def _answer(self, waits: list[Wait], *, ok: bool) -> None:
         for wait in waits:
             if wait.left > 0:
                 wait.left = 0
@@ -510,15 +369,15 @@ class BlobFiller:
                 parts = blob.parts if where is None else blob.under(*where)
                 wanted = [p for p in parts if not p.filled]
                 if wanted and not self._stopping:
-                    wait = _Wait(fd, len(wanted))
+                    wait = Wait(fd, len(wanted))
                     for part in wanted:
                         if part.waiters is None:
                             part.waiters = []
                         part.waiters.append(wait)
-                        self._demand.append((blob, part))
+                    self._queue.demand(blob, wanted)
                     # A read of a large file goes on to its next parts: fetch them now,
                     # side by side, rather than one at a time as the reads come.
-                    self._demand.extend((blob, q) for q in blob.after(wanted[-1], READAHEAD))
+                    self._queue.demand(blob, blob.after(wanted[-1], READAHEAD))
                     self._wake.notify_all()
                     return
                 ok = not wanted  # stopping with parts missing: fail the read, never zeros
@@ -529,20 +388,3 @@ class BlobFiller:
                     log.error("%s: read of bytes %d+%d, which no file has", blob.path, *where)
                     ok = False
         self._respond(fd, ok)
-
-
-def _unfilled_bytes(blob: _Blob) -> int:
-    return sum(p.end - p.start for p in blob.parts if not p.filled)
-
-
-def _filled_path(blob: Path) -> Path:
-    return blob.with_name(blob.name + ".filled")
-
-
-def _read_filled(path: Path) -> set[int]:
-    try:
-        data = path.read_bytes()
-    except FileNotFoundError:
-        return set()
-    whole = len(data) - len(data) % _FILLED.size  # a torn last record is not counted
-    return {v for (v,) in _FILLED.iter_unpack(data[:whole])}
