@@ -11,31 +11,12 @@ from kvol.operator import metrics, specs
 from kvol.operator.backend_lookup import find_backend, reachable_store
 from kvol.operator.backends import store_url
 from kvol.operator.failures import ReconcileError, classify
-from kvol.operator.kube import Kube
-from kvol.operator.locks import KeyedLocks
-from kvol.operator.registry import Backends
-from kvol.operator.settings import Settings
-from kvol.operator.status import Condition, EventSink, Obj, StatusBook
+from kvol.operator.shared import Part
+from kvol.operator.status import Condition, Obj
 
 
-class BackendReconciler:
+class BackendReconciler(Part):
     """Checks VolumeBackends, writes their status, and guards their deletion."""
-
-    def __init__(
-        self,
-        kube: Kube,
-        backends: Backends,
-        settings: Settings,
-        emit: EventSink,
-        locks: KeyedLocks,
-        status: StatusBook,
-    ) -> None:
-        self.kube = kube
-        self.backends = backends
-        self.settings = settings
-        self.emit = emit
-        self.locks = locks
-        self.status = status
 
     def reconcile(self, body: Mapping[str, Any], *, periodic: bool = False) -> Obj | None:
         """Check a backend and write its status; raise when it is invalid or unreachable."""

@@ -27,6 +27,7 @@ from kvol.operator.locks import KeyedLocks
 from kvol.operator.registry import Backends
 from kvol.operator.retention_passes import RetentionPasses
 from kvol.operator.settings import Settings
+from kvol.operator.shared import Shared
 from kvol.operator.status import REACHABLE, READY, Condition, EventSink, Obj, StatusBook
 from kvol.operator.volume_apply import VolumeReconciler
 from kvol.operator.volume_delete import VolumeFinalizer
@@ -60,15 +61,12 @@ class Reconciler:
         self.locks = KeyedLocks()
         self.status = StatusBook(kube, emit)
         self.content = ContentCache(settings)
-        self.volumes = VolumeReconciler(kube, backends, self.locks, self.status, self.content)
-        self.finalizer = VolumeFinalizer(
-            kube, backends, settings, emit, self.locks, self.status, self.content
-        )
-        self.retention = RetentionPasses(backends, settings, emit, self.locks, self.status)
+        shared = Shared(kube, backends, settings, emit, self.locks, self.status, self.content)
+        self.volumes = VolumeReconciler(shared)
+        self.finalizer = VolumeFinalizer(shared)
+        self.retention = RetentionPasses(shared)
         self.claims = ClaimProvisioner(kube, emit)
-        self.backend_objects = BackendReconciler(
-            kube, backends, settings, emit, self.locks, self.status
-        )
+        self.backend_objects = BackendReconciler(shared)
 
     # The store steps of a Volume, where tests of the store's catalog reach them.
     _retained_id = staticmethod(retained_id)

@@ -13,33 +13,17 @@ from kvol import errors
 from kvol.operator import metrics, specs
 from kvol.operator.backend_lookup import find_backend, reachable_store
 from kvol.operator.failures import ReconcileError, classify
-from kvol.operator.locks import KeyedLocks
-from kvol.operator.registry import Backends
 from kvol.operator.resources import VolumeSpec
-from kvol.operator.settings import Settings
-from kvol.operator.status import EventSink, Obj, StatusBook
+from kvol.operator.shared import Part
+from kvol.operator.status import Obj
 from kvol.operator.volume_store import write_retention
 from kvol.repo import Repo
 from kvol.retention import PruneReport, prune_history, storage_usage
 
 
-class RetentionPasses:
+class RetentionPasses(Part):
     """Schedules and runs the retention passes over Volumes, reported in
     status.retention."""
-
-    def __init__(
-        self,
-        backends: Backends,
-        settings: Settings,
-        emit: EventSink,
-        locks: KeyedLocks,
-        status: StatusBook,
-    ) -> None:
-        self.backends = backends
-        self.settings = settings
-        self.emit = emit
-        self.locks = locks
-        self.status = status
 
     def due(self, body: Mapping[str, Any], now: float | None = None) -> bool:
         """Whether a Ready Volume's retention pass is due: a prune interval after the last

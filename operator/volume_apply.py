@@ -13,14 +13,11 @@ from typing import Any
 from kvol import errors
 from kvol.operator import specs
 from kvol.operator.backend_lookup import find_backend, reachable_store
-from kvol.operator.content import ContentCache
 from kvol.operator.failures import ReconcileError
-from kvol.operator.kube import Kube
-from kvol.operator.locks import KeyedLocks
 from kvol.operator.persistent_volumes import ensure_pv_and_claim
-from kvol.operator.registry import Backends
 from kvol.operator.resources import VolumeSpec
-from kvol.operator.status import REACHABLE, READY, Condition, Obj, StatusBook
+from kvol.operator.shared import Part
+from kvol.operator.status import REACHABLE, READY, Condition, Obj
 from kvol.operator.volume_store import (
     create_in_store,
     retained_id,
@@ -32,22 +29,8 @@ from kvol.repo import new_volume_id
 log = logging.getLogger(__name__)
 
 
-class VolumeReconciler:
+class VolumeReconciler(Part):
     """Provisions Volumes (volume id, store entry, PV and claim) and refreshes their status."""
-
-    def __init__(
-        self,
-        kube: Kube,
-        backends: Backends,
-        locks: KeyedLocks,
-        status: StatusBook,
-        content: ContentCache,
-    ) -> None:
-        self.kube = kube
-        self.backends = backends
-        self.locks = locks
-        self.status = status
-        self.content = content
 
     def reconcile(self, body: Mapping[str, Any], *, fresh: bool = False) -> Obj | None:
         """Bring one Volume to Ready: volume id, store entry, PV and claim, status.

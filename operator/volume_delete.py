@@ -9,39 +9,17 @@ from typing import Any
 from kvol import errors
 from kvol.operator import specs
 from kvol.operator.backend_lookup import find_backend, reachable_store
-from kvol.operator.content import ContentCache
 from kvol.operator.failures import ReconcileError, classify
-from kvol.operator.kube import Kube
-from kvol.operator.locks import KeyedLocks
 from kvol.operator.persistent_volumes import delete_pv_and_claim
-from kvol.operator.registry import Backends
 from kvol.operator.resources import VolumeSpec
-from kvol.operator.settings import Settings
-from kvol.operator.status import READY, EventSink, StatusBook
+from kvol.operator.shared import Part
+from kvol.operator.status import READY
 from kvol.operator.volume_store import destroy
 
 
-class VolumeFinalizer:
+class VolumeFinalizer(Part):
     """Removes a deleted Volume's PV and claim, and its data under a Delete policy once no
     pod mounts it; then forgets the Volume."""
-
-    def __init__(
-        self,
-        kube: Kube,
-        backends: Backends,
-        settings: Settings,
-        emit: EventSink,
-        locks: KeyedLocks,
-        status: StatusBook,
-        content: ContentCache,
-    ) -> None:
-        self.kube = kube
-        self.backends = backends
-        self.settings = settings
-        self.emit = emit
-        self.locks = locks
-        self.status = status
-        self.content = content
 
     def delete(self, body: Mapping[str, Any]) -> None:
         """Carry out the reclaim policy. Returns only when the finalizer may go."""
