@@ -44,7 +44,7 @@ from typing import BinaryIO, Protocol
 
 from blake3 import blake3
 
-from kvol import metrics
+from kvol import grace, metrics
 from kvol.errors import Conflict, CorruptData, InvalidArgument, NotFound
 from kvol.layout import VolumeKeys
 from kvol.model import FileRecord, Part
@@ -62,17 +62,15 @@ PACKS_IN_FLIGHT = 2
 #: Chunks of large files a writer holds at once (read and not yet stored), whatever the
 #: number of files: one large file is sent this many chunks at a time.
 CHUNKS_IN_FLIGHT = 4
-#: An object not known to be younger than this (store clock) is renewed before a commit
-#: publishes it; half of the shortest grace garbage collection accepts.
-REFRESH_AFTER_SECONDS = 1800.0
+#: (kvol.grace; a name of this module too, which tests shorten.)
+REFRESH_AFTER_SECONDS = grace.REFRESH_AFTER_SECONDS
 #: Key-derivation context of multi-part content ids (a domain of its own, see above).
 _MULTI_PART_CONTEXT = "kvol 2026-11-30 content id of a file of several parts"
 
 
 def min_gc_grace() -> float:
-    """The shortest grace garbage collection may use: a renewal's threshold, plus as long
-    again for the publish that follows it (see the renewal protocol above)."""
-    return 2 * REFRESH_AFTER_SECONDS
+    """The shortest grace garbage collection may use (kvol.grace.shortest_grace)."""
+    return grace.shortest_grace(REFRESH_AFTER_SECONDS)
 
 
 def digest(data: bytes | memoryview | mmap.mmap) -> str:

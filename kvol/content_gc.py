@@ -7,7 +7,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from kvol import content
+from kvol import content, grace
 from kvol.checkpoints import Checkpoints
 from kvol.commit_log import CommitLog
 from kvol.errors import InvalidArgument, NotFound
@@ -16,9 +16,7 @@ from kvol.layout import VolumeKeys, parse_seq
 from kvol.model import Entry, FileRecord, PutOp
 from kvol.store import Store
 
-#: Objects younger than this are never collected: a commit may be about to publish them.
-#: Never below :func:`kvol.content.min_gc_grace` (see the renewal protocol there).
-DEFAULT_GC_GRACE_SECONDS = 3600.0
+DEFAULT_GC_GRACE_SECONDS = grace.DEFAULT_GC_GRACE_SECONDS
 
 
 def check_grace(grace: object) -> float:

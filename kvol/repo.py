@@ -18,7 +18,7 @@ from kvol.commit_log import CommitLog, encode_entry
 from kvol.commit_log import this_writer as this_writer
 from kvol.content import DEFAULT_CHUNK_SIZE, ContentReader
 from kvol.content_gc import DEFAULT_GC_GRACE_SECONDS as DEFAULT_GC_GRACE_SECONDS
-from kvol.content_gc import ContentCollector, check_grace
+from kvol.content_gc import ContentCollector
 from kvol.content_gc import GcReport as GcReport
 from kvol.content_gc import Unreferenced as Unreferenced
 from kvol.history import CommitInfo as CommitInfo
@@ -30,9 +30,6 @@ from kvol.model import VOLUME_FORMAT, Entry, Limits, Op, State, VolumeMeta, Writ
 from kvol.store import Store
 from kvol.volume_meta import StoredMeta
 from kvol.volume_meta import new_volume_id as new_volume_id
-
-#: Kept importable by its former name.
-_check_grace = check_grace
 
 
 class Repo:

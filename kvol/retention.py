@@ -32,9 +32,11 @@ import json
 import math
 from dataclasses import dataclass
 
+from kvol.content_gc import check_grace
 from kvol.errors import CorruptData, InvalidArgument, NotFound
+from kvol.grace import DEFAULT_GC_GRACE_SECONDS
 from kvol.layout import parse_seq, seq_name
-from kvol.repo import DEFAULT_GC_GRACE_SECONDS, Repo, _check_grace
+from kvol.repo import Repo
 from kvol.store import Store
 
 FORMAT = 1
@@ -183,7 +185,7 @@ def prune_history(
     horizon is recorded the commits before it stay in the store. A dry run writes and
     deletes nothing, and reports where the horizon would be.
     """
-    grace = _check_grace(grace_seconds)
+    grace = check_grace(grace_seconds)
     store = repo.store
     if policy is None:
         policy = read_policy(store, repo.volume_id)

@@ -15,17 +15,16 @@ from typing import TYPE_CHECKING, Any
 from kvol import mounted, paths
 from kvol.cli import output
 from kvol.cli.output import emit_json, plural, say, size, warn, when
-from kvol.content import REFRESH_AFTER_SECONDS, min_gc_grace
 from kvol.errors import AlreadyExists, CorruptData, InvalidArgument, KvolError, NotFound
+from kvol.grace import DEFAULT_GC_GRACE_SECONDS, REFRESH_AFTER_SECONDS, shortest_grace
 from kvol.progress import bar
-from kvol.repo import DEFAULT_GC_GRACE_SECONDS
-from kvol.store import Store, open_store
 
 # The SDK, the catalog and fsck are imported by the commands that use them: a command on
 # a working copy (commit, reload, status) needs none of them.
 if TYPE_CHECKING:
     from kvol.catalog import Catalog
     from kvol.fsck import FsckReport
+    from kvol.store import Store
     from kvol.volume import FileEntry, Volume
 
 Handler = Callable[[argparse.Namespace], int]
@@ -243,7 +242,7 @@ def register(commands: Any, common: argparse.ArgumentParser) -> None:
         "kvol volume gc data --dry-run",
     )
     p.epilog = (p.epilog or "") + GC_EPILOG.format(
-        minimum=min_gc_grace(), renew=REFRESH_AFTER_SECONDS
+        minimum=shortest_grace(), renew=REFRESH_AFTER_SECONDS
     )
     p.add_argument("name")
     p.add_argument(
@@ -252,7 +251,7 @@ def register(commands: Any, common: argparse.ArgumentParser) -> None:
         default=DEFAULT_GC_GRACE_SECONDS,
         metavar="SECONDS",
         help=f"keep unreferenced content younger than this, by the store's clock "
-        f"(default: {DEFAULT_GC_GRACE_SECONDS:g}; at least {min_gc_grace():g}, see below)",
+        f"(default: {DEFAULT_GC_GRACE_SECONDS:g}; at least {shortest_grace():g}, see below)",
     )
     p.add_argument("--dry-run", action="store_true", help="report, delete nothing")
     p.add_argument("--json", action="store_true", help="print JSON")
@@ -330,6 +329,8 @@ content only they named are deleted by the first gc a grace period later.
 def store_of(args: argparse.Namespace) -> Store:
     store: Store | None = getattr(args, "_store", None)
     if store is None:
+        from kvol.store import open_store
+
         store = open_store(getattr(args, "store", None))
         args._store = store
     return store

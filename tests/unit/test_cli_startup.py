@@ -10,6 +10,7 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -199,3 +200,36 @@ def test_a_missing_or_unknown_command_is_refused_as_before(
         main(argv)
     assert exited.value.code == 2
     assert message in capsys.readouterr().err
+
+
+class _Answers:
+    """A watcher's answers, without a copy behind them."""
+
+    def commit(self, message: str | None = None) -> dict[str, Any]:
+        return {"seq": 7, "files": 1, "bytes": 3, "deleted": 0, "deferred": [], "skipped": []}
+
+    def reload(self) -> dict[str, Any]:
+        return {"from_seq": 7, "to_seq": 7, "files": 0, "kept_local": []}
+
+    def status(self) -> dict[str, Any]:
+        return {}
+
+
+def test_a_command_on_a_watched_copy_loads_neither_a_store_nor_the_copy(tmp_path: Path) -> None:
+    """kvol volume watch answers the copy's commands over its socket: the command itself
+    loads no store, no working copy, no content machinery and no HTTP library."""
+    from kvol.control import ControlServer
+
+    root = tmp_path / "copy"
+    (root / ".kvol").mkdir(parents=True)
+    (root / ".kvol" / "config.json").write_text("{}")
+    server = ControlServer(root / ".kvol" / "control.sock", _Answers(), socket_mode=0o600)
+    server.start()
+    try:
+        for command, said in (("commit", "as commit 7."), ("reload", "Already up to date")):
+            code, out, modules = run_child("volume", command, str(root))
+            assert code == 0 and said in out, out
+            heavy = ("kvol.repo", "kvol.store", "kvol.workcopy", "kvol.content", "http.client")
+            assert [m for m in heavy if loaded(modules, m)] == []
+    finally:
+        server.stop()
