@@ -11,7 +11,7 @@ domain than plain digests: no file's bytes can have the id of another file's par
 Volumes written before kept an id of the bare part list; it is still accepted when
 reading (:func:`matches_content_id`), and reused content must match in size as well.
 
-Renewal protocol (with garbage collection, :meth:`kvol.repo.Repo.gc`). Objects age by the
+Renewal protocol (with garbage collection, :mod:`kvol.content_gc`). Objects age by the
 store's clock (:meth:`kvol.store.Store.now`). Collection deletes an object only if no
 entry of the log refers to it and it is dated more than its grace before the collection
 started reading the log, re-checked right before the delete. A commit may publish objects

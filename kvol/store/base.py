@@ -144,7 +144,7 @@ class Store(ABC):
 
         Raises :class:`errors.NotFound` when it is gone. Garbage collection keeps objects
         younger than its grace; a commit about to publish an object it did not just write
-        renews it first (see :mod:`kvol.repo`).
+        renews it first (the renewal protocol of :mod:`kvol.content`).
         """
         self._call("renew", self._renew, check_key(key))
 
