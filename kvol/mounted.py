@@ -363,6 +363,15 @@ def _error_from(status: int, body: Any) -> errors.KvolError:
     return cls(message)
 
 
+def answers(path: Path) -> bool:
+    """Does a server listen on the unix socket at ``path``?"""
+    try:
+        _connect(path, 5.0).close()
+    except OSError:
+        return False
+    return True
+
+
 def _connect(path: Path, timeout: float) -> socket.socket:
     """A connection to the unix socket at ``path``; a long path is reached through
     /proc/self/fd (an address holds 107 bytes; kubelet paths are often longer)."""

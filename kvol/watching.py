@@ -132,7 +132,13 @@ class Watcher:
         from kvol.control import ControlServer
 
         # Held before the copy is opened: a second watcher must not touch it at all.
-        with _held(self.root / paths.RESERVED):
+        meta_dir = self.root / paths.RESERVED
+        with _held(meta_dir):
+            if mounted.answers(meta_dir / mounted.SOCKET_NAME):
+                # Not another watcher (it would hold the lock): the node plugin's copy.
+                raise AlreadyExists(
+                    f"{self.root} is served by another process (its control socket answers)"
+                )
             copy = WorkingCopy.open(self.root)
             if copy.read_only:
                 copy.close(final_commit=False)

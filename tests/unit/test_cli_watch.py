@@ -214,3 +214,30 @@ def test_watch_outside_a_working_copy_is_not_found(store: str, tmp_path: Path) -
     result = run(store, "volume", "watch", str(tmp_path))
     assert result.returncode == 3
     assert "not inside a kvol working copy" in result.stderr.decode()
+
+
+def test_a_copy_another_process_serves_is_not_taken_over(store: str, copy: Path) -> None:
+    """A socket something else answers on (not a watcher: it would hold the lock) is
+    left alone: replacing it would cut that process off from its clients."""
+    from kvol.control import ControlServer
+
+    class Other:
+        def commit(self, message: str | None = None) -> dict[str, object]:
+            return {"seq": None}
+
+        def reload(self) -> dict[str, object]:
+            return {}
+
+        def status(self) -> dict[str, object]:
+            return {"served_by": "other"}
+
+    server = ControlServer(copy / SOCKET, Other(), socket_mode=0o600)
+    server.start()
+    try:
+        refused = run(store, "volume", "watch", str(copy))
+        assert refused.returncode == 4
+        assert "served by another process" in refused.stderr.decode()
+        status = json.loads(ok(store, "volume", "status", str(copy), "--json"))
+        assert status["served_by"] == "other"
+    finally:
+        server.stop()
