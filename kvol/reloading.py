@@ -345,14 +345,14 @@ class Reloading(ReloadTransfer):
             held = [a for a in paths.ancestors(p) if a in candidates]
             if not held:
                 continue
-            entry = index.entry(p)
-            # Deleted here (not written by this reload either: see the kept deletions).
-            deleted_here = (
-                p in view.files
-                and entry is not None
-                and entry.sig is not None
-                and fsops.lstat(root_fd, p) is None
-            )
+            # Deleted here (not written by this reload either: see the kept deletions): a
+            # file this copy had, or a directory the volume has explicitly that it had.
+            if p in view.files:
+                entry = index.entry(p)
+                had = entry is not None and entry.sig is not None
+            else:
+                had = p in index.dirs
+            deleted_here = had and fsops.lstat(root_fd, p) is None
             if not deleted_here:
                 candidates.difference_update(held)  # something of the volume's stays here
         return sorted(candidates, reverse=True)

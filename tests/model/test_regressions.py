@@ -902,3 +902,26 @@ def test_a_file_after_an_empty_one_reads_whole_through_an_image_snapshot(
             ("commit", {"i": 0}),
         ],
     )
+
+
+def test_a_reload_leaves_no_directory_implied_only_by_one_this_copy_deleted(
+    fs_env: Env,
+) -> None:
+    # Copy 2 made and committed "b/a", then deleted it without committing; copy 0's
+    # commit removed "b/b". Copy 2's reload removed "b/b" and kept "b" as an empty
+    # directory, though in its tree (the volume's plus its own deletion of "b/a") nothing
+    # implies "b": the volume's explicit "b/a" counted as still there.
+    replay(
+        fs_env,
+        [
+            ("sdk_put", {"large": False, "paths": {"a", "a/a", "a/b", "b/b"}, "tag": 3}),
+            ("replace_pod", {"grouped": False, "i": 2, "reuse": True}),
+            ("mkdir", {"i": 2, "path": "b/a"}),
+            ("commit", {"i": 2}),
+            ("replace_pod", {"grouped": True, "i": 0, "reuse": True}),
+            ("delete", {"i": 2, "chosen": "b/a"}),
+            ("delete", {"i": 0, "chosen": "b/b"}),
+            ("commit", {"i": 0}),
+            ("reload", {"i": 2}),
+        ],
+    )
