@@ -72,9 +72,11 @@ class Reloading(ReloadTransfer):
             try:
                 replayed = self.repo.entries_after(base + 1)
                 for seq, entry in itertools.chain([(base + 1, first)], replayed):
-                    if seq < self.index.ahead and any(isinstance(op, RmdirOp) for op in entry.ops):
+                    if seq <= self.index.ahead and any(isinstance(op, RmdirOp) for op in entry.ops):
                         # The committed state already holds this copy's later commits:
-                        # whether the directory was empty then cannot be told from it.
+                        # whether a directory was empty at an entry before them cannot be
+                        # told from it, nor at one of them (its removals were recorded as
+                        # if nothing came before, though other writers' entries did).
                         pruned, touched = True, kept_out
                         break
                     view.apply(entry, seq, touched)

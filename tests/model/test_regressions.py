@@ -925,3 +925,29 @@ def test_a_reload_leaves_no_directory_implied_only_by_one_this_copy_deleted(
             ("reload", {"i": 2}),
         ],
     )
+
+
+def test_a_copy_that_removed_a_directory_behind_another_writer_reloads_it_as_kept(
+    fs_env: Env,
+) -> None:
+    # Copy 1 removed "b" (with the explicit "b/a") in a commit that landed after copy 0's
+    # "b/a/b": in the log the removal came second and left "b" and "b/a" standing (not
+    # empty then), but copy 1 had recorded them removed, and its reload replayed copy 0's
+    # entry under its own commit, so "b/a" stayed implied only. When copy 1 then deleted
+    # "b/a", its commit removed "b/a/b" but not the explicit "b/a", which the volume kept.
+    replay(
+        fs_env,
+        [
+            ("mkdir", {"i": 2, "path": "b/a"}),
+            ("commit", {"i": 2}),
+            ("prune", {"keep": 3}),
+            ("reload", {"i": 1}),
+            ("delete", {"i": 1, "chosen": "b"}),
+            ("mkdir", {"i": 0, "path": "b/a/b"}),
+            ("replace_pod", {"grouped": False, "i": 0, "reuse": False}),
+            ("commit", {"i": 1}),
+            ("reload", {"i": 1}),
+            ("delete", {"i": 1, "chosen": "b/a"}),
+            ("replace_pod", {"grouped": True, "i": 1, "reuse": False}),
+        ],
+    )
