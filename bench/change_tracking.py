@@ -13,6 +13,8 @@ holder (the node plugin, autocommit) holds it, beside a git repository of the sa
 - ``change.commit_one_new_process``: a commit of one changed file by ``kvol volume
   commit`` (a new process: it scans every file, as a copy nobody holds open is), vs
   ``git commit -a``.
+- ``change.reload_one_watched``: that reload while ``kvol volume watch`` holds the
+  reader's copy, vs ``git pull``.
 - ``change.commit_one_watched``: the same command while ``kvol volume watch`` holds the
   copy (the command asks the watcher, which tracks changes), vs ``git commit -a``.
 - ``change.idle_cpu``: the CPU an idle copy with autocommit burns per hour, vs running
@@ -134,6 +136,21 @@ def change_tracking(ctx: Context) -> list[Result]:
             cli_runs.append(baselines.run(reload_cli, env=env))
             cli_pull_runs.append(baselines.git(clone, "pull", "-q", "--ff-only"))
 
+        # The same `kvol volume reload`, while `kvol volume watch` holds the reader's copy.
+        watch_reader = [*kvol_command(), "--store", str(ctx.store_url), "volume", "watch"]
+        watch_reader += [str(reader.root), "--interval", "3600"]
+        watched_reload_runs, watched_pull_runs = [], []
+        with _watching(watch_reader, env):
+            for n in range(runs):
+                rel = rel_path((n * 997 + 617) % files)
+                _rewrite(root / rel, 4000 + n)
+                _rewrite(git_tree / rel, 4000 + n)
+                _expect_files(wc.commit(), 1)
+                baselines.git(git_tree, "commit", "-a", "-q", "-m", f"watched again {n}")
+                baselines.drop_dirty_pages()
+                watched_reload_runs.append(baselines.run(reload_cli, env=env))
+                watched_pull_runs.append(baselines.git(clone, "pull", "-q", "--ff-only"))
+
         # One changed file committed by `kvol volume commit`: a new process, which scans
         # every file (no tracker outlives it), vs `git commit -a` of the same file.
         commit_cli = [*kvol_command(), "--store", str(ctx.store_url), "volume", "commit"]
@@ -229,6 +246,13 @@ def change_tracking(ctx: Context) -> list[Result]:
                     cli_runs,
                     "git pull --ff-only",
                     cli_pull_runs,
+                ),
+                (
+                    "change.reload_one_watched",
+                    "kvol volume reload (kvol volume watch holds the copy)",
+                    watched_reload_runs,
+                    "git pull --ff-only",
+                    watched_pull_runs,
                 ),
                 (
                     "change.commit_one_new_process",

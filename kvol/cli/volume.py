@@ -1133,6 +1133,12 @@ def cmd_status(args: argparse.Namespace) -> int:
     say(f"  base commit: {status['base_seq']}{behind}")
     if head is not None:
         say(f"  head commit: {head}")
+    watcher = status.get("watched_by")
+    if watcher is not None:
+        say(
+            f"  watched: committed every {status.get('autocommit_seconds', 0):g}s "
+            f"by kvol volume watch (pid {watcher})"
+        )
     changed, deleted = status["changed"], status["deleted"]
     say(
         f"  uncommitted: {plural(len(changed), 'changed file')}, {len(deleted):,} deleted, "

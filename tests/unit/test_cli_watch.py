@@ -114,6 +114,8 @@ def test_commit_status_and_reload_in_a_watched_copy_are_answered_by_the_watcher(
     assert stat.S_IMODE(sock.lstat().st_mode) == 0o600
 
     (copy / "a.txt").write_bytes(b"first")
+    shown = ok(store, "volume", "status", str(copy))
+    assert f"watched: committed every 300s by kvol volume watch (pid {watch.proc.pid})" in shown
     status = json.loads(ok(store, "volume", "status", str(copy), "--json"))
     assert status["watched_by"] == watch.proc.pid
     assert status["changed"] == ["a.txt"]
