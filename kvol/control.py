@@ -315,8 +315,10 @@ class _UnixHTTPServer(socketserver.ThreadingMixIn, socketserver.UnixStreamServer
         own: ConnectionBudget,
         budget: ConnectionBudget,
         request_timeout: float,
+        socket_mode: int,
     ) -> None:
         self.path = path
+        self.socket_mode = socket_mode
         self.target = target
         self.label = label
         self.own = own
@@ -328,6 +330,9 @@ class _UnixHTTPServer(socketserver.ThreadingMixIn, socketserver.UnixStreamServer
         super().__init__(str(path), _Handler, bind_and_activate=True)
 
     def server_bind(self) -> None:
+        # The file bind makes takes the socket's own mode (less the umask): set before,
+        # no one else may connect in between.
+        os.fchmod(self.socket.fileno(), self.socket_mode)
         with _short_path(self.path) as address:
             self.socket.bind(address)
 
@@ -435,8 +440,9 @@ class ControlServer:
             request_timeout=REQUEST_TIMEOUT
             if self.request_timeout is None
             else self.request_timeout,
+            socket_mode=self.socket_mode,
         )
-        os.chmod(self.path, self.socket_mode)
+        os.chmod(self.path, self.socket_mode)  # the bits the umask took
         self._thread = threading.Thread(
             target=self._server.serve_forever,
             kwargs={"poll_interval": 0.5},

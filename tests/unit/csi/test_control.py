@@ -84,3 +84,31 @@ def test_reachable_with_curl(served: tuple[Target, Path], tmp_path: Path) -> Non
     finally:
         link.unlink()
     assert '"seq": 7' in out
+
+
+def test_a_private_socket_is_private_from_the_moment_it_is_bound(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A watcher's socket (0600) is made with that mode by bind itself: a chmod after it
+    would leave a moment in which, under a permissive umask, anyone could connect."""
+    import os
+    import stat
+
+    from kvol import control
+
+    chmods: list[int] = []
+    real_chmod = os.chmod
+
+    def chmod_at_start(path: Any, mode: int) -> None:
+        chmods.append(stat.S_IMODE(os.lstat(path).st_mode))  # the mode bind gave it
+        real_chmod(path, mode)
+
+    monkeypatch.setattr(control.os, "chmod", chmod_at_start)
+    old = os.umask(0)
+    try:
+        server = ControlServer(tmp_path / SOCKET_NAME, Target(), socket_mode=0o600)
+        server.start()
+        server.stop()
+    finally:
+        os.umask(old)
+    assert chmods == [0o600]
