@@ -103,6 +103,10 @@ class Committing(CopyBase):
         # Nor is a directory of theirs that only looked removed here (a local file stood
         # where it goes): it holds files this copy never had.
         gone_dirs -= {a for p in never_had for a in paths.ancestors(p)}
+        # Nor one the volume has explicitly that this copy never had (a local file stood
+        # where it goes): it was never this copy's to remove. (The directories holding it
+        # are removed as seen; the volume keeps them while it is there.)
+        gone_dirs -= index.explicit_dirs - index.dirs
         file_deletes = sorted(
             p for p, e in gone_entries.items() if p not in never_had and e.has_record
         )
@@ -290,9 +294,18 @@ class Committing(CopyBase):
             index.ahead = max(index.ahead, seq)
         for p in done.gone:
             index.drop(p)
+        # A directory the volume has explicitly that this copy never had stays in the
+        # volume (the commit does not remove it), and so do the explicit ones holding it:
+        # still recorded, the next reload makes them here.
+        never_had = index.explicit_dirs - index.dirs
+        stays = never_had | {
+            a for d in never_had for a in paths.ancestors(d) if a in index.explicit_dirs
+        }
         for d in done.removed_dirs:
             index.dirs = {x for x in index.dirs if not paths.is_under(x, d)}
-            index.explicit_dirs = {x for x in index.explicit_dirs if not paths.is_under(x, d)}
+            index.explicit_dirs = {
+                x for x in index.explicit_dirs if x in stays or not paths.is_under(x, d)
+            }
         index.dirs.update(done.dirs_added)
         index.explicit_dirs.update(done.dirs_added)
         if done.puts:

@@ -951,3 +951,43 @@ def test_a_copy_that_removed_a_directory_behind_another_writer_reloads_it_as_kep
             ("replace_pod", {"grouped": True, "i": 1, "reuse": False}),
         ],
     )
+
+
+def test_removing_a_tree_keeps_an_explicit_directory_this_copy_never_had(fs_env: Env) -> None:
+    # Copy 0 made "a/a" (explicit); copy 1's uncommitted file "a/a" kept it out. Copy 1
+    # then deleted "a": its commit removed the volume's "a/a" and "a", which it never
+    # had (another writer's directories lost).
+    replay(
+        fs_env,
+        [
+            ("mkdir", {"i": 0, "path": "a/a"}),
+            ("write", {"i": 1, "large": False, "path": "a/a", "tag": 0}),
+            ("commit", {"i": 0}),
+            ("reload", {"i": 1}),
+            ("delete", {"i": 1, "chosen": "a"}),
+            ("replace_pod", {"grouped": False, "i": 1, "reuse": False}),
+        ],
+    )
+
+
+def test_a_copy_reloads_the_explicit_directory_it_never_had_after_removing_its_parent(
+    fs_env: Env,
+) -> None:
+    # As above, the copy kept: after its commit its index had forgotten that the volume
+    # still has "a" and "a/a", so its reload never made them, and a later removal of "a"
+    # by it named nothing.
+    replay(
+        fs_env,
+        [
+            ("mkdir", {"i": 0, "path": "a/a"}),
+            ("write", {"i": 1, "large": False, "path": "a/a", "tag": 0}),
+            ("commit", {"i": 0}),
+            ("reload", {"i": 1}),
+            ("delete", {"i": 1, "chosen": "a"}),
+            ("commit", {"i": 1}),
+            ("reload", {"i": 1}),
+            ("delete", {"i": 1, "chosen": "a"}),
+            ("commit", {"i": 1}),
+            ("reload", {"i": 2}),
+        ],
+    )
