@@ -991,3 +991,25 @@ def test_a_copy_reloads_the_explicit_directory_it_never_had_after_removing_its_p
             ("reload", {"i": 2}),
         ],
     )
+
+
+def test_a_commit_after_a_cut_short_reload_keeps_the_directories_it_knows(
+    fs_env: Env,
+) -> None:
+    # Copy 1's reload, killed, left "b" and "b/a" as directories it knows as the volume's
+    # though nothing implies them; its commit publishes them not, and keeps them. The
+    # model's own check of a commit (its ops rebuild the copy's tree) left those out and
+    # stopped explorations here; kvol was right.
+    replay(
+        fs_env,
+        [
+            ("write", {"i": 1, "large": False, "path": "b/a/b", "tag": 0}),
+            ("rename", {"dst": "a", "i": 1, "chosen": "b/a/b"}),
+            ("sdk_put", {"large": True, "paths": {"a/a", "b/b", "a", "b/a/b"}, "tag": 2}),
+            ("kill", {"i": 1, "k": 6, "keep": 2, "op": "reload", "when": "before"}),
+            ("commit", {"i": 1}),
+            ("reload", {"i": 1}),
+            ("reload", {"i": 0}),
+            ("commit", {"i": 1}),
+        ],
+    )
