@@ -14,7 +14,7 @@ import os
 import secrets
 import shutil
 import stat
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Collection, Iterable
 from contextlib import AbstractContextManager
 from pathlib import Path
 
@@ -357,15 +357,16 @@ def remove_empty_dir(root_fd: int, rel_dir: str) -> bool:
         os.close(dfd)
 
 
-def is_empty_dir(root_fd: int, rel_dir: str) -> bool:
-    """Is ``rel_dir`` a directory (not a symlink to one) with nothing in it?"""
+def is_empty_dir(root_fd: int, rel_dir: str, ignoring: Collection[str] = ()) -> bool:
+    """Is ``rel_dir`` a directory (not a symlink to one) with nothing in it (but the
+    names in ``ignoring``)?"""
     try:
         dfd = open_dir(root_fd, rel_dir)
     except (FileNotFoundError, NotADirectoryError, InvalidPath):
         return False
     try:
         with os.scandir(dfd) as entries:
-            return next(entries, None) is None
+            return all(entry.name in ignoring for entry in entries)
     finally:
         os.close(dfd)
 

@@ -333,14 +333,17 @@ class Reloading(ReloadTransfer):
         records explicitly."""
         index = self.index
         was_explicit = {d for d in near if d in index.explicit_dirs and d not in view.dirs}
-        candidates = {
+        pool = {
             a
             for a in was_explicit | {a for rel in removed for a in paths.ancestors(rel)}
-            if a in index.dirs
-            and a not in view.dirs
-            and a not in emptied_here
-            and fsops.is_empty_dir(root_fd, a)
+            if a in index.dirs and a not in view.dirs and a not in emptied_here
         }
+        candidates: set[str] = set()
+        # Deepest first: one that holds only directories going too is empty once they go.
+        for a in sorted(pool, key=lambda d: (-d.count("/"), d)):
+            going = {c.rpartition("/")[2] for c in candidates if c.rpartition("/")[0] == a}
+            if fsops.is_empty_dir(root_fd, a, ignoring=going):
+                candidates.add(a)
         if not candidates:
             return []
         for p in [*view.files, *view.dirs]:

@@ -1013,3 +1013,25 @@ def test_a_commit_after_a_cut_short_reload_keeps_the_directories_it_knows(
             ("commit", {"i": 1}),
         ],
     )
+
+
+def test_a_reload_removes_every_directory_a_local_deletion_left_implied_by_nothing(
+    fs_env: Env,
+) -> None:
+    # Copy 1 committed "a/a/a" (with "a" and "a/a" explicit) and deleted it without
+    # committing; meanwhile the volume dropped the tree and copy 2 wrote "a/a/a" again
+    # (implied directories only). Copy 1's reload kept its deletion and removed the empty
+    # "a/a", but not "a": it held "a/a" when emptiness was looked at.
+    replay(
+        fs_env,
+        [
+            ("write", {"i": 1, "large": True, "path": "a/a/a", "tag": 5}),
+            ("commit", {"i": 1}),
+            ("reload", {"i": 2}),
+            ("sdk_rm", {"chosen": "a"}),
+            ("edit", {"i": 2, "large": True, "tag": 2, "chosen": "a/a/a"}),
+            ("commit", {"i": 2}),
+            ("delete", {"i": 1, "chosen": "a/a/a"}),
+            ("reload", {"i": 1}),
+        ],
+    )
