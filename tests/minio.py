@@ -13,7 +13,6 @@ from __future__ import annotations
 import os
 import secrets
 import signal
-import socket
 import subprocess
 import time
 import urllib.error
@@ -30,18 +29,11 @@ import pytest
 from obstore.store import S3Store as ObStore
 
 from kvol.store.s3 import S3Settings, S3Store
-from tests.tools import stop_process, tool
+from tests.tools import free_port, stop_process, tool
 
 ACCESS_KEY = "kvol-test"
 SECRET_KEY = "kvol-test-secret"
 REGION = "us-east-1"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
 
 
 @dataclass

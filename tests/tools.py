@@ -6,8 +6,10 @@ A test that needs a missing tool fails (never skips) with the script that provid
 from __future__ import annotations
 
 import os
+import secrets
 import shutil
 import signal
+import socket
 import subprocess
 from pathlib import Path
 
@@ -57,3 +59,29 @@ def stop_process(
         except subprocess.TimeoutExpired:
             process.kill()
             process.wait()
+
+
+#: Ports handed out below the kernel's ephemeral range (bind to port 0 and the source
+#: ports of outgoing connections come from that range).
+_PORTS_BELOW_EPHEMERAL = 10_000
+
+
+def free_port() -> int:
+    """A loopback port free now, for a server started next. Not one the kernel picks: a
+    port bind(0) returned and released can be taken again, before the server binds it, as
+    the source port of any connection the other test tiers open meanwhile."""
+    try:
+        low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        low = 32768
+    for _ in range(200):
+        port = secrets.randbelow(_PORTS_BELOW_EPHEMERAL) + max(1024, low - _PORTS_BELOW_EPHEMERAL)
+        if port >= low:
+            continue
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    raise RuntimeError("no free loopback port below the ephemeral range")
