@@ -106,7 +106,7 @@ class Committing(CopyBase):
         # Nor one the volume has explicitly that this copy never had (a local file stood
         # where it goes): it was never this copy's to remove. (The directories holding it
         # are removed as seen; the volume keeps them while it is there.)
-        gone_dirs -= index.explicit_dirs - index.dirs
+        gone_dirs -= index.kept_out_dirs()
         file_deletes = sorted(
             p for p, e in gone_entries.items() if p not in never_had and e.has_record
         )
@@ -297,7 +297,7 @@ class Committing(CopyBase):
         # A directory the volume has explicitly that this copy never had stays in the
         # volume (the commit does not remove it), and so do the explicit ones holding it:
         # still recorded, the next reload makes them here.
-        never_had = index.explicit_dirs - index.dirs
+        never_had = index.kept_out_dirs()
         stays = never_had | {
             a for d in never_had for a in paths.ancestors(d) if a in index.explicit_dirs
         }

@@ -398,6 +398,11 @@ class Index:
         change kept them out, or a reload could not write them."""
         return self._paths_where(HAS_RECORD | HAS_SIG, HAS_RECORD)
 
+    def kept_out_dirs(self) -> set[str]:
+        """Directories the volume has explicitly that this copy does not have: a local
+        file stood where they go."""
+        return self.explicit_dirs - self.dirs
+
     def _paths_where(self, mask: int, flags: int) -> list[str]:
         """Paths whose entry has ``flags`` among the ``mask`` of HAS_RECORD, HAS_SIG,
         read from the rows of those never made (the typical row has both: only the

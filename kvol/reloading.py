@@ -43,11 +43,7 @@ class Reloading(ReloadTransfer):
         # Files and directories of the volume a local file kept out before: written now if
         # they can be.
         touched = {p for p in self.index.kept_out() if not os.path.lexists(self.root / p)}
-        touched.update(
-            d
-            for d in self.index.explicit_dirs - self.index.dirs
-            if not os.path.lexists(self.root / d)
-        )
+        touched.update(d for d in self.index.kept_out_dirs() if not os.path.lexists(self.root / d))
         pruned = False
         if first is None:
             # "Already up to date" only if the store still holds what this copy has seen.
