@@ -415,13 +415,18 @@ def _read_answer(sock: socket.socket) -> bytes:
 
 def _complete(answer: bytes) -> bool:
     head, sep, body = answer.partition(b"\r\n\r\n")
-    if not sep:
-        return False
+    length = _content_length(head) if sep else None
+    # No length: the body ends when the server closes.
+    return length is not None and length.isdigit() and len(body) >= int(length)
+
+
+def _content_length(head: bytes) -> bytes | None:
+    """The Content-Length of a response's head (None: it has none)."""
     for line in head.split(b"\r\n")[1:]:
         name, _, value = line.partition(b":")
         if name.strip().lower() == b"content-length":
-            return value.strip().isdigit() and len(body) >= int(value)
-    return False  # no length: the body ends when the server closes
+            return value.strip()
+    return None
 
 
 def _parse_response(answer: bytes, path: Path) -> tuple[int, bytes]:
@@ -429,19 +434,14 @@ def _parse_response(answer: bytes, path: Path) -> tuple[int, bytes]:
     server always sends (a small client of our own: http.client and the email parser
     it loads would be most of a short command's start)."""
     head, sep, body = answer.partition(b"\r\n\r\n")
-    lines = head.decode("latin-1").split("\r\n")
-    parts = lines[0].split(" ", 2)
-    length = None
-    for line in lines[1:]:
-        name, _, value = line.partition(":")
-        if name.strip().lower() == "content-length":
-            length = value.strip()
+    parts = head.split(b"\r\n", 1)[0].split(b" ", 2)
+    length = _content_length(head)
     try:
-        if not sep or len(parts) < 2 or not parts[0].startswith("HTTP/"):
+        if not sep or len(parts) < 2 or not parts[0].startswith(b"HTTP/"):
             raise ValueError("no status line")
         status = int(parts[1])
-        if length is not None and int(length) != len(body):
-            raise ValueError(f"{len(body)} bytes of a body of {length}")
+        if length is not None and (not length.isdigit() or int(length) != len(body)):
+            raise ValueError(f"{len(body)} bytes of a body of {length.decode('latin-1')}")
     except ValueError as exc:
         raise errors.StoreUnavailable(
             f"the control socket {path} did not answer in HTTP: {exc}"

@@ -111,12 +111,8 @@ class Watcher:
         self.report: CommitReport = report or (lambda result, why: None)
         self.on_ready = on_ready or (lambda: None)
         self._stop = threading.Event()
-        #: Set once the copy is open, tracked and its socket answers.
-        self.ready = threading.Event()
         #: Whether changes are found from events (False: every commit stats every file).
         self.tracking = False
-        #: The last interval commit's error, cleared by the next success.
-        self.last_error: KvolError | OSError | None = None
 
     def stop(self) -> None:
         """Ask :meth:`run` to make the final commit and return (any thread, a signal)."""
@@ -155,7 +151,6 @@ class Watcher:
             try:
                 self.tracking = copy.track_changes()
                 server.start()
-                self.ready.set()
                 self.on_ready()
                 while not self._stop.wait(self.interval):
                     self._commit_now(copy)
@@ -177,8 +172,6 @@ class Watcher:
             result = copy.commit()
         except (KvolError, OSError) as exc:
             # The changes stay in the copy: the next interval or the final commit retries.
-            self.last_error = exc
             log.warning("commit of %s failed (will retry): %s", self.root, exc)
             return
-        self.last_error = None
         self.report(result, "interval")

@@ -1065,8 +1065,6 @@ def cmd_watch(args: argparse.Namespace) -> int:
         )
         sys.stdout.flush()  # a log file or a pipe sees each commit as it lands
 
-    watcher = Watcher(mount.root, args.interval, report=report)
-
     def stop(signum: int, frame: object) -> None:
         if watcher.stopping:
             raise KeyboardInterrupt  # a second signal: stop without the final commit
@@ -1085,7 +1083,7 @@ def cmd_watch(args: argparse.Namespace) -> int:
         say(f"kvol volume commit/reload/status {args.dir} are answered by this process.")
         sys.stdout.flush()
 
-    watcher.on_ready = announce
+    watcher = Watcher(mount.root, args.interval, report=report, on_ready=announce)
     previous = {sig: signal.signal(sig, stop) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
         result = watcher.run()
