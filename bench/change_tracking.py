@@ -125,64 +125,58 @@ def change_tracking(ctx: Context) -> list[Result]:
         ]
         env = compiled_env(ctx.workdir)
         baselines.run(reload_cli, env=env)  # writes the bytecode, untimed
-        cli_runs, cli_pull_runs = [], []
-        for n in range(runs):
-            rel = rel_path((n * 997 + 499) % files)
-            _rewrite(root / rel, 1000 + n)
-            _rewrite(git_tree / rel, 1000 + n)
-            _expect_files(wc.commit(), 1)
-            baselines.git(git_tree, "commit", "-a", "-q", "-m", f"again {n}")
-            baselines.drop_dirty_pages()
-            cli_runs.append(baselines.run(reload_cli, env=env))
-            cli_pull_runs.append(baselines.git(clone, "pull", "-q", "--ff-only"))
 
-        # The same `kvol volume reload`, while `kvol volume watch` holds the reader's copy.
+        def reload_rounds(seed: int, tag: int) -> tuple[list[float], list[float]]:
+            """``runs`` times: a file changed and committed on both sides, then timed
+            `kvol volume reload` of the reader's copy, and `git pull` of the clone."""
+            kvol_runs, git_runs = [], []
+            for n in range(runs):
+                rel = rel_path((n * 997 + seed) % files)
+                _rewrite(root / rel, tag + n)
+                _rewrite(git_tree / rel, tag + n)
+                _expect_files(wc.commit(), 1)
+                baselines.git(git_tree, "commit", "-a", "-q", "-m", f"change {tag + n}")
+                baselines.drop_dirty_pages()
+                kvol_runs.append(baselines.run(reload_cli, env=env))
+                git_runs.append(baselines.git(clone, "pull", "-q", "--ff-only"))
+            return kvol_runs, git_runs
+
+        cli_runs, cli_pull_runs = reload_rounds(499, 1000)
+        # The same, while `kvol volume watch` holds the reader's copy.
         watch_reader = [*kvol_command(), "--store", str(ctx.store_url), "volume", "watch"]
         watch_reader += [str(reader.root), "--interval", "3600"]
-        watched_reload_runs, watched_pull_runs = [], []
         with _watching(watch_reader, env):
-            for n in range(runs):
-                rel = rel_path((n * 997 + 617) % files)
-                _rewrite(root / rel, 4000 + n)
-                _rewrite(git_tree / rel, 4000 + n)
-                _expect_files(wc.commit(), 1)
-                baselines.git(git_tree, "commit", "-a", "-q", "-m", f"watched again {n}")
-                baselines.drop_dirty_pages()
-                watched_reload_runs.append(baselines.run(reload_cli, env=env))
-                watched_pull_runs.append(baselines.git(clone, "pull", "-q", "--ff-only"))
+            watched_reload_runs, watched_pull_runs = reload_rounds(617, 4000)
 
         # One changed file committed by `kvol volume commit`: a new process, which scans
         # every file (no tracker outlives it), vs `git commit -a` of the same file.
         commit_cli = [*kvol_command(), "--store", str(ctx.store_url), "volume", "commit"]
         commit_cli.append(str(root))
         baselines.run(commit_cli, env=env)  # writes the bytecode, untimed
-        cli_commit_runs, cli_git_commit_runs = [], []
-        for n in range(runs):
-            rel = rel_path((n * 997 + 251) % files)
-            _rewrite(root / rel, 2000 + n)
-            _rewrite(git_tree / rel, 2000 + n)
-            baselines.drop_dirty_pages()
-            cli_commit_runs.append(baselines.run(commit_cli, env=env))
-            cli_git_commit_runs.append(
-                baselines.git(git_tree, "commit", "-a", "-q", "-m", f"cli {n}")
-            )
 
-        # The same `kvol volume commit`, while `kvol volume watch` holds the copy: the
-        # command asks the watcher, which looks only at what its events named.
+        def commit_rounds(seed: int, tag: int) -> tuple[list[float], list[float]]:
+            """``runs`` times: a file changed on both sides, then timed `kvol volume
+            commit` of the copy and `git commit -a` of the repository."""
+            kvol_runs, git_runs = [], []
+            for n in range(runs):
+                rel = rel_path((n * 997 + seed) % files)
+                _rewrite(root / rel, tag + n)
+                _rewrite(git_tree / rel, tag + n)
+                baselines.drop_dirty_pages()
+                kvol_runs.append(baselines.run(commit_cli, env=env))
+                git_runs.append(
+                    baselines.git(git_tree, "commit", "-a", "-q", "-m", f"change {tag + n}")
+                )
+            return kvol_runs, git_runs
+
+        cli_commit_runs, cli_git_commit_runs = commit_rounds(251, 2000)
+        # The same, while `kvol volume watch` holds the copy: the command asks the
+        # watcher, which looks only at what its events named.
         watch_cli = [*kvol_command(), "--store", str(ctx.store_url), "volume", "watch"]
         watch_cli += [str(root), "--interval", "3600"]
-        watched_runs, watched_git_runs = [], []
         with _watching(watch_cli, env):
             baselines.run(commit_cli, env=env)  # the watcher's first look is a full one
-            for n in range(runs):
-                rel = rel_path((n * 997 + 733) % files)
-                _rewrite(root / rel, 3000 + n)
-                _rewrite(git_tree / rel, 3000 + n)
-                baselines.drop_dirty_pages()
-                watched_runs.append(baselines.run(commit_cli, env=env))
-                watched_git_runs.append(
-                    baselines.git(git_tree, "commit", "-a", "-q", "-m", f"watched {n}")
-                )
+            watched_runs, watched_git_runs = commit_rounds(733, 3000)
 
         # Idle, with autocommit: tracked, then scanning every file, then git status.
         time.sleep(RACY_WAIT_SECONDS)
