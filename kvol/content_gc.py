@@ -16,8 +16,6 @@ from kvol.layout import VolumeKeys, parse_seq
 from kvol.model import Entry, FileRecord, PutOp
 from kvol.store import Store
 
-DEFAULT_GC_GRACE_SECONDS = grace.DEFAULT_GC_GRACE_SECONDS
-
 
 def check_grace(grace: object) -> float:
     shortest = content.min_gc_grace()
@@ -122,7 +120,7 @@ class ContentCollector:
         return refs
 
     def collect(
-        self, grace_seconds: float = DEFAULT_GC_GRACE_SECONDS, dry_run: bool = False
+        self, grace_seconds: float = grace.DEFAULT_GC_GRACE_SECONDS, dry_run: bool = False
     ) -> GcReport:
         """Delete content objects no commit refers to and older than ``grace_seconds``,
         and leftovers of writes killed halfway older than that.

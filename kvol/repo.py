@@ -17,10 +17,10 @@ from kvol.checkpoints import Checkpoints, encode_checkpoint
 from kvol.commit_log import CommitLog, encode_entry
 from kvol.commit_log import this_writer as this_writer
 from kvol.content import DEFAULT_CHUNK_SIZE, ContentReader
-from kvol.content_gc import DEFAULT_GC_GRACE_SECONDS as DEFAULT_GC_GRACE_SECONDS
 from kvol.content_gc import ContentCollector
 from kvol.content_gc import GcReport as GcReport
 from kvol.content_gc import Unreferenced as Unreferenced
+from kvol.grace import DEFAULT_GC_GRACE_SECONDS as DEFAULT_GC_GRACE_SECONDS
 from kvol.history import CommitInfo as CommitInfo
 from kvol.history import History
 from kvol.history import RepoStats as RepoStats

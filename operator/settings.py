@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from kvol.repo import DEFAULT_GC_GRACE_SECONDS
+from kvol.grace import DEFAULT_GC_GRACE_SECONDS
 
 
 @dataclass
