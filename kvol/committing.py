@@ -100,12 +100,11 @@ class Committing(CopyBase):
         # them; the others stay on record, to be written here by a later reload.
         gone_entries = {p: index.entry_of(p) for p in gone}
         never_had = {p for p, e in gone_entries.items() if e.stat_key is None and e.has_record}
-        # Nor is a directory of theirs that only looked removed here (a local file stood
-        # where it goes): it holds files this copy never had.
-        gone_dirs -= {a for p in never_had for a in paths.ancestors(p)}
-        # Nor one the volume has explicitly that this copy never had (a local file stood
-        # where it goes): it was never this copy's to remove. (The directories holding it
-        # are removed as seen; the volume keeps them while it is there.)
+        # Nor is a directory the volume has explicitly that this copy never had (a local
+        # file stood where it goes): it was never this copy's to remove. The directories
+        # this copy had that hold such files are removed as seen: a removal applies only
+        # once nothing is left under a directory, so the volume keeps them while those
+        # files are there, and drops them once another writer removed those files too.
         gone_dirs -= index.kept_out_dirs()
         file_deletes = sorted(
             p for p, e in gone_entries.items() if p not in never_had and e.has_record

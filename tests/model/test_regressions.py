@@ -1035,3 +1035,25 @@ def test_a_reload_removes_every_directory_a_local_deletion_left_implied_by_nothi
             ("reload", {"i": 1}),
         ],
     )
+
+
+def test_a_commit_removes_an_explicit_directory_it_moved_away_over_a_file_it_never_had(
+    fs_env: Env,
+) -> None:
+    # Copy 2's local file "a/a" kept the volume's "a/a/a" out; copy 2 then moved its whole
+    # "a" away and, after another writer removed "a/a/a", committed. Its commit must remove
+    # the explicit "a" it saw and removed: it published nothing for "a" because "a" held a
+    # file it never had, and the volume kept an empty "a".
+    replay(
+        fs_env,
+        [
+            ("mkdir", {"i": 0, "path": "a/b"}),
+            ("commit", {"i": 0}),
+            ("write", {"i": 2, "path": "a/a", "tag": 0, "large": False}),
+            ("sdk_put", {"paths": {"a/a/a"}, "tag": 0, "large": False}),
+            ("reload", {"i": 2}),
+            ("rename", {"i": 2, "chosen": "a", "dst": "b/b"}),
+            ("sdk_rm", {"chosen": "a/a"}),
+            ("commit", {"i": 2}),
+        ],
+    )
