@@ -1057,3 +1057,24 @@ def test_a_commit_removes_an_explicit_directory_it_moved_away_over_a_file_it_nev
             ("commit", {"i": 2}),
         ],
     )
+
+
+def test_a_commit_removes_the_explicit_directories_of_a_tree_holding_a_file_it_never_had(
+    fs_env: Env,
+) -> None:
+    # Copy 2's uncommitted directory "b/a/b" kept out copy 0's file "b/a/b"; copy 2 then
+    # removed "b". Its commit must publish the removal of the explicit "b" and "b/a" it
+    # saw (a no-op while "b/a/b" is there); it published nothing, so a later removal of
+    # "b/a/b" would have left both behind. (Long runs reported this after a prune racing
+    # a commit, which had nothing to do with it.)
+    replay(
+        fs_env,
+        [
+            ("write", {"i": 0, "path": "b/a/b", "tag": 5, "large": False}),
+            ("commit", {"i": 0}),
+            ("mkdir", {"i": 2, "path": "b/a/b"}),
+            ("reload", {"i": 2}),
+            ("delete", {"i": 2, "chosen": "b"}),
+            ("commit", {"i": 2}),
+        ],
+    )
