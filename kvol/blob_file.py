@@ -30,10 +30,14 @@ def open_blob(
     done = _read_filled(_filled_path(path))
     parts = split(contents, done)
     fd = os.open(path, os.O_RDWR | os.O_CLOEXEC | os.O_NOFOLLOW)
-    log_fd = os.open(
-        _filled_path(path), os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o600
-    )
-    st = os.fstat(fd)
+    try:  # the blob's descriptor is the caller's only once this returns
+        st = os.fstat(fd)
+        log_fd = os.open(
+            _filled_path(path), os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o600
+        )
+    except BaseException:
+        os.close(fd)
+        raise
     left = sum(1 for p in parts if not p.filled)
     blob = Blob(path, volume_id, fd, log_fd, parts, [p.start for p in parts], left)
     return (st.st_dev, st.st_ino), blob
