@@ -48,7 +48,8 @@ def steps_of(log: str) -> list[Step]:
     started = False
     for raw in log.splitlines():
         line = raw.strip().lstrip("E|").strip()
-        if line.startswith("state = "):
+        # Only the listing's first line: a traceback's source lines may start so too.
+        if line.startswith("state = VolumeMachine_"):
             if started:
                 break
             started = True
