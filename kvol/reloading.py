@@ -41,8 +41,10 @@ class Reloading(ReloadTransfer):
         base = self.index.base
         first = self.repo.read_entry(base + 1)
         # Files and directories of the volume a local file kept out before: written now if
-        # they can be.
-        touched = {p for p in self.index.kept_out() if not os.path.lexists(self.root / p)}
+        # they can be. A kept-out file with a local file at its path now (the one in its
+        # way is gone) is looked at too: the copy has seen the volume's file there, and
+        # the local one is its change over it (a deletion of it then deletes the volume's).
+        touched = set(self.index.kept_out())
         touched.update(d for d in self.index.kept_out_dirs() if not os.path.lexists(self.root / d))
         pruned = False
         if first is None:

@@ -1078,3 +1078,29 @@ def test_a_commit_removes_the_explicit_directories_of_a_tree_holding_a_file_it_n
             ("commit", {"i": 2}),
         ],
     )
+
+
+# Copy 0's local file "a" kept the volume's "a/a" and "a/b" out. Copy 0 then moved "b" to
+# "a/b" (its file "a" became a directory), reloaded, and moved "a/b" away. The reload
+# looked again only at kept-out files missing here, so "a/b" stayed recorded as one the
+# copy never had, and the commit left the volume's "a/b" in place although the copy had
+# it (its own file over the volume's) and moved it away.
+_KEPT_OUT_THEN_REPLACED: list[Step] = [
+    ("write", {"i": 0, "large": False, "path": "a", "tag": 0}),
+    ("sdk_put", {"large": False, "paths": {"a/a", "a/b", "b"}, "tag": 3}),
+    ("reload", {"i": 0}),
+    ("rename", {"dst": "a/b", "i": 0, "chosen": "b"}),
+    ("reload", {"i": 0}),
+    ("rename", {"dst": "a/a/a", "i": 0, "chosen": "a/b"}),
+    ("commit", {"i": 0}),
+]
+
+
+def test_a_file_kept_out_then_replaced_by_a_local_one_is_deleted_by_the_copys_commit(
+    fs_env: Env,
+) -> None:
+    replay(fs_env, _KEPT_OUT_THEN_REPLACED)
+
+
+def test_the_same_on_an_overlay_copy(overlay_env: Env) -> None:
+    replay(overlay_env, _KEPT_OUT_THEN_REPLACED)
