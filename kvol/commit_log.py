@@ -23,7 +23,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import replace
 
-from kvol import codec, content, metrics
+from kvol import codec, content, metrics, publish_turns
 from kvol.errors import CorruptData, KvolError, NotFound, StoreBehind
 from kvol.horizons import Horizons
 from kvol.layout import VolumeKeys, parse_seq
@@ -224,7 +224,15 @@ class CommitLog:
         # Just before publishing: whatever this commit stored or reused long ago is dated
         # anew, so collection cannot take it before the entry lands (kvol.content).
         content.renew_before_publish(self.store, objects)
-        seq = start + 1
+        # One writer of this volume on this machine at a time from here (an optimization:
+        # see kvol.publish_turns); the position is still only ever taken by put_if_absent.
+        with publish_turns.turn(self.store.url, self.volume_id):
+            seq = self._take_position(start + 1, entry)
+        content.published(self.store, objects)
+        return seq
+
+    def _take_position(self, seq: int, entry: Entry) -> int:
+        """Write ``entry`` at the first free position from ``seq`` on; returns it."""
         while True:
             if self.store.exists(self.keys.log(seq + 1)):
                 # Writers take positions in order, so an entry after a free position means
@@ -241,8 +249,6 @@ class CommitLog:
             if self.store.put_if_absent(
                 self.keys.log(seq), encode_entry(self.volume_id, entry, seq)
             ):
-                break
+                return seq
             metrics.COMMIT_CONFLICTS.inc()
             seq += 1
-        content.published(self.store, objects)
-        return seq

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 
+from kvol import publish_turns
 from tests.crashpoints import harness
 from tests.minio import MinioServer, minio  # noqa: F401 (fixture)
 
@@ -94,6 +95,9 @@ def crash_dir(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
 
 @pytest.fixture(scope="session")
 def crash_pool(crash_dir: Path) -> Iterator[harness.Pool]:
+    # Made now, not by the first commit of a campaign: a point is an event's number, and
+    # the first run must not make directories the runs after it find there.
+    publish_turns.lock_dir()
     jobs = int(os.environ.get("KVOL_CRASH_JOBS", min(os.cpu_count() or 1, 4)))
     with harness.pool(jobs, crash_dir.parent) as workers:
         yield workers

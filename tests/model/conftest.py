@@ -11,6 +11,7 @@ from typing import Any
 
 import pytest
 
+from kvol import publish_turns
 from kvol.mounting import overlay_supported
 from kvol.store import FilesystemStore, Store
 from tests.minio import MinioServer, minio, s3_bucket  # noqa: F401 (fixtures)
@@ -25,6 +26,13 @@ def _directory_store(directory: Path) -> tuple[Store, dict[str, Any]]:
 def _needs_overlay() -> None:
     if not overlay_supported():
         pytest.fail("the overlay layout needs root and overlayfs (run as root)", pytrace=False)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _publish_lock_dir() -> None:
+    """Made before any step: a kill point is an event's number, and the first commit must
+    not make directories that the replays after it find there."""
+    publish_turns.lock_dir()
 
 
 @pytest.fixture

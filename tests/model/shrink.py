@@ -21,6 +21,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+from kvol import publish_turns
 from kvol.store import FilesystemStore, Store
 from tests.model.machine import Env, replay
 
@@ -178,6 +179,7 @@ def main(argv: list[str]) -> None:
     log = Path(argv[0]).read_text()
     text = argv[1] if len(argv) > 1 else first_divergence(log)
     steps = steps_of(log) if "state = VolumeMachine_" in log else steps_of_notes(log)
+    publish_turns.lock_dir()  # before any replay (see tests/model/conftest.py)
     with tempfile.TemporaryDirectory(prefix="kvol-shrink-") as base:
         env = _filesystem_env(Path(base), layout_of(log))
         for step in shrink(env, steps, text):

@@ -5,6 +5,9 @@ from __future__ import annotations
 import multiprocessing
 from pathlib import Path
 
+import pytest
+
+from kvol import publish_turns
 from kvol.catalog import Catalog
 from kvol.model import Entry, PutOp
 from kvol.repo import Repo
@@ -25,9 +28,13 @@ def entries(repo: Repo, total: int) -> list[tuple[int, Entry]]:
     return found
 
 
+@pytest.mark.parametrize("turns", ["on", "off"])
 def test_many_processes_committing_at_once(
-    repo: Repo, store: CountingStore, tmp_path: Path
+    repo: Repo, store: CountingStore, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, turns: str
 ) -> None:
+    # "off": racing for positions, as writers on different machines do (the processes of
+    # one machine take turns: kvol.publish_turns).
+    monkeypatch.setenv(publish_turns.SWITCH, turns)
     ctx = multiprocessing.get_context("spawn")
     barrier = ctx.Barrier(PROCESSES)
     calls = {

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from blake3 import blake3
 
-from kvol import codec
+from kvol import codec, publish_turns
 from kvol.content import PACK_THRESHOLD
 from kvol.errors import CorruptData, LimitExceeded, NotFound
 from kvol.model import DeleteOp, Entry, Limits, Part, PutOp, State
@@ -54,7 +54,11 @@ def test_entries_are_published_with_put_if_absent_and_retried_on_conflict(
     assert volume_tree(repo) == {"a": b"first", "b": b"second"}
 
 
-def test_concurrent_publishers_in_threads_all_land(repo: Repo) -> None:
+def test_concurrent_publishers_in_threads_all_land(
+    repo: Repo, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Racing for positions, as writers on different machines do (one machine's take turns).
+    monkeypatch.setenv(publish_turns.SWITCH, "off")
     puts = {f"t{i}": upload(repo, f"t{i}", f"thread {i}".encode()) for i in range(16)}
     seqs: list[int] = []
     lock = threading.Lock()
