@@ -25,6 +25,7 @@ import hashlib
 import logging
 import os
 import stat
+import tempfile
 import threading
 from collections.abc import Iterator
 
@@ -93,26 +94,45 @@ def _open_lock(store_url: str, volume_id: str) -> int | None:
 
 def lock_dir() -> str | None:
     """This user's directory of publish locks, made if missing: in ``$XDG_RUNTIME_DIR``
-    when there is one, else in the user's cache directory. None where there is no such
+    when there is one, else in the user's cache directory, else (a read-only home, as in
+    the node plugin's container) in the temporary directory. None where there is no
     directory of this user's alone (the lock is then skipped, never shared)."""
+    for directory, mine in _candidates():
+        if not os.path.isabs(directory):
+            continue
+        try:
+            if not os.path.isdir(directory):  # no mutation once it is there
+                os.makedirs(os.path.dirname(mine[0]), exist_ok=True)
+                for path in mine:
+                    with contextlib.suppress(FileExistsError):
+                        os.mkdir(path, 0o700)
+            if all(_owned(path) for path in mine):
+                return directory
+        except OSError:
+            continue
+        log.debug("publishing without turns from %s: not this user's alone", directory)
+    return None
+
+
+def _candidates() -> list[tuple[str, list[str]]]:
+    """Places for the locks, each with the directories that must be this user's alone."""
+    found = []
     runtime = os.environ.get("XDG_RUNTIME_DIR")
     if runtime:
         directory = os.path.join(runtime, "kvol", "publish-turns")
-    else:
-        cache = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-        directory = os.path.join(cache, "kvol", "publish-turns")
-    if not os.path.isabs(directory):
-        return None  # no home to speak of
-    try:
-        if not os.path.isdir(directory):  # no mutation once it is there
-            os.makedirs(directory, mode=0o700, exist_ok=True)
-        st = os.lstat(directory)
-    except OSError:
-        return None
-    if not stat.S_ISDIR(st.st_mode) or st.st_uid != os.geteuid() or st.st_mode & 0o022:
-        log.debug("publishing without turns: %s is not this user's alone", directory)
-        return None
-    return directory
+        found.append((directory, [directory]))
+    cache = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    directory = os.path.join(cache, "kvol", "publish-turns")
+    found.append((directory, [directory]))
+    # A shared temporary directory: the user's own directory in it must be theirs too.
+    own = os.path.join(tempfile.gettempdir(), f"kvol-{os.geteuid()}")
+    found.append((os.path.join(own, "publish-turns"), [own, os.path.join(own, "publish-turns")]))
+    return found
+
+
+def _owned(path: str) -> bool:
+    st = os.lstat(path)
+    return stat.S_ISDIR(st.st_mode) and st.st_uid == os.geteuid() and not st.st_mode & 0o022
 
 
 def _take(fd: int, wait_seconds: float) -> tuple[bool, bool]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import tempfile
 import threading
 import time
 from pathlib import Path
@@ -72,17 +73,37 @@ def test_a_writer_that_waited_too_long_goes_on_and_leaves_no_descriptor_behind()
         assert held
 
 
-def test_no_turns_when_switched_off_or_without_a_directory_of_this_users_own(
-    lock_dir: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_no_turns_when_switched_off(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv(publish_turns.SWITCH, "off")
     with publish_turns.turn("file:///s", "v") as held:
         assert not held
     monkeypatch.delenv(publish_turns.SWITCH)
     with publish_turns.turn("file:///s", "v") as held:
         assert held
-    # A directory others may write in could hold a lock file of theirs: not used.
-    (lock_dir / "kvol" / "publish-turns").chmod(0o777)
+
+
+def test_locks_live_only_in_a_directory_of_this_users_alone(
+    lock_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    runtime = lock_dir / "kvol" / "publish-turns"
+    assert publish_turns.lock_dir() == str(runtime)
+    # A directory others may write in could hold a lock file of theirs: the next place.
+    runtime.chmod(0o777)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    assert publish_turns.lock_dir() == str(tmp_path / "cache" / "kvol" / "publish-turns")
+    # No cache directory to be had (a read-only home, as in the node plugin's
+    # container): the user's own directory in the temporary directory.
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "not-a-directory"))
+    (tmp_path / "not-a-directory").write_bytes(b"")
+    (tmp_path / "tmp").mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "tmp"))
+    own = tmp_path / "tmp" / f"kvol-{os.geteuid()}"
+    assert publish_turns.lock_dir() == str(own / "publish-turns")
+    assert own.stat().st_mode & 0o777 == 0o700
+    # One made there by someone else, writable by all: no turns at all.
+    (own / "publish-turns").rmdir()
+    own.chmod(0o777)
+    assert publish_turns.lock_dir() is None
     with publish_turns.turn("file:///s", "v") as held:
         assert not held
 
