@@ -194,6 +194,10 @@ class Reloading(ReloadTransfer):
                 fsops.remove_empty_dir(root_fd, rel)
             for rel in sorted(d for d in touched if d in all_dirs):
                 if under_any(rel, blocked):
+                    # Not made here (a kept local file above it). A record of the file the
+                    # volume had here goes all the same: the volume's content no longer,
+                    # it would be reused by a commit (and collected once pruned).
+                    index.drop(rel)
                     continue
                 st = fsops.lstat(root_fd, rel)
                 if (

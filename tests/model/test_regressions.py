@@ -1104,3 +1104,32 @@ def test_a_file_kept_out_then_replaced_by_a_local_one_is_deleted_by_the_copys_co
 
 def test_the_same_on_an_overlay_copy(overlay_env: Env) -> None:
     replay(overlay_env, _KEPT_OUT_THEN_REPLACED)
+
+
+# Copy 1 moved "b" (with the volume's file "b/a/b") away and wrote a file "b/a"; copy 2
+# made "b/a/b" a directory. Copy 1's reload kept its file "b/a", so "b/a/b" was not made
+# here, and its record of the file "b/a/b" stayed in the index although the volume no
+# longer had it. Pruned past that file's commit, the pack holding it was collected, and
+# copy 1's commit of the moved file reused that record's pack: the volume named content
+# that was gone (a data loss: the file published could no longer be read).
+_RECORD_KEPT_UNDER_A_LOCAL_FILE: list[Step] = [
+    ("sdk_put", {"large": False, "paths": {"b/a/b"}, "tag": 1}),
+    ("reload", {"i": 1}),
+    ("mkdir", {"i": 2, "path": "b/a/b"}),
+    ("rename", {"dst": "a/a/a", "i": 1, "chosen": "b"}),
+    ("commit", {"i": 2}),
+    ("write", {"i": 1, "large": False, "path": "b/a", "tag": 2}),
+    ("prune", {"keep": 1}),
+    ("prune", {"keep": 1}),
+    ("replace_pod", {"grouped": False, "i": 1, "reuse": False}),
+]
+
+
+def test_a_reload_forgets_a_file_the_volume_made_a_directory_under_a_kept_local_file(
+    fs_env: Env,
+) -> None:
+    replay(fs_env, _RECORD_KEPT_UNDER_A_LOCAL_FILE)
+
+
+def test_the_same_with_an_overlay_copy(overlay_env: Env) -> None:
+    replay(overlay_env, _RECORD_KEPT_UNDER_A_LOCAL_FILE)
