@@ -114,20 +114,19 @@ def lock_dir() -> str | None:
     return None
 
 
-def _candidates() -> list[tuple[str, list[str]]]:
+def _candidates() -> Iterator[tuple[str, list[str]]]:
     """Places for the locks, each with the directories that must be this user's alone."""
-    found = []
     runtime = os.environ.get("XDG_RUNTIME_DIR")
     if runtime:
         directory = os.path.join(runtime, "kvol", "publish-turns")
-        found.append((directory, [directory]))
+        yield directory, [directory]
     cache = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
     directory = os.path.join(cache, "kvol", "publish-turns")
-    found.append((directory, [directory]))
-    # A shared temporary directory: the user's own directory in it must be theirs too.
+    yield directory, [directory]
+    # A shared temporary directory (looked up only if needed: the first lookup writes a
+    # probe file there): the user's own directory in it must be theirs too.
     own = os.path.join(tempfile.gettempdir(), f"kvol-{os.geteuid()}")
-    found.append((os.path.join(own, "publish-turns"), [own, os.path.join(own, "publish-turns")]))
-    return found
+    yield os.path.join(own, "publish-turns"), [own, os.path.join(own, "publish-turns")]
 
 
 def _owned(path: str) -> bool:
