@@ -335,9 +335,11 @@ class Reloading(ReloadTransfer):
         records explicitly."""
         index = self.index
         was_explicit = {d for d in near if d in index.explicit_dirs and d not in view.dirs}
+        # Those holding a file this reload removed, or a directory the volume dropped.
+        above = {a for rel in [*removed, *was_explicit] for a in paths.ancestors(rel)}
         pool = {
             a
-            for a in was_explicit | {a for rel in removed for a in paths.ancestors(rel)}
+            for a in was_explicit | above
             if a in index.dirs and a not in view.dirs and a not in emptied_here
         }
         candidates: set[str] = set()

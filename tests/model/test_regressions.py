@@ -1133,3 +1133,31 @@ def test_a_reload_forgets_a_file_the_volume_made_a_directory_under_a_kept_local_
 
 def test_the_same_with_an_overlay_copy(overlay_env: Env) -> None:
     replay(overlay_env, _RECORD_KEPT_UNDER_A_LOCAL_FILE)
+
+
+def test_a_reload_removes_a_directory_left_empty_by_one_the_volume_dropped(
+    fs_env: Env,
+) -> None:
+    # Copy 0 moved its "a" (holding the explicit "a/a" and "a/b") away and made "a/a"
+    # again; another writer removed "a/a". Copy 0's reload removed the unchanged "a/a" but
+    # kept "a", which nothing implied any more (the volume had it only through "a/b", which
+    # this copy had moved away): its commit then published it.
+    replay(
+        fs_env,
+        [
+            ("sdk_put", {"large": False, "paths": {"a"}, "tag": 0}),
+            ("prune", {"keep": 3}),
+            ("sdk_put", {"large": False, "paths": {"a/b", "b/a/b", "a/a"}, "tag": 0}),
+            ("mkdir", {"i": 2, "path": "a/a"}),
+            ("mkdir", {"i": 0, "path": "a/b"}),
+            ("replace_pod", {"grouped": True, "i": 2, "reuse": True}),
+            ("mkdir", {"i": 1, "path": "b/a/b"}),
+            ("commit", {"i": 0}),
+            ("replace_pod", {"grouped": True, "i": 1, "reuse": False}),
+            ("prune", {"keep": 1}),
+            ("sdk_rm", {"chosen": "a/a"}),
+            ("rename", {"dst": "b", "i": 0, "chosen": "a"}),
+            ("mkdir", {"i": 0, "path": "a/a"}),
+            ("replace_pod", {"grouped": True, "i": 0, "reuse": False}),
+        ],
+    )
