@@ -296,9 +296,9 @@ class Committing(CopyBase):
         # A directory the volume has explicitly that this copy never had stays in the
         # volume (the commit does not remove it), and so do the explicit ones holding it:
         # still recorded, the next reload makes them here.
-        never_had = index.kept_out_dirs()
-        stays = never_had | {
-            a for d in never_had for a in paths.ancestors(d) if a in index.explicit_dirs
+        kept_out = index.kept_out_dirs()
+        stays = kept_out | {
+            a for d in kept_out for a in paths.ancestors(d) if a in index.explicit_dirs
         }
         for d in done.removed_dirs:
             index.dirs = {x for x in index.dirs if not paths.is_under(x, d)}

@@ -6,6 +6,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 
+from kvol import paths
 from kvol.checkpoints import Checkpoints
 from kvol.commit_log import CommitLog
 from kvol.errors import HistoryPruned
@@ -35,10 +36,6 @@ class RepoStats:
     #: Distinct writers that published in the last ``window`` seconds: pods (whatever
     #: number of copies each used), and other working copies.
     writers_recent: int
-
-
-def _deepest_first(path: str) -> tuple[int, str]:
-    return (-path.count("/"), path)
 
 
 class History:
@@ -105,7 +102,7 @@ class History:
         # under one of them survives, and so does its directory.
         for path in sorted(set(head.files) - set(target.files)):
             ops.append(UnlinkOp(path))
-        for path in sorted(head.dirs - target.all_dirs(), key=_deepest_first):
+        for path in sorted(head.dirs - target.all_dirs(), key=paths.deepest_first):
             ops.append(RmdirOp(path))
         for path in sorted(target.dirs - head.dirs):
             ops.append(MkdirOp(path))

@@ -89,6 +89,11 @@ def ancestors(path: str) -> list[str]:
     return ["/".join(parts[:i]) for i in range(1, len(parts))]
 
 
+def deepest_first(path: str) -> tuple[int, str]:
+    """Sort key: every path before its ancestors (removals, deepest first)."""
+    return (-path.count("/"), path)
+
+
 def is_under(path: str, directory: str) -> bool:
     """True if ``path`` is ``directory`` or inside it ("" is the root and holds everything)."""
     return not directory or path == directory or path.startswith(directory + "/")

@@ -344,8 +344,8 @@ class Reloading(ReloadTransfer):
         }
         candidates: set[str] = set()
         # Deepest first: one that holds only directories going too is empty once they go.
-        for a in sorted(pool, key=lambda d: (-d.count("/"), d)):
-            going = {c.rpartition("/")[2] for c in candidates if c.rpartition("/")[0] == a}
+        for a in sorted(pool, key=paths.deepest_first):
+            going = {c.rpartition("/")[2] for c in candidates if paths.parent(c) == a}
             if fsops.is_empty_dir(root_fd, a, ignoring=going):
                 candidates.add(a)
         if not candidates:

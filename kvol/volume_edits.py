@@ -75,7 +75,7 @@ def tree_removal(state: State, rel: str) -> list[Op]:
         return [UnlinkOp(rel)]
     ops: list[Op] = [UnlinkOp(p) for p, _ in sorted(state.iter_under(rel))]
     dirs = [d for d in state.dirs if d == rel or paths.is_under(d, rel)]
-    ops += [RmdirOp(d) for d in sorted(dirs, key=lambda d: (-d.count("/"), d))]
+    ops += [RmdirOp(d) for d in sorted(dirs, key=paths.deepest_first)]
     return ops
 
 
