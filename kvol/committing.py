@@ -262,21 +262,23 @@ class Committing(CopyBase):
         return sorted(candidates - filled)
 
     def _implied_only_by_hidden(self, scan: ScanResult, never_had: set[str]) -> set[str]:
-        """Directories here, known to the volume, that only files this copy never had
-        imply (a local directory or file stands where they go): they were not the volume's
-        as this copy saw it, so it made them."""
-        if not never_had:
-            return set()
+        """Directories here, known to the volume, that only files this copy never had or
+        explicit directories it does not have imply (a local directory or file stands
+        where they go): they were not the volume's as this copy saw it, so it made them."""
         index = self.index
+        hidden_dirs = index.kept_out_dirs()
+        if not never_had and not hidden_dirs:
+            return set()
+        seen_explicit = index.explicit_dirs - hidden_dirs
         candidates = {
             a
-            for p in never_had
+            for p in never_had | hidden_dirs
             for a in paths.ancestors(p)
-            if a in index.dirs and a not in scan.dirs_removed and a not in index.explicit_dirs
+            if a in index.dirs and a not in scan.dirs_removed and a not in seen_explicit
         }
         if not candidates:
             return set()
-        implied = {a for d in index.explicit_dirs for a in paths.ancestors(d)}
+        implied = {a for d in seen_explicit for a in paths.ancestors(d)}
         left_out = never_had | set(index.without_record())
         implied.update(a for p in index.paths() if p not in left_out for a in paths.ancestors(p))
         return candidates - implied

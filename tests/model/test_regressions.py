@@ -1161,3 +1161,37 @@ def test_a_reload_removes_a_directory_left_empty_by_one_the_volume_dropped(
             ("replace_pod", {"grouped": True, "i": 0, "reuse": False}),
         ],
     )
+
+
+# Copy 0 made "b/a/b" a directory and another copy's commit published it; copy 0 then
+# removed "b" while copy 1 (whose local file "b/a/b" hid the volume's explicit directory)
+# deleted that file. Copy 0's commit removed "b", "b/a" and "b/a/b" as it saw them; copy
+# 1's next commit had "b" and "b/a" here only for the directory it never had, which no
+# longer made them the volume's: it had to publish them as made, and published neither.
+_DIRS_HELD_ONLY_BY_A_KEPT_OUT_DIRECTORY: list[Step] = [
+    ("sdk_put", {"large": False, "paths": {"a"}, "tag": 0}),
+    ("prune", {"keep": 3}),
+    ("sdk_put", {"large": False, "paths": {"b/a/b", "a/b", "a/a"}, "tag": 0}),
+    ("mkdir", {"i": 2, "path": "a/a"}),
+    ("replace_pod", {"grouped": False, "i": 0, "reuse": False}),
+    ("commit", {"i": 2}),
+    ("mkdir", {"i": 0, "path": "b/a/b"}),
+    ("replace_pod", {"grouped": False, "i": 0, "reuse": True}),
+    ("edit", {"i": 2, "large": False, "tag": 0, "chosen": "b/a/b"}),
+    ("prune", {"keep": 1}),
+    ("commit", {"i": 2}),
+    ("reload", {"i": 1}),
+    ("reload", {"i": 0}),
+    ("delete", {"i": 0, "chosen": "b"}),
+    ("delete", {"i": 1, "chosen": "b/a/b"}),
+    ("replace_pod", {"grouped": False, "i": 0, "reuse": True}),
+    ("reload", {"i": 1}),
+]
+
+
+def test_a_commit_makes_the_directories_only_a_kept_out_directory_held(fs_env: Env) -> None:
+    replay(fs_env, _DIRS_HELD_ONLY_BY_A_KEPT_OUT_DIRECTORY)
+
+
+def test_the_same_over_an_overlay_copy(overlay_env: Env) -> None:
+    replay(overlay_env, _DIRS_HELD_ONLY_BY_A_KEPT_OUT_DIRECTORY)
