@@ -480,6 +480,7 @@ class VolumeMachine(RuleBasedStateMachine):
             if not retry:
                 return
             self._reload(i)
+            self._check_records(i)
             self.note(f"commit(copy={i})")
         try:
             result = self.copies[i].commit()
@@ -1009,6 +1010,34 @@ class VolumeMachine(RuleBasedStateMachine):
         expect_same("the head", self.log.state().tree(), tree, self.steps)
 
     @invariant()
+    def records_are_the_volumes(self) -> None:
+        for i in range(COPIES):
+            self._check_records(i)
+
+    def _check_records(self, i: int) -> None:
+        """Every file record copy ``i`` keeps is the volume's at its base or at a later
+        commit. A record of content the volume dropped before the base names packs that a
+        prune may have collected, and a commit that reuses it publishes a file nobody can
+        read; checked here, such a record is caught where it is kept, not at a later build."""
+        index = self.copies[i].index
+        if index.base < self.log.horizon:
+            return  # its base is gone: nothing left to say where a record came from
+        repo = Repo(self.store, self.repo.volume_id)
+        states = [
+            {p: (r.hash, r.parts) for p, r in repo.state(seq).files.items()}
+            for seq in range(max(index.base, 1), self.log.head_seq + 1)
+        ]
+        for path in index.paths():
+            entry = index.entry(path)
+            if entry is None or entry.record is None:
+                continue
+            kept = (entry.record.hash, entry.record.parts)
+            assert any(files.get(path) == kept for files in states), (
+                f"copy {i} keeps a record of {path!r} that the volume did not have at its "
+                f"base {index.base} or since:\n  " + "\n  ".join(self.steps)
+            )
+
+    @invariant()
     def store_whole(self) -> None:
         check_store(self.repo)
 
@@ -1016,6 +1045,7 @@ class VolumeMachine(RuleBasedStateMachine):
         self.copies_match()
         self.bases_match()
         self.head_matches()
+        self.records_are_the_volumes()
         self.store_whole()
 
     def check_history(self) -> None:
