@@ -246,6 +246,8 @@ class LogModel:
             copy.base = self.head_seq + 1
         self.publish(ops)
         copy.view = copy.view.applied(ops)
+        # One removed here is no longer known: nothing of it is left to keep out of commits.
+        copy.view.seen_dirs &= copy.tree.dirs
         # The model's own check: applying what a copy publishes to what it saw gives
         # exactly what it holds (with the directories it knows as the volume's though
         # nothing implies them, which no commit publishes: see VolumeState.seen_dirs).

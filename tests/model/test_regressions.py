@@ -1195,3 +1195,22 @@ def test_a_commit_makes_the_directories_only_a_kept_out_directory_held(fs_env: E
 
 def test_the_same_over_an_overlay_copy(overlay_env: Env) -> None:
     replay(overlay_env, _DIRS_HELD_ONLY_BY_A_KEPT_OUT_DIRECTORY)
+
+
+def test_a_directory_a_killed_reload_made_can_be_moved_away_and_committed(
+    overlay_env: Env,
+) -> None:
+    # Copy 2's reload, killed, made "b" (the volume's through "b/b") and no file in it;
+    # copy 2 then moved "b" to "a" and committed. The model still counted "b" among the
+    # directories the copy knew though nothing implied them, and its own check failed.
+    replay(
+        overlay_env,
+        [
+            ("write", {"i": 0, "large": False, "path": "b", "tag": 0}),
+            ("commit", {"i": 0}),
+            ("sdk_put", {"large": True, "paths": {"b/b", "a"}, "tag": 0}),
+            ("kill", {"i": 2, "k": 21, "keep": 2, "op": "reload", "when": "after"}),
+            ("rename", {"dst": "a", "i": 2, "chosen": "b"}),
+            ("commit", {"i": 2}),
+        ],
+    )
