@@ -187,6 +187,8 @@ class Committing(CopyBase):
             for p in forgotten:
                 index.drop(p)
             if refreshed or forgotten:
+                if refreshed:
+                    self._sync_tree()
                 self._save_index()
             return CommitResult(None, deferred=tuple(deferred), skipped=tuple(skipped))
 
@@ -197,6 +199,10 @@ class Committing(CopyBase):
             dirs_added=sorted(made.union(kept_dirs)),
             puts=puts,
         )
+        # The files as read, and the deletions, on disk before anything records them:
+        # after a power loss the index must not call a file clean that its disk lost
+        # (read as changed, the next commit would publish it over this one).
+        self._sync_tree()
         # Written (and synced) before publishing: a commit that dies after its entry
         # landed but before the index records it is settled from this at the next lock
         # (see _recover_commit); else its files would look changed and be published

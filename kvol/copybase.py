@@ -214,6 +214,13 @@ class CopyBase:
                 self._recover()
             yield
 
+    def _sync_tree(self) -> None:
+        """Make the tree durable before the index records it: after a power loss, a file
+        the index calls clean must hold what it says (an empty or short one would read as
+        a change, and the next commit would publish it over the volume's), and a file a
+        reload or a commit saw removed must stay removed."""
+        fsops.sync_filesystem(self.root)
+
     def _save_index(self) -> None:
         path = self.meta_dir / INDEX_FILE
         self.index.save(path)

@@ -200,6 +200,7 @@ class ReloadJournal(CopyBase):
             Staging.remove_stale(root_fd)
         finally:
             os.close(root_fd)
+        self._sync_tree()
         self._save_index()
         self._drop_journal()
 

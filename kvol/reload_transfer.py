@@ -8,9 +8,11 @@ from __future__ import annotations
 import json
 import os
 import threading
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 
 from kvol import fsops
+from kvol.content import ContentReader
 from kvol.copybase import LANDING_FILE
 from kvol.index import IndexEntry, Signature
 from kvol.model import FileRecord, State
@@ -51,7 +53,7 @@ class ReloadTransfer(ReloadJournal):
             st = fsops.stage_file(
                 staging.fd,
                 name,
-                lambda fd: reader.write_to(record, fd, rel),
+                _filler(reader, record, rel),
                 mode=self._view_mode(record.mode),
                 mtime_ns=record.mtime_ns,
                 creating=creating,
@@ -141,7 +143,7 @@ class ReloadTransfer(ReloadJournal):
                 st = fsops.write_file(
                     root_fd,
                     rel,
-                    lambda fd: reader.write_to(record, fd, rel),
+                    _filler(reader, record, rel),
                     mode=self._view_mode(record.mode),
                     mtime_ns=record.mtime_ns,
                 )
@@ -160,3 +162,14 @@ class ReloadTransfer(ReloadJournal):
         finally:
             reader.release()
         return sorted(stopped)
+
+
+def _filler(reader: ContentReader, record: FileRecord, rel: str) -> Callable[[int], None]:
+    """Writes ``record``'s content to a new file and starts its way to the disk: the sync
+    before the index records the reload finds little left to write."""
+
+    def fill(fd: int) -> None:
+        reader.write_to(record, fd, rel)
+        fsops.start_writeback(fd)
+
+    return fill

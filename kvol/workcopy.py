@@ -177,6 +177,7 @@ class WorkingCopy(Committing, Reloading):
                 touched = set(state.files) | state.all_dirs()
                 wc._apply(state, touched)
                 wc.index.base = state.seq
+                wc._sync_tree()
                 wc._save_index()
                 # Its records of what landed are done with: a later reload stopped midway
                 # must never take them for its own (see _landed_then_removed).

@@ -8,7 +8,6 @@ first, so a reader never sees half an object; ``put_if_absent`` publishes with
 
 from __future__ import annotations
 
-import ctypes
 import errno
 import mmap
 import os
@@ -19,7 +18,7 @@ from pathlib import Path
 from typing import BinaryIO
 from urllib.parse import parse_qs, quote, unquote, urlparse
 
-from kvol import errors
+from kvol import errors, fsops
 from kvol.store.base import ObjectInfo, Store, check_key
 
 _TMP = ".tmp"
@@ -63,30 +62,6 @@ def _copy_range(src: int, dst: int, offset: int, length: int) -> int:
             written += os.pwrite(dst, memoryview(data)[written:], done + written)
         done += len(data)
     return done
-
-
-def _load_libc(symbol: str) -> ctypes._CFuncPtr | None:  # type: ignore[name-defined]
-    # The symbols this process has loaded (libc's among them): finding libc by name would
-    # run ldconfig at every start.
-    return getattr(ctypes.CDLL(None, use_errno=True), symbol, None)
-
-
-_syncfs = _load_libc("syncfs")
-_sync_file_range = _load_libc("sync_file_range")
-if _sync_file_range is not None:
-    _sync_file_range.argtypes = [ctypes.c_int, ctypes.c_int64, ctypes.c_int64, ctypes.c_uint]
-_SYNC_FILE_RANGE_WRITE = 2
-
-
-def _start_writeback(fd: int) -> None:
-    """Start writing a file's dirty pages to disk without waiting for them.
-
-    Content is written long before the sync that precedes publishing; starting its
-    writeback at once overlaps the disk with the rest of the commit, so that sync finds
-    little left to do. Advisory: where unsupported, the sync does all the work.
-    """
-    if _sync_file_range is not None:
-        _sync_file_range(fd, 0, 0, _SYNC_FILE_RANGE_WRITE)
 
 
 class FilesystemStore(Store):
@@ -237,7 +212,7 @@ class FilesystemStore(Store):
             if fsync:
                 os.fsync(fd)
             elif self.durable:
-                _start_writeback(fd)
+                fsops.start_writeback(fd)
         except BaseException:
             os.close(fd)
             tmp.unlink(missing_ok=True)
@@ -304,7 +279,7 @@ class FilesystemStore(Store):
         try:
             copied = _copy_range(fd, out, offset, length)
             if copied and self.durable:
-                _start_writeback(out)
+                fsops.start_writeback(out)
             if copied:
                 with mmap.mmap(out, copied, prot=mmap.PROT_READ) as view:
                     key = check_key(key_of(view))
@@ -443,12 +418,9 @@ class FilesystemStore(Store):
     def sync(self) -> None:
         if not self.durable:
             return
-        fd = os.open(self.root, os.O_RDONLY)
-        try:
-            if _syncfs is None or _syncfs(fd) != 0:
-                os.sync()
-        finally:
-            os.close(fd)
+        # A write-back error reported here means objects already stored are not durable:
+        # the entry that would name them must not be written.
+        self._call("sync", fsops.sync_filesystem, self.root)
 
     @staticmethod
     def _fsync_dir(directory: Path) -> None:
