@@ -216,25 +216,39 @@ class ContentCache:
         # Room first, for what is about to arrive (entries held by builds are kept).
         self.trim(reserve=sum(r.size for r in missing.values()))
         reader = repo.reader()
-        remote: list[tuple[Path, FileRecord]] = []
-        for path, record in missing.items():
-            if not self._copy_local(path, record):
-                remote.append((path, record))
-        metrics.NODE_CACHE_HITS.inc(len(records) - len(remote))
-        metrics.NODE_CACHE_MISSES.inc(len(remote))
-        reader.prefetch(r for _, r in remote)
-
-        def fetch(item: tuple[Path, FileRecord]) -> None:
-            path, record = item
-            name = names.get(id(record))
-            self._install(path, record, lambda fd: reader.write_to(record, fd, name))
-
+        written = _Written()
         try:
+            remote: list[tuple[Path, FileRecord]] = []
+            for path, record in missing.items():
+                if not self._copy_local(path, record, written):
+                    remote.append((path, record))
+            metrics.NODE_CACHE_HITS.inc(len(records) - len(remote))
+            metrics.NODE_CACHE_MISSES.inc(len(remote))
+            reader.prefetch(r for _, r in remote)
+
+            def fetch(item: tuple[Path, FileRecord]) -> None:
+                path, record = item
+                name = names.get(id(record))
+                self._write(path, record, lambda fd: reader.write_to(record, fd, name), written)
+
             with ThreadPoolExecutor(concurrency, thread_name_prefix="kvol-cache") as pool:
                 list(pool.map(fetch, remote))
         finally:
             reader.release()
+            # What was fetched stays, also when another fetch failed: a retry reuses it.
+            self._name_durably(written)
         return len(remote)
+
+    def _name_durably(self, written: _Written) -> None:
+        """Give entries written under temporary names their names, once their data is on
+        disk: an entry that exists is whole, also after a power loss (a lost rename only
+        makes it fetched again)."""
+        if not written.entries:
+            return
+        fsops.sync_filesystem(self.root)
+        for tmp, path, size in written.entries:
+            os.replace(tmp, path)
+            self._added(path.name, size)
 
     def trim(self, reserve: int = 0) -> int:
         """Evict unlinked entries, least recently used first, until the cache plus
@@ -332,7 +346,7 @@ class ContentCache:
         metrics.NODE_CACHE_BYTES.set(self._bytes)
         return self._entries
 
-    def _copy_local(self, path: Path, record: FileRecord) -> bool:
+    def _copy_local(self, path: Path, record: FileRecord, written: _Written) -> bool:
         """Another mode or mtime of the same content is here: copy it, no download."""
         try:
             siblings = [p for p in path.parent.iterdir() if p.name.startswith(record.hash + ".")]
@@ -346,13 +360,18 @@ class ContentCache:
             except FileNotFoundError:
                 continue
             try:
-                self._install(path, record, functools.partial(_copy_fd, src, size=record.size))
+                self._write(
+                    path, record, functools.partial(_copy_fd, src, size=record.size), written
+                )
             finally:
                 os.close(src)
             return True
         return False
 
-    def _install(self, path: Path, record: FileRecord, fill: Callable[[int], None]) -> None:
+    def _write(
+        self, path: Path, record: FileRecord, fill: Callable[[int], None], written: _Written
+    ) -> None:
+        """The entry ``path`` written under a temporary name (see :meth:`_name_durably`)."""
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(f"{fsops.TEMP_PREFIX}{secrets.token_hex(8)}")
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
@@ -360,13 +379,25 @@ class ContentCache:
             fill(fd)
             os.fchmod(fd, fsops.safe_mode(record.mode))
             os.utime(fd, ns=(record.mtime_ns, record.mtime_ns))
+            fsops.start_writeback(fd)
         except BaseException:
             os.close(fd)
             tmp.unlink(missing_ok=True)
             raise
         os.close(fd)
-        os.replace(tmp, path)
-        self._added(path.name, record.size)
+        written.add(tmp, path, record.size)
+
+
+class _Written:
+    """Entries of one fill written under temporary names, to be named once on disk."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self.entries: list[tuple[Path, Path, int]] = []
+
+    def add(self, tmp: Path, path: Path, size: int) -> None:
+        with self._lock:
+            self.entries.append((tmp, path, size))
 
 
 def _copy_fd(src: int, dst: int, *, size: int) -> None:
@@ -533,6 +564,9 @@ class Lowers:
                     rel: IndexEntry(record, UNMATCHED) for rel, record in state.files.items()
                 }
                 index.save(staging / LOWER_INDEX)
+                # Named only once on disk: a snapshot that exists is whole, after a power
+                # loss too (a copy made from it must not see files short or missing).
+                fsops.sync_filesystem(staging)
                 os.rename(staging, final)
                 with self._lock:
                     self._templates[final] = _Template.of(index)

@@ -9,9 +9,10 @@ import pytest
 
 from kvol.index import Index, delta_path
 from kvol.mounting import is_mountpoint
-from kvol.overlay import Lowers, OverlayWorkingCopy
+from kvol.overlay import ContentCache, Lowers, OverlayWorkingCopy
 from kvol.repo import Repo
 from tests.integration.overlay.seeding import seed
+from tests.power_loss import after_power_loss, own_disk
 
 pytestmark = pytest.mark.root
 
@@ -181,3 +182,32 @@ def test_snapshot_links_cache_entries_and_cache_survives(
     assert not lower.path.exists()
     fetched = lowers.cache.fill(repo, list(repo.state(seq).files.values()))
     assert fetched == 0  # the content cache outlives the snapshot
+
+
+def test_a_snapshot_and_the_cache_entries_it_links_are_whole_after_a_power_loss(
+    repo: Repo, tmp_path: Path
+) -> None:
+    """Cache entries and snapshots are named only once on disk: after a power loss, one
+    that exists holds its files whole (a later build would link or serve it as it is)."""
+    state_files = {f"d{n % 3}/f{n}": (f"content {n} " * 500).encode() for n in range(20)}
+    seq = seed(repo, tmp_path, state_files)
+    with own_disk(tmp_path) as (image, disk):
+        lowers = Lowers(disk / "lowers", ContentCache(disk / "cache"))
+        lower = lowers.build(repo, seq)
+        # The journal commits names within seconds (a directory's fsync commits it now);
+        # data written without a sync may take much longer to reach the disk.
+        fd = os.open(lower.path.parent, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        with after_power_loss(image, tmp_path) as crashed:
+            tree = crashed / lower.tree.relative_to(disk)
+            found = {
+                str(p.relative_to(tree)): p.read_bytes() for p in tree.rglob("*") if p.is_file()
+            }
+            assert found == state_files
+            entries = [p for p in (crashed / "cache").rglob("*") if p.is_file()]
+            assert len(entries) == len(state_files)
+            for entry in entries:
+                assert entry.read_bytes() in state_files.values(), f"{entry.name} is damaged"
