@@ -9,6 +9,7 @@ as ``__cause__``).
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 from abc import ABC, abstractmethod
@@ -169,6 +170,11 @@ class Store(ABC):
         are durable when they return (S3) need not override it.
         """
         return None
+
+    def sync_covers(self, path: str | os.PathLike[str]) -> bool:
+        """Does :meth:`sync` also make durable what was written to the filesystem that
+        holds ``path``? (A filesystem store's sync is one of its whole filesystem.)"""
+        return False
 
     def close(self) -> None:
         """Release connections and threads."""

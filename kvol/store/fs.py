@@ -422,6 +422,14 @@ class FilesystemStore(Store):
         # the entry that would name them must not be written.
         self._call("sync", fsops.sync_filesystem, self.root)
 
+    def sync_covers(self, path: str | os.PathLike[str]) -> bool:
+        if not self.durable:
+            return False
+        try:
+            return os.stat(self.root).st_dev == os.stat(path).st_dev
+        except OSError:
+            return False
+
     @staticmethod
     def _fsync_dir(directory: Path) -> None:
         fd = os.open(directory, os.O_RDONLY)

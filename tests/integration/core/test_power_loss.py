@@ -9,8 +9,9 @@ from pathlib import Path
 
 import pytest
 
+from kvol.catalog import Catalog
 from kvol.repo import Repo
-from kvol.store import Store
+from kvol.store import FilesystemStore, Store
 from kvol.workcopy import WorkingCopy
 from tests.power_loss import after_power_loss, own_disk
 from tests.unit.core.helpers import write
@@ -101,3 +102,21 @@ def test_a_committed_copy_holds_its_files_after_a_power_loss(
 
     with after_power_loss(image, tmp_path) as crashed:
         expect_clean(crashed / "copy", store, want)
+
+
+def test_a_copy_committed_to_a_store_on_its_own_filesystem_holds_its_files_after_a_power_loss(
+    disk: tuple[Path, Path], tmp_path: Path
+) -> None:
+    # The store's sync before the entry is one of the whole filesystem: it covers the copy.
+    image, disk_root = disk
+    store = FilesystemStore(disk_root / "store")
+    Catalog(store).create("vol")
+    copy = WorkingCopy.create(Catalog(store).repo("vol"), disk_root / "copy")
+    for n in range(20):
+        write(copy.root, f"d{n % 3}/f{n}", f"written here {n} " * 500)
+    copy.commit()
+    want = files_of(copy)
+    copy.close(final_commit=False)
+
+    with after_power_loss(image, tmp_path) as crashed:
+        expect_clean(crashed / "copy", FilesystemStore(crashed / "store"), want)
