@@ -105,6 +105,23 @@ class ReloadJournal(CopyBase):
                 index.dirs.discard(rel)
                 index.explicit_dirs.discard(rel)
 
+    def _forget_emptied_here(self, deleted_here: set[str], kept: set[str]) -> None:
+        """Directories the volume held only by files this copy deleted itself before the
+        reload (forgotten now: the volume deleted them too) and no longer has (not in
+        ``kept``): what is left of them here is this copy's own emptied directory, as a
+        finished reload leaves it, off the record of the volume's (its next commit
+        publishes it as made)."""
+        index = self.index
+        candidates = {a for rel in deleted_here for a in paths.ancestors(rel)} & index.dirs
+        candidates -= index.explicit_dirs | kept
+        if not candidates:
+            return
+        implied = {a for d in index.explicit_dirs for a in paths.ancestors(d)}
+        for rel, entry in index.files.items():
+            if entry.record is not None:
+                implied.update(paths.ancestors(rel))
+        index.dirs -= candidates - implied
+
     def _recover(self) -> None:
         """Settle a reload that stopped midway (killed, or failed), from its journal.
 
@@ -146,6 +163,7 @@ class ReloadJournal(CopyBase):
         try:
             removed_since = self._landed_then_removed(root_fd)
             removed_by_reload = self._removed_by_reload()
+            deleted_here: set[str] = set()
             for rel in gone:
                 st = fsops.lstat(root_fd, rel)
                 if (
@@ -158,6 +176,8 @@ class ReloadJournal(CopyBase):
                     # deletion for the next commit (the volume's own went in after base).
                     continue
                 if st is None:
+                    if rel in index.files and rel not in removed_by_reload:
+                        deleted_here.add(rel)
                     index.files.pop(rel, None)
                 if st is None or not stat.S_ISDIR(st.st_mode):
                     index.dirs.discard(rel)
@@ -195,6 +215,7 @@ class ReloadJournal(CopyBase):
                 landed = self._holds(root_fd, rel, record)
                 if landed is not None:
                     index.files[rel] = IndexEntry(record, Signature.of(landed))
+            self._forget_emptied_here(deleted_here, set(dirs))
             self._finish_emptied_dirs(root_fd, set(dirs), removed_by_reload)
             self._remove_temporaries(root_fd, {paths.parent(p) for p in files})
             Staging.remove_stale(root_fd)

@@ -1214,3 +1214,28 @@ def test_a_directory_a_killed_reload_made_can_be_moved_away_and_committed(
             ("commit", {"i": 2}),
         ],
     )
+
+
+# Copy 1 moved its only file of "a/a" away (to "b/a/b"), and the volume deleted that
+# file too; a reload of copy 1 was killed. Settling it forgot the file (deleted on both
+# sides) but kept "a/a" on record as the volume's, so the copy's commit did not publish
+# the emptied "a/a" that it kept, as it does after a reload that finished.
+_EMPTIED_HERE_UNDER_A_KILLED_RELOAD: list[Step] = [
+    ("sdk_put", {"large": False, "paths": {"a/b", "b", "a/a/a"}, "tag": 5}),
+    ("reload", {"i": 1}),
+    ("sdk_rm", {"chosen": "a/a/a"}),
+    ("sdk_put", {"large": True, "paths": {"a/b", "b/a/b", "a"}, "tag": 0}),
+    ("rename", {"dst": "b/a/b", "i": 1, "chosen": "a/a/a"}),
+    ("kill", {"i": 1, "k": 11, "keep": 1, "op": "reload", "when": "before"}),
+    ("commit", {"i": 1}),
+]
+
+
+def test_a_settled_reload_leaves_a_directory_emptied_here_to_the_next_commit(
+    fs_env: Env,
+) -> None:
+    replay(fs_env, _EMPTIED_HERE_UNDER_A_KILLED_RELOAD)
+
+
+def test_the_same_for_a_killed_reload_of_an_overlay_copy(overlay_env: Env) -> None:
+    replay(overlay_env, _EMPTIED_HERE_UNDER_A_KILLED_RELOAD)
