@@ -46,16 +46,22 @@ def expect_clean(root: Path, store: Store, want: dict[str, bytes]) -> None:
         copy.close(final_commit=False)
 
 
+def commit_new_files(copy: WorkingCopy, words: str) -> dict[str, bytes]:
+    """Twenty files of a few KiB, never synced by their writer, committed; returns the
+    copy's files and closes it."""
+    for n in range(20):
+        write(copy.root, f"d{n % 3}/f{n}", f"{words} {n} " * 500)
+    copy.commit()
+    files = files_of(copy)
+    copy.close(final_commit=False)
+    return files
+
+
 def test_a_built_copy_holds_its_files_after_a_power_loss(
     repo: Repo, store: Store, disk: tuple[Path, Path], tmp_path: Path
 ) -> None:
     image, disk_root = disk
-    writer = WorkingCopy.create(repo, tmp_path / "writer")
-    for n in range(20):
-        write(writer.root, f"d{n % 3}/f{n}", f"content {n} " * 500)
-    writer.commit()
-    want = files_of(writer)
-    writer.close(final_commit=False)
+    want = commit_new_files(WorkingCopy.create(repo, tmp_path / "writer"), "content")
 
     WorkingCopy.create(repo, disk_root / "copy").close(final_commit=False)
 
@@ -93,12 +99,7 @@ def test_a_committed_copy_holds_its_files_after_a_power_loss(
     # them clean, and a power loss must not leave them short (the next commit would
     # publish them over what this one published).
     image, disk_root = disk
-    copy = WorkingCopy.create(repo, disk_root / "copy")
-    for n in range(20):
-        write(copy.root, f"d{n % 3}/f{n}", f"written here {n} " * 500)
-    copy.commit()
-    want = files_of(copy)
-    copy.close(final_commit=False)
+    want = commit_new_files(WorkingCopy.create(repo, disk_root / "copy"), "written here")
 
     with after_power_loss(image, tmp_path) as crashed:
         expect_clean(crashed / "copy", store, want)
@@ -112,11 +113,7 @@ def test_a_copy_committed_to_a_store_on_its_own_filesystem_holds_its_files_after
     store = FilesystemStore(disk_root / "store")
     Catalog(store).create("vol")
     copy = WorkingCopy.create(Catalog(store).repo("vol"), disk_root / "copy")
-    for n in range(20):
-        write(copy.root, f"d{n % 3}/f{n}", f"written here {n} " * 500)
-    copy.commit()
-    want = files_of(copy)
-    copy.close(final_commit=False)
+    want = commit_new_files(copy, "written here")
 
     with after_power_loss(image, tmp_path) as crashed:
         expect_clean(crashed / "copy", FilesystemStore(crashed / "store"), want)
