@@ -420,7 +420,10 @@ class FilesystemStore(Store):
             return
         # A write-back error reported here means objects already stored are not durable:
         # the entry that would name them must not be written.
-        self._call("sync", fsops.sync_filesystem, self.root)
+        try:
+            fsops.sync_filesystem(self.root)
+        except OSError as exc:
+            raise self._translate(exc) from exc
 
     def sync_covers(self, path: str | os.PathLike[str]) -> bool:
         if not self.durable:
