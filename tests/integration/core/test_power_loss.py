@@ -4,6 +4,7 @@ removed (see tests/power_loss.py for how the disk after a power loss is made).""
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -13,8 +14,9 @@ from kvol.catalog import Catalog
 from kvol.repo import Repo
 from kvol.store import FilesystemStore, Store
 from kvol.workcopy import WorkingCopy
+from tests.integration.core.test_reload_crash import run_and_kill
 from tests.power_loss import after_power_loss, own_disk
-from tests.unit.core.helpers import write
+from tests.unit.core.helpers import CountingStore, write
 
 pytestmark = pytest.mark.usefixtures("repo")
 
@@ -25,12 +27,16 @@ def disk(tmp_path: Path) -> Iterator[tuple[Path, Path]]:
         yield found
 
 
-def files_of(copy: WorkingCopy) -> dict[str, bytes]:
+def files_of_tree(root: Path) -> dict[str, bytes]:
     return {
-        str(p.relative_to(copy.root)): p.read_bytes()
-        for p in copy.root.rglob("*")
-        if p.is_file() and ".kvol" not in p.relative_to(copy.root).parts
+        str(p.relative_to(root)): p.read_bytes()
+        for p in root.rglob("*")
+        if p.is_file() and not any(part.startswith(".kvol") for part in p.relative_to(root).parts)
     }
+
+
+def files_of(copy: WorkingCopy) -> dict[str, bytes]:
+    return files_of_tree(copy.root)
 
 
 def expect_clean(root: Path, store: Store, want: dict[str, bytes]) -> None:
@@ -117,3 +123,38 @@ def test_a_copy_committed_to_a_store_on_its_own_filesystem_holds_its_files_after
 
     with after_power_loss(image, tmp_path) as crashed:
         expect_clean(crashed / "copy", FilesystemStore(crashed / "store"), want)
+
+
+def test_a_reload_cut_short_by_a_power_loss_leaves_no_file_damaged(
+    repo: Repo, store: CountingStore, disk: tuple[Path, Path], tmp_path: Path
+) -> None:
+    # Killed before its eleventh move into place, then the power goes (the journal has
+    # committed those moves: it does within seconds, and any fsync commits it at once).
+    # Each file's writeback started before its move, so on ext4 (data=ordered) the data
+    # reached the disk before the journal recorded the move: every file the reload made
+    # is whole or not there, and the copy settles with nothing to commit. (Files it
+    # replaces are flushed by ext4 on the move in any case: these are new.)
+    image, disk_root = disk
+    writer = WorkingCopy.create(repo, tmp_path / "writer")
+    write(writer.root, "first", "there before the copy was made")
+    writer.commit()
+    WorkingCopy.create(repo, disk_root / "copy").close(final_commit=False)
+    for n in range(20):
+        write(writer.root, f"new/f{n}", f"second {n} " * 5000)
+    writer.commit()
+    new = files_of(writer)
+    writer.close(final_commit=False)
+
+    run_and_kill("reload", disk_root / "copy", store, repo, 10)
+    fd = os.open(disk_root, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+    with after_power_loss(image, tmp_path) as crashed:
+        found = files_of_tree(crashed / "copy")
+        damaged = sorted(rel for rel, data in found.items() if data != new[rel])
+        assert not damaged, f"damaged by the power loss: {damaged}"
+        assert len(found) == 1 + 10  # the moves it made
+        expect_clean(crashed / "copy", FilesystemStore(store.root), found)
