@@ -137,6 +137,7 @@ class Committing(CopyBase):
         deferred: list[str] = []
         sent_bytes = sum(u.sent_bytes for u in uploads.values())
         modes: dict[int, int] = {}  # one int per distinct mode, not one per file
+        moved_from: dict[str, FileRecord] | None = None  # see _deleted_by_content
         # Each upload and stat goes once its record is made: at 100,000 files they are
         # tens of MiB, which the journal and the log entry would otherwise come on top of.
         for rel in sorted(uploads):
@@ -148,7 +149,14 @@ class Committing(CopyBase):
             # Only permission bits are published: set-id and sticky bits are never applied
             # by a copy (see fsops.safe_mode), so they are not recorded either.
             entry = index.entry(rel)
-            mode = self._committed_mode(sig[4], entry.record if entry is not None else None)
+            seen = entry.record if entry is not None else None
+            if seen is None and file_deletes:
+                # A file moved here keeps its mode, as mv keeps it, where the copy shows
+                # it in a view of its own (a mount group's): the record it was moved from.
+                if moved_from is None:
+                    moved_from = self._deleted_by_content(file_deletes)
+                seen = moved_from.get(up.hash)
+            mode = self._committed_mode(sig[4], seen)
             mode = modes.setdefault(mode, mode)
             if (
                 entry is not None
@@ -268,6 +276,15 @@ class Committing(CopyBase):
         kept += [d for d in index.explicit_dirs | scan.dirs_added if d not in gone_dirs]
         filled = {a for p in kept for a in paths.ancestors(p)}
         return sorted(candidates - filled)
+
+    def _deleted_by_content(self, file_deletes: list[str]) -> dict[str, FileRecord]:
+        """The records of the files this commit deletes, by content id."""
+        found: dict[str, FileRecord] = {}
+        for rel in file_deletes:
+            entry = self.index.entry(rel)
+            if entry is not None and entry.record is not None:
+                found.setdefault(entry.record.hash, entry.record)
+        return found
 
     def _implied_only_by_hidden(self, scan: ScanResult, never_had: set[str]) -> set[str]:
         """Directories here, known to the volume, that only files this copy never had or

@@ -1239,3 +1239,28 @@ def test_a_settled_reload_leaves_a_directory_emptied_here_to_the_next_commit(
 
 def test_the_same_for_a_killed_reload_of_an_overlay_copy(overlay_env: Env) -> None:
     replay(overlay_env, _EMPTIED_HERE_UNDER_A_KILLED_RELOAD)
+
+
+def test_a_file_moved_in_a_grouped_pod_keeps_its_mode(overlay_env: Env) -> None:
+    # Copy 0, over a mount group's view, moved the file "b/a/a" (committed 0644, shown
+    # 0664) to "a/a/a" and committed: it published 0664, the view's mode. Copy 2's own
+    # "a/a/a", the same bytes at 0644, then read as a change of mode and stayed when the
+    # volume deleted the file; as a move keeps its mode, it is the volume's file.
+    replay(
+        overlay_env,
+        [
+            ("write", {"i": 2, "large": False, "path": "a/a/a", "tag": 2}),
+            ("write", {"i": 0, "large": True, "path": "a/a/a", "tag": 5}),
+            ("write", {"i": 1, "large": False, "path": "a/a/a", "tag": 3}),
+            ("replace_pod", {"grouped": False, "i": 0, "reuse": True}),
+            ("rename", {"dst": "b/b", "i": 0, "chosen": "a"}),
+            ("edit", {"i": 1, "large": False, "tag": 2, "chosen": "b/a/a"}),
+            ("replace_pod", {"grouped": False, "i": 1, "reuse": True}),
+            ("replace_pod", {"grouped": True, "i": 0, "reuse": True}),
+            ("rename", {"dst": "a", "i": 0, "chosen": "b"}),
+            ("kill", {"i": 0, "k": 5, "keep": 3, "op": "race", "when": "after"}),
+            ("reload", {"i": 2}),
+            ("sdk_rm", {"chosen": "a"}),
+            ("reload", {"i": 2}),
+        ],
+    )

@@ -140,6 +140,23 @@ def test_mount_group_member_creates_edits_and_deletes(
     unpublish(node, reader)
 
 
+def test_a_file_a_member_moves_keeps_its_committed_mode(
+    node: NodeService, repo: Repo, tmp_path: Path
+) -> None:
+    # The view shows sub/kept.txt group-writable (0664); moved, it is at a path the
+    # volume has no record of, and its mode is still the one it was committed with, as
+    # mv keeps it. (It was published as 0664, the view's, for every later pod.)
+    target = publish(node, tmp_path, group=str(GROUP))
+    done = as_member(target, "mv sub/kept.txt moved.txt\nmv gone.txt sub/gone.txt\n")
+    assert done.returncode == 0, done.stderr
+    unpublish(node, target)
+
+    state = repo.state()
+    assert "sub/kept.txt" not in state.files and "gone.txt" not in state.files
+    assert stat.S_IMODE(state.files["moved.txt"].mode) == 0o644
+    assert stat.S_IMODE(state.files["sub/gone.txt"].mode) == 0o644
+
+
 def test_without_a_mount_group_a_non_root_pod_cannot_write(
     node: NodeService, tmp_path: Path
 ) -> None:
