@@ -30,7 +30,14 @@ Step = tuple[str, dict[str, Any]]
 #: Rules that draw a path from the copy's tree (``chosen`` in a replay).
 DRAWING = {"rename", "delete", "edit", "sdk_rm", "rewrite_same"}
 #: Rules hypothesis lists that only check.
-CHECKS = {"bases_match", "copies_match", "head_matches", "store_whole", "teardown"}
+CHECKS = {
+    "bases_match",
+    "copies_match",
+    "head_matches",
+    "records_are_the_volumes",
+    "store_whole",
+    "teardown",
+}
 #: Rules that are another name for the same step.
 SAME_AS = {"commit_another": "commit", "reload_another": "reload"}
 
