@@ -303,10 +303,7 @@ class Committing(CopyBase):
         }
         if not candidates:
             return set()
-        implied = {a for d in seen_explicit for a in paths.ancestors(d)}
-        left_out = never_had | set(index.without_record())
-        implied.update(a for p in index.paths() if p not in left_out for a in paths.ancestors(p))
-        return candidates - implied
+        return candidates - index.implied_dirs(except_files=never_had, except_dirs=hidden_dirs)
 
     def _record_published(self, seq: int, done: Published) -> None:
         """Bring the index up to a commit of this copy that landed at ``seq``; applying

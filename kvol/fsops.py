@@ -421,11 +421,16 @@ _SYNC_FILE_RANGE_WRITE = 2
 
 
 @functools.cache
-def _libc_function(symbol: str) -> ctypes._CFuncPtr | None:  # type: ignore[name-defined]
+def _libc() -> ctypes.CDLL:
     # The symbols this process has loaded (libc's among them): finding libc by name would
     # run ldconfig at every start.
-    function = getattr(ctypes.CDLL(None, use_errno=True), symbol, None)
-    if function is not None and symbol == "sync_file_range":
+    return ctypes.CDLL(None, use_errno=True)
+
+
+@functools.cache
+def _sync_file_range() -> ctypes._CFuncPtr | None:  # type: ignore[name-defined]
+    function = getattr(_libc(), "sync_file_range", None)
+    if function is not None:
         function.argtypes = [ctypes.c_int, ctypes.c_int64, ctypes.c_int64, ctypes.c_uint]
     return function
 
@@ -437,7 +442,7 @@ def start_writeback(fd: int) -> None:
     while the rest of the work goes on, so that sync finds little left to do. Advisory:
     where unsupported, the sync does all the work.
     """
-    sync_file_range = _libc_function("sync_file_range")
+    sync_file_range = _sync_file_range()
     if sync_file_range is not None:
         sync_file_range(fd, 0, 0, _SYNC_FILE_RANGE_WRITE)
 
@@ -448,7 +453,7 @@ def sync_filesystem(path: str | os.PathLike[str]) -> None:
     that data written to it could not be written back (EIO): that data is not durable."""
     fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
     try:
-        syncfs = _libc_function("syncfs")
+        syncfs = getattr(_libc(), "syncfs", None)
         if syncfs is None:
             os.sync()
         elif syncfs(fd) != 0:

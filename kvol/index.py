@@ -22,12 +22,12 @@ import secrets
 import struct
 import zlib
 from array import array
-from collections.abc import Iterator, KeysView, Mapping, MutableMapping
+from collections.abc import Collection, Iterator, KeysView, Mapping, MutableMapping
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, cast
 
-from kvol import gcpause
+from kvol import gcpause, paths
 from kvol.errors import CorruptData
 from kvol.fsops import write_atomically
 from kvol.index_columns import (
@@ -347,6 +347,19 @@ class Index:
     def without_record(self) -> list[str]:
         """Files with no record: made here and never committed (the volume lacks them)."""
         return self._paths_where(HAS_RECORD, 0)
+
+    def implied_dirs(
+        self, *, except_files: Collection[str] = (), except_dirs: Collection[str] = ()
+    ) -> set[str]:
+        """Directories the volume has, as recorded here, by what is under them: those
+        above its explicit directories and above its files with a record (but for
+        ``except_dirs`` and ``except_files``). No entry is made."""
+        left_out = set(except_files).union(self.without_record())
+        implied = {
+            a for d in self.explicit_dirs if d not in except_dirs for a in paths.ancestors(d)
+        }
+        implied.update(a for p in self.paths() if p not in left_out for a in paths.ancestors(p))
+        return implied
 
     def recorded_bytes(self) -> int:
         """The size of every file as the volume has it (0 for one without a record),

@@ -116,11 +116,7 @@ class ReloadJournal(CopyBase):
         candidates -= index.explicit_dirs | kept
         if not candidates:
             return
-        implied = {a for d in index.explicit_dirs for a in paths.ancestors(d)}
-        for rel, entry in index.files.items():
-            if entry.record is not None:
-                implied.update(paths.ancestors(rel))
-        index.dirs -= candidates - implied
+        index.dirs -= candidates - index.implied_dirs()
 
     def _recover(self) -> None:
         """Settle a reload that stopped midway (killed, or failed), from its journal.

@@ -1011,10 +1011,13 @@ class VolumeMachine(RuleBasedStateMachine):
 
     @invariant()
     def records_are_the_volumes(self) -> None:
+        states: dict[int, dict[str, tuple[str, tuple[Any, ...]]]] = {}
         for i in range(COPIES):
-            self._check_records(i)
+            self._check_records(i, states)
 
-    def _check_records(self, i: int) -> None:
+    def _check_records(
+        self, i: int, states: dict[int, dict[str, tuple[str, tuple[Any, ...]]]] | None = None
+    ) -> None:
         """Every file record copy ``i`` keeps is the volume's at its base or at a later
         commit. A record of content the volume dropped before the base names packs that a
         prune may have collected, and a commit that reuses it publishes a file nobody can
@@ -1023,16 +1026,18 @@ class VolumeMachine(RuleBasedStateMachine):
         if index.base < self.log.horizon:
             return  # its base is gone: nothing left to say where a record came from
         repo = Repo(self.store, self.repo.volume_id)
-        states = [
-            {p: (r.hash, r.parts) for p, r in repo.state(seq).files.items()}
-            for seq in range(max(index.base, 1), self.log.head_seq + 1)
-        ]
+        # Shared by the copies of one check (parts and hash: what a commit would reuse).
+        states = {} if states is None else states
+        seqs = range(max(index.base, 1), self.log.head_seq + 1)
+        for seq in seqs:
+            if seq not in states:
+                states[seq] = {p: (r.hash, r.parts) for p, r in repo.state(seq).files.items()}
         for path in index.paths():
             entry = index.entry(path)
             if entry is None or entry.record is None:
                 continue
             kept = (entry.record.hash, entry.record.parts)
-            assert any(files.get(path) == kept for files in states), (
+            assert any(states[seq].get(path) == kept for seq in seqs), (
                 f"copy {i} keeps a record of {path!r} that the volume did not have at its "
                 f"base {index.base} or since:\n  " + "\n  ".join(self.steps)
             )
