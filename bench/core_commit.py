@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import os
 import shutil
+import statistics
 import time
 from pathlib import Path
 
@@ -10,6 +12,7 @@ from bench import baselines
 from bench.harness import Context, Measurement, Result, Scenario, Target, median_time, timed
 from bench.tree import write_large_files, write_small_files
 from bench.volumes import fresh_volume, is_durable
+from kvol import fsops
 from kvol.repo import Repo
 from kvol.workcopy import WorkingCopy
 
@@ -138,6 +141,62 @@ def commit_noop(ctx: Context) -> list[Result]:
     ]
 
 
+#: What another program on the node leaves unsynced before each measured commit.
+NEIGHBOUR_BYTES = 2 << 30
+
+
+def commit_beside_writer(ctx: Context) -> list[Result]:
+    """A one-file commit right after another program wrote ``NEIGHBOUR_BYTES`` to the same
+    filesystem without syncing them (a pod saving a checkpoint beside another pod), vs the
+    same commit on a quiet filesystem. The store does not sync (as S3): only the copy's own
+    sync is measured. Also timed: one ``syncfs`` after the same write, which a commit that
+    synced the whole filesystem would wait for."""
+    neighbour_bytes = NEIGHBOUR_BYTES >> 3 if ctx.quick else NEIGHBOUR_BYTES
+    rounds = 2 if ctx.quick else 5
+    block = os.urandom(1 << 20)
+    neighbour = ctx.workdir / "neighbour"
+    neighbour.mkdir()
+
+    def write_beside(n: int) -> None:
+        # A new file each time: one truncated in place is flushed by ext4 as it closes.
+        with (neighbour / f"checkpoint-{n}").open("wb") as f:
+            for _ in range(neighbour_bytes >> 20):
+                f.write(block)
+
+    quiet, beside, syncfs = [], [], []
+    with fresh_volume(f"file://{ctx.workdir / 'store'}?fsync=false") as repo:
+        wc = WorkingCopy.create(repo, ctx.workdir / "wc")
+        for n in range(rounds):
+            ctx.log(f"round {n + 1}: a quiet commit, then one beside {neighbour_bytes >> 20} MiB")
+            os.sync()
+            (wc.root / "file").write_bytes(os.urandom(4096))
+            quiet.append(timed(lambda: _expect(wc.commit(), 1)))
+            write_beside(2 * n)
+            (wc.root / "file").write_bytes(os.urandom(4096))
+            beside.append(timed(lambda: _expect(wc.commit(), 1)))
+            os.sync()
+            write_beside(2 * n + 1)
+            syncfs.append(timed(lambda: fsops.sync_filesystem(neighbour)))
+            shutil.rmtree(neighbour)
+            neighbour.mkdir()
+        wc.close(final_commit=False)
+    return [
+        Result(
+            "node.commit_beside_writer",
+            statistics.median(beside),
+            Measurement("the same commit on a quiet filesystem", statistics.median(quiet)),
+            Target("speedup_at_least", 1 / 3, "within 3x of a quiet filesystem's commit"),
+            params={"neighbour_bytes": neighbour_bytes, "rounds": rounds, "file_size": 4096},
+            other_baselines=[
+                Measurement(
+                    "syncfs of the filesystem after the same write", statistics.median(syncfs)
+                )
+            ],
+            details={"beside_seconds": beside, "quiet_seconds": quiet, "syncfs_seconds": syncfs},
+        )
+    ]
+
+
 def _expect(result: object, files: int | None) -> None:
     """Fail the scenario if a commit did not do what it was timed for."""
     got = getattr(result, "files", None)
@@ -153,4 +212,10 @@ SCENARIOS = [
     Scenario("core.commit_large", commit_large, description="commit of new large files vs cp"),
     Scenario("core.commit_small_files", commit_small, description="many new small files vs git"),
     Scenario("core.commit_noop", commit_noop, description="no-op commit vs git status"),
+    Scenario(
+        "node.commit_beside_writer",
+        commit_beside_writer,
+        per_store=False,
+        description="one-file commit beside 2 GiB another program left unsynced vs quiet",
+    ),
 ]

@@ -195,8 +195,7 @@ class Committing(CopyBase):
             for p in forgotten:
                 index.drop(p)
             if refreshed or forgotten:
-                if refreshed:
-                    self._sync_tree()
+                self._sync_changed([*refreshed, *forgotten])
                 self._save_index()
             return CommitResult(None, deferred=tuple(deferred), skipped=tuple(skipped))
 
@@ -212,7 +211,16 @@ class Committing(CopyBase):
         # (read as changed, the next commit would publish it over this one). A store on
         # the same filesystem syncs all of it before the entry, which is soon enough.
         if not self.repo.store.sync_covers(self.root):
-            self._sync_tree()
+            # A removed tree is synced as its removal from its parent.
+            self._sync_changed(
+                [
+                    *done.puts,
+                    *refreshed,
+                    *(p for p in done.gone if not under_any(p, removed_dirs)),
+                    *done.removed_dirs,
+                    *done.dirs_added,
+                ]
+            )
         # Written (and synced) before publishing: a commit that dies after its entry
         # landed but before the index records it is settled from this at the next lock
         # (see _recover_commit); else its files would look changed and be published

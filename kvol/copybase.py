@@ -13,7 +13,7 @@ import secrets
 import stat
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -62,6 +62,12 @@ COMMIT_JOURNAL_FILE = "commit-journal"
 CREATING_FILE = "creating"
 #: Parallel reads and uploads during a commit, and downloads during a reload.
 DEFAULT_CONCURRENCY = 8
+#: Up to this many changed paths, a commit or reload syncs just those paths and their
+#: directories. Syncing the copy's whole filesystem instead also waits for everything
+#: else written there, on a node every pod's data: a one-file commit took 0.4-1 s beside
+#: 2 GiB another program had just written, and 5-40 ms syncing its own paths. Past this
+#: many, one sync of the filesystem costs less than a sync per path.
+SYNC_EACH_LIMIT = 64
 
 
 @dataclass(frozen=True)
@@ -220,6 +226,14 @@ class CopyBase:
         a change, and the next commit would publish it over the volume's), and a file a
         reload or a commit saw removed must stay removed."""
         fsops.sync_filesystem(self.root)
+
+    def _sync_changed(self, changed: Collection[str]) -> None:
+        """Make the tree durable at ``changed`` (and the directories holding them) before
+        the index records them, as _sync_tree does for all of it."""
+        if len(changed) > SYNC_EACH_LIMIT:
+            self._sync_tree()
+        else:
+            fsops.sync_paths(self.root, changed)
 
     def _save_index(self) -> None:
         path = self.meta_dir / INDEX_FILE

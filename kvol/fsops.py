@@ -20,6 +20,7 @@ from collections.abc import Callable, Collection, Iterable
 from contextlib import AbstractContextManager
 from pathlib import Path
 
+from kvol import paths
 from kvol.errors import InvalidPath
 
 #: Temporary files of in-progress writes carry this prefix; scans never report them.
@@ -463,3 +464,80 @@ def sync_filesystem(path: str | os.PathLike[str]) -> None:
             os.sync()
     finally:
         os.close(fd)
+
+
+def sync_paths(root: str | os.PathLike[str], rel_paths: Collection[str]) -> None:
+    """Make what each path inside ``root`` holds durable, and its name: a file's data, a
+    directory's entries, and every directory above it up to the root (one made for it,
+    or copied up by an overlay, holds its name; for a path that is gone, the nearest one
+    still there records the removal). Nothing else written to the filesystem is waited
+    for, unlike :func:`sync_filesystem`. Symlinks are never followed; what is neither a
+    file nor a directory needs nothing of its own. Raises OSError when the filesystem
+    reports that data could not be written back (EIO)."""
+    root_fd = open_root(os.fspath(root))
+    files: list[int] = []
+    dirs: dict[str, int] = {}
+    try:
+        for rel in sorted(rel_paths):
+            _open_to_sync(root_fd, rel, files, dirs)
+        above = {""}.union(*(paths.ancestors(rel) for rel in rel_paths))
+        for rel in sorted(above - dirs.keys()):
+            parent = _nearest_dir(root_fd, rel)
+            if parent[0] in dirs:
+                os.close(parent[1])
+            else:
+                dirs[parent[0]] = parent[1]
+        # Every file's writeback is under way before the first wait, so they overlap.
+        for fd in files:
+            start_writeback(fd)
+        for fd in files:
+            os.fdatasync(fd)
+        for fd in dirs.values():
+            os.fsync(fd)
+    finally:
+        for fd in [root_fd, *files, *dirs.values()]:
+            os.close(fd)
+
+
+def _open_to_sync(root_fd: int, rel: str, files: list[int], dirs: dict[str, int]) -> None:
+    """Open ``rel`` into ``files`` or ``dirs`` if it is a regular file or a directory."""
+    head, name = _split(rel)
+    try:
+        dir_fd = open_dir(root_fd, head)
+    except (OSError, InvalidPath) as exc:
+        if _gone(exc):
+            return  # its parent, or the nearest one still there, records that
+        raise
+    try:
+        st = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
+        # Checked before opening: a device is never opened (that may act on it).
+        if stat.S_ISREG(st.st_mode):
+            fd = os.open(name, READ_FLAGS, dir_fd=dir_fd)
+            if stat.S_ISREG(os.fstat(fd).st_mode):
+                files.append(fd)
+                return
+            os.close(fd)
+        elif stat.S_ISDIR(st.st_mode) and rel not in dirs:
+            dirs[rel] = os.open(name, DIR_FLAGS, dir_fd=dir_fd)
+    except OSError as exc:
+        if not _gone(exc) and exc.errno != errno.ENXIO:  # else removed or swapped meanwhile
+            raise
+    finally:
+        os.close(dir_fd)
+
+
+def _nearest_dir(root_fd: int, rel_dir: str) -> tuple[str, int]:
+    """``rel_dir``, or its nearest parent where it is gone: its path and a descriptor."""
+    while True:
+        try:
+            return rel_dir, open_dir(root_fd, rel_dir)
+        except (OSError, InvalidPath) as exc:
+            if not rel_dir or not _gone(exc):
+                raise
+            rel_dir = _split(rel_dir)[0]
+
+
+def _gone(exc: OSError | InvalidPath) -> bool:
+    """Does this error of walking to a path say that it is no longer there as a path of
+    directories (removed, or something else put where a directory was)?"""
+    return isinstance(exc, InvalidPath) or exc.errno in (errno.ENOENT, errno.ENOTDIR, errno.ELOOP)

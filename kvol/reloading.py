@@ -98,7 +98,7 @@ class Reloading(ReloadTransfer):
         self.index.base = view.seq
         if self.index.ahead <= view.seq:
             self.index.ahead = 0
-        self._sync_tree()
+        self._sync_changed(touched)
         self._save_index()
         self._drop_journal()
         return ReloadResult(base, view.seq, written, tuple(sorted(kept)))

@@ -14,26 +14,46 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+import pytest
+
 IMAGE_BYTES = 64 << 20
 
 
 @contextmanager
 def mounted(image: Path, mountpoint: Path) -> Iterator[Path]:
     mountpoint.mkdir(exist_ok=True)
-    subprocess.run(["mount", "-o", "loop", str(image), str(mountpoint)], check=True)
+    options = "loop"
+    found = subprocess.run(
+        ["blkid", "-o", "value", "-s", "TYPE", str(image)], capture_output=True, text=True
+    )
+    if found.stdout.strip() == "xfs":
+        options += ",nouuid"  # the disk after a power loss is a copy of one still mounted
+    subprocess.run(["mount", "-o", options, str(image), str(mountpoint)], check=True)
     try:
         yield mountpoint
     finally:
         subprocess.run(["umount", str(mountpoint)], check=True)
 
 
+#: How each filesystem the tests run on is made, and the least size it takes.
+MKFS = {
+    "ext4": (["mkfs.ext4", "-q", "-F"], 64 << 20),
+    "btrfs": (["mkfs.btrfs", "-q", "-f"], 128 << 20),
+    "xfs": (["mkfs.xfs", "-q", "-f"], 320 << 20),
+}
+
+
 @contextmanager
-def own_disk(tmp_path: Path) -> Iterator[tuple[Path, Path]]:
-    """An empty ext4 filesystem mounted at ``tmp_path/disk``: (its image, its root)."""
+def own_disk(tmp_path: Path, fstype: str = "ext4") -> Iterator[tuple[Path, Path]]:
+    """An empty filesystem of ``fstype`` mounted at ``tmp_path/disk``: (its image, its
+    root)."""
     image = tmp_path / "disk.img"
+    mkfs, size = MKFS[fstype]
+    if shutil.which(mkfs[0]) is None:
+        pytest.fail(f"{mkfs[0]} is missing: hack/install-debian-deps.sh installs it")
     with image.open("wb") as f:
-        f.truncate(IMAGE_BYTES)
-    subprocess.run(["mkfs.ext4", "-q", "-F", str(image)], check=True)
+        f.truncate(size)
+    subprocess.run([*mkfs, str(image)], check=True)
     with mounted(image, tmp_path / "disk") as root:
         yield image, root
 
