@@ -269,8 +269,10 @@ class Reloading(ReloadTransfer):
                     # A directory of the volume, emptied above, that a file replaced.
                     st = None
                 if st is None:
-                    if entry is not None and entry.sig is not None:
+                    if entry is not None and entry.sig is not None and entry.record is not None:
                         # Deleted here and not committed: the deletion is the last write.
+                        # (Not of a file the copy made itself and never published: that
+                        # deletion claims nothing of the volume's, whose file comes here.)
                         entry.record = record
                         kept.append(rel)
                         continue
@@ -356,10 +358,11 @@ class Reloading(ReloadTransfer):
             if not held:
                 continue
             # Deleted here (not written by this reload either: see the kept deletions): a
-            # file this copy had, or a directory the volume has explicitly that it had.
+            # file of the volume's this copy had, or a directory the volume has explicitly
+            # that it had.
             if p in view.files:
                 entry = index.entry(p)
-                had = entry is not None and entry.sig is not None
+                had = entry is not None and entry.sig is not None and entry.record is not None
             else:
                 had = p in index.dirs
             deleted_here = had and fsops.lstat(root_fd, p) is None

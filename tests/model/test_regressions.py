@@ -1264,3 +1264,34 @@ def test_a_file_moved_in_a_grouped_pod_keeps_its_mode(overlay_env: Env) -> None:
             ("reload", {"i": 2}),
         ],
     )
+
+
+_A_DELETED_FILE_OF_ITS_OWN = [
+    ("write", {"i": 1, "large": True, "path": "b/a", "tag": 3}),
+    ("write", {"i": 2, "large": True, "path": "b/a/b", "tag": 1}),
+    ("kill", {"i": 1, "k": 12, "keep": 3, "op": "race", "when": "after"}),
+    ("kill", {"i": 2, "k": 37, "keep": 4, "op": "commit", "when": "before"}),
+    ("write", {"i": 1, "large": True, "path": "b/a", "tag": 3}),
+    ("reload", {"i": 1}),
+    ("write", {"i": 0, "large": False, "path": "b/a", "tag": 3}),
+    ("write", {"i": 1, "large": False, "path": "b", "tag": 0}),
+    ("kill", {"i": 0, "k": 11, "keep": 1, "op": "race", "when": "before"}),
+    ("write", {"i": 1, "large": False, "path": "b/b", "tag": 4}),
+    ("reload", {"i": 1}),
+    ("commit", {"i": 1}),
+]
+
+
+def test_a_reload_brings_the_volumes_file_where_the_copy_deleted_one_it_never_published(
+    fs_env: Env,
+) -> None:
+    # Copy 1's own file "b/a" stood in the way of the volume's directory "b/a" (a reload
+    # kept it: a new file, no record of the volume's). Copy 1 then deleted it, and copy 0
+    # published a file "b/a". Copy 1's reload took the deletion for one of a file of the
+    # volume's: it kept the volume's file out and recorded it, so its next commit would
+    # have deleted copy 0's file, which it never saw (a long plain model run).
+    replay(fs_env, _A_DELETED_FILE_OF_ITS_OWN)
+
+
+def test_the_same_in_an_overlay_copy(overlay_env: Env) -> None:
+    replay(overlay_env, _A_DELETED_FILE_OF_ITS_OWN)
