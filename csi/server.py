@@ -61,6 +61,8 @@ STATUS_CODES: tuple[tuple[type[BaseException], grpc.StatusCode], ...] = (
     (errors.Unsupported, grpc.StatusCode.FAILED_PRECONDITION),
     (errors.StoreError, grpc.StatusCode.UNAVAILABLE),
     (errors.ReadOnly, grpc.StatusCode.FAILED_PRECONDITION),
+    # The node's disk: the kubelet retries, and the changes stay in the copy meanwhile.
+    (errors.WriteBackFailed, grpc.StatusCode.UNAVAILABLE),
     (errors.KvolError, grpc.StatusCode.INTERNAL),
 )
 

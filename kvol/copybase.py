@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING
 
 from kvol import fsops, gcpause, metrics, paths
 from kvol.content import hash_file, same_stat
-from kvol.errors import KvolError
+from kvol.errors import KvolError, WriteBackFailed
 from kvol.index import (
     RACY_NS,
     Index,
@@ -68,6 +68,8 @@ DEFAULT_CONCURRENCY = 8
 #: 2 GiB another program had just written, and 5-40 ms syncing its own paths. Past this
 #: many, one sync of the filesystem costs less than a sync per path.
 SYNC_EACH_LIMIT = 64
+#: What a sync reports when the disk lost data it was to write back.
+_WRITE_BACK_ERRNOS = frozenset({errno.EIO, errno.ENOSPC, errno.EDQUOT})
 
 
 @dataclass(frozen=True)
@@ -225,7 +227,8 @@ class CopyBase:
         the index calls clean must hold what it says (an empty or short one would read as
         a change, and the next commit would publish it over the volume's), and a file a
         reload or a commit saw removed must stay removed."""
-        fsops.sync_filesystem(self.root)
+        with self._write_back_errors():
+            fsops.sync_filesystem(self.root)
 
     def _sync_changed(self, changed: Collection[str]) -> None:
         """Make the tree durable at ``changed`` (and the directories holding them) before
@@ -233,7 +236,22 @@ class CopyBase:
         if len(changed) > SYNC_EACH_LIMIT:
             self._sync_tree()
         else:
-            fsops.sync_paths(self.root, changed)
+            with self._write_back_errors():
+                fsops.sync_paths(self.root, changed)
+
+    @contextlib.contextmanager
+    def _write_back_errors(self) -> Iterator[None]:
+        try:
+            yield
+        except OSError as exc:
+            if exc.errno not in _WRITE_BACK_ERRNOS:
+                raise
+            raise WriteBackFailed(
+                f"{self.root}: the disk could not write the working copy's files back "
+                f"({os.strerror(exc.errno)}); nothing that names them was recorded or "
+                "published",
+                exc.errno,
+            ) from exc
 
     def _save_index(self) -> None:
         path = self.meta_dir / INDEX_FILE

@@ -123,3 +123,15 @@ class ReadOnly(KvolError):
     """A write through a read-only mount or handle."""
 
     exit_code = 10
+
+
+class WriteBackFailed(KvolError):
+    """The disk of a working copy could not write its files back (an I/O error, or no
+    room left beneath the filesystem): they are not durable, so nothing that names them
+    was recorded or published. Retryable once the disk has room again."""
+
+    retryable = True
+
+    def __init__(self, message: str, errno: int | None = None) -> None:
+        super().__init__(message)
+        self.errno = errno

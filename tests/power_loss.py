@@ -65,3 +65,24 @@ def after_power_loss(image: Path, tmp_path: Path) -> Iterator[Path]:
     shutil.copyfile(image, crashed)
     with mounted(crashed, tmp_path / "crashed") as root:
         yield root
+
+
+@contextmanager
+def disk_out_of_room(tmp_path: Path, room: int) -> Iterator[Path]:
+    """An ext4 filesystem mounted at ``tmp_path/disk`` whose device has only ``room``
+    bytes behind it, as a thin-provisioned volume out of space: the filesystem takes more
+    than that, writing it back fails, and syncs report the failure (EIO or ENOSPC)."""
+    backing = tmp_path / "backing"
+    backing.mkdir()
+    subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", f"size={room}", "tmpfs", str(backing)], check=True
+    )
+    try:
+        image = backing / "disk.img"
+        with image.open("wb") as f:
+            f.truncate(2 * IMAGE_BYTES)
+        subprocess.run([*MKFS["ext4"][0], str(image)], check=True)
+        with mounted(image, tmp_path / "disk") as root:
+            yield root
+    finally:
+        subprocess.run(["umount", str(backing)], check=True)

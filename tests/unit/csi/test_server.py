@@ -45,6 +45,7 @@ def test_every_kvol_error_has_a_deliberate_code() -> None:
     assert status_code(csi_errors.OperationPending("x")) is grpc.StatusCode.ABORTED
     assert status_code(csi_errors.Forbidden("x")) is grpc.StatusCode.PERMISSION_DENIED
     assert status_code(errors.CorruptData("x")) is grpc.StatusCode.DATA_LOSS
+    assert status_code(errors.WriteBackFailed("x")) is grpc.StatusCode.UNAVAILABLE
     assert status_code(RuntimeError("bug")) is grpc.StatusCode.INTERNAL
 
 
