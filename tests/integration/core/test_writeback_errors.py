@@ -12,8 +12,9 @@ from pathlib import Path
 
 import pytest
 
-from kvol.copybase import SYNC_EACH_LIMIT
+from kvol.copybase import INDEX_FILE, SYNC_EACH_LIMIT
 from kvol.errors import WriteBackFailed
+from kvol.index import Index
 from kvol.repo import Repo
 from kvol.workcopy import WorkingCopy
 from tests.power_loss import disk_out_of_room
@@ -58,3 +59,23 @@ def test_the_command_line_says_so_in_one_line(tmp_path: Path) -> None:
     assert "could not write the working copy's files back" in lines[0]
     assert "No space left on device" in lines[0] or "Input/output error" in lines[0]
     assert kvol("volume", "history", "vol").stdout.count("\n") <= 1, "a commit was published"
+
+
+def test_a_reload_whose_files_cannot_be_written_back_fails_and_records_nothing(
+    repo: Repo, tmp_path: Path
+) -> None:
+    writer = WorkingCopy.create(repo, tmp_path / "writer")
+    with disk_out_of_room(tmp_path, ROOM) as disk:
+        reader = WorkingCopy.create(repo, disk / "copy")
+        try:
+            (writer.root / "big").write_bytes(os.urandom(WRITTEN))
+            writer.commit()
+            with pytest.raises(WriteBackFailed):
+                reader.reload()
+            # Tried again, the settling of the failed one finds the disk as it is.
+            with pytest.raises(WriteBackFailed):
+                reader.reload()
+            assert Index.load(reader.meta_dir / INDEX_FILE).base == 0
+        finally:
+            reader.close(final_commit=False)
+    writer.close(final_commit=False)
