@@ -33,6 +33,11 @@ from concurrent.futures import Executor, Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, TypeVar
 
+# The code of the checkout this file is in, not the one the environment installed: an
+# exploration run from another worktree tests its own code, while the first is edited.
+# (Added after start-up, so the checkout's operator/ cannot shadow the standard library's.)
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+
 from kvol import fsops, index
 from kvol.errors import Conflict, StaleBase
 from kvol.overlay import ContentCache, Lowers, OverlayWorkingCopy
