@@ -8,6 +8,7 @@ is the filesystem as a machine that lost power then would find it (its journal r
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 from collections.abc import Iterator
@@ -59,6 +60,16 @@ def own_disk(tmp_path: Path, fstype: str = "ext4") -> Iterator[tuple[Path, Path]
             yield image, root
     finally:
         image.unlink()  # hundreds of MiB for some filesystems
+
+
+def commit_names(directory: Path) -> None:
+    """What a filesystem does with a directory's names within seconds, now (an fsync of
+    it: on ext4 and xfs every name written so far, on btrfs that directory's)."""
+    fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 @contextmanager

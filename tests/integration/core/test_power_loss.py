@@ -19,7 +19,7 @@ from kvol.repo import Repo
 from kvol.store import FilesystemStore, Store
 from kvol.workcopy import WorkingCopy
 from tests.integration.core.test_reload_crash import run_and_kill
-from tests.power_loss import after_power_loss, own_disk
+from tests.power_loss import after_power_loss, commit_names, own_disk
 from tests.unit.core.helpers import CountingStore, write
 
 pytestmark = pytest.mark.usefixtures("repo")
@@ -193,11 +193,7 @@ def test_a_reload_cut_short_by_a_power_loss_leaves_no_file_damaged(
     writer.close(final_commit=False)
 
     run_and_kill("reload", disk_root / "copy", store, repo, 10)
-    fd = os.open(disk_root, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+    commit_names(disk_root)
 
     with after_power_loss(image, tmp_path) as crashed:
         found = files_of_tree(crashed / "copy")

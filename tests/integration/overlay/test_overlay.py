@@ -12,7 +12,7 @@ from kvol.mounting import is_mountpoint
 from kvol.overlay import ContentCache, Lowers, OverlayWorkingCopy
 from kvol.repo import Repo
 from tests.integration.overlay.seeding import seed
-from tests.power_loss import after_power_loss, own_disk
+from tests.power_loss import after_power_loss, commit_names, own_disk
 
 pytestmark = pytest.mark.root
 
@@ -196,11 +196,7 @@ def test_a_snapshot_and_the_cache_entries_it_links_are_whole_after_a_power_loss(
         lower = lowers.build(repo, seq)
         # The journal commits names within seconds (a directory's fsync commits it now);
         # data written without a sync may take much longer to reach the disk.
-        fd = os.open(lower.path.parent, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+        commit_names(lower.path.parent)
         with after_power_loss(image, tmp_path) as crashed:
             tree = crashed / lower.tree.relative_to(disk)
             found = {

@@ -14,7 +14,7 @@ from kvol.copybase import SYNC_EACH_LIMIT
 from kvol.overlay import UPPER, ContentCache, Lowers, OverlayWorkingCopy
 from kvol.repo import Repo
 from tests.integration.overlay.seeding import seed
-from tests.power_loss import after_power_loss, own_disk
+from tests.power_loss import after_power_loss, commit_names, own_disk
 
 OLD, NEW = b"old bytes " * 400, b"new bytes " * 400
 
@@ -60,11 +60,7 @@ def test_the_content_caches_entries_are_whole_after_a_power_loss(
         # Names reach the disk within seconds, data may take much longer: a directory's
         # fsync takes them there now (on btrfs, those of that directory only).
         for directory in [cache.root, *(p for p in cache.root.iterdir() if p.is_dir())]:
-            fd = os.open(directory, os.O_RDONLY)
-            try:
-                os.fsync(fd)
-            finally:
-                os.close(fd)
+            commit_names(directory)
         with after_power_loss(image, tmp_path) as crashed:
             entries = [p for p in (crashed / "cache").rglob("*") if p.is_file()]
             assert len(entries) == count

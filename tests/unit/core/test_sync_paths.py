@@ -20,6 +20,20 @@ from kvol.workcopy import WorkingCopy
 from tests.unit.core.helpers import write
 
 
+@pytest.fixture
+def whole_syncs(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """The paths whose whole filesystem is synced from here on."""
+    synced: list[str] = []
+    real = fsops.sync_filesystem
+
+    def counted(path: str | os.PathLike[str]) -> None:
+        synced.append(os.fspath(path))
+        real(path)
+
+    monkeypatch.setattr(fsops, "sync_filesystem", counted)
+    return synced
+
+
 def open_descriptors() -> set[str]:
     return set(os.listdir("/proc/self/fd"))
 
@@ -70,30 +84,23 @@ def test_syncing_paths_opens_no_fifo_and_follows_no_symlink(tmp_path: Path) -> N
     ("changed", "whole_filesystem_syncs"), [(1, 0), (SYNC_EACH_LIMIT, 0), (SYNC_EACH_LIMIT + 1, 1)]
 )
 def test_a_commit_syncs_its_paths_or_the_filesystem_by_how_many_it_changed(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, changed: int, whole_filesystem_syncs: int
+    tmp_path: Path, whole_syncs: list[str], changed: int, whole_filesystem_syncs: int
 ) -> None:
     # A store that does not sync: the copy's own sync is the one counted.
     store = open_store(f"{tmp_path / 'store'}?fsync=false")
     Catalog(store).create("vol")
     copy = WorkingCopy.create(Catalog(store).repo("vol"), tmp_path / "copy")
-    synced: list[str] = []
-    real = fsops.sync_filesystem
-
-    def counted(path: str | os.PathLike[str]) -> None:
-        synced.append(os.fspath(path))
-        real(path)
-
-    monkeypatch.setattr(fsops, "sync_filesystem", counted)
     for n in range(changed):
         write(copy.root, f"f{n}", f"file {n}")
+    whole_syncs.clear()
     assert copy.commit().files == changed
-    assert len(synced) == whole_filesystem_syncs
+    assert len(whole_syncs) == whole_filesystem_syncs
     copy.close(final_commit=False)
 
 
 @pytest.mark.parametrize(("changed", "whole_filesystem_syncs"), [(3, 0), (SYNC_EACH_LIMIT, 1)])
 def test_a_reload_syncs_its_paths_or_the_filesystem_by_how_many_it_changed(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, changed: int, whole_filesystem_syncs: int
+    tmp_path: Path, whole_syncs: list[str], changed: int, whole_filesystem_syncs: int
 ) -> None:
     store = open_store(f"{tmp_path / 'store'}?fsync=false")
     Catalog(store).create("vol")
@@ -103,16 +110,9 @@ def test_a_reload_syncs_its_paths_or_the_filesystem_by_how_many_it_changed(
     for n in range(changed):
         write(writer.root, f"d/f{n}", f"file {n}")  # and d: one more path
     writer.commit()
-    synced: list[str] = []
-    real = fsops.sync_filesystem
-
-    def counted(path: str | os.PathLike[str]) -> None:
-        synced.append(os.fspath(path))
-        real(path)
-
-    monkeypatch.setattr(fsops, "sync_filesystem", counted)
+    whole_syncs.clear()
     reader.reload()
-    assert len(synced) == whole_filesystem_syncs
+    assert len(whole_syncs) == whole_filesystem_syncs
     assert (reader.root / f"d/f{changed - 1}").read_text() == f"file {changed - 1}"
     for copy in (reader, writer):
         copy.close(final_commit=False)
