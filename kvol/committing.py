@@ -29,7 +29,7 @@ from kvol.copybase import (
     found_key,
     under_any,
 )
-from kvol.errors import ReadOnly
+from kvol.errors import ReadOnly, WriteBackFailed
 from kvol.index import (
     RACY_NS,
     IndexEntry,
@@ -61,7 +61,15 @@ class Committing(CopyBase):
         started = time.perf_counter()
         try:
             with self._locked():
-                result = self._commit_locked(message)
+                try:
+                    result = self._commit_locked(message)
+                except WriteBackFailed:
+                    # What the commit changed in the index in memory before its sync
+                    # failed (stats of touched files) is not on the disk: go on from the
+                    # saved index, looking at every file again.
+                    self._load_saved_index()
+                    self._forget_tracked_changes()
+                    raise
         except Exception:
             metrics.COMMITS.labels("failed").inc()
             raise

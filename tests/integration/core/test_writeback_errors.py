@@ -31,12 +31,18 @@ def test_a_commit_whose_files_cannot_be_written_back_fails_and_publishes_nothing
     with disk_out_of_room(tmp_path, ROOM) as disk:
         copy = WorkingCopy.create(repo, disk / "copy")
         try:
+            (copy.root / "touched").write_bytes(b"the same bytes")
+            copy.commit()
+            saved = copy.index.entry_of("touched").stat_key
+            (copy.root / "touched").write_bytes(b"the same bytes")  # a new stat
             for n in range(files):
                 (copy.root / f"f{n}").write_bytes(os.urandom(WRITTEN // files))
             with pytest.raises(WriteBackFailed) as raised:
                 copy.commit()
             assert raised.value.errno in (errno.EIO, errno.ENOSPC)
-            assert repo.head() == 0
+            assert repo.head() == 1
+            # The failed commit leaves the index in memory as it is saved.
+            assert copy.index.entry_of("touched").stat_key == saved
         finally:
             copy.close(final_commit=False)
 
