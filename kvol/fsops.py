@@ -476,31 +476,33 @@ def sync_paths(root: str | os.PathLike[str], rel_paths: Collection[str]) -> None
     reports that data could not be written back (EIO)."""
     root_fd = open_root(os.fspath(root))
     files: list[int] = []
-    dirs: dict[str, int] = {}
+    dirs = {""}.union(*(paths.ancestors(rel) for rel in rel_paths))
     try:
         for rel in sorted(rel_paths):
             _open_to_sync(root_fd, rel, files, dirs)
-        above = {""}.union(*(paths.ancestors(rel) for rel in rel_paths))
-        for rel in sorted(above - dirs.keys()):
-            parent = _nearest_dir(root_fd, rel)
-            if parent[0] in dirs:
-                os.close(parent[1])
-            else:
-                dirs[parent[0]] = parent[1]
         # Every file's writeback is under way before the first wait, so they overlap.
         for fd in files:
             start_writeback(fd)
         for fd in files:
             os.fdatasync(fd)
-        for fd in dirs.values():
-            os.fsync(fd)
+        # One directory open at a time: a deep tree holds many.
+        synced: set[str] = set()
+        for rel in sorted(dirs, key=paths.deepest_first):
+            found, fd = _nearest_dir(root_fd, rel)
+            try:
+                if found not in synced:
+                    os.fsync(fd)
+                    synced.add(found)
+            finally:
+                os.close(fd)
     finally:
-        for fd in [root_fd, *files, *dirs.values()]:
+        for fd in [root_fd, *files]:
             os.close(fd)
 
 
-def _open_to_sync(root_fd: int, rel: str, files: list[int], dirs: dict[str, int]) -> None:
-    """Open ``rel`` into ``files`` or ``dirs`` if it is a regular file or a directory."""
+def _open_to_sync(root_fd: int, rel: str, files: list[int], dirs: set[str]) -> None:
+    """Open ``rel`` into ``files`` if it is a regular file; add it to ``dirs`` if it is a
+    directory."""
     head, name = _split(rel)
     try:
         dir_fd = open_dir(root_fd, head)
@@ -517,8 +519,8 @@ def _open_to_sync(root_fd: int, rel: str, files: list[int], dirs: dict[str, int]
                 files.append(fd)
                 return
             os.close(fd)
-        elif stat.S_ISDIR(st.st_mode) and rel not in dirs:
-            dirs[rel] = os.open(name, DIR_FLAGS, dir_fd=dir_fd)
+        elif stat.S_ISDIR(st.st_mode):
+            dirs.add(rel)
     except OSError as exc:
         if not _gone(exc) and exc.errno != errno.ENXIO:  # else removed or swapped meanwhile
             raise

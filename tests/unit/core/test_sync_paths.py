@@ -6,6 +6,7 @@ symlink, never opens what is not a file or directory, and leaves nothing open.""
 from __future__ import annotations
 
 import os
+import resource
 import threading
 import time
 from pathlib import Path
@@ -116,3 +117,16 @@ def test_a_reload_syncs_its_paths_or_the_filesystem_by_how_many_it_changed(
     assert (reader.root / f"d/f{changed - 1}").read_text() == f"file {changed - 1}"
     for copy in (reader, writer):
         copy.close(final_commit=False)
+
+
+def test_syncing_paths_deep_in_a_tree_holds_few_descriptors(tmp_path: Path) -> None:
+    # 64 files, each 30 directories deep on a path of its own: 1,920 directories to sync.
+    changed = ["/".join([f"t{n}", *(f"d{k}" for k in range(30)), "file"]) for n in range(64)]
+    for rel in changed:
+        write(tmp_path, rel, "data")
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (len(open_descriptors()) + 200, hard))
+    try:
+        fsops.sync_paths(tmp_path, changed)
+    finally:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
