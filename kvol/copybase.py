@@ -62,12 +62,6 @@ COMMIT_JOURNAL_FILE = "commit-journal"
 CREATING_FILE = "creating"
 #: Parallel reads and uploads during a commit, and downloads during a reload.
 DEFAULT_CONCURRENCY = 8
-#: Up to this many changed paths, a commit or reload syncs just those paths and their
-#: directories. Syncing the copy's whole filesystem instead also waits for everything
-#: else written there, on a node every pod's data: a one-file commit took 0.4-1 s beside
-#: 2 GiB another program had just written, and 5-40 ms syncing its own paths. Past this
-#: many, one sync of the filesystem costs less than a sync per path.
-SYNC_EACH_LIMIT = 64
 #: What a sync reports when the disk lost data it was to write back.
 _WRITE_BACK_ERRNOS = frozenset({errno.EIO, errno.ENOSPC, errno.EDQUOT})
 
@@ -233,11 +227,8 @@ class CopyBase:
     def _sync_changed(self, changed: Collection[str]) -> None:
         """Make the tree durable at ``changed`` (and the directories holding them) before
         the index records them, as _sync_tree does for all of it."""
-        if len(changed) > SYNC_EACH_LIMIT:
-            self._sync_tree()
-        else:
-            with self._write_back_errors():
-                fsops.sync_paths(self.root, changed)
+        with self._write_back_errors():
+            fsops.sync_changed(self.root, changed)
 
     @contextlib.contextmanager
     def _write_back_errors(self) -> Iterator[None]:

@@ -466,6 +466,23 @@ def sync_filesystem(path: str | os.PathLike[str]) -> None:
         os.close(fd)
 
 
+#: Up to this many changed paths, what changed is synced path by path (sync_changed).
+#: Syncing the whole filesystem instead also waits for everything else written there,
+#: on a node every pod's data: a one-file commit took 0.4-1 s beside 2 GiB another
+#: program had just written, and 5-40 ms syncing its own paths. Past this many, one sync
+#: of the filesystem costs less than a sync per path.
+SYNC_EACH_LIMIT = 64
+
+
+def sync_changed(root: str | os.PathLike[str], rel_paths: Collection[str]) -> None:
+    """Make ``rel_paths`` inside ``root`` durable: :func:`sync_paths` for a few,
+    :func:`sync_filesystem` past SYNC_EACH_LIMIT."""
+    if len(rel_paths) > SYNC_EACH_LIMIT:
+        sync_filesystem(root)
+    else:
+        sync_paths(root, rel_paths)
+
+
 def sync_paths(root: str | os.PathLike[str], rel_paths: Collection[str]) -> None:
     """Make what each path inside ``root`` holds durable, and its name: a file's data, a
     directory's entries, and every directory above it up to the root (one made for it,

@@ -24,7 +24,6 @@ from typing import Any
 
 from kvol import fsops, gcpause, image_lowers, layout, metrics, paths
 from kvol.blobfill import BlobFiller
-from kvol.copybase import SYNC_EACH_LIMIT
 from kvol.errors import CorruptData, InvalidArgument, KvolError
 from kvol.index import UNMATCHED, Index, IndexEntry
 from kvol.lazy import STATE_DIR as LAZY_STATE_DIR
@@ -246,12 +245,10 @@ class ContentCache:
         makes it fetched again)."""
         if not written.entries:
             return
-        if len(written.entries) > SYNC_EACH_LIMIT:
-            fsops.sync_filesystem(self.root)
-        else:  # not waiting for everything else written to the node's disk
-            fsops.sync_paths(
-                self.root, [str(tmp.relative_to(self.root)) for tmp, _, _ in written.entries]
-            )
+        # Not waiting for everything else written to the node's disk, when they are few.
+        fsops.sync_changed(
+            self.root, [str(tmp.relative_to(self.root)) for tmp, _, _ in written.entries]
+        )
         for tmp, path, size in written.entries:
             os.replace(tmp, path)
             self._added(path.name, size)

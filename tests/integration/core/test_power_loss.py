@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from kvol.catalog import Catalog
-from kvol.copybase import SYNC_EACH_LIMIT
+from kvol.fsops import SYNC_EACH_LIMIT
 from kvol.repo import Repo
 from kvol.store import FilesystemStore, Store
 from kvol.workcopy import WorkingCopy

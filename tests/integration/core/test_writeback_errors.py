@@ -12,8 +12,9 @@ from pathlib import Path
 
 import pytest
 
-from kvol.copybase import INDEX_FILE, SYNC_EACH_LIMIT
+from kvol.copybase import INDEX_FILE
 from kvol.errors import WriteBackFailed
+from kvol.fsops import SYNC_EACH_LIMIT
 from kvol.index import Index
 from kvol.repo import Repo
 from kvol.workcopy import WorkingCopy

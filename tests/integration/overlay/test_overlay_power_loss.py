@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from kvol.copybase import SYNC_EACH_LIMIT
+from kvol.fsops import SYNC_EACH_LIMIT
 from kvol.overlay import UPPER, ContentCache, Lowers, OverlayWorkingCopy
 from kvol.repo import Repo
 from tests.integration.overlay.seeding import seed

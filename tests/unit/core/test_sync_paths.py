@@ -15,7 +15,7 @@ import pytest
 
 from kvol import fsops
 from kvol.catalog import Catalog
-from kvol.copybase import SYNC_EACH_LIMIT
+from kvol.fsops import SYNC_EACH_LIMIT
 from kvol.store import open_store
 from kvol.workcopy import WorkingCopy
 from tests.unit.core.helpers import write
