@@ -182,6 +182,13 @@ class IndexEntry:
         return self._key is not None
 
     @property
+    def matched_volume(self) -> bool:
+        """Whether the copy had the volume's file here: the local file once matched a
+        record (at base or as this copy published it). A file the copy made and never
+        published has no record, so its deletion claims nothing of the volume's."""
+        return self.has_sig and self.has_record
+
+    @property
     def sig(self) -> Signature | None:
         return None if self.stat_key is None else Signature(*self.stat_key)
 

@@ -269,7 +269,7 @@ class Reloading(ReloadTransfer):
                     # A directory of the volume, emptied above, that a file replaced.
                     st = None
                 if st is None:
-                    if entry is not None and entry.sig is not None and entry.record is not None:
+                    if entry is not None and entry.matched_volume:
                         # Deleted here and not committed: the deletion is the last write.
                         # (Not of a file the copy made itself and never published: that
                         # deletion claims nothing of the volume's, whose file comes here.)
@@ -362,7 +362,7 @@ class Reloading(ReloadTransfer):
             # that it had.
             if p in view.files:
                 entry = index.entry(p)
-                had = entry is not None and entry.sig is not None and entry.record is not None
+                had = entry is not None and entry.matched_volume
             else:
                 had = p in index.dirs
             deleted_here = had and fsops.lstat(root_fd, p) is None
