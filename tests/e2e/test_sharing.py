@@ -16,9 +16,12 @@ pytestmark = [pytest.mark.e2e, pytest.mark.timeout(900)]
 ON_BOTH_STORES = pytest.mark.backends("filesystem", "minio")
 
 INTERVAL = 2
-#: Seconds a change may take past the interval: the commit itself, one reload poll, and
-#: the one-second resolution of the pods' clocks.
-SLACK = 4
+#: Seconds a change may take past the interval. On a quiet node a change arrives within
+#: the interval and 4 s more (the commit, one reload poll, the pods' one-second clocks);
+#: beside other tests on a small machine the commit's syncs wait for everyone's writes
+#: (13 s was seen). The interval itself is checked where it cannot drift: the pod's
+#: control socket reports it, and the autocommit loop's unit tests time it.
+SLACK = 30
 
 # As PID 1 the shell ignores SIGTERM unless it traps it: the pod would take its whole grace.
 WRITER = (
@@ -26,6 +29,7 @@ WRITER = (
     "sleep 3600 & wait"
 )
 CURL_RELOADER = (
+    "echo status $(curl -sf --unix-socket /data/.kvol/control.sock http://kvol/status); "
     "while :; do "
     "  curl -sf --unix-socket /data/.kvol/control.sock -X POST http://kvol/reload > /tmp/r"
     "    || { echo reload-failed; cat /tmp/r; }; "
@@ -55,30 +59,38 @@ def _ready_shared_volume(cluster: Cluster, namespace: str) -> str:
 
 def _shares_within_the_interval(
     cluster: Cluster, namespace: str, vol: str, reader: dict[str, Any]
-) -> str:
-    """Start ``reader`` (pod "reader" polling reload() on ``vol``), then a writer; the lag
-    between the write and the reader seeing it; the rest of the reader's output."""
+) -> tuple[dict[str, Any], list[str]]:
+    """Start ``reader`` (pod "reader" polling reload() on ``vol``), then a writer that
+    keeps running; check the change reached the reader within the interval and slack.
+    Returns the reader's last reload() result and the lines it printed before finding
+    the file."""
     # The reader runs first, so it starts from a commit without the file.
     cluster.apply(reader, namespace=namespace)
     cluster.wait_pod_phase(namespace, "reader", ("Running", "Succeeded"))
     cluster.apply(pod("writer", WRITER, inline=vol), namespace=namespace)
     cluster.wait_pod_phase(namespace, "reader", ("Succeeded",), timeout=120)
     wrote = cluster.logs(namespace, "writer").split()
-    found = cluster.logs(namespace, "reader").split()
-    assert wrote[0] == "wrote" and found[0] == "found", (wrote, found)
-    lag = int(found[1]) - int(wrote[1])
-    assert lag <= INTERVAL + SLACK, f"the change took {lag}s to reach the other pod"
+    lines = cluster.logs(namespace, "reader").splitlines()
+    found = next((i for i, line in enumerate(lines) if line.startswith("found ")), None)
+    assert wrote[0] == "wrote" and found is not None, (wrote, lines)
+    # The writer still runs: only a background commit can have carried its file.
+    assert cluster.pod_phase(namespace, "writer") == "Running"
+    lag = int(lines[found].split()[1]) - int(wrote[1])
+    assert lag <= INTERVAL + SLACK, f"the change took {lag}s to reach the other pod: {lines}"
     cluster.delete_pod(namespace, "reader")
     cluster.delete_pod(namespace, "writer")
-    return " ".join(found[2:])
+    return json.loads("".join(lines[found + 1 :])), lines[:found]
 
 
 @ON_BOTH_STORES
 def test_running_pods_share_through_reload_with_curl(cluster: Cluster, namespace: str) -> None:
     vol = _ready_shared_volume(cluster, namespace)
     reader = pod("reader", CURL_RELOADER, inline=vol)
-    body = json.loads(_shares_within_the_interval(cluster, namespace, vol, reader))
+    body, before = _shares_within_the_interval(cluster, namespace, vol, reader)
     assert body["to_seq"] > body["from_seq"]
+    # The volume's interval, not the node's default, drives the pods' background commits.
+    status = json.loads(before[0].removeprefix("status "))
+    assert status["autocommit_seconds"] == INTERVAL, status
 
 
 def test_running_pods_share_through_reload_with_the_sdk(cluster: Cluster, namespace: str) -> None:
@@ -90,7 +102,7 @@ def test_running_pods_share_through_reload_with_the_sdk(cluster: Cluster, namesp
         image=KVOL_IMAGE,
         command=["python3", "-c"],
     )
-    body = json.loads(_shares_within_the_interval(cluster, namespace, vol, reader))
+    body, _ = _shares_within_the_interval(cluster, namespace, vol, reader)
     assert body["to_seq"] > body["from_seq"]
 
 
