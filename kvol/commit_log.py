@@ -215,7 +215,7 @@ class CommitLog:
             for part in op.record.parts
         }
         # Content is durable before the entry that refers to it.
-        self.store.sync()
+        self.store.sync(objects)
         # Stale-writer guard, checked as late as the renewal below: content this entry
         # reuses from the state at its base is kept until at least a grace period after
         # a horizon passes that base (kvol.retention), far longer than a publish takes.

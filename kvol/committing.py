@@ -216,19 +216,17 @@ class Committing(CopyBase):
         )
         # The files as read, and the deletions, on disk before anything records them:
         # after a power loss the index must not call a file clean that its disk lost
-        # (read as changed, the next commit would publish it over this one). A store on
-        # the same filesystem syncs all of it before the entry, which is soon enough.
-        if not self.repo.store.sync_covers(self.root):
-            # A removed tree is synced as its removal from its parent.
-            self._sync_changed(
-                [
-                    *done.puts,
-                    *refreshed,
-                    *(p for p in done.gone if not under_any(p, removed_dirs)),
-                    *done.removed_dirs,
-                    *done.dirs_added,
-                ]
-            )
+        # (read as changed, the next commit would publish it over this one). A removed
+        # tree is synced as its removal from its parent.
+        self._sync_changed(
+            [
+                *done.puts,
+                *refreshed,
+                *(p for p in done.gone if not under_any(p, removed_dirs)),
+                *done.removed_dirs,
+                *done.dirs_added,
+            ]
+        )
         # Written (and synced) before publishing: a commit that dies after its entry
         # landed but before the index records it is settled from this at the next lock
         # (see _recover_commit); else its files would look changed and be published

@@ -358,9 +358,12 @@ class ContentWriter:
 
     def _chunked(self, handle: BinaryIO, before: os.stat_result) -> Uploaded:
         store = self.store
-        # The fast path writes objects without _put: a store class that overrides _put
-        # (to watch or change writes) keeps seeing every object through it.
-        if isinstance(store, FilesystemStore) and type(store)._put is FilesystemStore._put:
+        # The fast path writes objects without _put_staged: a store class that overrides
+        # it (to watch or change writes) keeps seeing every object through it.
+        if (
+            isinstance(store, FilesystemStore)
+            and type(store)._put_staged is FilesystemStore._put_staged
+        ):
             # The kernel moves the bytes past the handle: one that counts them is told.
             copied = getattr(handle, "copied", None)
             return self._chunked_in_kernel(store, handle.fileno(), before, copied)
@@ -496,7 +499,7 @@ class ContentWriter:
         except NotFound:
             pass
         started = elapsed_clock()
-        self.store.put(key, data)
+        self.store.put(key, data, staged=True)
         freshness.note(key, started)
         metrics.UPLOADED_BYTES.inc(len(data))
         return len(data)

@@ -9,11 +9,10 @@ as ``__cause__``).
 
 from __future__ import annotations
 
-import os
 import threading
 import time
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Container, Iterator
+from collections.abc import Callable, Collection, Container, Iterator
 from dataclasses import dataclass
 from typing import TypeVar
 
@@ -82,9 +81,14 @@ class Store(ABC):
             return b""
         return self._call("get_range", self._get_range, check_key(key), start, length)
 
-    def put(self, key: str, data: bytes | memoryview) -> None:
-        """Create or replace an object atomically (readers see all of it or none)."""
-        self._call("put", self._put, check_key(key), data)
+    def put(self, key: str, data: bytes | memoryview, *, staged: bool = False) -> None:
+        """Create or replace an object atomically (readers see all of it or none), durable
+        when this returns. ``staged``: content a commit refers to only after a
+        :meth:`sync`, which then makes it durable; a store may gather that work."""
+        if staged:
+            self._call("put", self._put_staged, check_key(key), data)
+        else:
+            self._call("put", self._put, check_key(key), data)
 
     def put_if_absent(self, key: str, data: bytes | memoryview) -> bool:
         """Create an object only if the key is free. True if created, False if it existed."""
@@ -163,18 +167,15 @@ class Store(ABC):
         refers to); else it goes back."""
         return self._call("remove_temporaries", self._remove_temporaries, cutoff, garbage)
 
-    def sync(self) -> None:
-        """Make every object written so far durable before anything that refers to them.
+    def sync(self, keys: Collection[str] = ()) -> None:
+        """Make the objects ``keys`` durable (those written ``staged``, and any found and
+        reused) before anything refers to them; what was written ``staged`` may become
+        readable only now.
 
-        The commit protocol calls this before publishing a log entry. Stores whose writes
-        are durable when they return (S3) need not override it.
+        The commit protocol calls this with an entry's content before publishing it.
+        Stores whose writes are durable when they return (S3) need not override it.
         """
         return None
-
-    def sync_covers(self, path: str | os.PathLike[str]) -> bool:
-        """Does :meth:`sync` also make durable what was written to the filesystem that
-        holds ``path``? (A filesystem store's sync is one of its whole filesystem.)"""
-        return False
 
     def close(self) -> None:
         """Release connections and threads."""
@@ -198,6 +199,9 @@ class Store(ABC):
 
     @abstractmethod
     def _put(self, key: str, data: bytes | memoryview) -> None: ...
+
+    def _put_staged(self, key: str, data: bytes | memoryview) -> None:
+        self._put(key, data)
 
     @abstractmethod
     def _put_if_absent(self, key: str, data: bytes | memoryview) -> bool: ...

@@ -3,23 +3,27 @@
 Objects are files under the root, named by their key. Writes go to a temporary file
 first, so a reader never sees half an object; ``put_if_absent`` publishes with
 ``link(2)``, which fails atomically when the name exists (also over NFS, unlike
-``rename``, which replaces).
+``rename``, which replaces). A durable store syncs each object before its name; a
+commit's content is named only at the commit's sync (kvol.store.fs_staged).
 """
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import mmap
 import os
 import re
 import secrets
-from collections.abc import Callable, Container, Iterator
+import threading
+from collections.abc import Callable, Collection, Container, Iterator
 from pathlib import Path
 from typing import BinaryIO
 from urllib.parse import parse_qs, quote, unquote, urlparse
 
 from kvol import errors, fsops
 from kvol.store.base import ObjectInfo, Store, check_key
+from kvol.store.fs_staged import StagedObjects, fsync_dirs, make_dirs, name_durably
 
 _TMP = ".tmp"
 #: Prefix of objects a collection moved aside to look at before deleting them.
@@ -69,9 +73,11 @@ class FilesystemStore(Store):
 
     def __init__(self, root: str | os.PathLike[str], *, durable: bool = True) -> None:
         self.root = Path(root).absolute()
-        #: fsync what is published (log entries, names) and sync before publishing.
+        #: Sync every object before its name, and a commit's content before its entry.
         #: Turning it off trades crash safety for speed (tests, scratch volumes).
         self.durable = durable
+        self._staged = StagedObjects()
+        self._sync_lock = threading.Lock()
         try:
             self.root.mkdir(parents=True, exist_ok=True)
             (self.root / _TMP).mkdir(exist_ok=True)
@@ -117,6 +123,10 @@ class FilesystemStore(Store):
         try:
             return open(self._path(key), "rb")
         except FileNotFoundError:
+            staged = self._staged.file(key)
+            if staged is not None:
+                with contextlib.suppress(FileNotFoundError):
+                    return open(staged, "rb")
             # A collection may have it aside right now, or may have died with it there:
             # whoever wants an object puts it back (keeping garbage is always safe).
             # Collections move only content; other keys are looked for in vain often.
@@ -142,6 +152,9 @@ class FilesystemStore(Store):
         try:
             st = os.stat(self._path(key))
         except FileNotFoundError:
+            staged = self._staged_stat(key)
+            if staged is not None:
+                return ObjectInfo(key, staged.st_size, staged.st_mtime)
             if not _COLLECTED.search(key) or not self._put_back_aside(key):
                 raise
             st = os.stat(self._path(key))
@@ -222,9 +235,32 @@ class FilesystemStore(Store):
 
     def _put(self, key: str, data: bytes | memoryview) -> None:
         target = self._path(key)
-        target.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self._write_temp(data, fsync=False)
+        # Synced before its name: after a power loss the name holds all of it or the
+        # object it replaced, never a file cut short.
+        tmp = self._write_temp(data, fsync=self.durable)
         try:
+            changed = make_dirs(target.parent)
+            os.replace(tmp, target)
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
+        if self.durable:
+            fsync_dirs([target.parent, *changed])
+
+    def _put_staged(self, key: str, data: bytes | memoryview) -> None:
+        self._stage(key, self._write_temp(data, fsync=False))
+
+    def _stage(self, key: str, tmp: Path) -> None:
+        """``tmp`` is ``key`` from now on: named at the sync that asks for it (see
+        kvol.store.fs_staged), or at once when this store does not sync."""
+        if self.durable:
+            replaced = self._staged.add(key, tmp)
+            if replaced is not None:
+                replaced.unlink(missing_ok=True)
+            return
+        target = self._path(key)
+        try:
+            make_dirs(target.parent)
             os.replace(tmp, target)
         except BaseException:
             tmp.unlink(missing_ok=True)
@@ -234,7 +270,7 @@ class FilesystemStore(Store):
         target = self._path(key)
         if target.exists():
             return False
-        target.parent.mkdir(parents=True, exist_ok=True)
+        changed = make_dirs(target.parent)
         tmp = self._write_temp(data, fsync=self.durable)
         try:
             os.link(tmp, target)
@@ -243,7 +279,7 @@ class FilesystemStore(Store):
         finally:
             tmp.unlink(missing_ok=True)
         if self.durable:
-            self._fsync_dir(target.parent)
+            fsync_dirs([target.parent, *changed])
         return True
 
     def copy_in(
@@ -291,19 +327,13 @@ class FilesystemStore(Store):
         if not copied:
             tmp.unlink()
             return None
-        target = self._path(key)
         try:
-            if os.stat(target).st_mtime > fresh_after:
+            if self._head(key).mtime > fresh_after:
                 tmp.unlink()
                 return key, copied, False
         except FileNotFoundError:
             pass
-        try:
-            target.parent.mkdir(parents=True, exist_ok=True)
-            os.replace(tmp, target)
-        except BaseException:
-            tmp.unlink(missing_ok=True)
-            raise
+        self._stage(key, tmp)
         return key, copied, True
 
     def _delete(self, key: str) -> None:
@@ -377,8 +407,9 @@ class FilesystemStore(Store):
         raise errors.StoreError(f"could not put {path} back; it is kept as {aside}")
 
     def _remove_temporaries(self, cutoff: float, garbage: Container[str]) -> tuple[int, int]:
-        """Temporary files of writes killed halfway (a write renames its temporary within
-        the same call, and it is dated as it is written: an old one is abandoned), and
+        """Temporary files of writes killed halfway, and content staged by commits that
+        never synced it (each is dated as it is written, and a commit's content is
+        reused or written again within a renewal's threshold: an old one is abandoned), and
         objects a collection killed halfway had moved aside: back unless old and known to
         be ``garbage`` (a renewed object may have been published since, whatever its age
         by the time this runs)."""
@@ -415,31 +446,37 @@ class FilesystemStore(Store):
                 break
             parent = parent.parent
 
-    def sync(self) -> None:
-        if not self.durable:
+    def sync(self, keys: Collection[str] = ()) -> None:
+        """Name the staged objects among ``keys`` once their data is durable, and make
+        every name among ``keys`` durable (see kvol.store.fs_staged)."""
+        if not self.durable or not keys:
             return
-        # A write-back error reported here means objects already stored are not durable:
-        # the entry that would name them must not be written.
-        try:
-            fsops.sync_filesystem(self.root)
-        except OSError as exc:
-            raise self._translate(exc) from exc
+        # One sync at a time: a key another sync took is named when this one starts.
+        with self._sync_lock:
+            taken = self._staged.take(keys)
+            try:
+                name_durably(
+                    self.root,
+                    [(key, tmp, self._path(key)) for key, tmp in taken],
+                    {self._path(key).parent for key in keys},
+                    many=len(keys) > fsops.SYNC_EACH_LIMIT,
+                )
+            except OSError as exc:
+                # A write-back error means the content is not durable: the entry that
+                # would name it must not be written.
+                raise self._translate(exc) from exc
+            finally:
+                self._staged.give_back((key, tmp) for key, tmp in taken if tmp.exists())
 
-    def sync_covers(self, path: str | os.PathLike[str]) -> bool:
-        if not self.durable:
-            return False
+    def _staged_stat(self, key: str) -> os.stat_result | None:
+        tmp = self._staged.file(key)
+        if tmp is None:
+            return None
         try:
-            return os.stat(self.root).st_dev == os.stat(path).st_dev
-        except OSError:
-            return False
-
-    @staticmethod
-    def _fsync_dir(directory: Path) -> None:
-        fd = os.open(directory, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+            return os.stat(tmp)
+        except FileNotFoundError:
+            self._staged.forget(key, tmp)  # collected as an old temporary
+            return None
 
     def _translate(self, exc: Exception) -> errors.KvolError:
         if isinstance(exc, FileNotFoundError | NotADirectoryError | IsADirectoryError):

@@ -43,6 +43,18 @@ def test_put_replaces_an_object(store: Store) -> None:
     assert store.get("k") == b"second, longer"
 
 
+def test_a_staged_object_is_whole_and_listed_once_synced(store: Store) -> None:
+    # Before the sync, only the process that wrote it is promised to find it.
+    store.put("content/x", b"staged content", staged=True)
+    assert store.head("content/x").size == len(b"staged content")
+    assert store.get("content/x") == b"staged content"
+    store.sync(["content/x"])
+    assert store.get("content/x") == b"staged content"
+    assert keys(store, "content/") == ["content/x"]
+    store.sync(["content/x"])  # a sync of what is named already is harmless
+    assert store.get("content/x") == b"staged content"
+
+
 def test_get_of_a_missing_object_is_not_found(store: Store) -> None:
     with pytest.raises(errors.NotFound):
         store.get("missing/key")

@@ -58,9 +58,9 @@ class _PackWatch(FilesystemStore):
         self.packs = 0
         self._fail_at = fail_at
 
-    def _put(self, key: str, data: bytes | memoryview) -> None:
+    def _put_staged(self, key: str, data: bytes | memoryview) -> None:
         if self._kind not in f"/{key}":
-            super()._put(key, data)
+            super()._put_staged(key, data)
             return
         with self._lock:
             self.packs += 1
@@ -71,7 +71,7 @@ class _PackWatch(FilesystemStore):
             time.sleep(0.02)
             if number == self._fail_at:
                 raise errors.StoreUnavailable("the store went away mid-upload")
-            super()._put(key, data)
+            super()._put_staged(key, data)
         finally:
             with self._lock:
                 self.running -= 1

@@ -34,6 +34,10 @@ class Reporting(FilesystemStore):
         super()._put(key, data)
         print("wrote", key, flush=True)
 
+    def _put_staged(self, key, data):
+        super()._put_staged(key, data)
+        print("wrote", key, flush=True)
+
     def _put_if_absent(self, key, data):
         created = super()._put_if_absent(key, data)
         print("wrote", key, flush=True)

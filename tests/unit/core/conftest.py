@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 
+from kvol import fsops
 from kvol.catalog import Catalog
 from kvol.repo import Repo
 from kvol.workcopy import WorkingCopy
@@ -55,3 +57,17 @@ def make_wc(repo: Repo, tmp_path: Path) -> Iterator[Callable[[str], WorkingCopy]
     yield make
     for copy in made:
         copy.close(final_commit=False)
+
+
+@pytest.fixture
+def whole_syncs(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """The paths whose whole filesystem is synced from here on."""
+    synced: list[str] = []
+    real = fsops.sync_filesystem
+
+    def counted(path: str | os.PathLike[str]) -> None:
+        synced.append(os.fspath(path))
+        real(path)
+
+    monkeypatch.setattr(fsops, "sync_filesystem", counted)
+    return synced

@@ -58,6 +58,10 @@ class CountingStore(FilesystemStore):
         self._note("put", key)
         super()._put(key, data)
 
+    def _put_staged(self, key: str, data: bytes | memoryview) -> None:
+        self._note("put", key)
+        super()._put_staged(key, data)
+
     def _put_if_absent(self, key: str, data: bytes | memoryview) -> bool:
         self._note("put_if_absent", key)
         return super()._put_if_absent(key, data)

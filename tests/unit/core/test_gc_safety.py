@@ -13,7 +13,7 @@ import subprocess
 import sys
 import textwrap
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from pathlib import Path
 from urllib.parse import quote
 
@@ -129,9 +129,9 @@ class SlowCommitStore(CountingStore):
     grace = 0.0
     volume_id = ""
 
-    def sync(self) -> None:
+    def sync(self, keys: Collection[str] = ()) -> None:
         time.sleep(self.slow)
-        super().sync()
+        super().sync(keys)
 
     def _put_if_absent(self, key: str, data: bytes | memoryview) -> bool:
         if "/log/" in key and self.volume_id:

@@ -21,20 +21,6 @@ from kvol.workcopy import WorkingCopy
 from tests.unit.core.helpers import write
 
 
-@pytest.fixture
-def whole_syncs(monkeypatch: pytest.MonkeyPatch) -> list[str]:
-    """The paths whose whole filesystem is synced from here on."""
-    synced: list[str] = []
-    real = fsops.sync_filesystem
-
-    def counted(path: str | os.PathLike[str]) -> None:
-        synced.append(os.fspath(path))
-        real(path)
-
-    monkeypatch.setattr(fsops, "sync_filesystem", counted)
-    return synced
-
-
 def open_descriptors() -> set[str]:
     return set(os.listdir("/proc/self/fd"))
 
