@@ -195,6 +195,14 @@ class ReloadJournal(CopyBase):
                     # Landed, then deleted here: a deletion to commit, not a file to write.
                     index.files[rel] = IndexEntry(record, UNMATCHED)
                     continue
+                if st is None and rel not in index.files:
+                    # The reload removed the directory where the volume now has a file
+                    # and stopped before writing it (or this copy removed it: so did the
+                    # volume). Kept on the record, it would read as a directory this copy
+                    # removed, and the next commit would publish that removal.
+                    index.dirs.discard(rel)
+                    index.explicit_dirs.discard(rel)
+                    continue
                 if st is None or not stat.S_ISREG(st.st_mode):
                     continue
                 index.dirs.discard(rel)

@@ -1295,3 +1295,32 @@ def test_a_reload_brings_the_volumes_file_where_the_copy_deleted_one_it_never_pu
 
 def test_the_same_in_an_overlay_copy(overlay_env: Env) -> None:
     replay(overlay_env, _A_DELETED_FILE_OF_ITS_OWN)
+
+
+_A_KILLED_RELOAD_THEN_A_KILLED_COMMIT = [
+    ("mkdir", {"i": 0, "path": "b/a/b"}),
+    ("replace_pod", {"grouped": False, "i": 0, "reuse": True}),
+    ("sdk_put", {"large": False, "paths": {"b/b", "b/a/b", "a"}, "tag": 0}),
+    ("mkdir", {"i": 1, "path": "a/b"}),
+    ("commit", {"i": 1}),
+    ("sdk_rm", {"chosen": "b/a"}),
+    ("sdk_put", {"large": False, "paths": {"b/a", "b/b", "a/b", "a"}, "tag": 1}),
+    ("prune", {"keep": 3}),
+    ("kill", {"i": 0, "k": 12, "keep": 2, "op": "reload", "when": "after"}),
+    ("kill", {"i": 0, "k": 18, "keep": 1, "op": "commit", "when": "after"}),
+]
+
+
+def test_a_settled_reload_forgets_a_directory_it_removed_for_a_file_it_never_wrote(
+    fs_env: Env,
+) -> None:
+    # The volume replaced copy 0's directory "b/a" by a file. Copy 0's reload removed the
+    # directory and was killed before writing the file; settling it kept "b/a" on record
+    # as a directory, which then read as one the copy had removed: its next commit
+    # published that removal (here refused as stale, the volume having been pruned past
+    # its base; a long plain model run).
+    replay(fs_env, _A_KILLED_RELOAD_THEN_A_KILLED_COMMIT)
+
+
+def test_the_same_when_an_overlay_copy_settles_it(overlay_env: Env) -> None:
+    replay(overlay_env, _A_KILLED_RELOAD_THEN_A_KILLED_COMMIT)
