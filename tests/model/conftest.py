@@ -23,6 +23,13 @@ def _directory_store(directory: Path) -> tuple[Store, dict[str, Any]]:
     return FilesystemStore(root, durable=False), {"kind": "fs", "root": str(root)}
 
 
+def _durable_directory_store(directory: Path) -> tuple[Store, dict[str, Any]]:
+    """As a node's store: content staged until a commit's sync names it (kvol.store.fs)."""
+    root = directory / "store"
+    spec = {"kind": "fs", "root": str(root), "durable": True}
+    return FilesystemStore(root, durable=True), spec
+
+
 def _needs_overlay() -> None:
     if not overlay_supported():
         pytest.fail("the overlay layout needs root and overlayfs (run as root)", pytrace=False)
@@ -44,7 +51,7 @@ def fs_env(tmp_path: Path) -> Env:
 def overlay_env(tmp_path: Path) -> Env:
     """The node plugin's copy-on-write copies (overlay mounts) on a filesystem store."""
     _needs_overlay()
-    return Env("fs_overlay", tmp_path, _directory_store, can_age=True, layout="overlay")
+    return Env("fs_overlay", tmp_path, _durable_directory_store, can_age=True, layout="overlay")
 
 
 @pytest.fixture

@@ -158,7 +158,7 @@ def install(points: Points) -> None:
 
 def open_spec(spec: dict[str, Any]) -> Store:
     if spec["kind"] == "fs":
-        return FilesystemStore(spec["root"], durable=False)
+        return FilesystemStore(spec["root"], durable=spec.get("durable", False))
     return open_store(spec["url"])
 
 

@@ -143,9 +143,13 @@ def layout_of(log: str) -> str:
 
 
 def _filesystem_env(base: Path, layout: str) -> Env:
+    # As tests/model/conftest.py: overlay copies have a durable store, as on a node.
+    durable = layout == "overlay"
+
     def new_store(directory: Path) -> tuple[Store, dict[str, Any]]:
         root = directory / "store"
-        return FilesystemStore(root, durable=False), {"kind": "fs", "root": str(root)}
+        spec = {"kind": "fs", "root": str(root), "durable": durable}
+        return FilesystemStore(root, durable=durable), spec
 
     kind = "fs" if layout == "plain" else f"fs_{layout}"
     return Env(kind, base, new_store, can_age=True, layout=layout)
