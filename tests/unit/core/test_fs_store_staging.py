@@ -17,7 +17,7 @@ from kvol.catalog import Catalog
 from kvol.content import PACK_THRESHOLD
 from kvol.fsops import SYNC_EACH_LIMIT
 from kvol.repo import Repo
-from kvol.store import FilesystemStore
+from kvol.store import FilesystemStore, fs_staged
 from kvol.workcopy import WorkingCopy
 from tests.unit.core.helpers import CountingStore, write
 
@@ -160,3 +160,19 @@ def test_a_commit_waits_for_the_whole_store_filesystem_only_for_many_objects(
     )
     assert fsck.check(copy.repo).ok
     copy.close(final_commit=False)
+
+
+def test_content_no_sync_ever_asked_for_is_forgotten_with_its_file_after_a_day(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Orphans of commits that failed: a process that runs for weeks must not hold them.
+    store = CountingStore(tmp_path / "store", durable=True)
+    store.put("volumes/v/blobs/aa/aaaa", b"orphan", staged=True)
+    store.put("volumes/v/blobs/bb/bbbb", b"used", staged=True)
+    assert len(temporaries(store.root)) == 2
+    monkeypatch.setattr(fs_staged, "ABANDONED_AFTER_SECONDS", 0.0)
+    store.sync(["volumes/v/blobs/bb/bbbb"])
+    assert temporaries(store.root) == []
+    assert store.get("volumes/v/blobs/bb/bbbb") == b"used"
+    with pytest.raises(errors.NotFound):
+        store.head("volumes/v/blobs/aa/aaaa")
