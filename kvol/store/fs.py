@@ -454,19 +454,22 @@ class FilesystemStore(Store):
         # One sync at a time: a key another sync took is named when this one starts.
         with self._sync_lock:
             taken = self._staged.take(keys)
+            many = len(keys) > fsops.SYNC_EACH_LIMIT
             try:
                 name_durably(
                     self.root,
                     [(key, tmp, self._path(key)) for key, tmp in taken],
-                    {self._path(key).parent for key in keys},
-                    many=len(keys) > fsops.SYNC_EACH_LIMIT,
+                    set() if many else {self._path(key).parent for key in keys},
+                    many=many,
                 )
-            except OSError as exc:
-                # A write-back error means the content is not durable: the entry that
-                # would name it must not be written.
-                raise self._translate(exc) from exc
-            finally:
+            except BaseException as exc:
+                # Staged again, what is left unnamed: a retry finds it.
                 self._staged.give_back((key, tmp) for key, tmp in taken if tmp.exists())
+                if isinstance(exc, OSError):
+                    # A write-back error means the content is not durable: the entry
+                    # that would name it must not be written.
+                    raise self._translate(exc) from exc
+                raise
 
     def _staged_stat(self, key: str) -> os.stat_result | None:
         tmp = self._staged.file(key)

@@ -79,10 +79,6 @@ class StagedObjects:
         for tmp in redundant:
             tmp.unlink(missing_ok=True)
 
-    def __len__(self) -> int:
-        with self._lock:
-            return len(self._files)
-
 
 def name_durably(
     root: Path, staged: list[tuple[str, Path, Path]], dirs: Collection[Path], *, many: bool
