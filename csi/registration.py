@@ -23,6 +23,7 @@ import logging
 import os
 import stat
 import threading
+from collections.abc import Callable
 from concurrent import futures
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -108,6 +109,16 @@ def registration_socket(registration_dir: Path, driver_name: str) -> Path:
     return registration_dir / f"{driver_name}-reg.sock"
 
 
+def _build(message_class: type[Message], **fields: Any) -> Message:
+    """A message of a class made from a descriptor at run time.
+
+    The protobuf stubs type ``Message``'s constructor without fields, so a class known only as
+    ``type[Message]`` is called through a plain callable.
+    """
+    construct: Callable[..., Message] = message_class
+    return construct(**fields)
+
+
 @dataclass
 class Registration:
     """The ``Registration`` service: what the kubelet learns about the plugin, and its verdict."""
@@ -121,7 +132,8 @@ class Registration:
 
     def GetInfo(self, request: Any, context: grpc.ServicerContext) -> Message:
         log.info("kubelet asked for plugin info: %s at %s", self.driver_name, self.kubelet_endpoint)
-        return PluginInfo(
+        return _build(
+            PluginInfo,
             type=PLUGIN_TYPE,
             name=self.driver_name,
             endpoint=self.kubelet_endpoint,
