@@ -106,6 +106,11 @@ class FilesystemStore(Store):
     def url(self) -> str:
         return f"file://{self.root}" + ("" if self.durable else "?fsync=false")
 
+    def close(self) -> None:
+        """Remove the content staged by commits of this process that failed before their
+        sync (a collection would remove it only past its grace)."""
+        self._staged.close()
+
     # -- reads --------------------------------------------------------------------------
 
     def _path(self, key: str) -> Path:
@@ -254,7 +259,11 @@ class FilesystemStore(Store):
         """``tmp`` is ``key`` from now on: named at the sync that asks for it (see
         kvol.store.fs_staged), or at once when this store does not sync."""
         if self.durable:
-            replaced = self._staged.add(key, tmp)
+            try:
+                replaced = self._staged.add(key, tmp)
+            except BaseException:
+                tmp.unlink(missing_ok=True)
+                raise
             if replaced is not None:
                 replaced.unlink(missing_ok=True)
             return

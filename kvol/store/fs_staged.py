@@ -29,12 +29,16 @@ class StagedObjects:
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
+        #: Key -> its file and when it was last staged or found (a commit that finds an
+        #: object reuses it: it must not be forgotten before that commit's sync).
         self._files: dict[str, tuple[Path, float]] = {}
+        self._closed = False
 
     def add(self, key: str, tmp: Path) -> Path | None:
         """Stage ``tmp`` as ``key``; returns the file it replaces, if any (written
         earlier, so older: the caller removes it)."""
         with self._lock:
+            self._check_open()
             old = self._files.get(key)
             self._files[key] = (tmp, time.monotonic())
         return None if old is None else old[0]
@@ -42,6 +46,8 @@ class StagedObjects:
     def file(self, key: str) -> Path | None:
         with self._lock:
             found = self._files.get(key)
+            if found is not None:
+                self._files[key] = (found[0], time.monotonic())
         return None if found is None else found[0]
 
     def forget(self, key: str, tmp: Path) -> None:
@@ -55,6 +61,7 @@ class StagedObjects:
         taken = []
         now = time.monotonic()
         with self._lock:
+            self._check_open()
             for key in keys:
                 found = self._files.pop(key, None)
                 if found is not None:
@@ -67,12 +74,27 @@ class StagedObjects:
             tmp.unlink(missing_ok=True)
         return taken
 
+    def close(self) -> None:
+        """Remove every staged file: what no sync named by now is an orphan of a commit
+        that failed. Staging or syncing afterwards fails, as a sync could not name what
+        was removed."""
+        with self._lock:
+            self._closed = True
+            files = [tmp for tmp, _ in self._files.values()]
+            self._files.clear()
+        for tmp in files:
+            tmp.unlink(missing_ok=True)
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise errors.StoreError("the filesystem store was closed: its staged content is gone")
+
     def give_back(self, taken: Iterable[tuple[str, Path]]) -> None:
         """Stage again what a failed sync took and did not name."""
         redundant = []
         with self._lock:
             for key, tmp in taken:
-                if key in self._files:
+                if self._closed or key in self._files:
                     redundant.append(tmp)  # staged again meanwhile
                 else:
                     self._files[key] = (tmp, time.monotonic())

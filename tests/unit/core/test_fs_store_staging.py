@@ -176,3 +176,46 @@ def test_content_no_sync_ever_asked_for_is_forgotten_with_its_file_after_a_day(
     assert store.get("volumes/v/blobs/bb/bbbb") == b"used"
     with pytest.raises(errors.NotFound):
         store.head("volumes/v/blobs/aa/aaaa")
+
+
+def test_staged_content_a_commit_found_is_not_forgotten_before_that_commit_syncs(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Staged a day ago by a commit that failed; a commit now finds it and reuses it. A sync
+    # of another commit in between must not forget it as an orphan: the entry would name
+    # an object that is not there (its directory exists, so nothing else would notice).
+    clock = [1000.0]
+    monkeypatch.setattr(fs_staged.time, "monotonic", lambda: clock[0])
+    store = CountingStore(tmp_path / "store", durable=True)
+    store.put("volumes/v/blobs/aa/aa01", b"named before")
+    reused, other = "volumes/v/blobs/aa/aa02", "volumes/v/blobs/bb/bb01"
+    store.put(reused, b"staged by a failed commit", staged=True)
+    clock[0] += fs_staged.ABANDONED_AFTER_SECONDS + 60
+    assert store.head(reused).size == len(b"staged by a failed commit")  # found: reused
+    store.put(other, b"another commit's", staged=True)
+    store.sync([other])
+    store.sync([reused])
+    assert store.get(reused) == b"staged by a failed commit"
+    assert (store.root / reused).read_bytes() == b"staged by a failed commit"
+
+
+def test_closing_the_store_removes_content_no_sync_named_and_refuses_to_stage_more(
+    tmp_path: Path,
+) -> None:
+    store = CountingStore(tmp_path / "store", durable=True)
+    copy = copy_of(store, tmp_path)
+    write(copy.root, "named", b"x" * (PACK_THRESHOLD + 1))
+    copy.commit()
+    store.put("volumes/v/blobs/aa/aaaa", b"orphan of a failed commit", staged=True)
+    assert len(temporaries(store.root)) == 1
+    copy.close(final_commit=False)
+    store.close()
+    assert temporaries(store.root) == []
+    with pytest.raises(errors.NotFound):
+        store.head("volumes/v/blobs/aa/aaaa")
+    with pytest.raises(errors.StoreError, match="closed"):
+        store.put("volumes/v/blobs/cc/cccc", b"late", staged=True)
+    assert temporaries(store.root) == []
+    with pytest.raises(errors.StoreError, match="closed"):
+        store.sync(["volumes/v/blobs/aa/aaaa"])
+    assert fsck.check(Catalog(FilesystemStore(store.root)).repo("vol")).ok
