@@ -95,7 +95,7 @@ class StagedObjects:
         with self._lock:
             for key, tmp in taken:
                 if self._closed or key in self._files:
-                    redundant.append(tmp)  # staged again meanwhile
+                    redundant.append(tmp)  # staged again meanwhile, or the store closed
                 else:
                     self._files[key] = (tmp, time.monotonic())
         for tmp in redundant:
